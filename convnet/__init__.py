@@ -1,0 +1,47 @@
+"""convnet: the book's network3 on PyTensor, fast on CPU and GPU.
+
+``import convnet as network3`` and the code of chapter 6 of *Neural Networks and Deep
+Learning* runs as written.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+with warnings.catch_warnings():
+    # PyTensor warns at import when it finds no BLAS flags; the C backend sets them itself.
+    warnings.filterwarnings("ignore", message=".*BLAS.*")
+    warnings.filterwarnings("ignore", message=".*blas.*")
+    import pytensor  # noqa: F401
+
+from convnet.activations import ReLU, linear, sigmoid, tanh
+from convnet.data.mnist import load_data_shared, load_mnist
+from convnet.layers import ConvPoolLayer, FullyConnectedLayer, Layer, SoftmaxLayer
+from convnet.network import Network
+from convnet.training import History
+
+__version__ = "0.1.0"
+
+
+def size(data) -> int:  # noqa: ANN001 - network3's helper, any (x, y) pair
+    """Number of examples in ``(x, y)``, as network3's ``size`` returned."""
+    x = data[0]
+    return int((x.get_value(borrow=True) if hasattr(x, "get_value") else x).shape[0])
+
+
+__all__ = [
+    "ConvPoolLayer",
+    "FullyConnectedLayer",
+    "History",
+    "Layer",
+    "Network",
+    "ReLU",
+    "SoftmaxLayer",
+    "__version__",
+    "linear",
+    "load_data_shared",
+    "load_mnist",
+    "sigmoid",
+    "size",
+    "tanh",
+]

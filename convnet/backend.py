@@ -1,0 +1,212 @@
+"""Everything that knows about PyTensor modes, JAX, devices, BLAS and threads.
+
+A :class:`Backend` is chosen per network (never by an import-time switch) from the
+arguments, else from ``CONVNET_BACKEND`` / ``CONVNET_DEVICE``, else automatically:
+
+* ``jax`` when JAX is installed: the fastest per step on the book's nets here and it
+  compiles net C in seconds (PyTensor's Numba linker took 150-290 s cold, C 15-35 s);
+  it is also PyTensor's only way onto a GPU.
+* ``c`` otherwise, linked against OpenBLAS when the system has it.
+
+In JAX mode PyTensor re-copies a numpy-backed shared variable to the device on every
+call, so :meth:`Backend.place` puts the value itself on the device: weights, data and
+counters then stay there for the whole run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes.util
+import importlib.util
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pytensor
+from pytensor.compile.mode import Mode, get_mode
+from pytensor.compile.sharedvalue import SharedVariable
+
+from convnet.errors import ArgumentError, BackendError
+
+BACKENDS = ("c", "numba", "jax")
+DEVICES = ("cpu", "gpu")
+
+
+def _choice(value: str | None, env: str, allowed: tuple[str, ...], default: str) -> str:
+    source = "argument" if value is not None else f"environment variable {env}"
+    chosen = value if value is not None else os.environ.get(env, "").strip() or default
+    chosen = chosen.lower()
+    if chosen not in (*allowed, "auto"):
+        raise ArgumentError(
+            f"{source}: expected one of {', '.join((*allowed, 'auto'))}. Received: {chosen!r}."
+        )
+    return chosen
+
+
+def jax_available() -> bool:
+    return importlib.util.find_spec("jax") is not None
+
+
+def _cuda_plugin_installed() -> bool:
+    return any(
+        importlib.util.find_spec(name) is not None
+        for name in ("jax_cuda12_plugin", "jax_cuda13_plugin", "jax_plugins.xla_cuda12")
+    )
+
+
+def _jax_device(kind: str) -> Any:
+    """The first JAX device of ``kind``, or a clear error saying what was found instead."""
+    if not jax_available():
+        raise BackendError(
+            f"device={kind!r} with backend 'jax' needs JAX, which is not installed. "
+            "Install it with: pip install 'convnet[cuda]' (GPU) or pip install jax (CPU)."
+        )
+    import jax
+
+    try:
+        return jax.devices(kind)[0]
+    except RuntimeError as exc:
+        found = ", ".join(str(d) for d in jax.devices())
+        if kind == "gpu" and not _cuda_plugin_installed():
+            why = f"jaxlib {jax.__version__} is a CPU-only build (no CUDA plugin installed)"
+        else:
+            why = f"JAX sees no {kind.upper()} device ({exc})"
+        raise BackendError(
+            f"device={kind!r}: {why}. Devices found: {found}. For a GPU install "
+            "pip install 'convnet[cuda]' on a machine with an NVIDIA driver; convnet never "
+            "falls back to the CPU silently."
+        ) from None
+
+
+def _configure_blas() -> None:
+    """Link the C backend to the system OpenBLAS unless the user chose a BLAS.
+
+    PyTensor's own detection misses a pip-installed numpy's BLAS and then falls back to
+    slow NumPy C-API calls. (Reading the flag first would trigger that detection and
+    its warning, so the user's choice is read from PYTENSOR_FLAGS.)
+    """
+    if "blas__ldflags" in os.environ.get("PYTENSOR_FLAGS", ""):
+        return
+    if ctypes.util.find_library("openblas"):
+        pytensor.config.blas__ldflags = "-lopenblas"
+
+
+_JAX_REDUCE_FIXED = False
+
+
+def _jax_reductions_keep_dtype() -> None:
+    """Make PyTensor's JAX reductions return their declared dtype.
+
+    PyTensor 3.0 sums float32 in a float64 accumulator and, in JAX mode, returns the
+    accumulator (float64) instead of casting back. Every bias gradient then turned the
+    weights into float64 after the first step, halving speed. The cast restores the
+    graph's declared float32.
+    """
+    global _JAX_REDUCE_FIXED
+    if _JAX_REDUCE_FIXED:
+        return
+    from pytensor.link.jax.dispatch import jax_funcify
+    from pytensor.tensor.elemwise import CAReduce
+
+    upstream = jax_funcify.dispatch(CAReduce)
+
+    @jax_funcify.register(CAReduce)
+    def _careduce(op: CAReduce, node: Any = None, **kwargs: Any) -> Any:
+        reduce = upstream(op, node=node, **kwargs)
+        if node is None:
+            return reduce
+        dtype = node.outputs[0].dtype
+        return lambda x: reduce(x).astype(dtype)
+
+    _JAX_REDUCE_FIXED = True
+
+
+@dataclass(frozen=True)
+class Backend:
+    """A PyTensor compilation mode plus the device its data lives on."""
+
+    name: str
+    device: str
+
+    @property
+    def mode(self) -> Mode:
+        if self.name == "c":
+            _configure_blas()
+            return Mode(linker="cvm", optimizer="fast_run")
+        if self.name == "numba":
+            return get_mode("NUMBA")
+        _jax_reductions_keep_dtype()
+        return get_mode("JAX")
+
+    @property
+    def jax_device(self) -> Any:
+        return _jax_device(self.device) if self.name == "jax" else None
+
+    def describe(self) -> str:
+        if self.name == "jax":
+            return f"jax on {self.jax_device}"
+        blas = pytensor.config.blas__ldflags or "numpy's BLAS"
+        return f"{self.name} on cpu ({blas})"
+
+    def place(self, variable: SharedVariable) -> SharedVariable:
+        """Make ``variable``'s current value live where this backend computes."""
+        storage = variable.container.storage
+        if self.name == "jax":
+            import jax
+
+            storage[0] = jax.device_put(storage[0], self.jax_device)
+        elif not isinstance(storage[0], np.ndarray):
+            # A value left on a JAX device by an earlier network must come back to numpy.
+            storage[0] = np.asarray(storage[0])
+        return variable
+
+    def shared(self, value: np.ndarray, name: str) -> SharedVariable:
+        value = np.asarray(value)
+        return self.place(pytensor.shared(value, name=name, borrow=True, shape=value.shape))
+
+    @contextlib.contextmanager
+    def threads(self) -> Iterator[None]:
+        """Pin BLAS to one thread while training on the CPU.
+
+        Measured here: unpinned OpenBLAS made the book's small GEMMs up to 100x slower
+        on a loaded 2-core machine, and two threads never beat one at mini-batch 10.
+        """
+        if self.device != "cpu" or self.name == "jax":
+            yield
+            return
+        try:
+            from threadpoolctl import threadpool_limits
+        except ImportError:  # optional: without it BLAS keeps its own setting
+            yield
+            return
+        with threadpool_limits(limits=1, user_api="blas"):
+            yield
+
+
+def to_numpy(value: Any) -> np.ndarray:
+    """A host copy of a shared variable's value (numpy or a JAX device array)."""
+    return np.asarray(value)
+
+
+def resolve(backend: str | None = None, device: str | None = None) -> Backend:
+    """Pick the backend from the arguments, then the environment, then measurement."""
+    if isinstance(backend, Backend):
+        return backend
+    device_name = _choice(device, "CONVNET_DEVICE", DEVICES, "auto")
+    if device_name == "auto":
+        device_name = "cpu"
+    name = _choice(backend, "CONVNET_BACKEND", BACKENDS, "auto")
+    if name == "auto":
+        name = "jax" if (device_name == "gpu" or jax_available()) else "c"
+    if device_name == "gpu" and name != "jax":
+        raise BackendError(
+            f"device='gpu' needs backend='jax' (PyTensor reaches GPUs only through JAX). "
+            f"Received: backend={name!r}."
+        )
+    chosen = Backend(name, device_name)
+    if name == "jax":
+        chosen.jax_device  # noqa: B018 - fail now, with a clear error, not at first call
+    return chosen
+

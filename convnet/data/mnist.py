@@ -1,0 +1,140 @@
+"""MNIST in the book's split, from canonical IDX files or the book's ``mnist.pkl.gz``.
+
+training = the first 50,000 training images, validation = the last 10,000, test = the
+10,000 t10k images; pixels are float32 in [0, 1], labels int32.
+"""
+
+from __future__ import annotations
+
+import gzip
+import os
+from pathlib import Path
+
+import numpy as np
+
+from convnet.data import safe_pickle
+from convnet.errors import DataError, DataNotFoundError
+
+Split = tuple[np.ndarray, np.ndarray]
+
+IDX_FILES = {
+    "train_images": "train-images-idx3-ubyte",
+    "train_labels": "train-labels-idx1-ubyte",
+    "test_images": "t10k-images-idx3-ubyte",
+    "test_labels": "t10k-labels-idx1-ubyte",
+}
+BOOK_PICKLES = ("mnist.pkl.gz", "mnist.pkl")
+N_TRAIN = 50_000
+
+_IDX_DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
+
+HOW_TO_GET = (
+    "Get MNIST with `convnet download mnist`, or copy the four IDX files "
+    "(train-images-idx3-ubyte.gz, ...) into one of those folders, or set CONVNET_DATA "
+    "to a folder that has them."
+)
+
+
+def default_locations() -> list[Path]:
+    """Where MNIST is looked for when no path is given, in order."""
+    places = []
+    if os.environ.get("CONVNET_DATA"):
+        places.append(Path(os.environ["CONVNET_DATA"]).expanduser())
+    places.append(Path.home() / ".cache" / "convnet" / "mnist")
+    return places
+
+
+def read_idx(path: Path) -> np.ndarray:
+    """Read one IDX file (gzipped or raw), checking its header against its size."""
+    opener = gzip.open if path.suffix == ".gz" else open
+    try:
+        with opener(path, "rb") as handle:
+            raw = handle.read()
+    except (OSError, EOFError) as exc:
+        raise DataError(f"{path}: cannot be read as {'gzip' if path.suffix == '.gz' else 'IDX'} ({exc}).") from None
+    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in _IDX_DTYPES:
+        raise DataError(f"{path}: not an IDX file (bad magic number {raw[:4].hex() or 'empty'}).")
+    ndim = raw[3]
+    header = 4 + 4 * ndim
+    if len(raw) < header:
+        raise DataError(f"{path}: truncated IDX header.")
+    shape = tuple(int.from_bytes(raw[4 + 4 * k : 8 + 4 * k], "big") for k in range(ndim))
+    dtype = np.dtype(_IDX_DTYPES[raw[2]])
+    expected = header + int(np.prod(shape)) * dtype.itemsize
+    if len(raw) != expected:
+        raise DataError(
+            f"{path}: truncated or corrupt: its header promises shape {shape} "
+            f"({expected} bytes). Received: {len(raw)} bytes."
+        )
+    return np.frombuffer(raw, dtype=dtype, offset=header).reshape(shape)
+
+
+def _find_idx(folder: Path, stem: str) -> Path | None:
+    for name in (stem + ".gz", stem):
+        if (folder / name).is_file():
+            return folder / name
+    return None
+
+
+def _from_idx_folder(folder: Path) -> tuple[Split, Split, Split]:
+    paths = {key: _find_idx(folder, stem) for key, stem in IDX_FILES.items()}
+    missing = [IDX_FILES[k] for k, p in paths.items() if p is None]
+    if missing:
+        raise DataNotFoundError(f"{folder}: missing {', '.join(missing)} (.gz or raw). {HOW_TO_GET}")
+    arrays = {key: read_idx(path) for key, path in paths.items()}  # type: ignore[arg-type]
+    for kind in ("train", "test"):
+        images, labels = arrays[f"{kind}_images"], arrays[f"{kind}_labels"]
+        if images.ndim != 3 or labels.ndim != 1 or len(images) != len(labels):
+            raise DataError(
+                f"{folder}: {kind} images {images.shape} and labels {labels.shape} don't pair up."
+            )
+    def images(a: np.ndarray) -> np.ndarray:
+        return (a.reshape(len(a), -1).astype(np.float32) / np.float32(255.0))
+    train_x, train_y = images(arrays["train_images"]), arrays["train_labels"].astype(np.int32)
+    test = (images(arrays["test_images"]), arrays["test_labels"].astype(np.int32))
+    return (
+        (train_x[:N_TRAIN], train_y[:N_TRAIN]),
+        (train_x[N_TRAIN:], train_y[N_TRAIN:]),
+        test,
+    )
+
+
+def _from_book_pickle(path: Path) -> tuple[Split, Split, Split]:
+    value = safe_pickle.load(path)
+    try:
+        splits = tuple((np.asarray(x, np.float32), np.asarray(y).astype(np.int32)) for x, y in value)
+    except (TypeError, ValueError):
+        raise DataError(f"{path}: expected ((x, y), (x, y), (x, y)) like the book's mnist.pkl.gz.") from None
+    if len(splits) != 3:
+        raise DataError(f"{path}: expected 3 splits (training, validation, test). Received: {len(splits)}.")
+    return splits  # type: ignore[return-value]
+
+
+def load_mnist(path: str | os.PathLike[str] | None = None) -> tuple[Split, Split, Split]:
+    """``(training, validation, test)`` as numpy ``(x, y)`` pairs.
+
+    ``path`` may be a folder of IDX files, or the book's ``mnist.pkl.gz`` /
+    ``mnist_expanded.pkl.gz``. With no path: ``$CONVNET_DATA``, then ``~/.cache/convnet/mnist``.
+    """
+    candidates = [Path(path).expanduser()] if path is not None else default_locations()
+    for place in candidates:
+        if place.is_file():
+            return _from_book_pickle(place)
+        if place.is_dir():
+            if any(_find_idx(place, stem) for stem in IDX_FILES.values()):
+                return _from_idx_folder(place)
+            for name in BOOK_PICKLES:
+                if (place / name).is_file():
+                    return _from_book_pickle(place / name)
+    looked = ", ".join(str(p) for p in candidates)
+    raise DataNotFoundError(f"MNIST not found. Looked in: {looked}. {HOW_TO_GET}")
+
+
+def load_data_shared(filename: str | os.PathLike[str] | None = None) -> list:
+    """The book's loader: ``[(shared_x, shared_y)] * 3`` for training, validation, test."""
+    import pytensor
+
+    return [
+        (pytensor.shared(x, name=f"{what}_x", borrow=True), pytensor.shared(y, name=f"{what}_y", borrow=True))
+        for (x, y), what in zip(load_mnist(filename), ("training", "validation", "test"), strict=True)
+    ]

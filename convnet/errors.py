@@ -1,0 +1,49 @@
+"""Exception types users catch.
+
+Each subclasses the builtin that fits (``ValueError``, ``TypeError``, ``OSError``) so code
+written against the builtins keeps working, and each message says what was expected and
+what was received, naming the layer, argument or file at fault.
+"""
+
+from __future__ import annotations
+
+
+class ConvnetError(Exception):
+    """Base of every error convnet raises on purpose."""
+
+
+class ShapeError(ConvnetError, ValueError):
+    """Layers that do not chain, or data whose shape does not fit the network."""
+
+
+class ArgumentError(ConvnetError, ValueError):
+    """A hyper-parameter or argument outside its valid range."""
+
+
+class DataError(ConvnetError, ValueError):
+    """A data file or array that is truncated, corrupt, or not what it claims to be."""
+
+
+class DataNotFoundError(ConvnetError, FileNotFoundError):
+    """No data where convnet looked; the message lists the places and how to get MNIST."""
+
+
+class UnsafePickleError(ConvnetError, ValueError):
+    """A pickle that asks to build something other than numpy arrays and tuples."""
+
+
+class BackendError(ConvnetError, RuntimeError):
+    """A requested backend or device cannot be used on this machine."""
+
+
+class DivergenceError(ConvnetError, FloatingPointError):
+    """Training cost became NaN or infinite."""
+
+
+class ModelFileError(ConvnetError, ValueError):
+    """A saved model whose arrays do not match its architecture, or from another version."""
+
+
+def expected(what: str, expected_: object, received: object) -> str:
+    """The house message template: ``<what>: expected <x>. Received: <y>.``"""
+    return f"{what}: expected {expected_}. Received: {received}."

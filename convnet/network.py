@@ -1,0 +1,261 @@
+"""Network: chains layers, checks that they fit, and compiles the functions that train
+and evaluate them on the chosen backend."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pytensor
+import pytensor.tensor as pt
+from pytensor.compile.executor import Function
+from pytensor.compile.sharedvalue import SharedVariable
+
+from convnet import backend as backends
+from convnet.data.arrays import as_arrays
+from convnet.errors import ArgumentError, ShapeError
+from convnet.layers import ConvPoolLayer, DropoutSource, Layer, SoftmaxLayer
+
+EVAL_BATCH = 1000  # big enough to amortise per-call overhead, small enough for memory
+
+
+@dataclass
+class DeviceData:
+    """A dataset held in shared variables on the backend's device."""
+
+    x: SharedVariable
+    y: SharedVariable
+    n: int
+
+
+def _label(index: int, layer: Layer) -> str:
+    return f"layer {index} ({layer.name})"
+
+
+def check_chain(layers: Sequence[Layer], mini_batch_size: int) -> None:
+    """Raise ShapeError, naming both layers and sizes, where a layer can't take its input."""
+    for index, layer in enumerate(layers):
+        if isinstance(layer, ConvPoolLayer) and layer.image_shape[0] != mini_batch_size:
+            raise ShapeError(
+                f"{_label(index, layer)}: image_shape[0] must equal the network's "
+                f"mini_batch_size: expected {mini_batch_size}. Received: "
+                f"image_shape={layer.image_shape}."
+            )
+    for index in range(1, len(layers)):
+        before, after = layers[index - 1], layers[index]
+        fits = before.n_out == after.n_in
+        if isinstance(before, ConvPoolLayer) and isinstance(after, ConvPoolLayer):
+            fits = before.output_shape == after.input_shape
+        if not fits:
+            raise ShapeError(
+                f"{_label(index - 1, before)} outputs {before.output_shape} "
+                f"({before.n_out} values per example) but {_label(index, after)} expects "
+                f"{after.input_shape} ({after.n_in} values)."
+            )
+
+
+class Network:
+    """network3's ``Network(layers, mini_batch_size)``, plus backend, device and seed.
+
+    ``backend`` is "auto" | "c" | "numba" | "jax" (default: ``CONVNET_BACKEND``),
+    ``device`` is "cpu" | "gpu" (default: ``CONVNET_DEVICE``). A ``seed`` re-draws every
+    layer's weights from it and fixes the dropout masks, so a run is repeatable.
+    """
+
+    def __init__(
+        self,
+        layers: Sequence[Layer],
+        mini_batch_size: int,
+        *,
+        backend: str | None = None,
+        device: str | None = None,
+        seed: int | None = None,
+    ) -> None:
+        self.layers = list(layers)
+        if not self.layers:
+            raise ArgumentError("layers: expected at least one layer. Received: [].")
+        for index, layer in enumerate(self.layers):
+            if not isinstance(layer, Layer):
+                raise TypeError(
+                    f"layers[{index}]: expected a convnet layer. Received: {layer!r}."
+                )
+        if not isinstance(self.layers[-1], SoftmaxLayer):
+            raise ArgumentError(
+                f"layers: the last layer must be a SoftmaxLayer (it defines the cost). "
+                f"Received: {type(self.layers[-1]).__name__}."
+            )
+        if isinstance(mini_batch_size, bool) or not isinstance(mini_batch_size, int | np.integer) or mini_batch_size < 1:
+            raise ArgumentError(
+                f"mini_batch_size: expected a positive integer. Received: {mini_batch_size!r}."
+            )
+        self.mini_batch_size = int(mini_batch_size)
+        check_chain(self.layers, self.mini_batch_size)
+        self.backend = backends.resolve(backend, device)
+        if seed is None:
+            seed = int(np.random.SeedSequence().generate_state(1)[0])
+        else:
+            rng = np.random.default_rng(seed)
+            for layer in self.layers:
+                layer.initialize(rng)
+        self.seed = int(seed)
+        self.params = [p for layer in self.layers for p in layer.params]
+        self.x = pt.matrix("x", dtype="float32")
+        self.y = pt.vector("y", dtype="int32")
+        self.step = pytensor.shared(np.int64(0), name="step")
+        self._wire()
+        for variable in (*self.params, self.step):
+            self.backend.place(variable)
+        self.output = self.layers[-1].output
+        self.output_dropout = self.layers[-1].output_dropout
+        self.history: Any = None
+        self._functions: dict[Any, Function] = {}
+
+    def _wire(self) -> None:
+        inpt, inpt_dropout = self.x, self.x
+        for index, layer in enumerate(self.layers):
+            source = DropoutSource(self.seed, index, self.step, self.mini_batch_size)
+            layer.set_inpt(inpt, inpt_dropout, self.mini_batch_size, dropout=source)
+            inpt, inpt_dropout = layer.output, layer.output_dropout
+
+    # -- data --------------------------------------------------------------------------
+    @property
+    def n_in(self) -> int:
+        return self.layers[0].n_in
+
+    @property
+    def n_classes(self) -> int:
+        return self.layers[-1].n_out
+
+    def arrays(self, data: Any, what: str) -> tuple[np.ndarray, np.ndarray]:
+        return as_arrays(data, what, n_features=self.n_in, n_classes=self.n_classes)
+
+    def to_device(self, data: Any, what: str) -> DeviceData:
+        x, y = self.arrays(data, what)
+        return DeviceData(
+            self.backend.shared(x, f"{what}_x"), self.backend.shared(y, f"{what}_y"), len(x)
+        )
+
+    # -- compiled functions -----------------------------------------------------------
+    def _compile(self, inputs: list, outputs: Any, **kwargs: Any) -> Function:
+        fn = pytensor.function(inputs, outputs, mode=self.backend.mode, **kwargs)
+        fn.trust_input = True
+        return fn
+
+    def train_function(
+        self,
+        data: DeviceData,
+        order: SharedVariable,
+        eta: SharedVariable,
+        lmbda: float,
+        cost_sum: SharedVariable,
+    ) -> Function:
+        """One SGD step on mini-batch ``i`` of ``order``; returns nothing, accumulates cost.
+
+        The cost is network3's: log-likelihood on the dropout path plus
+        ``0.5*lmbda*sum(w**2)/num_training_batches`` over the weights (not biases).
+        """
+        mbs = self.mini_batch_size
+        num_batches = -(-data.n // mbs)
+        i = pt.scalar("i", dtype="int64")
+        rows = order[i * mbs + pt.arange(mbs)]
+        l2 = sum((w**2).sum() for layer in self.layers for w in layer.get_params(regularizable=True))
+        cost = self.layers[-1].cost(self) + np.float32(0.5 * lmbda / num_batches) * l2
+        grads = pt.grad(cost, self.params)
+        updates = [(p, p - eta * g) for p, g in zip(self.params, grads, strict=True)]
+        updates += [(self.step, self.step + 1), (cost_sum, cost_sum + cost)]
+        return self._compile([i], [], updates=updates, givens=self._batch(data, rows, mbs))
+
+    def _batch(self, data: DeviceData, rows: Any, size: int) -> dict:
+        """Graph inputs for the examples at ``rows``, with static shapes (JAX needs them)."""
+        return {
+            self.x: pt.specify_shape(data.x[rows], (size, self.n_in)),
+            self.y: pt.specify_shape(data.y[rows], (size,)),
+        }
+
+    def correct_function(self, data: DeviceData) -> Function:
+        """Number of correct predictions in rows [start, start + EVAL_BATCH) of ``data``.
+
+        Rows past the end are clamped and masked, so every example counts exactly once
+        and the compiled shapes stay static (JAX requires it).
+        """
+        key = ("correct", id(data.x))
+        if key not in self._functions:
+            start = pt.scalar("start", dtype="int64")
+            rows = start + pt.arange(EVAL_BATCH)
+            clamped = pt.minimum(rows, data.n - 1)
+            hits = pt.eq(self.layers[-1].y_out, self.y) & pt.lt(rows, data.n)
+            self._functions[key] = self._compile(
+                [start],
+                pt.sum(hits, dtype="int64"),
+                givens=self._batch(data, clamped, EVAL_BATCH),
+            )
+        return self._functions[key]
+
+    def accuracy(self, data: Any, what: str = "data") -> float:
+        """Fraction of ``data`` (a pair, or DeviceData) classified correctly."""
+        device_data = data if isinstance(data, DeviceData) else self.to_device(data, what)
+        correct = self.correct_function(device_data)
+        with self.backend.threads():
+            total = sum(
+                int(correct(np.array(s, dtype=np.int64)))
+                for s in range(0, device_data.n, EVAL_BATCH)
+            )
+        return total / device_data.n
+
+    def predict_proba(self, x: np.ndarray) -> np.ndarray:
+        """Class probabilities for any number of examples (deterministic path)."""
+        images = np.ascontiguousarray(np.asarray(x, dtype=np.float32).reshape(len(x), -1))
+        if images.shape[1] != self.n_in:
+            raise ShapeError(
+                f"x: expected {self.n_in} features per example for {self.layers[0].name}. "
+                f"Received shape {np.shape(x)}."
+            )
+        if "proba" not in self._functions:
+            x = pt.matrix("x", dtype="float32", shape=(EVAL_BATCH, self.n_in))
+            self._functions["proba"] = self._compile([x], self.output, givens={self.x: x})
+        proba = self._functions["proba"]
+        out = []
+        with self.backend.threads():
+            for start in range(0, len(images), EVAL_BATCH):
+                chunk = images[start : start + EVAL_BATCH]
+                padded = np.zeros((EVAL_BATCH, self.n_in), np.float32)
+                padded[: len(chunk)] = chunk  # one static shape: JAX compiles once
+                out.append(np.asarray(proba(padded))[: len(chunk)])
+        return np.concatenate(out) if out else np.zeros((0, self.n_classes), np.float32)
+
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        """Predicted class of each example."""
+        return self.predict_proba(x).argmax(axis=1)
+
+    # -- training ---------------------------------------------------------------------
+    def SGD(  # noqa: N802 - the book's name
+        self,
+        training_data: Any,
+        epochs: int,
+        mini_batch_size: int,
+        eta: float,
+        validation_data: Any = None,
+        test_data: Any = None,
+        lmbda: float = 0.0,
+        **options: Any,
+    ):
+        """Train with mini-batch SGD, exactly as network3 did; returns the History.
+
+        Extra keyword ``options`` go to :func:`convnet.training.sgd` (``shuffle``,
+        ``verbose``).
+        """
+        from convnet.training import sgd
+
+        return sgd(
+            self,
+            training_data,
+            epochs,
+            mini_batch_size,
+            eta,
+            validation_data,
+            test_data,
+            lmbda,
+            **options,
+        )

@@ -1,0 +1,87 @@
+"""Dropout masks from a counter-based hash instead of a stateful generator.
+
+A mask is a pure function of (seed, layer salt, training step, element index): the same
+bits on the C, Numba and JAX backends, nothing to copy to a device, and a checkpoint only
+needs the step counter to resume the exact same masks. The mixer is a 32-bit integer
+hash (xor-shift-multiply, "lowbias32"), which passes the usual avalanche tests and is
+far more than dropout needs.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytensor.tensor as pt
+from pytensor.tensor.variable import TensorVariable
+
+_MUL_1 = np.uint32(0x7FEB352D)
+_MUL_2 = np.uint32(0x846CA68B)
+_GOLDEN = np.uint32(0x9E3779B9)
+
+
+_LOW_32 = np.uint64(0xFFFFFFFF)
+
+
+def _shift_right(x: TensorVariable, bits: int) -> TensorVariable:
+    return pt.int_div(x, pt.constant(np.uint64(1 << bits)))
+
+
+def _mul_low32(x: TensorVariable, factor: np.uint32) -> TensorVariable:
+    # Backends disagree on whether fused integer expressions wrap at 32 bits (Numba's
+    # composites widen), so the product is taken in 64 bits and masked explicitly.
+    return pt.bitwise_and(x * pt.constant(np.uint64(factor)), pt.constant(_LOW_32))
+
+
+def hash32(x: TensorVariable) -> TensorVariable:
+    """Bijective avalanche mix of 32-bit values held in uint64 tensors."""
+    x = pt.bitwise_xor(x, _shift_right(x, 16))
+    x = _mul_low32(x, _MUL_1)
+    x = pt.bitwise_xor(x, _shift_right(x, 15))
+    x = _mul_low32(x, _MUL_2)
+    return pt.bitwise_xor(x, _shift_right(x, 16))
+
+
+def hash32_numpy(x: np.ndarray | int) -> np.ndarray:
+    """The same mix in NumPy (uint32 wraps natively), for tests and host-side keys."""
+    x = np.asarray(x, dtype=np.uint32)
+    with np.errstate(over="ignore"):
+        x = x ^ (x >> np.uint32(16))
+        x = x * _MUL_1
+        x = x ^ (x >> np.uint32(15))
+        x = x * _MUL_2
+        return x ^ (x >> np.uint32(16))
+
+
+def uniform(
+    shape: tuple[int, ...],
+    *,
+    seed: int,
+    salt: int,
+    step: TensorVariable,
+) -> TensorVariable:
+    """float32 uniforms in [0, 1) for this (seed, salt, step), one per element."""
+    layer_key = int(hash32_numpy(np.uint32(seed & 0xFFFFFFFF) ^ hash32_numpy(salt)))
+    step_key = hash32(_mul_low32(pt.cast(step, "uint64"), _GOLDEN))
+    key = pt.bitwise_xor(step_key, pt.constant(np.uint64(layer_key)))
+    index = pt.arange(int(np.prod(shape)), dtype="uint64")
+    mixed = hash32(pt.bitwise_xor(index, key))
+    bits = hash32(pt.bitwise_and(mixed + key, pt.constant(_LOW_32)))
+    # The top 24 bits fit a float32 mantissa exactly, so the result is never 1.0.
+    top = pt.cast(_shift_right(bits, 8), "float32")
+    return (top * np.float32(2.0**-24)).reshape(shape)
+
+
+def dropout(
+    x: TensorVariable,
+    p_drop: float,
+    *,
+    shape: tuple[int, ...],
+    seed: int,
+    salt: int,
+    step: TensorVariable,
+) -> TensorVariable:
+    """Zero each unit with probability ``p_drop`` (no rescaling: see layers.py).
+
+    ``shape`` is static because JAX needs the mask size at trace time.
+    """
+    keep = uniform(shape, seed=seed, salt=salt, step=step) >= np.float32(p_drop)
+    return x * pt.cast(keep, x.dtype)

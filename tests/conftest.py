@@ -1,0 +1,49 @@
+"""Shared fixtures: where real MNIST is, and which backend the suite runs on."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_MNIST = REPO.parent / "shared" / "data" / "mnist"
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--backend",
+        default=None,
+        help="run the suite on this convnet backend (c, numba, jax); default: auto",
+    )
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    backend = config.getoption("--backend")
+    if backend:
+        os.environ["CONVNET_BACKEND"] = backend
+    os.environ.setdefault("CONVNET_DEVICE", "cpu")
+    if "CONVNET_DATA" not in os.environ and SHARED_MNIST.is_dir():
+        os.environ["CONVNET_DATA"] = str(SHARED_MNIST)
+
+
+@pytest.fixture(scope="session")
+def mnist_dir() -> Path:
+    path = Path(os.environ.get("CONVNET_DATA", SHARED_MNIST))
+    if not (path / "train-images-idx3-ubyte.gz").exists() and not (path / "train-images-idx3-ubyte").exists():
+        pytest.skip(f"real MNIST not found at {path}")
+    return path
+
+
+@pytest.fixture(scope="session")
+def mnist(mnist_dir: Path):
+    from convnet import load_mnist
+
+    return load_mnist(mnist_dir)
+
+
+@pytest.fixture
+def rng() -> np.random.Generator:
+    return np.random.default_rng(1234)

@@ -1,0 +1,98 @@
+"""Independent NumPy references: the book's network.py backprop, vectorised over the
+mini-batch, and a loop-based conv/pool net. No convnet or PyTensor code is used here."""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy.signal import convolve2d, correlate2d
+
+
+def sigmoid(z):
+    return 1.0 / (1.0 + np.exp(-z))
+
+
+def softmax(z):
+    e = np.exp(z - z.max(axis=1, keepdims=True))
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def conv_valid(x, w):
+    """True 2-D convolution, summed over channels: x (N,C,H,W), w (F,C,kh,kw)."""
+    n, c = x.shape[:2]
+    f = w.shape[0]
+    out = np.zeros((n, f, x.shape[2] - w.shape[2] + 1, x.shape[3] - w.shape[3] + 1))
+    for i in range(n):
+        for j in range(f):
+            out[i, j] = sum(convolve2d(x[i, k], w[j, k], mode="valid") for k in range(c))
+    return out
+
+
+def max_pool(x, p):
+    n, c, h, w = x.shape
+    out = np.zeros((n, c, h // p[0], w // p[1]))
+    for a in range(h // p[0]):
+        for b in range(w // p[1]):
+            window = x[:, :, a * p[0] : (a + 1) * p[0], b * p[1] : (b + 1) * p[1]]
+            out[:, :, a, b] = window.max(axis=(2, 3))
+    return out
+
+
+def max_pool_backward(x, p, grad_out):
+    """Route each window's gradient to its (first) maximum, as a loop."""
+    grad = np.zeros_like(x)
+    n, c, h, w = x.shape
+    for i in range(n):
+        for k in range(c):
+            for a in range(h // p[0]):
+                for b in range(w // p[1]):
+                    window = x[i, k, a * p[0] : (a + 1) * p[0], b * p[1] : (b + 1) * p[1]]
+                    r, s = np.unravel_index(np.argmax(window), window.shape)
+                    grad[i, k, a * p[0] + r, b * p[1] + s] += grad_out[i, k, a, b]
+    return grad
+
+
+def fc_softmax_sgd_step(x, y, w1, b1, w2, b2, eta, lmbda, num_batches):
+    """One SGD step of sigmoid FC + softmax, log-likelihood cost, L2 on weights."""
+    m = len(x)
+    z1 = x @ w1 + b1
+    a1 = sigmoid(z1)
+    p = softmax(a1 @ w2 + b2)
+    delta2 = p.copy()
+    delta2[np.arange(m), y] -= 1.0
+    delta2 /= m
+    delta1 = (delta2 @ w2.T) * a1 * (1 - a1)
+    reg = lmbda / num_batches
+    return (
+        w1 - eta * (x.T @ delta1 + reg * w1),
+        b1 - eta * delta1.sum(0),
+        w2 - eta * (a1.T @ delta2 + reg * w2),
+        b2 - eta * delta2.sum(0),
+    )
+
+
+def convpool_softmax_sgd_step(x, y, wc, bc, ws, bs, poolsize, eta, lmbda, num_batches):
+    """One SGD step of ReLU(max_pool(conv(x)) + b) -> softmax; x is (N, C, H, W)."""
+    m = len(x)
+    conv = conv_valid(x, wc)
+    pooled = max_pool(conv, poolsize)
+    pre = pooled + bc[None, :, None, None]
+    act = np.maximum(pre, 0.0)
+    flat = act.reshape(m, -1)
+    p = softmax(flat @ ws + bs)
+    delta_s = p.copy()
+    delta_s[np.arange(m), y] -= 1.0
+    delta_s /= m
+    delta_act = (delta_s @ ws.T).reshape(act.shape) * (pre > 0)
+    delta_conv = max_pool_backward(conv, poolsize, delta_act)
+    grad_wc = np.zeros_like(wc)
+    for f in range(wc.shape[0]):
+        for c in range(wc.shape[1]):
+            flipped = sum(correlate2d(x[i, c], delta_conv[i, f], mode="valid") for i in range(m))
+            grad_wc[f, c] = flipped[::-1, ::-1]
+    reg = lmbda / num_batches
+    return (
+        wc - eta * (grad_wc + reg * wc),
+        bc - eta * delta_act.sum(axis=(0, 2, 3)),
+        ws - eta * (flat.T @ delta_s + reg * ws),
+        bs - eta * delta_s.sum(0),
+    )
