@@ -23,7 +23,7 @@ from convnet.training import History
 __version__ = "0.1.0"
 
 
-def size(data) -> int:  # noqa: ANN001 - network3's helper, any (x, y) pair
+def size(data) -> int:
     """Number of examples in ``(x, y)``, as network3's ``size`` returned."""
     x = data[0]
     return int((x.get_value(borrow=True) if hasattr(x, "get_value") else x).shape[0])

@@ -40,9 +40,7 @@ def name_of(fn: Activation) -> str:
     for name, candidate in BY_NAME.items():
         if candidate is fn:
             return name.lower() if name == "ReLU" else name
-    raise ValueError(
-        f"activation_fn: expected one of {sorted(set(BY_NAME))}. Received: {fn!r}."
-    )
+    raise ValueError(f"activation_fn: expected one of {sorted(set(BY_NAME))}. Received: {fn!r}.")
 
 
 def resolve(fn: Activation | str) -> Activation:

@@ -209,4 +209,3 @@ def resolve(backend: str | None = None, device: str | None = None) -> Backend:
     if name == "jax":
         chosen.jax_device  # noqa: B018 - fail now, with a clear error, not at first call
     return chosen
-

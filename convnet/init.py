@@ -43,9 +43,7 @@ def weights(
     return rng.normal(0.0, std, size=shape).astype(FLOAT)
 
 
-def biases(
-    rng: np.random.Generator, n: int, *, init: str, zeros: bool = False
-) -> np.ndarray:
+def biases(rng: np.random.Generator, n: int, *, init: str, zeros: bool = False) -> np.ndarray:
     """N(0, 1) biases in every scheme (network2 and network3 agree), zeros for softmax."""
     if zeros and init == "network3":
         return np.zeros(n, dtype=FLOAT)

@@ -88,9 +88,7 @@ class Layer:
         self.inpt_dropout: TensorVariable | None = None
 
     # -- parameters -------------------------------------------------------------------
-    def add_param(
-        self, value: np.ndarray, name: str, *, regularizable: bool
-    ) -> SharedVariable:
+    def add_param(self, value: np.ndarray, name: str, *, regularizable: bool) -> SharedVariable:
         tags = {"trainable"} | ({"regularizable"} if regularizable else set())
         # A static shape lets PyTensor fold every shape computation into constants,
         # which JAX's tracing requires.

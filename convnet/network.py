@@ -78,15 +78,17 @@ class Network:
             raise ArgumentError("layers: expected at least one layer. Received: [].")
         for index, layer in enumerate(self.layers):
             if not isinstance(layer, Layer):
-                raise TypeError(
-                    f"layers[{index}]: expected a convnet layer. Received: {layer!r}."
-                )
+                raise TypeError(f"layers[{index}]: expected a convnet layer. Received: {layer!r}.")
         if not isinstance(self.layers[-1], SoftmaxLayer):
             raise ArgumentError(
                 f"layers: the last layer must be a SoftmaxLayer (it defines the cost). "
                 f"Received: {type(self.layers[-1]).__name__}."
             )
-        if isinstance(mini_batch_size, bool) or not isinstance(mini_batch_size, int | np.integer) or mini_batch_size < 1:
+        if (
+            isinstance(mini_batch_size, bool)
+            or not isinstance(mini_batch_size, int | np.integer)
+            or mini_batch_size < 1
+        ):
             raise ArgumentError(
                 f"mini_batch_size: expected a positive integer. Received: {mini_batch_size!r}."
             )
@@ -160,7 +162,9 @@ class Network:
         num_batches = -(-data.n // mbs)
         i = pt.scalar("i", dtype="int64")
         rows = order[i * mbs + pt.arange(mbs)]
-        l2 = sum((w**2).sum() for layer in self.layers for w in layer.get_params(regularizable=True))
+        l2 = sum(
+            (w**2).sum() for layer in self.layers for w in layer.get_params(regularizable=True)
+        )
         cost = self.layers[-1].cost(self) + np.float32(0.5 * lmbda / num_batches) * l2
         grads = pt.grad(cost, self.params)
         updates = [(p, p - eta * g) for p, g in zip(self.params, grads, strict=True)]

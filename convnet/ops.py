@@ -13,16 +13,12 @@ import pytensor.tensor as pt
 from pytensor.tensor.variable import TensorVariable
 
 
-def conv_output_shape(
-    image_hw: tuple[int, int], filter_hw: tuple[int, int]
-) -> tuple[int, int]:
+def conv_output_shape(image_hw: tuple[int, int], filter_hw: tuple[int, int]) -> tuple[int, int]:
     """Height and width of a stride-1 "valid" convolution."""
     return image_hw[0] - filter_hw[0] + 1, image_hw[1] - filter_hw[1] + 1
 
 
-def pool_output_shape(
-    image_hw: tuple[int, int], poolsize: tuple[int, int]
-) -> tuple[int, int]:
+def pool_output_shape(image_hw: tuple[int, int], poolsize: tuple[int, int]) -> tuple[int, int]:
     """Height and width after non-overlapping pooling that ignores a ragged border."""
     return image_hw[0] // poolsize[0], image_hw[1] // poolsize[1]
 
@@ -48,9 +44,7 @@ def conv2d(
     out_h, out_w = conv_output_shape((height, width), (kh, kw))
     per_channel_first = images.dimshuffle(1, 0, 2, 3)
     taps = [
-        per_channel_first[:, :, a : a + out_h, b : b + out_w]
-        for a in range(kh)
-        for b in range(kw)
+        per_channel_first[:, :, a : a + out_h, b : b + out_w] for a in range(kh) for b in range(kw)
     ]
     columns = pt.stack(taps, axis=1).reshape((channels * kh * kw, -1))
     flipped = filters[:, :, ::-1, ::-1].reshape((n_filters, channels * kh * kw))

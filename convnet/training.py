@@ -32,7 +32,9 @@ class History:
         return asdict(self)
 
 
-def _check_positive(value: Any, what: str, *, integer: bool = False, allow_zero: bool = False) -> None:
+def _check_positive(
+    value: Any, what: str, *, integer: bool = False, allow_zero: bool = False
+) -> None:
     kind = (int, np.integer) if integer else (int, float, np.integer, np.floating)
     ok = isinstance(value, kind) and not isinstance(value, bool)
     ok = ok and (value >= 0 if allow_zero else value > 0) and np.isfinite(value)
@@ -81,7 +83,9 @@ def sgd(
             f"training_data: expected at least one mini-batch ({mini_batch_size} examples). "
             f"Received: {train.n}."
         )
-    validation = net.to_device(validation_data, "validation_data") if validation_data is not None else None
+    validation = (
+        net.to_device(validation_data, "validation_data") if validation_data is not None else None
+    )
     test = net.to_device(test_data, "test_data") if test_data is not None else None
 
     backend = net.backend
@@ -132,10 +136,16 @@ def sgd(
             score = val_acc if val_acc is not None else -mean_cost
             if verbose:
                 if val_acc is not None:
-                    print(f"Epoch {epoch}: validation accuracy {val_acc:.2%} "
-                          f"(cost {mean_cost:.4f}, {seconds:.1f} s)", flush=True)
+                    print(
+                        f"Epoch {epoch}: validation accuracy {val_acc:.2%} "
+                        f"(cost {mean_cost:.4f}, {seconds:.1f} s)",
+                        flush=True,
+                    )
                 else:
-                    print(f"Epoch {epoch}: training cost {mean_cost:.4f} ({seconds:.1f} s)", flush=True)
+                    print(
+                        f"Epoch {epoch}: training cost {mean_cost:.4f} ({seconds:.1f} s)",
+                        flush=True,
+                    )
             if score >= best:
                 best = score
                 history.best_epoch = epoch
@@ -149,8 +159,10 @@ def sgd(
         print("Finished training network.")
         if history.best_validation_accuracy is not None:
             iteration = (history.best_epoch + 1) * num_batches - 1
-            print(f"Best validation accuracy of {history.best_validation_accuracy:.2%} "
-                  f"obtained at iteration {iteration}")
+            print(
+                f"Best validation accuracy of {history.best_validation_accuracy:.2%} "
+                f"obtained at iteration {iteration}"
+            )
         if history.test_accuracy_at_best is not None:
             print(f"Corresponding test accuracy of {history.test_accuracy_at_best:.2%}")
     return history

@@ -32,7 +32,10 @@ def pytest_configure(config: pytest.Config) -> None:
 @pytest.fixture(scope="session")
 def mnist_dir() -> Path:
     path = Path(os.environ.get("CONVNET_DATA", SHARED_MNIST))
-    if not (path / "train-images-idx3-ubyte.gz").exists() and not (path / "train-images-idx3-ubyte").exists():
+    if (
+        not (path / "train-images-idx3-ubyte.gz").exists()
+        and not (path / "train-images-idx3-ubyte").exists()
+    ):
         pytest.skip(f"real MNIST not found at {path}")
     return path
 

@@ -33,7 +33,9 @@ def test_convpool_checks_channels_and_sizes():
 
 def test_network_names_both_layers_when_they_do_not_chain():
     layers = [FullyConnectedLayer(784, 100), SoftmaxLayer(30, 10)]
-    with pytest.raises(ShapeError, match=r"layer 0 \(FullyConnectedLayer\).*100.*layer 1 \(SoftmaxLayer\).*30"):
+    with pytest.raises(
+        ShapeError, match=r"layer 0 \(FullyConnectedLayer\).*100.*layer 1 \(SoftmaxLayer\).*30"
+    ):
         Network(layers, 10)
 
 
@@ -83,10 +85,12 @@ def test_seed_makes_weights_repeatable():
 def test_hash_matches_numpy_and_uniforms_are_uniform():
     x = pt.vector("x", dtype="uint64")
     values = np.arange(0, 2**32, 2**20, dtype=np.uint64)
-    np.testing.assert_array_equal(hash32(x).eval({x: values}), hash32_numpy(values.astype(np.uint32)))
+    np.testing.assert_array_equal(
+        hash32(x).eval({x: values}), hash32_numpy(values.astype(np.uint32))
+    )
     step = pytensor.shared(np.int64(3))
     u = uniform((200, 500), seed=1, salt=0, step=step).eval()
-    assert u.dtype == np.float32 and 0.0 <= u.min() and u.max() < 1.0
+    assert u.dtype == np.float32 and u.min() >= 0.0 and u.max() < 1.0
     counts, _ = np.histogram(u, bins=10, range=(0, 1))
     expected = u.size / 10
     chi2 = ((counts - expected) ** 2 / expected).sum()
@@ -112,7 +116,9 @@ def test_dropout_rate_and_independence_across_layers_and_steps():
 
 
 def test_deterministic_path_has_no_dropout_and_scales_by_keep_probability():
-    layer = FullyConnectedLayer(6, 4, activation_fn="linear", p_dropout=0.5, rng=np.random.default_rng(1))
+    layer = FullyConnectedLayer(
+        6, 4, activation_fn="linear", p_dropout=0.5, rng=np.random.default_rng(1)
+    )
     x = pt.matrix("x", dtype="float32")
     step = pytensor.shared(np.int64(0))
     layer.set_inpt(x, x, 8, dropout=DropoutSource(3, 0, step, 8))

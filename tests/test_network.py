@@ -16,7 +16,9 @@ def _value(param) -> np.ndarray:
 
 
 def _data(rng, n, shape, classes=10):
-    return rng.random((n, int(np.prod(shape))), dtype=np.float32), rng.integers(0, classes, n).astype(np.int32)
+    return rng.random((n, int(np.prod(shape))), dtype=np.float32), rng.integers(
+        0, classes, n
+    ).astype(np.int32)
 
 
 def test_one_sgd_step_equals_numpy_backprop(rng):
@@ -49,7 +51,9 @@ def test_one_conv_sgd_step_equals_numpy_reference(rng):
 
 
 def test_cost_uses_dropout_path_and_accuracy_the_deterministic_one():
-    net = Network([FullyConnectedLayer(6, 5, p_dropout=0.5), SoftmaxLayer(5, 3, p_dropout=0.5)], 4, seed=1)
+    net = Network(
+        [FullyConnectedLayer(6, 5, p_dropout=0.5), SoftmaxLayer(5, 3, p_dropout=0.5)], 4, seed=1
+    )
     assert net.step in ancestors([net.layers[-1].cost(net)])
     assert net.step not in ancestors([net.layers[-1].accuracy(net.y)])
     assert net.step not in ancestors([net.output])
@@ -96,8 +100,15 @@ def test_sgd_rejects_bad_arguments(rng):
     ]:
         args = {"epochs": 1, "mini_batch_size": 2, "eta": 0.1, "lmbda": 0.0} | kwargs
         with pytest.raises(ArgumentError, match=match):
-            net.SGD((x, y), args["epochs"], args["mini_batch_size"], args["eta"], lmbda=args["lmbda"], verbose=False)
-    with pytest.raises(ShapeError, match="training_data.*4 features"):
+            net.SGD(
+                (x, y),
+                args["epochs"],
+                args["mini_batch_size"],
+                args["eta"],
+                lmbda=args["lmbda"],
+                verbose=False,
+            )
+    with pytest.raises(ShapeError, match=r"training_data.*4 features"):
         net.SGD((x[:, :3], y), 1, 2, 0.1, verbose=False)
     with pytest.raises(DataError, match=r"labels must lie in \[0, 2\)"):
         net.SGD((x, y + 5), 1, 2, 0.1, verbose=False)
@@ -110,7 +121,9 @@ def test_sgd_rejects_bad_arguments(rng):
 def _small_dropout_convnet(backend: str, mbs: int = 4) -> Network:
     return Network(
         [
-            ConvPoolLayer(filter_shape=(4, 1, 3, 3), image_shape=(mbs, 1, 10, 10), activation_fn=ReLU),
+            ConvPoolLayer(
+                filter_shape=(4, 1, 3, 3), image_shape=(mbs, 1, 10, 10), activation_fn=ReLU
+            ),
             FullyConnectedLayer(4 * 4 * 4, 16, ReLU, p_dropout=0.5),
             SoftmaxLayer(16, 10, p_dropout=0.2),
         ],

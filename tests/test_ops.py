@@ -33,7 +33,9 @@ def test_conv_and_pool_match_reference(backend, rng):
         got_conv, got_pool = (np.asarray(v) for v in fn(xv, wv))
         want_conv = reference.conv_valid(xv, wv)
         np.testing.assert_allclose(got_conv, want_conv, rtol=1e-5, atol=1e-4)
-        np.testing.assert_allclose(got_pool, reference.max_pool(want_conv, pool), rtol=1e-5, atol=1e-4)
+        np.testing.assert_allclose(
+            got_pool, reference.max_pool(want_conv, pool), rtol=1e-5, atol=1e-4
+        )
 
 
 def test_conv_is_true_convolution_not_correlation(rng):

@@ -51,7 +51,9 @@ def read_idx(path: Path) -> np.ndarray:
         with opener(path, "rb") as handle:
             raw = handle.read()
     except (OSError, EOFError) as exc:
-        raise DataError(f"{path}: cannot be read as {'gzip' if path.suffix == '.gz' else 'IDX'} ({exc}).") from None
+        raise DataError(
+            f"{path}: cannot be read as {'gzip' if path.suffix == '.gz' else 'IDX'} ({exc})."
+        ) from None
     if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in _IDX_DTYPES:
         raise DataError(f"{path}: not an IDX file (bad magic number {raw[:4].hex() or 'empty'}).")
     ndim = raw[3]
@@ -80,7 +82,9 @@ def _from_idx_folder(folder: Path) -> tuple[Split, Split, Split]:
     paths = {key: _find_idx(folder, stem) for key, stem in IDX_FILES.items()}
     missing = [IDX_FILES[k] for k, p in paths.items() if p is None]
     if missing:
-        raise DataNotFoundError(f"{folder}: missing {', '.join(missing)} (.gz or raw). {HOW_TO_GET}")
+        raise DataNotFoundError(
+            f"{folder}: missing {', '.join(missing)} (.gz or raw). {HOW_TO_GET}"
+        )
     arrays = {key: read_idx(path) for key, path in paths.items()}  # type: ignore[arg-type]
     for kind in ("train", "test"):
         images, labels = arrays[f"{kind}_images"], arrays[f"{kind}_labels"]
@@ -88,8 +92,10 @@ def _from_idx_folder(folder: Path) -> tuple[Split, Split, Split]:
             raise DataError(
                 f"{folder}: {kind} images {images.shape} and labels {labels.shape} don't pair up."
             )
+
     def images(a: np.ndarray) -> np.ndarray:
-        return (a.reshape(len(a), -1).astype(np.float32) / np.float32(255.0))
+        return a.reshape(len(a), -1).astype(np.float32) / np.float32(255.0)
+
     train_x, train_y = images(arrays["train_images"]), arrays["train_labels"].astype(np.int32)
     test = (images(arrays["test_images"]), arrays["test_labels"].astype(np.int32))
     return (
@@ -102,11 +108,17 @@ def _from_idx_folder(folder: Path) -> tuple[Split, Split, Split]:
 def _from_book_pickle(path: Path) -> tuple[Split, Split, Split]:
     value = safe_pickle.load(path)
     try:
-        splits = tuple((np.asarray(x, np.float32), np.asarray(y).astype(np.int32)) for x, y in value)
+        splits = tuple(
+            (np.asarray(x, np.float32), np.asarray(y).astype(np.int32)) for x, y in value
+        )
     except (TypeError, ValueError):
-        raise DataError(f"{path}: expected ((x, y), (x, y), (x, y)) like the book's mnist.pkl.gz.") from None
+        raise DataError(
+            f"{path}: expected ((x, y), (x, y), (x, y)) like the book's mnist.pkl.gz."
+        ) from None
     if len(splits) != 3:
-        raise DataError(f"{path}: expected 3 splits (training, validation, test). Received: {len(splits)}.")
+        raise DataError(
+            f"{path}: expected 3 splits (training, validation, test). Received: {len(splits)}."
+        )
     return splits  # type: ignore[return-value]
 
 
@@ -135,6 +147,11 @@ def load_data_shared(filename: str | os.PathLike[str] | None = None) -> list:
     import pytensor
 
     return [
-        (pytensor.shared(x, name=f"{what}_x", borrow=True), pytensor.shared(y, name=f"{what}_y", borrow=True))
-        for (x, y), what in zip(load_mnist(filename), ("training", "validation", "test"), strict=True)
+        (
+            pytensor.shared(x, name=f"{what}_x", borrow=True),
+            pytensor.shared(y, name=f"{what}_y", borrow=True),
+        )
+        for (x, y), what in zip(
+            load_mnist(filename), ("training", "validation", "test"), strict=True
+        )
     ]

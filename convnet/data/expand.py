@@ -1,0 +1,61 @@
+"""The book's expanded training set: every image plus its four one-pixel shifts.
+
+As in the book's ``expand_mnist.py``: 50,000 -> 250,000 images, a pixel shifted in
+leaves a row or column of zeros (not a wrap-around), and the result is shuffled.
+The expansion is cached as ``.npz`` so later runs load it in a second.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+SIDE = 28
+
+
+def shift(images: np.ndarray, d_row: int, d_col: int) -> np.ndarray:
+    """Shift (n, 784) images by one pixel, filling the uncovered edge with zeros."""
+    square = images.reshape(-1, SIDE, SIDE)
+    moved = np.zeros_like(square)
+    rows = slice(max(d_row, 0), SIDE + min(d_row, 0))
+    cols = slice(max(d_col, 0), SIDE + min(d_col, 0))
+    src_rows = slice(max(-d_row, 0), SIDE + min(-d_row, 0))
+    src_cols = slice(max(-d_col, 0), SIDE + min(-d_col, 0))
+    moved[:, rows, cols] = square[:, src_rows, src_cols]
+    return moved.reshape(len(images), -1)
+
+
+def expand(x: np.ndarray, y: np.ndarray, *, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Originals plus shifts down, up, right and left, shuffled with ``seed``."""
+    moves = [(1, 0), (-1, 0), (0, 1), (0, -1)]
+    images = np.concatenate([x, *(shift(x, r, c) for r, c in moves)])
+    labels = np.concatenate([y] * (1 + len(moves)))
+    order = np.random.default_rng(seed).permutation(len(images))
+    return images[order], labels[order]
+
+
+def default_cache() -> Path:
+    return Path.home() / ".cache" / "convnet" / "mnist_expanded.npz"
+
+
+def load_expanded(
+    training: tuple[np.ndarray, np.ndarray], cache: Path | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """The expanded set for ``training``, from the cache when it matches, else built."""
+    cache = cache or default_cache()
+    x, y = training
+    if cache.is_file():
+        with np.load(cache, allow_pickle=False) as stored:
+            if stored["x"].shape == (5 * len(x), x.shape[1]):
+                return stored["x"], stored["y"]
+    images, labels = expand(x, y)
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile(dir=cache.parent, suffix=".npz", delete=False) as tmp:
+        np.savez(tmp, x=images, y=labels)
+        tmp.flush()
+        os.fsync(tmp.fileno())
+    os.replace(tmp.name, cache)  # atomic: a killed run never leaves half a cache
+    return images, labels
