@@ -46,14 +46,19 @@ def _choice(value: str | None, env: str, allowed: tuple[str, ...], default: str)
 
 
 def jax_available() -> bool:
-    return importlib.util.find_spec("jax") is not None
+    return _module_exists("jax")
+
+
+def _module_exists(name: str) -> bool:
+    try:
+        return importlib.util.find_spec(name) is not None
+    except ModuleNotFoundError:  # a missing parent package
+        return False
 
 
 def _cuda_plugin_installed() -> bool:
-    return any(
-        importlib.util.find_spec(name) is not None
-        for name in ("jax_cuda12_plugin", "jax_cuda13_plugin", "jax_plugins.xla_cuda12")
-    )
+    names = ("jax_cuda12_plugin", "jax_cuda13_plugin", "jax_plugins.xla_cuda12")
+    return any(_module_exists(name) for name in names)
 
 
 def _jax_device(kind: str) -> Any:

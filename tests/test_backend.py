@@ -1,0 +1,62 @@
+"""Backend selection, the GPU refusal on CPU machines, and device residency in JAX mode."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from convnet import FullyConnectedLayer, Network, SoftmaxLayer
+from convnet import backend as backends
+from convnet.errors import ArgumentError, BackendError
+
+
+def test_environment_chooses_the_backend(monkeypatch):
+    monkeypatch.setenv("CONVNET_BACKEND", "c")
+    monkeypatch.setenv("CONVNET_DEVICE", "cpu")
+    assert backends.resolve() == backends.Backend("c", "cpu")
+    assert backends.resolve("numba").name == "numba"  # the argument wins
+    monkeypatch.setenv("CONVNET_BACKEND", "tpu")
+    with pytest.raises(ArgumentError, match="CONVNET_BACKEND.*Received: 'tpu'"):
+        backends.resolve()
+
+
+def test_auto_prefers_jax_when_installed(monkeypatch):
+    monkeypatch.delenv("CONVNET_BACKEND", raising=False)
+    assert backends.resolve("auto", "cpu").name == ("jax" if backends.jax_available() else "c")
+
+
+def test_gpu_needs_jax_backend():
+    with pytest.raises(BackendError, match="needs backend='jax'"):
+        backends.resolve("c", "gpu")
+
+
+def test_gpu_without_cuda_fails_clearly_instead_of_falling_back():
+    pytest.importorskip("jax")
+    import jax
+
+    if any(d.platform == "gpu" for d in jax.devices()):
+        pytest.skip("this machine has a GPU")
+    with pytest.raises(BackendError, match="never\\s+falls back|CPU-only|no GPU") as info:
+        Network([FullyConnectedLayer(4, 3), SoftmaxLayer(3, 2)], 2, device="gpu")
+    assert "Devices found" in str(info.value)
+
+
+def test_jax_keeps_weights_and_data_on_the_device():
+    jax = pytest.importorskip("jax")
+    net = Network([FullyConnectedLayer(4, 3), SoftmaxLayer(3, 2)], 2, backend="jax", seed=0)
+    rng = np.random.default_rng(0)
+    x, y = rng.random((10, 4), dtype=np.float32), rng.integers(0, 2, 10).astype(np.int32)
+    assert all(isinstance(p.get_value(borrow=True), jax.Array) for p in net.params)
+    data = net.to_device((x, y), "training_data")
+    assert isinstance(data.x.get_value(borrow=True), jax.Array)
+    net.SGD((x, y), 2, 2, 0.1, verbose=False)
+    for param in net.params:  # still on the device, still float32 after updates
+        value = param.get_value(borrow=True)
+        assert isinstance(value, jax.Array) and value.dtype == np.float32
+
+
+def test_layers_move_back_to_numpy_for_a_c_network():
+    layers = [FullyConnectedLayer(4, 3), SoftmaxLayer(3, 2)]
+    Network(layers, 2, backend="jax", seed=0)
+    net = Network(layers, 2, backend="c", seed=0)
+    assert all(isinstance(p.get_value(borrow=True), np.ndarray) for p in net.params)
