@@ -16,7 +16,7 @@ def test_environment_chooses_the_backend(monkeypatch):
     assert backends.resolve() == backends.Backend("c", "cpu")
     assert backends.resolve("numba").name == "numba"  # the argument wins
     monkeypatch.setenv("CONVNET_BACKEND", "tpu")
-    with pytest.raises(ArgumentError, match="CONVNET_BACKEND.*Received: 'tpu'"):
+    with pytest.raises(ArgumentError, match=r"CONVNET_BACKEND.*Received: 'tpu'"):
         backends.resolve()
 
 
@@ -36,7 +36,7 @@ def test_gpu_without_cuda_fails_clearly_instead_of_falling_back():
 
     if any(d.platform == "gpu" for d in jax.devices()):
         pytest.skip("this machine has a GPU")
-    with pytest.raises(BackendError, match="never\\s+falls back|CPU-only|no GPU") as info:
+    with pytest.raises(BackendError, match=r"never\s+falls back|CPU-only|no GPU") as info:
         Network([FullyConnectedLayer(4, 3), SoftmaxLayer(3, 2)], 2, device="gpu")
     assert "Devices found" in str(info.value)
 
