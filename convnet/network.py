@@ -152,24 +152,52 @@ class Network:
         eta: SharedVariable,
         lmbda: float,
         cost_sum: SharedVariable,
+        velocities: Sequence[SharedVariable] = (),
+        momentum: float = 0.0,
     ) -> Function:
         """One SGD step on mini-batch ``i`` of ``order``; returns nothing, accumulates cost.
 
         The cost is network3's: log-likelihood on the dropout path plus
-        ``0.5*lmbda*sum(w**2)/num_training_batches`` over the weights (not biases).
+        ``0.5*lmbda*sum(w**2)/num_training_batches`` over the weights (not biases). With
+        ``velocities`` (one per param) the step is classical momentum:
+        ``v <- momentum*v - eta*g; p <- p + v``.
         """
         mbs = self.mini_batch_size
         num_batches = -(-data.n // mbs)
         i = pt.scalar("i", dtype="int64")
         rows = order[i * mbs + pt.arange(mbs)]
-        l2 = sum(
-            (w**2).sum() for layer in self.layers for w in layer.get_params(regularizable=True)
-        )
+        weights = [w for layer in self.layers for w in layer.get_params(regularizable=True)]
+        l2 = sum((w**2).sum() for w in weights)
         cost = self.layers[-1].cost(self) + np.float32(0.5 * lmbda / num_batches) * l2
         grads = pt.grad(cost, self.params)
-        updates = [(p, p - eta * g) for p, g in zip(self.params, grads, strict=True)]
+        if velocities:
+            updates = []
+            for p, g, v in zip(self.params, grads, velocities, strict=True):
+                new_v = np.float32(momentum) * v - eta * g
+                updates += [(v, new_v), (p, p + new_v)]
+        else:
+            updates = [(p, p - eta * g) for p, g in zip(self.params, grads, strict=True)]
         updates += [(self.step, self.step + 1), (cost_sum, cost_sum + cost)]
         return self._compile([i], [], updates=updates, givens=self._batch(data, rows, mbs))
+
+    def get_weights(self) -> list[np.ndarray]:
+        """Host copies of every parameter, in ``params`` order."""
+        return [np.array(backends.to_numpy(p.get_value(borrow=True))) for p in self.params]
+
+    def set_weights(self, values: Sequence[np.ndarray]) -> None:
+        """Replace every parameter (shapes checked), keeping it on the backend's device."""
+        if len(values) != len(self.params):
+            raise ShapeError(
+                f"weights: expected {len(self.params)} arrays. Received: {len(values)}."
+            )
+        for param, value in zip(self.params, values, strict=True):
+            want = param.type.shape
+            if tuple(np.shape(value)) != tuple(want):
+                raise ShapeError(
+                    f"weights: {param.name} expected shape {want}. Received: {np.shape(value)}."
+                )
+            param.set_value(np.asarray(value, dtype=np.float32))
+            self.backend.place(param)
 
     def _batch(self, data: DeviceData, rows: Any, size: int) -> dict:
         """Graph inputs for the examples at ``rows``, with static shapes (JAX needs them)."""

@@ -37,24 +37,30 @@ def expand(x: np.ndarray, y: np.ndarray, *, seed: int = 0) -> tuple[np.ndarray, 
     return images[order], labels[order]
 
 
-def default_cache() -> Path:
-    return Path.home() / ".cache" / "convnet" / "mnist_expanded.npz"
+def default_cache(n_images: int = 50_000) -> Path:
+    return Path.home() / ".cache" / "convnet" / f"mnist_expanded_{n_images}.npz"
 
 
 def load_expanded(
     training: tuple[np.ndarray, np.ndarray], cache: Path | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
     """The expanded set for ``training``, from the cache when it matches, else built."""
-    cache = cache or default_cache()
     x, y = training
+    cache = cache or default_cache(len(x))
     if cache.is_file():
         with np.load(cache, allow_pickle=False) as stored:
             if stored["x"].shape == (5 * len(x), x.shape[1]):
-                return stored["x"], stored["y"]
+                images = stored["x"]
+                if images.dtype == np.uint8:
+                    images = images.astype(np.float32) / np.float32(255.0)
+                return images, stored["y"]
     images, labels = expand(x, y)
+    as_bytes = np.round(images * 255)
+    # MNIST pixels are k/255: store them as bytes (196 MB instead of 784 MB) when exact.
+    stored_x = as_bytes.astype(np.uint8) if np.array_equal(as_bytes / 255, images) else images
     cache.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.NamedTemporaryFile(dir=cache.parent, suffix=".npz", delete=False) as tmp:
-        np.savez(tmp, x=images, y=labels)
+        np.savez(tmp, x=stored_x, y=labels)
         tmp.flush()
         os.fsync(tmp.fileno())
     os.replace(tmp.name, cache)  # atomic: a killed run never leaves half a cache

@@ -1,0 +1,293 @@
+"""The ``convnet`` command: parses arguments, then calls the public API, nothing more."""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io as _io
+import json
+import platform
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from convnet import io
+from convnet.book import RECIPES, layers_for
+from convnet.errors import ConvnetError
+from convnet.network import Network
+from convnet.training import History
+
+
+def _data(args: argparse.Namespace):
+    from convnet.data.mnist import load_mnist
+
+    return load_mnist(args.data)
+
+
+# -- train --------------------------------------------------------------------------------
+def _layers(args: argparse.Namespace, mbs: int):
+    if args.layers:
+        from convnet.spec import parse
+
+        return parse(args.layers, mbs)
+    return layers_for(args.net, mbs)
+
+
+def _write_history(run_dir: Path, history: History) -> None:
+    io.write_json(run_dir / "history.json", history.as_dict())
+    columns = ["epoch", "train_cost", "validation_accuracy", "test_accuracy", "eta", "seconds"]
+    text = _io.StringIO()
+    writer = csv.writer(text)
+    writer.writerow(columns)
+    writer.writerows(zip(*(getattr(history, c) for c in columns), strict=True))
+    io.atomic_write(run_dir / "history.csv", lambda h: h.write(text.getvalue().encode()))
+
+
+def _write_pictures(run_dir: Path, net: Network, history: History, test) -> None:
+    from convnet import plots
+
+    plots.curves(history, run_dir / "curves.png")
+    if test is not None:
+        plots.errors(test[0], test[1], net.predict(test[0]), run_dir / "errors.png")
+
+
+def _train_one(args, run_dir: Path, seed: int, training, validation, test, hyper: dict) -> Network:
+    mbs = args.mini_batch_size
+    net = Network(_layers(args, mbs), mbs, backend=args.backend, device=args.device, seed=seed)
+    history = net.SGD(
+        training,
+        hyper["epochs"],
+        mbs,
+        hyper["eta"],
+        validation,
+        test,
+        hyper["lmbda"],
+        momentum=args.momentum,
+        patience=args.patience,
+        eta_schedule=args.eta_schedule,
+        shuffle=args.shuffle,
+        verbose=not args.quiet,
+    )
+    io.save(
+        net,
+        run_dir,
+        training=hyper | {"seed": seed},
+        history={
+            "best_epoch": history.best_epoch,
+            "best_validation_accuracy": history.best_validation_accuracy,
+            "final_test_accuracy": history.test_accuracy[-1] if history.test_accuracy else None,
+        },
+    )
+    _write_history(run_dir, history)
+    _write_pictures(run_dir, net, history, test)
+    return net
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from convnet.data.expand import load_expanded
+    from convnet.ensemble import vote
+
+    recipe = RECIPES.get(args.net) if not args.layers else None
+    hyper = {
+        "net": args.layers or args.net,
+        "epochs": args.epochs or (recipe.epochs if recipe else 10),
+        "eta": args.eta if args.eta is not None else (recipe.eta if recipe else 0.1),
+        "lmbda": args.lmbda if args.lmbda is not None else (recipe.lmbda if recipe else 0.0),
+        "mini_batch_size": args.mini_batch_size,
+        "momentum": args.momentum,
+        "limit": args.limit,
+        "expanded": bool(args.expanded or (recipe and recipe.expanded)),
+    }
+    training, validation, test = _data(args)
+    if hyper["expanded"]:
+        training = load_expanded(training)
+    if args.limit:
+        training = (training[0][: args.limit], training[1][: args.limit])
+    run_dir = Path(args.out)
+    members = args.ensemble or 1
+    nets = []
+    for k in range(members):
+        member_dir = run_dir if members == 1 else run_dir / f"member-{k}"
+        if members > 1 and not args.quiet:
+            print(f"\n== ensemble member {k + 1} of {members} (seed {args.seed + k}) ==")
+        nets.append(_train_one(args, member_dir, args.seed + k, training, validation, test, hyper))
+        if not args.quiet:
+            print(f"Saved {member_dir}/model.npz, model.json, history, curves.png, errors.png")
+    if members > 1:
+        probabilities = [net.predict_proba(test[0]) for net in nets]
+        accuracies = [float(np.mean(p.argmax(1) == test[1])) for p in probabilities]
+        voted = float(np.mean(vote(probabilities) == test[1]))
+        io.write_json(run_dir / "ensemble.json", {"members": accuracies, "voted": voted})
+        for k, accuracy in enumerate(accuracies):
+            print(f"member {k}: test accuracy {accuracy:.2%}")
+        print(f"voted ({members} nets): test accuracy {voted:.2%}")
+    return 0
+
+
+# -- the other commands -------------------------------------------------------------------
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    net = io.load(args.model, backend=args.backend, device=args.device)
+    _, _, (x, y) = _data(args)
+    predicted = net.predict(x)
+    matrix = np.zeros((net.n_classes, net.n_classes), dtype=np.int64)
+    np.add.at(matrix, (y, predicted), 1)
+    print(
+        f"test accuracy: {np.mean(predicted == y):.2%} ({int((predicted == y).sum())} of {len(y)})"
+    )
+    print("confusion matrix (rows: true label, columns: predicted):")
+    print("     " + " ".join(f"{c:>5}" for c in range(net.n_classes)))
+    for label, row in enumerate(matrix):
+        print(f"{label:>4} " + " ".join(f"{v:>5}" for v in row))
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from convnet.images import load_image
+
+    net = io.load(args.model, backend=args.backend, device=args.device)
+    images = np.stack([load_image(path) for path in args.images])
+    probabilities = net.predict_proba(images)
+    for path, p in zip(args.images, probabilities, strict=True):
+        print(f"{path}: {int(p.argmax())} (probability {p.max():.3f})")
+    return 0
+
+
+def cmd_plot(args: argparse.Namespace) -> int:
+    from convnet import plots
+
+    run_dir = Path(args.run_dir)
+    try:
+        history = History.from_dict(json.loads((run_dir / "history.json").read_text()))
+    except FileNotFoundError:
+        raise ConvnetError(f"{run_dir}: no history.json here; is it a run folder?") from None
+    print(plots.curves(history, run_dir / "curves.png"))
+    if (run_dir / "model.json").exists():
+        _, _, test = _data(args)
+        net = io.load(run_dir)
+        print(plots.errors(test[0], test[1], net.predict(test[0]), run_dir / "errors.png"))
+    return 0
+
+
+def cmd_expand(args: argparse.Namespace) -> int:
+    from convnet.data.expand import default_cache, load_expanded
+
+    training, _, _ = _data(args)
+    x, _ = load_expanded(training)
+    cache = default_cache(len(training[0]))
+    print(f"{len(x):,} training images (the book's expansion) cached at {cache}")
+    return 0
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    import numpy
+    import pytensor
+
+    from convnet import __version__
+    from convnet import backend as backends
+
+    print(
+        f"convnet {__version__}, pytensor {pytensor.__version__}, numpy {numpy.__version__}, "
+        f"python {platform.python_version()}"
+    )
+    if backends.jax_available():
+        import jax
+
+        print(f"jax {jax.__version__}: devices {', '.join(str(d) for d in jax.devices())}")
+    else:
+        print("jax: not installed")
+    chosen = backends.resolve(args.backend, args.device)
+    print(f"backend: {chosen.describe()}")
+    try:
+        from threadpoolctl import threadpool_info
+
+        for lib in threadpool_info():
+            print(
+                f"{lib['internal_api']}: {lib.get('architecture')} {lib['num_threads']} threads "
+                f"({Path(lib['filepath']).name})"
+            )
+    except ImportError:
+        pass
+    return 0
+
+
+# -- parser -------------------------------------------------------------------------------
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="convnet", description="Train and use the book's networks."
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def common(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--data", help="MNIST folder or mnist.pkl.gz (default: $CONVNET_DATA)")
+        p.add_argument("--backend", choices=["auto", "c", "numba", "jax"])
+        p.add_argument("--device", choices=["cpu", "gpu"])
+
+    train = sub.add_parser("train", help="train a network and save it with its history and plots")
+    group = train.add_mutually_exclusive_group()
+    group.add_argument("--net", choices=list(RECIPES), default="relu", help="a chapter-6 network")
+    group.add_argument("--layers", help="e.g. conv:20:5:relu,fc:100:relu,softmax")
+    train.add_argument("--epochs", type=int)
+    train.add_argument("--mini-batch-size", type=int, default=10)
+    train.add_argument("--eta", type=float)
+    train.add_argument("--lmbda", type=float)
+    train.add_argument("--momentum", type=float, default=0.0)
+    train.add_argument(
+        "--patience", type=int, help="early stopping after N epochs without improvement"
+    )
+    train.add_argument(
+        "--eta-schedule", type=int, help="halve eta after N stalled epochs (stop at eta/128)"
+    )
+    train.add_argument(
+        "--shuffle", action="store_true", help="reshuffle every epoch (the book did not)"
+    )
+    train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--limit", type=int, help="train on the first N training images")
+    train.add_argument("--expanded", action="store_true", help="the book's expanded training set")
+    train.add_argument(
+        "--ensemble", type=int, help="train N nets with seeds seed..seed+N-1 and vote"
+    )
+    train.add_argument("--quiet", action="store_true")
+    train.add_argument("--out", required=True, help="run folder to write")
+    common(train)
+    train.set_defaults(func=cmd_train)
+
+    evaluate = sub.add_parser(
+        "evaluate", help="test accuracy and confusion matrix of a saved model"
+    )
+    evaluate.add_argument("model", help="run folder or model.npz")
+    common(evaluate)
+    evaluate.set_defaults(func=cmd_evaluate)
+
+    predict = sub.add_parser("predict", help="classify PNG/JPEG images of digits")
+    predict.add_argument("model", help="run folder or model.npz")
+    predict.add_argument("images", nargs="+")
+    common(predict)
+    predict.set_defaults(func=cmd_predict)
+
+    plot = sub.add_parser("plot", help="redraw curves.png and errors.png of a run")
+    plot.add_argument("run_dir")
+    common(plot)
+    plot.set_defaults(func=cmd_plot)
+
+    expand = sub.add_parser("expand-mnist", help="build and cache the book's expanded training set")
+    common(expand)
+    expand.set_defaults(func=cmd_expand)
+
+    info = sub.add_parser("info", help="versions, backend, device, BLAS and threads")
+    common(info)
+    info.set_defaults(func=cmd_info)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except ConvnetError as exc:  # our errors already say what is wrong: no traceback
+        print(f"convnet {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,166 @@
+"""Saving and loading models: weights as ``.npz``, architecture as JSON, never pickle.
+
+A model is two files side by side, ``model.npz`` (flat dotted names such as
+``layers.0.w``) and ``model.json`` (format version, convnet version, the layers'
+constructor arguments, and whatever training details the caller adds). Writes are
+atomic, so a crash mid-save leaves the previous model intact; loads check every array
+against the architecture before building anything.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import IO, Any
+
+import numpy as np
+
+from convnet.errors import ArgumentError, ModelFileError, ShapeError
+from convnet.layers import LAYER_TYPES, ConvPoolLayer, Layer
+from convnet.network import Network
+
+FORMAT = "convnet-model"
+FORMAT_VERSION = 1
+
+
+def atomic_write(path: Path, write: Callable[[IO[bytes]], None]) -> None:
+    """Write via a temporary file in the same folder, fsync, then ``os.replace``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; a saved model is an ordinary file
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            write(handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_json(path: Path, value: Any) -> None:
+    atomic_write(path, lambda h: h.write(json.dumps(value, indent=2).encode()))
+
+
+def model_paths(path: str | os.PathLike[str]) -> tuple[Path, Path]:
+    """(weights.npz, architecture.json) for a run folder or either file of a model."""
+    path = Path(path)
+    if path.suffix in (".npz", ".json"):
+        return path.with_suffix(".npz"), path.with_suffix(".json")
+    return path / "model.npz", path / "model.json"
+
+
+def weight_names(net: Network) -> list[str]:
+    return [f"layers.{i}.{p.name}" for i, layer in enumerate(net.layers) for p in layer.params]
+
+
+def architecture(net: Network) -> dict[str, Any]:
+    from convnet import __version__
+
+    return {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "convnet_version": __version__,
+        "mini_batch_size": net.mini_batch_size,
+        "seed": net.seed,
+        "layers": [layer.describe() for layer in net.layers],
+    }
+
+
+def save(net: Network, path: str | os.PathLike[str], **details: Any) -> Path:
+    """Save ``net`` to a run folder or ``something.npz``; returns the weights path.
+
+    ``details`` (hyper-parameters, data, history summary) go into the JSON.
+    """
+    weights_path, json_path = model_paths(path)
+    arrays = dict(zip(weight_names(net), net.get_weights(), strict=True))
+    atomic_write(weights_path, lambda h: np.savez(h, **arrays))
+    write_json(json_path, architecture(net) | details)
+    return weights_path
+
+
+def read_architecture(json_path: Path) -> dict[str, Any]:
+    try:
+        arch = json.loads(json_path.read_text())
+    except FileNotFoundError:
+        raise ModelFileError(
+            f"{json_path}: no such model file (expected model.json beside the weights)."
+        ) from None
+    except (OSError, ValueError) as exc:
+        raise ModelFileError(
+            f"{json_path}: not a readable JSON model description ({exc})."
+        ) from None
+    if not isinstance(arch, dict) or arch.get("format") != FORMAT:
+        raise ModelFileError(f"{json_path}: not a convnet model (format {arch.get('format')!r}).")
+    if arch.get("format_version") != FORMAT_VERSION:
+        raise ModelFileError(
+            f"{json_path}: model format version {arch.get('format_version')!r} written by convnet "
+            f"{arch.get('convnet_version')}; this convnet reads version {FORMAT_VERSION}."
+        )
+    return arch
+
+
+def build_layers(arch: dict[str, Any], mini_batch_size: int, source: Path) -> list[Layer]:
+    layers = []
+    for index, spec in enumerate(arch.get("layers", [])):
+        kwargs = dict(spec)
+        kind = kwargs.pop("type", None)
+        if kind not in LAYER_TYPES:
+            raise ModelFileError(f"{source}: layer {index} has unknown type {kind!r}.")
+        if LAYER_TYPES[kind] is ConvPoolLayer:
+            kwargs["image_shape"] = [mini_batch_size, *kwargs["image_shape"][1:]]
+        try:
+            layers.append(LAYER_TYPES[kind](**kwargs))
+        except (TypeError, ValueError) as exc:
+            raise ModelFileError(
+                f"{source}: layer {index} ({kind}) cannot be built: {exc}"
+            ) from None
+    return layers
+
+
+def load(
+    path: str | os.PathLike[str],
+    *,
+    mini_batch_size: int | None = None,
+    backend: str | None = None,
+    device: str | None = None,
+) -> Network:
+    """Load a model saved by :func:`save`, optionally with another mini-batch size/device."""
+    weights_path, json_path = model_paths(path)
+    arch = read_architecture(json_path)
+    mbs = mini_batch_size or int(arch["mini_batch_size"])
+    layers = build_layers(arch, mbs, json_path)
+    try:
+        net = Network(layers, mbs, backend=backend, device=device, seed=arch.get("seed"))
+    except (ShapeError, ArgumentError) as exc:
+        raise ModelFileError(f"{json_path}: the saved layers don't form a network: {exc}") from None
+    try:
+        with np.load(weights_path, allow_pickle=False) as stored:
+            arrays = {name: stored[name] for name in stored.files}
+    except FileNotFoundError:
+        raise ModelFileError(f"{weights_path}: no such weights file.") from None
+    except (OSError, ValueError) as exc:
+        raise ModelFileError(f"{weights_path}: not a readable .npz of arrays ({exc}).") from None
+    names = weight_names(net)
+    if sorted(arrays) != sorted(names):
+        raise ModelFileError(
+            f"{weights_path}: arrays don't match the architecture in {json_path.name}: "
+            f"expected {names}. Received: {sorted(arrays)}."
+        )
+    for name, param in zip(names, net.params, strict=True):
+        value = arrays[name]
+        if value.shape != tuple(param.type.shape) or value.dtype != np.float32:
+            raise ModelFileError(
+                f"{weights_path}: {name} expected float32 {tuple(param.type.shape)}. "
+                f"Received: {value.dtype} {value.shape}."
+            )
+        if not np.isfinite(value).all():
+            raise ModelFileError(f"{weights_path}: {name} contains NaN or inf.")
+    net.set_weights([arrays[name] for name in names])
+    return net

@@ -1,0 +1,158 @@
+"""The `convnet` command end to end on real MNIST (small --limit, few epochs)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from convnet import io, load_mnist
+from convnet.cli import main
+from tests.test_data import _write_fake_mnist
+
+pytestmark = pytest.mark.mnist
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory, mnist_dir):
+    out = tmp_path_factory.mktemp("run")
+    code = main(
+        [
+            "train",
+            "--net",
+            "shallow",
+            "--epochs",
+            "2",
+            "--limit",
+            "10000",
+            "--quiet",
+            "--out",
+            str(out),
+        ]
+    )
+    assert code == 0
+    return out
+
+
+def _picture(path):
+    with Image.open(path) as image:
+        return image.size, np.asarray(image.convert("L"), dtype=np.float64)
+
+
+def test_train_writes_model_history_and_pictures(run_dir):
+    for name in [
+        "model.npz",
+        "model.json",
+        "history.json",
+        "history.csv",
+        "curves.png",
+        "errors.png",
+    ]:
+        assert (run_dir / name).is_file(), name
+    history = json.loads((run_dir / "history.json").read_text())
+    assert history["epoch"] == [0, 1] and history["test_accuracy"][-1] > 0.85
+    assert (run_dir / "history.csv").read_text().splitlines()[0].startswith("epoch,train_cost")
+    arch = json.loads((run_dir / "model.json").read_text())
+    assert arch["training"]["limit"] == 10000 and arch["training"]["net"] == "shallow"
+    for name, size in [("curves.png", (1000, 400)), ("errors.png", (600, 600))]:
+        got_size, pixels = _picture(run_dir / name)
+        assert got_size == size
+        assert pixels.std() > 10  # not blank
+
+
+def test_evaluate_prints_accuracy_and_confusion_matrix(run_dir, capsys):
+    assert main(["evaluate", str(run_dir)]) == 0
+    out = capsys.readouterr().out
+    accuracy = float(out.split("test accuracy: ")[1].split("%")[0])
+    saved = json.loads((run_dir / "history.json").read_text())["test_accuracy"][-1]
+    assert accuracy == pytest.approx(100 * saved, abs=0.01)
+    rows = out.splitlines()[-10:]
+    assert [int(r.split()[0]) for r in rows] == list(range(10))
+    assert sum(int(v) for r in rows for v in r.split()[1:]) == 10_000
+
+
+def test_predict_reads_inverted_resized_digits(run_dir, tmp_path, capsys, mnist):
+    net = io.load(run_dir)
+    _, _, (x, y) = mnist
+    confident = np.flatnonzero(
+        (net.predict_proba(x[:200]).max(1) > 0.95) & (net.predict(x[:200]) == y[:200])
+    )
+    paths = []
+    for k in confident[:3]:
+        ink_on_paper = (255 - 255 * x[k].reshape(28, 28)).astype(np.uint8)
+        path = tmp_path / f"digit_{k}.png"
+        Image.fromarray(ink_on_paper).resize((84, 112), Image.Resampling.BICUBIC).save(path)
+        paths.append(str(path))
+    assert main(["predict", str(run_dir), *paths]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    for k, line in zip(confident[:3], lines, strict=True):
+        assert line.split(": ")[1].split()[0] == str(y[k]), line
+
+
+def test_plot_redraws_the_pictures(run_dir):
+    (run_dir / "curves.png").unlink()
+    assert main(["plot", str(run_dir)]) == 0
+    assert _picture(run_dir / "curves.png")[0] == (1000, 400)
+
+
+def test_ensemble_reports_members_and_vote(tmp_path, capsys):
+    assert (
+        main(
+            [
+                "train",
+                "--net",
+                "shallow",
+                "--epochs",
+                "1",
+                "--limit",
+                "2000",
+                "--quiet",
+                "--ensemble",
+                "3",
+                "--out",
+                str(tmp_path),
+            ]
+        )
+        == 0
+    )
+    result = json.loads((tmp_path / "ensemble.json").read_text())
+    assert len(result["members"]) == 3 and 0.7 < result["voted"] <= 1.0
+    assert (tmp_path / "member-2" / "model.npz").is_file()
+    assert "voted (3 nets)" in capsys.readouterr().out
+
+
+def test_expand_mnist_caches_the_expansion(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("HOME", str(tmp_path))
+    data = tmp_path / "mnist"
+    data.mkdir()
+    _write_fake_mnist(data, gz=True, n_train=120, n_test=5)
+    assert main(["expand-mnist", "--data", str(data)]) == 0
+    assert "600 training images" in capsys.readouterr().out
+    cache = tmp_path / ".cache" / "convnet" / "mnist_expanded_120.npz"
+    with np.load(cache) as stored:
+        assert stored["x"].shape == (600, 784)
+    training = load_mnist(data)[0]
+    from convnet.data.expand import load_expanded
+
+    np.testing.assert_array_equal(load_expanded(training)[1], load_expanded(training)[1])
+
+
+def test_errors_are_one_line_without_traceback(tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-m", "convnet.cli", "evaluate", str(tmp_path / "nope")],
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 2
+    assert "no such model file" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_info_names_backend_and_blas():
+    result = subprocess.run(
+        [sys.executable, "-m", "convnet.cli", "info"], capture_output=True, text=True, check=True
+    )
+    assert "backend:" in result.stdout and "pytensor" in result.stdout
