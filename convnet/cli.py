@@ -14,7 +14,7 @@ import numpy as np
 
 from convnet import io
 from convnet.book import RECIPES, layers_for
-from convnet.errors import ConvnetError
+from convnet.errors import ArgumentError, ConvnetError, DivergenceError
 from convnet.network import Network
 from convnet.training import History
 
@@ -52,23 +52,52 @@ def _write_pictures(run_dir: Path, net: Network, history: History, test) -> None
         plots.errors(test[0], test[1], net.predict(test[0]), run_dir / "errors.png")
 
 
-def _train_one(args, run_dir: Path, seed: int, training, validation, test, hyper: dict) -> Network:
+def _train_one(
+    args,
+    run_dir: Path,
+    seed: int,
+    training,
+    validation,
+    test,
+    hyper: dict,
+    resume: tuple | None = None,
+) -> Network:
+    from convnet import checkpoint
+
     mbs = args.mini_batch_size
-    net = Network(_layers(args, mbs), mbs, backend=args.backend, device=args.device, seed=seed)
-    history = net.SGD(
-        training,
-        hyper["epochs"],
-        mbs,
-        hyper["eta"],
-        validation,
-        test,
-        hyper["lmbda"],
-        momentum=args.momentum,
-        patience=args.patience,
-        eta_schedule=args.eta_schedule,
-        shuffle=args.shuffle,
-        verbose=not args.quiet,
-    )
+    if resume is not None:
+        net, state = resume
+    else:
+        net = Network(_layers(args, mbs), mbs, backend=args.backend, device=args.device, seed=seed)
+        state = None
+    arguments = {k: v for k, v in vars(args).items() if k not in ("func", "resume")}
+    arguments["out"] = str(run_dir)
+
+    def save_checkpoint(current) -> None:
+        if current.epoch % args.checkpoint_every == 0 or current.epoch == hyper["epochs"]:
+            checkpoint.save(run_dir, net, current, arguments)
+
+    try:
+        history = net.SGD(
+            training,
+            hyper["epochs"],
+            mbs,
+            hyper["eta"],
+            validation,
+            test,
+            hyper["lmbda"],
+            momentum=args.momentum,
+            patience=args.patience,
+            eta_schedule=args.eta_schedule,
+            shuffle=args.shuffle,
+            verbose=not args.quiet,
+            on_epoch_end=save_checkpoint,
+            state=state,
+        )
+    except DivergenceError:
+        # The network holds the last good weights again: keep them on disk too.
+        io.save(net, run_dir, training=hyper | {"seed": seed}, diverged=net.history.stopped)
+        raise
     io.save(
         net,
         run_dir,
@@ -85,8 +114,27 @@ def _train_one(args, run_dir: Path, seed: int, training, validation, test, hyper
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    from convnet import checkpoint
     from convnet.data.expand import load_expanded
     from convnet.ensemble import vote
+
+    resume = None
+    if args.resume:
+        net, state, stored = checkpoint.load(args.resume, backend=args.backend, device=args.device)
+        args = argparse.Namespace(**(stored | {"resume": args.resume, "func": args.func}))
+        resume = (net, state)
+        if not args.quiet:
+            print(f"Resuming {args.out} at epoch {state.epoch}")
+    elif not args.out:
+        raise ArgumentError("train: expected --out RUN_DIR (or --resume RUN_DIR).")
+    if args.checkpoint_every < 1:
+        raise ArgumentError(
+            f"--checkpoint-every: expected >= 1. Received: {args.checkpoint_every}."
+        )
+    if resume is not None and (args.ensemble or 1) > 1:
+        raise ArgumentError(
+            "--resume: ensembles are resumed member by member (--resume RUN/member-K)."
+        )
 
     recipe = RECIPES.get(args.net) if not args.layers else None
     hyper = {
@@ -111,7 +159,9 @@ def cmd_train(args: argparse.Namespace) -> int:
         member_dir = run_dir if members == 1 else run_dir / f"member-{k}"
         if members > 1 and not args.quiet:
             print(f"\n== ensemble member {k + 1} of {members} (seed {args.seed + k}) ==")
-        nets.append(_train_one(args, member_dir, args.seed + k, training, validation, test, hyper))
+        nets.append(
+            _train_one(args, member_dir, args.seed + k, training, validation, test, hyper, resume)
+        )
         if not args.quiet:
             print(f"Saved {member_dir}/model.npz, model.json, history, curves.png, errors.png")
     if members > 1:
@@ -248,7 +298,19 @@ def build_parser() -> argparse.ArgumentParser:
         "--ensemble", type=int, help="train N nets with seeds seed..seed+N-1 and vote"
     )
     train.add_argument("--quiet", action="store_true")
-    train.add_argument("--out", required=True, help="run folder to write")
+    train.add_argument("--out", help="run folder to write")
+    train.add_argument(
+        "--checkpoint-every",
+        type=int,
+        default=1,
+        metavar="N",
+        help="write RUN_DIR/checkpoint.npz every N epochs (default 1)",
+    )
+    train.add_argument(
+        "--resume",
+        metavar="RUN_DIR",
+        help="continue an interrupted run with its original arguments",
+    )
     common(train)
     train.set_defaults(func=cmd_train)
 

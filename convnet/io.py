@@ -29,6 +29,8 @@ FORMAT_VERSION = 1
 def atomic_write(path: Path, write: Callable[[IO[bytes]], None]) -> None:
     """Write via a temporary file in the same folder, fsync, then ``os.replace``."""
     path.parent.mkdir(parents=True, exist_ok=True)
+    for stale in path.parent.glob(f".{path.name}.*.tmp"):  # left by a writer that was killed
+        stale.unlink(missing_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     umask = os.umask(0)
     os.umask(umask)

@@ -1,0 +1,121 @@
+"""Runs that are killed at any moment resume exactly; a killed checkpoint write loses nothing."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from convnet import FullyConnectedLayer, Network, SoftmaxLayer, checkpoint
+from convnet.cli import main
+
+pytestmark = pytest.mark.mnist
+
+TRAIN = [
+    "train",
+    "--net",
+    "conv",
+    "--limit",
+    "1000",
+    "--epochs",
+    "6",
+    "--shuffle",
+    "--seed",
+    "3",
+    "--momentum",
+    "0.5",
+    "--quiet",
+]
+
+
+def _weights(run_dir: Path) -> dict[str, np.ndarray]:
+    with np.load(run_dir / "model.npz") as stored:
+        return {name: stored[name] for name in stored.files}
+
+
+def test_sigkill_at_random_moments_then_resume_equals_an_uninterrupted_run(tmp_path, mnist_dir):
+    reference = tmp_path / "reference"
+    assert main([*TRAIN, "--out", str(reference)]) == 0
+
+    run = tmp_path / "killed"
+    rng = np.random.default_rng(2026)
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    kills = 0
+    for _ in range(4):
+        args = (
+            ["--resume", str(run)]
+            if checkpoint.path_in(run).exists()
+            else [*TRAIN, "--out", str(run)]
+        )
+        process = subprocess.Popen(
+            [sys.executable, "-m", "convnet.cli", *args],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
+        time.sleep(rng.uniform(2.0, 7.0))
+        if process.poll() is None:
+            process.send_signal(signal.SIGKILL)
+            kills += 1
+        process.wait()
+    assert kills >= 2, "the runs finished before they could be killed; make them longer"
+    args = (
+        ["--resume", str(run)] if checkpoint.path_in(run).exists() else [*TRAIN, "--out", str(run)]
+    )
+    assert main(args) == 0
+
+    want, got = _weights(reference), _weights(run)
+    assert sorted(want) == sorted(got)
+    for name in want:
+        np.testing.assert_array_equal(got[name], want[name], err_msg=name)
+
+
+def test_a_kill_during_a_checkpoint_write_keeps_the_previous_checkpoint(tmp_path):
+    net = Network([FullyConnectedLayer(6, 4), SoftmaxLayer(4, 3)], 2, seed=1)
+    x = np.random.default_rng(0).random((8, 6), dtype=np.float32)
+    y = np.arange(8, dtype=np.int32) % 3
+    history = net.SGD(
+        (x, y), 1, 2, 0.1, verbose=False, on_epoch_end=lambda s: checkpoint.save(tmp_path, net, s)
+    )
+    assert history.epoch == [0]
+    before = checkpoint.path_in(tmp_path).read_bytes()
+
+    child = textwrap.dedent(f"""
+        import time, numpy as np
+        from convnet import checkpoint
+        net, state, _ = checkpoint.load({str(tmp_path)!r})
+        state.epoch += 1
+        real_savez = np.savez
+        def slow_savez(handle, **arrays):
+            handle.write(b"PK" + b"x" * 1000)  # half a file ...
+            handle.flush()
+            time.sleep(60)                     # ... and then the power goes
+        np.savez = slow_savez
+        checkpoint.save({str(tmp_path)!r}, net, state)
+    """)
+    process = subprocess.Popen([sys.executable, "-c", child])
+    deadline = time.monotonic() + 60
+    while not list(tmp_path.glob(".checkpoint.npz.*.tmp")) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.2)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+
+    assert checkpoint.path_in(tmp_path).read_bytes() == before
+    restored, state, _ = checkpoint.load(tmp_path)
+    assert state.epoch == 1
+    # The next save clears the killed writer's temporary file.
+    checkpoint.save(tmp_path, restored, state)
+    assert not list(tmp_path.glob(".checkpoint.npz.*.tmp"))
+
+
+def test_resume_without_a_checkpoint_is_a_clear_error(tmp_path, capsys):
+    assert main(["train", "--resume", str(tmp_path)]) == 2
+    assert "no checkpoint here to resume from" in capsys.readouterr().err
