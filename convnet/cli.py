@@ -229,6 +229,14 @@ def cmd_expand(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_download(args: argparse.Namespace) -> int:
+    from convnet.data.download import download_mnist
+
+    folder = download_mnist(args.to, progress=None if not args.quiet else False)
+    print(f"MNIST is in {folder} (sha256 verified)")
+    return 0
+
+
 def cmd_info(args: argparse.Namespace) -> int:
     import numpy
     import pytensor
@@ -335,6 +343,12 @@ def build_parser() -> argparse.ArgumentParser:
     expand = sub.add_parser("expand-mnist", help="build and cache the book's expanded training set")
     common(expand)
     expand.set_defaults(func=cmd_expand)
+
+    download = sub.add_parser("download", help="fetch and verify a dataset (mnist)")
+    download.add_argument("dataset", choices=["mnist"])
+    download.add_argument("--to", help="folder (default ~/.cache/convnet/mnist)")
+    download.add_argument("--quiet", action="store_true")
+    download.set_defaults(func=cmd_download)
 
     info = sub.add_parser("info", help="versions, backend, device, BLAS and threads")
     common(info)
