@@ -144,3 +144,14 @@ def test_every_backend_gives_the_same_training_steps():
     for backend in ("numba", "jax"):
         for got, want in zip(results[backend], results["c"], strict=True):
             np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5, err_msg=backend)
+
+
+def test_labels_must_be_integers_and_inputs_finite(rng):
+    net = Network([FullyConnectedLayer(4, 3), SoftmaxLayer(3, 2)], 2, seed=0)
+    x, y = _data(rng, 6, (4,), classes=2)
+    with pytest.raises(DataError, match="labels must be integers"):
+        net.SGD((x, y + 0.5), 1, 2, 0.1, verbose=False)
+    net.SGD((x, y.astype(np.float64)), 1, 2, 0.1, verbose=False)  # whole floats are fine
+    x[3, 1] = np.inf
+    with pytest.raises(DataError, match=r"NaN or inf.*example 3"):
+        net.SGD((x, y), 1, 2, 0.1, verbose=False)

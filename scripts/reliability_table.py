@@ -1,0 +1,241 @@
+#!/usr/bin/env python
+"""Trigger every documented bad input and print docs/RELIABILITY.md's table from the real
+messages, so the document can't drift from the code:
+
+    python scripts/reliability_table.py > docs/RELIABILITY.md
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+import pickle
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+from convnet import ConvPoolLayer, FullyConnectedLayer, Network, SoftmaxLayer, io, load_mnist
+from convnet.data.mnist import read_idx
+
+TMP = Path(tempfile.mkdtemp())
+X = np.random.default_rng(0).random((20, 4), dtype=np.float32)
+Y = np.arange(20, dtype=np.int32) % 2
+
+
+def small() -> Network:
+    return Network([FullyConnectedLayer(4, 3), SoftmaxLayer(3, 2)], 2, seed=0)
+
+
+def crafted_pickle() -> None:
+    class Exploit:
+        def __reduce__(self):
+            return (os.system, ("echo pwned",))
+
+    path = TMP / "mnist.pkl.gz"
+    with gzip.open(path, "wb") as handle:
+        pickle.dump(Exploit(), handle)
+    load_mnist(path)
+
+
+def truncated_idx() -> None:
+    path = TMP / "t10k-labels-idx1-ubyte"
+    path.write_bytes(bytes([0, 0, 8, 1, 0, 0, 0, 10]) + bytes(7))
+    read_idx(path)
+
+
+def foreign_file() -> None:
+    path = TMP / "train-images-idx3-ubyte"
+    path.write_bytes(b"%PDF-1.7 not MNIST")
+    read_idx(path)
+
+
+def model_mismatch() -> None:
+    io.save(small(), TMP / "model")
+    arrays = dict(np.load(TMP / "model" / "model.npz"))
+    arrays["layers.1.w"] = np.zeros((5, 2), np.float32)
+    np.savez(TMP / "model" / "model.npz", **arrays)
+    io.load(TMP / "model")
+
+
+def model_version() -> None:
+    io.save(small(), TMP / "old")
+    meta = json.loads((TMP / "old" / "model.json").read_text())
+    (TMP / "old" / "model.json").write_text(
+        json.dumps(meta | {"format_version": 7, "convnet_version": "9.0"})
+    )
+    io.load(TMP / "old")
+
+
+CASES: list[tuple[str, Callable[[], object], str]] = [
+    (
+        "Layers that don't chain",
+        lambda: Network([FullyConnectedLayer(784, 100), SoftmaxLayer(30, 10)], 10),
+        "test_layers.py::test_network_names_both_layers_when_they_do_not_chain",
+    ),
+    (
+        "ConvPool `image_shape` batch != `mini_batch_size`",
+        lambda: Network(
+            [
+                ConvPoolLayer(filter_shape=(20, 1, 5, 5), image_shape=(5, 1, 28, 28)),
+                SoftmaxLayer(20 * 12 * 12, 10),
+            ],
+            10,
+        ),
+        "test_layers.py::test_network_checks_conv_batch_and_conv_chain",
+    ),
+    (
+        "Filter channels != image channels",
+        lambda: ConvPoolLayer(filter_shape=(20, 3, 5, 5), image_shape=(10, 1, 28, 28)),
+        "test_layers.py::test_convpool_checks_channels_and_sizes",
+    ),
+    (
+        "Non-positive size",
+        lambda: FullyConnectedLayer(0, 10),
+        "test_layers.py::test_fc_rejects_bad_sizes_and_dropout",
+    ),
+    (
+        "`p_dropout` outside [0, 1)",
+        lambda: FullyConnectedLayer(10, 10, p_dropout=1.0),
+        "test_layers.py::test_fc_rejects_bad_sizes_and_dropout",
+    ),
+    (
+        "`eta` <= 0",
+        lambda: small().SGD((X, Y), 1, 2, 0.0),
+        "test_network.py::test_sgd_rejects_bad_arguments",
+    ),
+    (
+        "`lmbda` < 0",
+        lambda: small().SGD((X, Y), 1, 2, 0.1, lmbda=-1.0),
+        "test_network.py::test_sgd_rejects_bad_arguments",
+    ),
+    (
+        "`epochs` < 1",
+        lambda: small().SGD((X, Y), 0, 2, 0.1),
+        "test_network.py::test_sgd_rejects_bad_arguments",
+    ),
+    (
+        "Fewer examples than one mini-batch",
+        lambda: small().SGD((X[:1], Y[:1]), 1, 2, 0.1),
+        "test_network.py::test_sgd_rejects_bad_arguments",
+    ),
+    (
+        "Feature count != first layer's input",
+        lambda: small().SGD((X[:, :3], Y), 1, 2, 0.1),
+        "test_network.py::test_sgd_rejects_bad_arguments",
+    ),
+    (
+        "Labels outside [0, n_out)",
+        lambda: small().SGD((X, Y + 5), 1, 2, 0.1),
+        "test_network.py::test_sgd_rejects_bad_arguments",
+    ),
+    (
+        "Labels that aren't integers",
+        lambda: small().SGD((X, Y + 0.5), 1, 2, 0.1),
+        "test_network.py::test_labels_must_be_integers_and_inputs_finite",
+    ),
+    (
+        "NaN or inf in inputs",
+        lambda: small().SGD((np.where(X > 0.9, np.inf, X), Y), 1, 2, 0.1),
+        "test_network.py::test_labels_must_be_integers_and_inputs_finite",
+    ),
+    (
+        "Truncated IDX file",
+        truncated_idx,
+        "test_data.py::test_truncated_and_foreign_files_name_the_file",
+    ),
+    (
+        "Not an IDX file",
+        foreign_file,
+        "test_data.py::test_truncated_and_foreign_files_name_the_file",
+    ),
+    (
+        "Missing data",
+        lambda: load_mnist(TMP / "nowhere"),
+        "test_data.py::test_missing_data_says_where_it_looked_and_how_to_get_it",
+    ),
+    (
+        "Crafted pickle (never executed)",
+        crafted_pickle,
+        "test_data.py::test_crafted_pickle_is_refused_without_running_code",
+    ),
+    (
+        "Model arrays that don't match the architecture",
+        model_mismatch,
+        "test_io.py::test_model_file_errors_name_the_file",
+    ),
+    (
+        "Model from an incompatible version",
+        model_version,
+        "test_io.py::test_model_file_errors_name_the_file",
+    ),
+    (
+        "GPU asked for, none usable",
+        lambda: small().__class__([FullyConnectedLayer(4, 3), SoftmaxLayer(3, 2)], 2, device="gpu"),
+        "test_backend.py::test_gpu_without_cuda_fails_clearly_instead_of_falling_back",
+    ),
+    (
+        "Unknown backend in the environment",
+        lambda: (os.environ.__setitem__("CONVNET_BACKEND", "tpu"), small()),
+        "test_backend.py::test_environment_chooses_the_backend",
+    ),
+]
+
+
+def main() -> None:
+    print("# Reliability: what convnet says when something is wrong\n")
+    print(
+        "Generated by `python scripts/reliability_table.py > docs/RELIABILITY.md`, which triggers"
+    )
+    print("each case and prints the real message (temporary paths shortened to `…/`). Every")
+    print("exception is in `convnet.errors` and subclasses the builtin that fits (`ValueError`,")
+    print("`OSError`, `FileNotFoundError`, `RuntimeError`, `FloatingPointError`).\n")
+    print("| case | exception | message | test |")
+    print("|---|---|---|---|")
+    for title, trigger, test in CASES:
+        try:
+            trigger()
+        except Exception as exc:
+            text = str(exc).replace(str(TMP), "…").replace("\n", " ").replace("|", "\\|")
+            print(f"| {title} | `{type(exc).__name__}` | {text} | `tests/{test}` |")
+        else:
+            print(f"| {title} | **no error raised** | | `tests/{test}` |")
+        finally:
+            os.environ.pop("CONVNET_BACKEND", None)
+    print(DIVERGENCE_AND_FILES)
+
+
+DIVERGENCE_AND_FILES = """
+## Long runs
+
+* **Divergence.** When the cost or the weights become NaN or infinite, training stops
+  with `DivergenceError` naming the epoch and the exact mini-batch (found by replaying the
+  epoch step by step), suggests a smaller eta, and restores the weights from before that
+  epoch; `convnet train` also writes them to `model.npz`
+  (`tests/test_training.py::test_divergence_names_epoch_and_batch_and_keeps_last_good_weights`).
+* **Checkpoints.** `convnet train --checkpoint-every N` writes `checkpoint.npz` (weights,
+  momentum velocities, best weights, epoch, eta, early-stopping counters, the shuffling
+  RNG's state, the dropout step counter, history, architecture, arguments) as one file:
+  temporary file in the same folder, fsync, `os.replace`. `convnet train --resume RUN_DIR`
+  continues with the original arguments. Runs killed with SIGKILL at random moments resume
+  to weights equal bit for bit to an uninterrupted run
+  (`tests/test_reliability.py::test_sigkill_at_random_moments_then_resume_equals_an_uninterrupted_run`);
+  a kill in the middle of a checkpoint write leaves the previous checkpoint intact
+  (`tests/test_reliability.py::test_a_kill_during_a_checkpoint_write_keeps_the_previous_checkpoint`).
+* **Saving** a model is atomic too: a failed save leaves the previous model
+  (`tests/test_io.py::test_a_failed_save_leaves_the_previous_model_intact`).
+* **Loading is safe.** Weights load with `np.load(..., allow_pickle=False)` and are checked
+  against the architecture (names, shapes, float32, finite) before use; the book's
+  `mnist.pkl.gz` goes through a restricted unpickler that admits only numpy arrays and
+  tuples.
+* **Download.** `convnet download mnist` tries mirrors in order (`CONVNET_MNIST_MIRRORS`),
+  resumes partial files with HTTP Range, retries with exponential backoff, verifies sha256
+  (canonical archive, or canonical uncompressed content for recompressed mirrors), places
+  files atomically, and fails with one message listing each mirror's reason
+  (`tests/test_download.py`, against a local server on 127.0.0.1).
+"""
+
+if __name__ == "__main__":
+    main()
