@@ -143,7 +143,28 @@ class Backend:
         if self.name == "numba":
             return get_mode("NUMBA")
         _jax_reductions_keep_dtype()
+        from convnet import ops
+
+        ops.register_jax()
         return get_mode("JAX")
+
+    @property
+    def conv_implementation(self) -> str:
+        """ "native" (cuDNN through XLA) on GPUs, "im2col" on CPUs: see ops.Conv2D.
+
+        ``CONVNET_CONV`` (im2col | native) overrides it, for measuring both.
+        """
+        chosen = os.environ.get("CONVNET_CONV", "").strip().lower()
+        if chosen:
+            if chosen not in ("im2col", "native"):
+                raise ArgumentError(
+                    "environment variable CONVNET_CONV: expected im2col or native. "
+                    f"Received: {chosen!r}."
+                )
+            if chosen == "native" and self.name != "jax":
+                return "im2col"  # the Op's perform is NumPy: never faster than the C graph
+            return chosen
+        return "native" if (self.name == "jax" and self.device == "gpu") else "im2col"
 
     @property
     def jax_device(self) -> Any:

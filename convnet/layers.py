@@ -345,6 +345,8 @@ class ConvPoolLayer(Layer):
         self._conv_shape = (n_filters, *conv_hw)
         self.w = self.add_param(np.zeros(self.filter_shape, np.float32), "w", regularizable=True)
         self.b = self.add_param(np.zeros(n_filters, np.float32), "b", regularizable=False)
+        # How the convolution is built: set by the Network from its backend and device.
+        self.conv_implementation = "im2col"
         self.initialize(rng or np.random.default_rng())
 
     def initialize(self, rng: np.random.Generator) -> None:
@@ -364,7 +366,11 @@ class ConvPoolLayer(Layer):
     def get_output_for(self, inpt, *, deterministic, dropout=None):
         images = inpt.reshape((-1, *self.input_shape))
         conv = ops.conv2d(
-            images, self.w, image_shape=self.input_shape, filter_shape=self.filter_shape
+            images,
+            self.w,
+            image_shape=self.input_shape,
+            filter_shape=self.filter_shape,
+            implementation=self.conv_implementation,
         )
         pooled = ops.max_pool(conv, image_shape=self._conv_shape, poolsize=self.poolsize)
         return self.activation_fn(pooled + self.b.dimshuffle("x", 0, "x", "x"))

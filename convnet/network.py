@@ -117,6 +117,8 @@ class Network:
     def _wire(self) -> None:
         inpt, inpt_dropout = self.x, self.x
         for index, layer in enumerate(self.layers):
+            if isinstance(layer, ConvPoolLayer):
+                layer.conv_implementation = self.backend.conv_implementation
             source = DropoutSource(self.seed, index, self.step, self.mini_batch_size)
             layer.set_inpt(inpt, inpt_dropout, self.mini_batch_size, dropout=source)
             inpt, inpt_dropout = layer.output, layer.output_dropout

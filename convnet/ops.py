@@ -9,7 +9,10 @@ tensordot over taps) in every mode.
 
 from __future__ import annotations
 
+import numpy as np
 import pytensor.tensor as pt
+from pytensor.graph.basic import Apply
+from pytensor.graph.op import Op
 from pytensor.tensor.variable import TensorVariable
 
 
@@ -29,6 +32,7 @@ def conv2d(
     *,
     image_shape: tuple[int, int, int],
     filter_shape: tuple[int, int, int, int],
+    implementation: str = "im2col",
 ) -> TensorVariable:
     """Stride-1 valid 2-D *convolution* (kernels flipped, as Theano's ``conv2d`` did).
 
@@ -38,7 +42,12 @@ def conv2d(
 
     The kernel taps become rows of one matrix (im2col) so the whole layer is a single
     GEMM: (n_filters, channels*kh*kw) @ (channels*kh*kw, batch*out_h*out_w).
+    ``implementation="native"`` uses the :class:`Conv2D` Op instead (cuDNN under JAX on
+    a GPU).
     """
+    if implementation == "native":
+        images = pt.specify_shape(images, (None, *image_shape))
+        return conv2d_op(images, pt.specify_shape(filters, filter_shape))
     channels, height, width = image_shape
     n_filters, _, kh, kw = filter_shape
     out_h, out_w = conv_output_shape((height, width), (kh, kw))
@@ -72,3 +81,82 @@ def max_pool(
     cropped = images[:, :, : out_h * ph, : out_w * pw]
     windows = cropped.reshape((-1, out_h, ph, out_w, pw))
     return windows.max(axis=(2, 4)).reshape((-1, channels, out_h, out_w))
+
+
+class Conv2D(Op):
+    """Stride-1 valid true convolution as one Op, for backends with a native convolution.
+
+    Its JAX implementation is ``lax.conv_general_dilated``, which XLA hands to cuDNN on
+    NVIDIA GPUs; ``perform`` (NumPy) serves the other modes and the tests. On CPUs the
+    im2col graph of :func:`conv2d` measured faster (XLA's CPU convolution ran the book's
+    nets 2-3x slower), so the Op is chosen per device by :mod:`convnet.backend`.
+    Gradients are convolutions again, written with this same Op.
+    """
+
+    __props__ = ()
+
+    def make_node(self, images, filters):
+        images = pt.as_tensor_variable(images)
+        filters = pt.as_tensor_variable(filters)
+        if images.type.ndim != 4 or filters.type.ndim != 4:
+            raise TypeError("Conv2D: expected 4-D images and filters.")
+        n, _, h, w = images.type.shape
+        f, _, kh, kw = filters.type.shape
+        out_h = None if h is None or kh is None else h - kh + 1
+        out_w = None if w is None or kw is None else w - kw + 1
+        out = pt.tensor(dtype=images.type.dtype, shape=(n, f, out_h, out_w))
+        return Apply(self, [images, filters], [out])
+
+    def perform(self, node, inputs, output_storage):
+        images, filters = inputs
+        kh, kw = filters.shape[2:]
+        windows = np.lib.stride_tricks.sliding_window_view(images, (kh, kw), axis=(2, 3))
+        flipped = filters[:, :, ::-1, ::-1]
+        out = np.einsum("nchwab,fcab->nfhw", windows, flipped, optimize=True)
+        output_storage[0][0] = out.astype(node.outputs[0].dtype)
+
+    def infer_shape(self, fgraph, node, shapes):
+        (n, _, h, w), (f, _, kh, kw) = shapes
+        return [(n, f, h - kh + 1, w - kw + 1)]
+
+    def pullback(self, inputs, outputs, cotangents):
+        images, filters = inputs
+        (grad_out,) = cotangents
+        kh, kw = filters.shape[2], filters.shape[3]
+        # d/d images: a "full" convolution of the output gradient with the filters.
+        padded = pt.zeros(
+            (
+                grad_out.shape[0],
+                grad_out.shape[1],
+                grad_out.shape[2] + 2 * (kh - 1),
+                grad_out.shape[3] + 2 * (kw - 1),
+            ),
+            dtype=grad_out.dtype,
+        )
+        padded = pt.set_subtensor(
+            padded[:, :, kh - 1 : kh - 1 + grad_out.shape[2], kw - 1 : kw - 1 + grad_out.shape[3]],
+            grad_out,
+        )
+        grad_images = self(padded, filters[:, :, ::-1, ::-1].dimshuffle(1, 0, 2, 3))
+        # d/d filters: correlate images with the output gradient, batch as channels.
+        correlation = self(
+            images.dimshuffle(1, 0, 2, 3), grad_out.dimshuffle(1, 0, 2, 3)[:, :, ::-1, ::-1]
+        )
+        grad_filters = correlation.dimshuffle(1, 0, 2, 3)[:, :, ::-1, ::-1]
+        return [grad_images, grad_filters]
+
+
+conv2d_op = Conv2D()
+
+
+def register_jax() -> None:
+    """Give :class:`Conv2D` its JAX implementation (idempotent; needs JAX)."""
+    from jax import lax
+    from pytensor.link.jax.dispatch import jax_funcify
+
+    @jax_funcify.register(Conv2D)
+    def _conv2d(op, **kwargs):
+        def conv(images, filters):
+            return lax.conv_general_dilated(images, filters[:, :, ::-1, ::-1], (1, 1), "VALID")
+
+        return conv

@@ -1,0 +1,77 @@
+"""The native Conv2D Op (cuDNN under JAX on GPUs) against the reference and the im2col graph.
+
+CI has no GPU, so this runs the Op's JAX implementation on JAX's CPU device: the same
+lax.conv program XLA would give cuDNN, plus the Op's NumPy perform."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytensor
+import pytensor.tensor as pt
+import pytest
+from pytensor.gradient import verify_grad
+
+from convnet import ConvPoolLayer, FullyConnectedLayer, Network, ReLU, SoftmaxLayer
+from convnet import backend as backends
+from convnet.ops import conv2d, conv2d_op
+from tests import reference
+
+
+@pytest.mark.parametrize("backend", ["c", "jax"])
+def test_native_conv_matches_reference(backend, rng):
+    mode = backends.resolve(backend).mode  # registers the JAX implementation
+    x = pt.tensor4("x", dtype="float32")
+    w = pt.tensor4("w", dtype="float32")
+    fn = pytensor.function([x, w], conv2d_op(x, w), mode=mode)
+    xv = rng.normal(size=(2, 3, 9, 7)).astype(np.float32)
+    wv = rng.normal(size=(4, 3, 5, 3)).astype(np.float32)
+    np.testing.assert_allclose(
+        np.asarray(fn(xv, wv)), reference.conv_valid(xv, wv), rtol=1e-4, atol=1e-4
+    )
+
+
+def test_native_conv_gradients_numerically():
+    rng = np.random.default_rng(3)
+    verify_grad(
+        lambda x, w: conv2d(
+            x, w, image_shape=(2, 6, 5), filter_shape=(3, 2, 3, 2), implementation="native"
+        ),
+        [rng.normal(size=(2, 2, 6, 5)), rng.normal(size=(3, 2, 3, 2))],
+        rng=rng,
+        mode=backends.resolve("jax").mode,
+    )
+
+
+def test_native_and_im2col_train_alike(monkeypatch):
+    rng = np.random.default_rng(0)
+    x = rng.random((16, 144), dtype=np.float32)
+    y = rng.integers(0, 10, 16).astype(np.int32)
+    results = {}
+    for implementation in ("im2col", "native"):
+        monkeypatch.setenv("CONVNET_CONV", implementation)
+        net = Network(
+            [
+                ConvPoolLayer(
+                    filter_shape=(4, 1, 3, 3), image_shape=(4, 1, 12, 12), activation_fn=ReLU
+                ),
+                FullyConnectedLayer(4 * 5 * 5, 12, ReLU),
+                SoftmaxLayer(12, 10),
+            ],
+            4,
+            backend="jax",
+            seed=1,
+        )
+        assert net.layers[0].conv_implementation == implementation
+        net.SGD((x, y), 2, 4, 0.1, verbose=False)
+        results[implementation] = net.get_weights()
+    for a, b in zip(results["im2col"], results["native"], strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+
+
+def test_gpu_networks_choose_native_convolution(monkeypatch):
+    monkeypatch.delenv("CONVNET_CONV", raising=False)
+    assert backends.Backend("jax", "gpu").conv_implementation == "native"
+    assert backends.Backend("jax", "cpu").conv_implementation == "im2col"
+    monkeypatch.setenv("CONVNET_CONV", "fft")
+    with pytest.raises(ValueError, match="CONVNET_CONV"):
+        backends.Backend("jax", "cpu").conv_implementation  # noqa: B018
