@@ -16,6 +16,8 @@ with warnings.catch_warnings():
 
 from convnet.activations import ReLU, linear, sigmoid, tanh
 from convnet.data.mnist import load_data_shared, load_mnist
+from convnet.ensemble import vote
+from convnet.io import load
 from convnet.layers import ConvPoolLayer, FullyConnectedLayer, Layer, SoftmaxLayer
 from convnet.network import Network
 from convnet.training import History
@@ -39,9 +41,11 @@ __all__ = [
     "SoftmaxLayer",
     "__version__",
     "linear",
+    "load",
     "load_data_shared",
     "load_mnist",
     "sigmoid",
     "size",
     "tanh",
+    "vote",
 ]

@@ -79,6 +79,7 @@ class Options:
     progress: bool | None = None
     on_epoch_end: Callable[[TrainingState], None] | None = None
     state: TrainingState | None = None
+    steps_per_call: int | None = None  # default: the backend's (see Backend.steps_per_call)
 
 
 def _check_number(
@@ -112,6 +113,16 @@ def batch_order(n: int, mini_batch_size: int, rng: np.random.Generator | None) -
     return np.concatenate([order, order[:short]]).astype(np.int64)
 
 
+def chunk_size(num_batches: int, limit: int) -> int:
+    """Steps per compiled call: a divisor of ``num_batches`` near ``limit`` if one exists,
+    so that one compiled function covers the epoch; else ``limit`` (plus a remainder)."""
+    limit = max(1, min(limit, num_batches))
+    for size in range(limit, limit // 2, -1):
+        if num_batches % size == 0:
+            return size
+    return limit
+
+
 def _options(options: dict[str, Any]) -> Options:
     valid = {f.name for f in fields(Options)}
     unknown = sorted(set(options) - valid)
@@ -126,6 +137,8 @@ def _options(options: dict[str, Any]) -> Options:
         _check_number(opts.patience, "patience", integer=True)
     if opts.eta_schedule is not None:
         _check_number(opts.eta_schedule, "eta_schedule", integer=True)
+    if opts.steps_per_call is not None:
+        _check_number(opts.steps_per_call, "steps_per_call", integer=True)
     return opts
 
 
@@ -198,18 +211,37 @@ class Trainer:
         net.step.set_value(np.int64(self.state.step))
         backend.place(net.step)
         self.num_batches = len(self.order.get_value(borrow=True)) // mbs
-        # 0-d arrays made once: compiled functions trust their input (C needs ndarrays).
-        self.indices = [np.array(i, dtype=np.int64) for i in range(self.num_batches)]
+        self.lmbda = lmbda
 
         start = time.perf_counter()
-        self.step_fn = net.train_function(
-            train, self.order, self.eta, lmbda, self.cost_sum, self.velocities, opts.momentum
-        )
+        size = chunk_size(self.num_batches, opts.steps_per_call or backend.steps_per_call)
+        whole = self.num_batches - self.num_batches % size
+        chunk = self._step_function(size)
+        self.calls = [(chunk, np.array(i, dtype=np.int64), size) for i in range(0, whole, size)]
+        if whole < self.num_batches:
+            rest = self.num_batches - whole
+            self.calls.append((self._step_function(rest), np.array(whole, dtype=np.int64), rest))
         for dataset in (validation, test):
             if dataset is not None:
                 net.correct_function(dataset)  # compiled now, so the timing line is honest
         self.say(
             f"Training on {backend.describe()}: compiled in {time.perf_counter() - start:.1f} s"
+        )
+
+    def _step_function(self, steps: int) -> Any:
+        """The compiled function that runs ``steps`` SGD steps from a mini-batch index.
+
+        (0-d int64 arrays are passed to it: compiled functions trust their input.)
+        """
+        return self.net.train_function(
+            self.train,
+            self.order,
+            self.eta,
+            self.lmbda,
+            self.cost_sum,
+            self.velocities,
+            self.opts.momentum,
+            steps,
         )
 
     # -- output -----------------------------------------------------------------------
@@ -264,12 +296,11 @@ class Trainer:
         self._set(self.cost_sum, np.float32(0.0))
         before = self.snapshot()
         bar = self._progress(epoch)
-        every = max(1, self.num_batches // 100)
         tick = time.perf_counter()
-        for k, index in enumerate(self.indices):
-            self.step_fn(index)
-            if bar is not None and (k + 1) % every == 0:
-                bar.update(every * self.net.mini_batch_size)
+        for function, index, steps in self.calls:
+            function(index)
+            if bar is not None:
+                bar.update(steps * self.net.mini_batch_size)
         total = float(np.asarray(self.cost_sum.get_value(borrow=True)))
         seconds = time.perf_counter() - tick
         if bar is not None:
@@ -287,8 +318,9 @@ class Trainer:
         self.restore(before)
         self._set(self.cost_sum, np.float32(0.0))
         bad = self.num_batches - 1
-        for k, index in enumerate(self.indices):
-            self.step_fn(index)
+        single = self._step_function(1)
+        for k in range(self.num_batches):
+            single(np.array(k, dtype=np.int64))
             cost = float(np.asarray(self.cost_sum.get_value(borrow=True)))
             if not math.isfinite(cost) or not all(
                 np.isfinite(w).all() for w in self.net.get_weights()
