@@ -19,8 +19,6 @@ from convnet.data.arrays import as_arrays
 from convnet.errors import ArgumentError, ShapeError
 from convnet.layers import ConvPoolLayer, DropoutSource, Layer, SoftmaxLayer
 
-EVAL_BATCH = 1000  # big enough to amortise per-call overhead, small enough for memory
-
 
 @dataclass
 class DeviceData:
@@ -236,7 +234,7 @@ class Network:
         }
 
     def correct_function(self, data: DeviceData) -> Function:
-        """Number of correct predictions in rows [start, start + EVAL_BATCH) of ``data``.
+        """Number of correct predictions in rows [start, start + eval_batch) of ``data``.
 
         Rows past the end are clamped and masked, so every example counts exactly once
         and the compiled shapes stay static (JAX requires it).
@@ -244,13 +242,13 @@ class Network:
         key = ("correct", id(data.x))
         if key not in self._functions:
             start = pt.scalar("start", dtype="int64")
-            rows = start + pt.arange(EVAL_BATCH)
+            rows = start + pt.arange(self.backend.eval_batch)
             clamped = pt.minimum(rows, data.n - 1)
             hits = pt.eq(self.layers[-1].y_out, self.y) & pt.lt(rows, data.n)
             self._functions[key] = self._compile(
                 [start],
                 pt.sum(hits, dtype="int64"),
-                givens=self._batch(data, clamped, EVAL_BATCH),
+                givens=self._batch(data, clamped, self.backend.eval_batch),
             )
         return self._functions[key]
 
@@ -258,11 +256,11 @@ class Network:
         """Fraction of ``data`` (a pair, or DeviceData) classified correctly."""
         device_data = data if isinstance(data, DeviceData) else self.to_device(data, what)
         correct = self.correct_function(device_data)
+        starts = range(0, device_data.n, self.backend.eval_batch)
         with self.backend.threads():
-            total = sum(
-                int(correct(np.array(s, dtype=np.int64)))
-                for s in range(0, device_data.n, EVAL_BATCH)
-            )
+            # Counts stay on the device until the end: one synchronisation per pass.
+            counts = [correct(np.array(s, dtype=np.int64)) for s in starts]
+            total = int(np.sum([np.asarray(c) for c in counts]))
         return total / device_data.n
 
     def predict_proba(self, x: np.ndarray) -> np.ndarray:
@@ -273,15 +271,16 @@ class Network:
                 f"x: expected {self.n_in} features per example for {self.layers[0].name}. "
                 f"Received shape {np.shape(x)}."
             )
+        batch = self.backend.eval_batch
         if "proba" not in self._functions:
-            x = pt.matrix("x", dtype="float32", shape=(EVAL_BATCH, self.n_in))
+            x = pt.matrix("x", dtype="float32", shape=(batch, self.n_in))
             self._functions["proba"] = self._compile([x], self.output, givens={self.x: x})
         proba = self._functions["proba"]
         out = []
         with self.backend.threads():
-            for start in range(0, len(images), EVAL_BATCH):
-                chunk = images[start : start + EVAL_BATCH]
-                padded = np.zeros((EVAL_BATCH, self.n_in), np.float32)
+            for start in range(0, len(images), batch):
+                chunk = images[start : start + batch]
+                padded = np.zeros((batch, self.n_in), np.float32)
                 padded[: len(chunk)] = chunk  # one static shape: JAX compiles once
                 out.append(np.asarray(proba(padded))[: len(chunk)])
         return np.concatenate(out) if out else np.zeros((0, self.n_classes), np.float32)

@@ -214,7 +214,8 @@ class Trainer:
         self.lmbda = lmbda
 
         start = time.perf_counter()
-        size = chunk_size(self.num_batches, opts.steps_per_call or backend.steps_per_call)
+        limit = opts.steps_per_call or backend.steps_per_call(self.num_batches * epochs)
+        size = chunk_size(self.num_batches, limit)
         whole = self.num_batches - self.num_batches % size
         chunk = self._step_function(size)
         self.calls = [(chunk, np.array(i, dtype=np.int64), size) for i in range(0, whole, size)]

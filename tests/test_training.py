@@ -121,3 +121,28 @@ def test_shuffled_runs_repeat_exactly_with_the_same_seed():
     unshuffled = _net(seed=5)
     unshuffled.SGD((x, y), 2, 10, 0.5, verbose=False)
     assert not np.array_equal(unshuffled.get_weights()[0], runs[0][0])
+
+
+def test_many_steps_per_call_is_bit_identical_to_one():
+    from convnet.training import chunk_size
+
+    assert chunk_size(5000, 500) == 500 and chunk_size(20, 7) == 5 and chunk_size(23, 7) == 7
+    rng = np.random.default_rng(1)
+    x = rng.random((230, 20), dtype=np.float32)  # 23 mini-batches: chunks of 7 + a rest of 2
+    y = (x[:, :4].argmax(axis=1)).astype(np.int32)
+    results = []
+    for steps in (1, 7):
+        net = Network(
+            [FullyConnectedLayer(20, 16, ReLU, p_dropout=0.3), SoftmaxLayer(16, 4, p_dropout=0.1)],
+            10,
+            backend="jax",
+            seed=4,
+        )
+        history = net.SGD(
+            (x, y), 2, 10, 0.2, momentum=0.5, shuffle=True, steps_per_call=steps, verbose=False
+        )
+        results.append((net.get_weights(), history.train_cost))
+    (w1, cost1), (w7, cost7) = results
+    assert cost1 == cost7
+    for a, b in zip(w1, w7, strict=True):
+        np.testing.assert_array_equal(a, b)
