@@ -62,6 +62,28 @@ def weight_names(net: Network) -> list[str]:
     return [f"layers.{i}.{p.name}" for i, layer in enumerate(net.layers) for p in layer.params]
 
 
+def _versions() -> dict[str, str]:
+    import platform
+
+    import pytensor
+
+    from convnet import __version__
+
+    found = {
+        "convnet": __version__,
+        "pytensor": pytensor.__version__,
+        "numpy": np.__version__,
+        "python": platform.python_version(),
+    }
+    try:
+        import jax
+
+        found["jax"] = jax.__version__
+    except ImportError:
+        pass
+    return found
+
+
 def architecture(net: Network) -> dict[str, Any]:
     from convnet import __version__
 
@@ -69,6 +91,8 @@ def architecture(net: Network) -> dict[str, Any]:
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
         "convnet_version": __version__,
+        "versions": _versions(),
+        "backend": {"name": net.backend.name, "device": net.backend.device},
         "mini_batch_size": net.mini_batch_size,
         "seed": net.seed,
         "layers": [layer.describe() for layer in net.layers],

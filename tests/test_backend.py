@@ -37,7 +37,7 @@ def test_gpu_without_cuda_fails_clearly_instead_of_falling_back():
     if any(d.platform == "gpu" for d in jax.devices()):
         pytest.skip("this machine has a GPU")
     with pytest.raises(BackendError, match=r"never\s+falls back|CPU-only|no GPU") as info:
-        Network([FullyConnectedLayer(4, 3), SoftmaxLayer(3, 2)], 2, device="gpu")
+        Network([FullyConnectedLayer(4, 3), SoftmaxLayer(3, 2)], 2, backend="jax", device="gpu")
     assert "Devices found" in str(info.value)
 
 
