@@ -128,6 +128,34 @@ def _jax_reductions_keep_dtype() -> None:
     _JAX_REDUCE_FIXED = True
 
 
+_XLA_CACHE_SET = False
+
+
+def _persistent_xla_cache() -> None:
+    """Keep XLA's compiled programs on disk, so a second run skips XLA's compilation.
+
+    Measured for net C's training function: build + first call 3.2 s -> 1.9 s in a new
+    process once the cache is warm. ``CONVNET_CACHE`` moves it (default ~/.cache/convnet);
+    a cache that can't be written is simply not used.
+    """
+    global _XLA_CACHE_SET
+    if _XLA_CACHE_SET:
+        return
+    _XLA_CACHE_SET = True
+    import jax
+
+    root = os.environ.get("CONVNET_CACHE") or os.path.join(
+        os.path.expanduser("~"), ".cache", "convnet"
+    )
+    folder = os.path.join(root, "xla")
+    try:
+        os.makedirs(folder, exist_ok=True)
+        jax.config.update("jax_compilation_cache_dir", folder)
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+    except (OSError, AttributeError, ValueError):
+        pass
+
+
 @dataclass(frozen=True)
 class Backend:
     """A PyTensor compilation mode plus the device its data lives on."""
@@ -143,6 +171,7 @@ class Backend:
         if self.name == "numba":
             return get_mode("NUMBA")
         _jax_reductions_keep_dtype()
+        _persistent_xla_cache()
         from convnet import ops
 
         ops.register_jax()
