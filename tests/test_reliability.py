@@ -18,10 +18,11 @@ from convnet.cli import main
 
 pytestmark = pytest.mark.mnist
 
+# Dropout, shuffling and momentum: every piece of state a resume must restore matters here.
 TRAIN = [
     "train",
-    "--net",
-    "conv",
+    "--layers",
+    "conv:8:5:relu,fc:40:relu:dropout=0.3,softmax:dropout=0.2",
     "--limit",
     "1000",
     "--epochs",
@@ -31,8 +32,15 @@ TRAIN = [
     "3",
     "--momentum",
     "0.5",
+    "--eta",
+    "0.1",
     "--quiet",
 ]
+
+
+def _mtime(run_dir: Path) -> int | None:
+    path = checkpoint.path_in(run_dir)
+    return path.stat().st_mtime_ns if path.exists() else None
 
 
 def _weights(run_dir: Path) -> dict[str, np.ndarray]:
@@ -47,29 +55,32 @@ def test_sigkill_at_random_moments_then_resume_equals_an_uninterrupted_run(tmp_p
     run = tmp_path / "killed"
     rng = np.random.default_rng(2026)
     env = dict(os.environ, PYTHONUNBUFFERED="1")
-    kills = 0
+    kills = resumes = 0
     for _ in range(4):
-        args = (
-            ["--resume", str(run)]
-            if checkpoint.path_in(run).exists()
-            else [*TRAIN, "--out", str(run)]
-        )
+        resuming = checkpoint.path_in(run).exists()
+        resumes += resuming
+        args = ["train", "--resume", str(run)] if resuming else [*TRAIN, "--out", str(run)]
         process = subprocess.Popen(
             [sys.executable, "-m", "convnet.cli", *args],
             env=env,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
         )
-        time.sleep(rng.uniform(2.0, 7.0))
+        # Kill at a random moment after the run has written one more checkpoint, so every
+        # round makes progress and every restart has something to resume from.
+        seen = _mtime(run)
+        deadline = time.monotonic() + 180
+        while process.poll() is None and _mtime(run) == seen and time.monotonic() < deadline:
+            time.sleep(0.02)
+        time.sleep(rng.uniform(0.0, 1.5))
         if process.poll() is None:
             process.send_signal(signal.SIGKILL)
             kills += 1
-        process.wait()
+        _, errors = process.communicate()
+        assert b"error" not in errors, errors.decode()
     assert kills >= 2, "the runs finished before they could be killed; make them longer"
-    args = (
-        ["--resume", str(run)] if checkpoint.path_in(run).exists() else [*TRAIN, "--out", str(run)]
-    )
-    assert main(args) == 0
+    assert resumes >= 2
+    assert main(["train", "--resume", str(run)]) == 0
 
     want, got = _weights(reference), _weights(run)
     assert sorted(want) == sorted(got)

@@ -1,0 +1,256 @@
+#!/usr/bin/env python
+"""The measurements behind RESULTS.md's optimisation log, one subcommand each:
+
+    python benchmarks/experiments.py steps-per-call      # scan: 1 / 50 / 100 / 500 steps per call
+    python benchmarks/experiments.py eval-batch          # 10,000-image evaluation pass vs batch size
+    python benchmarks/experiments.py call-overhead       # PyTensor Function vs the raw jitted call
+    python benchmarks/experiments.py conv-layouts        # pure JAX: im2col, lax.conv, NHWC, per-row
+    python benchmarks/experiments.py fast-compile        # PyTensor fast_run vs fast_compile rewrites
+    python benchmarks/experiments.py xla-cache           # build time in new processes, cache on/off
+
+Each prints its own table. They run on synthetic MNIST-shaped data except eval-batch
+(real test set: set CONVNET_DATA). Single-threaded XLA, as in bench.py.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from functools import partial
+
+os.environ.setdefault(
+    "XLA_FLAGS", "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
+)
+
+import numpy as np
+
+
+def _net_c_step(mbs: int, steps: int = 1, n: int = 2000, optimizer: str | None = None):
+    """A compiled training function of net C on synthetic data, and its call list."""
+    import convnet.backend as backends
+    from convnet import Network
+    from convnet.book import layers_for
+
+    backend = backends.resolve("jax", "cpu")
+    if optimizer is not None:
+        from pytensor.compile.mode import Mode
+
+        mode = backend.mode
+        backend = type(
+            "Custom", (backends.Backend,), {"mode": Mode(linker=mode.linker, optimizer=optimizer)}
+        )("jax", "cpu")
+    net = Network(layers_for("relu", mbs), mbs, backend=backend, seed=0)
+    rng = np.random.default_rng(0)
+    data = net.to_device(
+        (rng.random((n, 784), dtype=np.float32), rng.integers(0, 10, n).astype(np.int32)), "t"
+    )
+    order = net.backend.shared(np.arange(n), "order")
+    eta = net.backend.shared(np.float32(0.03), "eta")
+    cost = net.backend.shared(np.float32(0.0), "cost")
+    start = time.perf_counter()
+    fn = net.train_function(data, order, eta, 0.1, cost, steps=steps)
+    calls = [np.array(i, dtype=np.int64) for i in range(0, n // mbs, steps)]
+    fn(calls[0])
+    np.asarray(cost.get_value())
+    return net, fn, calls, time.perf_counter() - start, n // mbs
+
+
+def _best_per_step(net, fn, calls, total_steps, repeats=3) -> float:
+    import jax
+
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        for index in calls:
+            fn(index)
+        jax.block_until_ready(net.params[0].get_value(borrow=True))
+        best = min(best, (time.perf_counter() - start) / total_steps)
+    return best
+
+
+def steps_per_call() -> None:
+    print("| net C, mini-batch 10 | µs per SGD step | build + first call |")
+    print("|---|---|---|")
+    for steps in (1, 50, 100, 500):
+        net, fn, calls, built, total = _net_c_step(10, steps, n=5000)
+        print(
+            f"| {steps} steps per call | {_best_per_step(net, fn, calls, total) * 1e6:.0f} | {built:.1f} s |"
+        )
+
+
+def eval_batch() -> None:
+    import convnet.backend as backends
+    from convnet import Network, load_mnist
+    from convnet.book import layers_for
+
+    _, _, test = load_mnist()
+    print("| evaluation batch | 10,000-image pass of net C (best of 3) |")
+    print("|---|---|")
+    for size in (1000, 250, 100, 50, 25, 10):
+        backends.Backend.eval_batch = property(lambda self, size=size: size)
+        net = Network(layers_for("relu", 10), 10, seed=0, backend="jax")
+        data = net.to_device(test, "test")
+        net.accuracy(data)
+        times = []
+        for _ in range(3):
+            start = time.perf_counter()
+            net.accuracy(data)
+            times.append(time.perf_counter() - start)
+        print(f"| {size} | {min(times):.2f} s |")
+
+
+def call_overhead() -> None:
+    import jax
+
+    from convnet import Network
+    from convnet.book import layers_for
+
+    net = Network(layers_for("shallow", 10), 10, seed=0, backend="jax")
+    rng = np.random.default_rng(0)
+    data = net.to_device(
+        (rng.random((5000, 784), dtype=np.float32), rng.integers(0, 10, 5000).astype(np.int32)), "t"
+    )
+    order, eta, cost = (
+        net.backend.shared(v, k)
+        for k, v in (("o", np.arange(5000)), ("e", np.float32(0.1)), ("c", np.float32(0.0)))
+    )
+    fn = net.train_function(data, order, eta, 0.0, cost)
+    calls = [np.array(i, dtype=np.int64) for i in range(500)]
+    fn(calls[0])
+    storage = list(fn.vm.inputs)
+
+    def raw(index):
+        storage[0][0] = index
+        fn.vm.jit_fn(*(s[0] for s in storage))
+
+    for name, call in (("PyTensor Function", fn), ("raw jitted call", raw)):
+        best = float("inf")
+        for _ in range(3):
+            start = time.perf_counter()
+            for index in calls:
+                call(index)
+            jax.block_until_ready(cost.get_value(borrow=True))
+            best = min(best, (time.perf_counter() - start) / len(calls))
+        print(f"net A, {name}: {best * 1e6:.0f} µs/step")
+
+
+def conv_layouts() -> None:
+    import jax
+    import jax.numpy as jnp
+    from jax import lax
+
+    def im2col(x, w, c, f, h, k=5):
+        o = h - k + 1
+        xt = x.transpose(1, 0, 2, 3)
+        cols = jnp.stack(
+            [xt[:, :, a : a + o, b : b + o] for a in range(k) for b in range(k)], axis=1
+        )
+        return (
+            (w.reshape(f, -1) @ cols.reshape(c * k * k, -1))
+            .reshape(f, -1, o, o)
+            .transpose(1, 0, 2, 3)
+        )
+
+    def rows(x, w, c, f, h, k=5):
+        o = h - k + 1
+        xt = x.transpose(1, 0, 2, 3)
+        out = 0
+        for a in range(k):
+            cols = jnp.stack([xt[:, :, a : a + o, b : b + o] for b in range(k)], axis=1).reshape(
+                c * k, -1
+            )
+            out = out + w[:, :, a, :].reshape(f, c * k) @ cols
+        return out.reshape(f, -1, o, o).transpose(1, 0, 2, 3)
+
+    def nhwc(x, w, c, f, h, k=5):
+        o = h - k + 1
+        xh = x.transpose(0, 2, 3, 1)
+        cols = jnp.stack(
+            [xh[:, a : a + o, b : b + o, :] for a in range(k) for b in range(k)], axis=3
+        )
+        out = cols.reshape(-1, k * k * c) @ w.transpose(2, 3, 1, 0).reshape(k * k * c, f)
+        return out.reshape(x.shape[0], o, o, f).transpose(0, 3, 1, 2)
+
+    def native(x, w, c, f, h, k=5):
+        return lax.conv_general_dilated(x, w, (1, 1), "VALID")
+
+    def best_ms(fn, *args):
+        fn = jax.jit(fn)
+        jax.block_until_ready(fn(*args))
+        best = float("inf")
+        for _ in range(3):
+            start = time.perf_counter()
+            for _ in range(10):
+                out = fn(*args)
+            jax.block_until_ready(out)
+            best = min(best, (time.perf_counter() - start) / 10 * 1000)
+        return best
+
+    print(
+        "| layer (batch, in-channels, filters, size) | layout | forward ms | forward+backward ms |"
+    )
+    print("|---|---|---|---|")
+    for n, (c, f, h) in (
+        (10, (1, 20, 28)),
+        (10, (20, 40, 12)),
+        (256, (1, 20, 28)),
+        (256, (20, 40, 12)),
+    ):
+        x = jnp.asarray(np.random.rand(n, c, h, h).astype(np.float32))
+        w = jnp.asarray(np.random.rand(f, c, 5, 5).astype(np.float32))
+        for name, conv in (
+            ("im2col", im2col),
+            ("per-row im2col", rows),
+            ("NHWC im2col", nhwc),
+            ("lax.conv", native),
+        ):
+            forward = partial(conv, c=c, f=f, h=h)
+            both = jax.grad(
+                lambda x, w, forward=forward: (forward(x, w) ** 2).sum(), argnums=(0, 1)
+            )
+            print(
+                f"| {n}, {c}, {f}, {h} | {name} | {best_ms(forward, x, w):.2f} | {best_ms(both, x, w):.2f} |"
+            )
+
+
+def fast_compile() -> None:
+    for optimizer in ("fast_run", "fast_compile"):
+        net, fn, calls, built, total = _net_c_step(10, optimizer=optimizer)
+        print(
+            f"{optimizer}: build + first call {built:.1f} s, {_best_per_step(net, fn, calls, total) * 1e3:.3f} ms/step"
+        )
+
+
+def xla_cache() -> None:
+    code = (
+        "import sys; sys.path.insert(0, 'benchmarks'); from experiments import _net_c_step; "
+        "print(_net_c_step(10)[3])"
+    )
+    with tempfile.TemporaryDirectory() as cache:
+        for label in ("empty cache", "cache filled", "cache filled"):
+            out = subprocess.run(
+                [sys.executable, "-c", code],
+                capture_output=True,
+                text=True,
+                check=True,
+                env=dict(os.environ, CONVNET_CACHE=cache),
+            )
+            print(f"new process, {label}: build + first call {float(out.stdout.split()[-1]):.2f} s")
+
+
+COMMANDS = {
+    "steps-per-call": steps_per_call,
+    "eval-batch": eval_batch,
+    "call-overhead": call_overhead,
+    "conv-layouts": conv_layouts,
+    "fast-compile": fast_compile,
+    "xla-cache": xla_cache,
+}
+
+if __name__ == "__main__":
+    if len(sys.argv) != 2 or sys.argv[1] not in COMMANDS:
+        sys.exit(f"usage: python benchmarks/experiments.py {{{'|'.join(COMMANDS)}}}")
+    COMMANDS[sys.argv[1]]()
