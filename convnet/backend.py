@@ -180,12 +180,13 @@ class Backend:
     def steps_per_call(self, total_steps: int) -> int:
         """SGD steps per compiled call, for a run of ``total_steps`` steps.
 
-        Under JAX a 500-step scan ran net C 15-25% faster per step on a CPU (bit-identical
-        results) but took ~3.5 s longer to compile, so it is used only for runs long
-        enough to repay that (>= 15,000 steps: three epochs of the book's nets). Other
-        backends: one step per call (scan not measured there).
+        Under JAX a scan of 50-500 steps ran net C 15-30% faster per step on a CPU
+        (bit-identical results; 50, 100 and 500 within noise of each other, see
+        ``benchmarks/experiments.py steps-per-call``) but takes 1-3 s longer to compile, so
+        it is used only for runs long enough to repay that (>= 15,000 steps: three epochs
+        of the book's nets). Other backends: one step per call (scan not measured there).
         """
-        return 500 if self.name == "jax" and total_steps >= 15_000 else 1
+        return 100 if self.name == "jax" and total_steps >= 15_000 else 1
 
     @property
     def eval_batch(self) -> int:
