@@ -7,6 +7,7 @@
     python benchmarks/experiments.py conv-layouts        # pure JAX: im2col, lax.conv, NHWC, per-row
     python benchmarks/experiments.py fast-compile        # PyTensor fast_run vs fast_compile rewrites
     python benchmarks/experiments.py xla-cache           # build time in new processes, cache on/off
+    python benchmarks/experiments.py torch-loop          # a standalone PyTorch loop of net C
 
 Each prints its own table. They run on synthetic MNIST-shaped data except eval-batch
 (real test set: set CONVNET_DATA). Single-threaded XLA, as in bench.py.
@@ -241,7 +242,50 @@ def xla_cache() -> None:
             print(f"new process, {label}: build + first call {float(out.stdout.split()[-1]):.2f} s")
 
 
+def torch_loop() -> None:
+    """A 20-line PyTorch training loop of net C, outside the harness, as a sanity check."""
+    import torch
+    import torch.nn.functional as F  # noqa: N812 - PyTorch's usual name
+
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    params = [
+        torch.randn(20, 1, 5, 5) * 0.1,
+        torch.zeros(20),
+        torch.randn(40, 20, 5, 5) * 0.1,
+        torch.zeros(40),
+        torch.randn(100, 640) * 0.1,
+        torch.zeros(100),
+        torch.zeros(10, 100),
+        torch.zeros(10),
+    ]
+    for p in params:
+        p.requires_grad_()
+    opt = torch.optim.SGD(params, lr=0.03)
+    x, y = torch.rand(10, 1, 28, 28), torch.randint(0, 10, (10,))
+
+    def step():
+        opt.zero_grad(set_to_none=True)
+        h = F.relu(F.max_pool2d(F.conv2d(x, params[0]), 2) + params[1].view(1, -1, 1, 1))
+        h = F.relu(F.max_pool2d(F.conv2d(h, params[2]), 2) + params[3].view(1, -1, 1, 1))
+        h = F.relu(F.linear(h.reshape(10, -1), params[4], params[5]))
+        F.cross_entropy(F.linear(h, params[6], params[7]), y).backward()
+        opt.step()
+
+    for _ in range(50):
+        step()
+    start = time.perf_counter()
+    for _ in range(500):
+        step()
+    per_step = (time.perf_counter() - start) / 500
+    print(
+        f"PyTorch {torch.__version__} eager, net C, mini-batch 10, one thread: "
+        f"{per_step * 1e3:.2f} ms/step = {per_step * 5000:.1f} s per 50,000-image epoch"
+    )
+
+
 COMMANDS = {
+    "torch-loop": torch_loop,
     "steps-per-call": steps_per_call,
     "eval-batch": eval_batch,
     "call-overhead": call_overhead,

@@ -113,6 +113,18 @@ def _train_one(
     return net
 
 
+def _refuse_to_overwrite(run_dir: Path, overwrite: bool) -> None:
+    """A new run never replaces a trained model unless asked to."""
+    existing = [
+        n for n in ("model.npz", "checkpoint.npz", "ensemble.json") if (run_dir / n).exists()
+    ]
+    if existing and not overwrite:
+        raise ArgumentError(
+            f"--out {run_dir}: already holds {', '.join(existing)} from an earlier run. "
+            "Use --resume to continue it, another --out, or --overwrite to replace it."
+        )
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     from convnet import checkpoint
     from convnet.data.expand import load_expanded
@@ -127,6 +139,8 @@ def cmd_train(args: argparse.Namespace) -> int:
             print(f"Resuming {args.out} at epoch {state.epoch}")
     elif not args.out:
         raise ArgumentError("train: expected --out RUN_DIR (or --resume RUN_DIR).")
+    else:
+        _refuse_to_overwrite(Path(args.out), args.overwrite)
     if args.checkpoint_every < 1:
         raise ArgumentError(
             f"--checkpoint-every: expected >= 1. Received: {args.checkpoint_every}."
@@ -313,6 +327,11 @@ def build_parser() -> argparse.ArgumentParser:
         default=1,
         metavar="N",
         help="write RUN_DIR/checkpoint.npz every N epochs (default 1)",
+    )
+    train.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace the model in an --out folder that already has one",
     )
     train.add_argument(
         "--resume",

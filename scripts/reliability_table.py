@@ -224,6 +224,9 @@ DIVERGENCE_AND_FILES = """
   (`tests/test_reliability.py::test_sigkill_at_random_moments_then_resume_equals_an_uninterrupted_run`);
   a kill in the middle of a checkpoint write leaves the previous checkpoint intact
   (`tests/test_reliability.py::test_a_kill_during_a_checkpoint_write_keeps_the_previous_checkpoint`).
+* **A new run never overwrites a trained model.** `convnet train --out DIR` refuses a folder
+  that already holds a model or checkpoint (use `--resume`, another folder, or
+  `--overwrite`) (`tests/test_cli.py::test_train_never_overwrites_a_trained_model_unless_asked`).
 * **Saving** a model is atomic too: a failed save leaves the previous model
   (`tests/test_io.py::test_a_failed_save_leaves_the_previous_model_intact`).
 * **Loading is safe.** Weights load with `np.load(..., allow_pickle=False)` and are checked

@@ -141,6 +141,25 @@ def test_expand_mnist_caches_the_expansion(tmp_path, monkeypatch, capsys):
     np.testing.assert_array_equal(load_expanded(training)[1], load_expanded(training)[1])
 
 
+def test_train_never_overwrites_a_trained_model_unless_asked(run_dir, capsys):
+    before = (run_dir / "model.npz").read_bytes()
+    args = [
+        "train",
+        "--net",
+        "shallow",
+        "--epochs",
+        "1",
+        "--limit",
+        "100",
+        "--quiet",
+        "--out",
+        str(run_dir),
+    ]
+    assert main(args) == 2
+    assert "already holds model.npz" in capsys.readouterr().err
+    assert (run_dir / "model.npz").read_bytes() == before
+
+
 def test_errors_are_one_line_without_traceback(tmp_path):
     result = subprocess.run(
         [sys.executable, "-m", "convnet.cli", "evaluate", str(tmp_path / "nope")],
