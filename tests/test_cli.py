@@ -17,24 +17,29 @@ from tests.test_data import _write_fake_mnist
 pytestmark = pytest.mark.mnist
 
 
-@pytest.fixture(scope="module")
-def run_dir(tmp_path_factory, mnist_dir):
-    out = tmp_path_factory.mktemp("run")
-    code = main(
+def _train(out, *extra: str, epochs: int = 1, limit: int = 2000) -> int:
+    """`convnet train` of the shallow net on the first `limit` images, quietly."""
+    return main(
         [
             "train",
             "--net",
             "shallow",
             "--epochs",
-            "2",
+            str(epochs),
             "--limit",
-            "10000",
+            str(limit),
             "--quiet",
             "--out",
             str(out),
+            *extra,
         ]
     )
-    assert code == 0
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory, mnist_dir):
+    out = tmp_path_factory.mktemp("run")
+    assert _train(out, epochs=2, limit=10000) == 0
     return out
 
 
@@ -100,25 +105,7 @@ def test_plot_redraws_the_pictures(run_dir):
 
 
 def test_ensemble_reports_members_and_vote(tmp_path, capsys):
-    assert (
-        main(
-            [
-                "train",
-                "--net",
-                "shallow",
-                "--epochs",
-                "1",
-                "--limit",
-                "2000",
-                "--quiet",
-                "--ensemble",
-                "3",
-                "--out",
-                str(tmp_path),
-            ]
-        )
-        == 0
-    )
+    assert _train(tmp_path, "--ensemble", "3") == 0
     result = json.loads((tmp_path / "ensemble.json").read_text())
     assert len(result["members"]) == 3 and 0.7 < result["voted"] <= 1.0
     assert (tmp_path / "member-2" / "model.npz").is_file()
@@ -143,19 +130,7 @@ def test_expand_mnist_caches_the_expansion(tmp_path, monkeypatch, capsys):
 
 def test_train_never_overwrites_a_trained_model_unless_asked(run_dir, capsys):
     before = (run_dir / "model.npz").read_bytes()
-    args = [
-        "train",
-        "--net",
-        "shallow",
-        "--epochs",
-        "1",
-        "--limit",
-        "100",
-        "--quiet",
-        "--out",
-        str(run_dir),
-    ]
-    assert main(args) == 2
+    assert _train(run_dir, limit=100) == 2
     assert "already holds model.npz" in capsys.readouterr().err
     assert (run_dir / "model.npz").read_bytes() == before
 
