@@ -141,10 +141,11 @@ def cmd_train(args: argparse.Namespace) -> int:
         raise ArgumentError("train: expected --out RUN_DIR (or --resume RUN_DIR).")
     else:
         _refuse_to_overwrite(Path(args.out), args.overwrite)
-    if args.checkpoint_every < 1:
-        raise ArgumentError(
-            f"--checkpoint-every: expected >= 1. Received: {args.checkpoint_every}."
-        )
+    for flag in ("epochs", "limit", "ensemble", "checkpoint_every"):
+        value = getattr(args, flag)
+        if value is not None and value < 1:
+            name = "--" + flag.replace("_", "-")
+            raise ArgumentError(f"{name}: expected a whole number >= 1. Received: {value}.")
     if resume is not None and (args.ensemble or 1) > 1:
         raise ArgumentError(
             "--resume: ensembles are resumed member by member (--resume RUN/member-K)."
@@ -153,7 +154,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     recipe = RECIPES.get(args.net) if not args.layers else None
     hyper = {
         "net": args.layers or args.net,
-        "epochs": args.epochs or (recipe.epochs if recipe else 10),
+        "epochs": args.epochs if args.epochs is not None else (recipe.epochs if recipe else 10),
         "eta": args.eta if args.eta is not None else (recipe.eta if recipe else 0.1),
         "lmbda": args.lmbda if args.lmbda is not None else (recipe.lmbda if recipe else 0.0),
         "mini_batch_size": args.mini_batch_size,
@@ -164,7 +165,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     training, validation, test = _data(args)
     if hyper["expanded"]:
         training = load_expanded(training)
-    if args.limit:
+    if args.limit is not None:
         training = (training[0][: args.limit], training[1][: args.limit])
     run_dir = Path(args.out)
     members = args.ensemble or 1

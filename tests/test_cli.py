@@ -135,6 +135,13 @@ def test_train_never_overwrites_a_trained_model_unless_asked(run_dir, capsys):
     assert (run_dir / "model.npz").read_bytes() == before
 
 
+@pytest.mark.parametrize("flag", ["--epochs", "--limit", "--ensemble", "--checkpoint-every"])
+def test_zero_counts_are_refused_not_taken_as_defaults(tmp_path, capsys, flag):
+    assert _train(tmp_path / "run", flag, "0") == 2
+    assert f"{flag}: expected a whole number >= 1. Received: 0." in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
+
+
 def test_errors_are_one_line_without_traceback(tmp_path):
     result = subprocess.run(
         [sys.executable, "-m", "convnet.cli", "evaluate", str(tmp_path / "nope")],
