@@ -8,6 +8,7 @@
     python benchmarks/experiments.py fast-compile        # PyTensor fast_run vs fast_compile rewrites
     python benchmarks/experiments.py xla-cache           # build time in new processes, cache on/off
     python benchmarks/experiments.py torch-loop          # a standalone PyTorch loop of net C
+    python benchmarks/experiments.py reduction-dtype     # with / without the float32-sum fix
 
 Each prints its own table. They run on synthetic MNIST-shaped data except eval-batch
 (real test set: set CONVNET_DATA). Single-threaded XLA, as in bench.py.
@@ -284,7 +285,25 @@ def torch_loop() -> None:
     )
 
 
+def reduction_dtype() -> None:
+    """Net C steps with and without convnet's fix for PyTensor's float64 JAX reductions."""
+    code = (
+        "import sys; sys.path.insert(0, 'benchmarks'); import convnet.backend as b\n"
+        "if sys.argv[1] == 'without': b._jax_reductions_keep_dtype = lambda: None\n"
+        "from experiments import _net_c_step, _best_per_step\n"
+        "net, fn, calls, built, total = _net_c_step(10)\n"
+        "dtype = sorted({str(p.get_value(borrow=True).dtype) for p in net.params})\n"
+        "print(f'{_best_per_step(net, fn, calls, total) * 1e3:.2f} ms/step, weights {dtype}')"
+    )
+    for variant in ("without", "with"):
+        out = subprocess.run(
+            [sys.executable, "-c", code, variant], capture_output=True, text=True, check=True
+        )
+        print(f"net C, {variant} the fix: {out.stdout.strip()}")
+
+
 COMMANDS = {
+    "reduction-dtype": reduction_dtype,
     "torch-loop": torch_loop,
     "steps-per-call": steps_per_call,
     "eval-batch": eval_batch,

@@ -243,8 +243,9 @@ class Backend:
     def threads(self) -> Iterator[None]:
         """Pin BLAS to one thread while training on the CPU.
 
-        Measured here: unpinned OpenBLAS made the book's small GEMMs up to 100x slower
-        on a loaded 2-core machine, and two threads never beat one at mini-batch 10.
+        The team measured (see the speed issue) unpinned OpenBLAS making the book's small
+        GEMMs up to 100x slower on a loaded 2-core machine, and two threads never beating
+        one at mini-batch 10.
         """
         if self.device != "cpu" or self.name == "jax":
             yield
