@@ -289,7 +289,7 @@ def reduction_dtype() -> None:
     """Net C steps with and without convnet's fix for PyTensor's float64 JAX reductions."""
     code = (
         "import sys; sys.path.insert(0, 'benchmarks'); import convnet.backend as b\n"
-        "if sys.argv[1] == 'without': b._jax_reductions_keep_dtype = lambda: None\n"
+        "if sys.argv[1] == 'without': b._jax_outputs_keep_dtype = lambda: None\n"
         "from experiments import _net_c_step, _best_per_step\n"
         "net, fn, calls, built, total = _net_c_step(10)\n"
         "dtype = sorted({str(p.get_value(borrow=True).dtype) for p in net.params})\n"

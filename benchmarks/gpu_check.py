@@ -1,23 +1,35 @@
 #!/usr/bin/env python
 """On a machine with an NVIDIA GPU: is convnet right there, and how fast against PyTorch?
 
-1. One training step of net C on the GPU equals the same step on the CPU backend.
-2. Net C at mini-batch 10 and 256: convnet (JAX on the GPU) vs PyTorch eager (CUDA),
-   same weights, same data, alternating, median of repeats; the ratios.
-3. Cold compile time on the GPU.
+1. One training step of net C on the GPU equals the same step on the CPU (JAX on the CPU,
+   and PyTensor's C backend where it can compile).
+2. Cold and warm compile of net C's training + accuracy functions, each in a new process.
+3. Net C at mini-batch 10 and 256: convnet (JAX on the GPU) against PyTorch eager (CUDA),
+   same weights, same data in the same order, alternating, median of repeats; the ratios.
+   convnet runs with each conv implementation (cuDNN through ``lax`` / im2col) and with one
+   or 100 SGD steps per compiled call, so the per-device defaults rest on numbers. A
+   timing counts only if convnet's and PyTorch's mean training losses agree.
+4. One 10,000-image evaluation pass.
 
-Runs on synthetic MNIST-shaped data (a GPU machine may have no MNIST); ``--device cpu``
-smoke-tests this script anywhere. Launched by ``benchmarks/gpu_check.sh``.
+Runs on synthetic MNIST-shaped data (a GPU machine may have no MNIST); ``--device cpu
+--quick`` smoke-tests this script anywhere. Launched by ``benchmarks/gpu_check.sh``.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
+import platform
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
+
+# PyTorch shares the card with JAX in this process: leave it room.
+os.environ.setdefault("XLA_PYTHON_CLIENT_MEM_FRACTION", "0.5")
 
 import numpy as np
 
@@ -28,24 +40,104 @@ from peers import torch_run
 from convnet import Network
 from convnet.book import layers_for
 
+ROOT = Path(__file__).resolve().parent.parent
 
-def net_c(mbs: int, device: str, backend: str = "jax") -> Network:
-    return Network(layers_for("relu", mbs), mbs, backend=backend, device=device, seed=0)
+# A new process that builds net C's training and accuracy functions and calls each once
+# (XLA compiles on the first call): argv = device, steps per call.
+COMPILE_CHILD = r"""
+import sys, time
+t0 = time.perf_counter()
+import numpy as np
+from convnet import Network
+from convnet.book import layers_for
+from convnet.training import Trainer, _options
+imported = time.perf_counter() - t0
+rng = np.random.default_rng(0)
+x, y = rng.random((5000, 784), dtype=np.float32), rng.integers(0, 10, 5000).astype(np.int32)
+start = time.perf_counter()
+net = Network(layers_for("relu", 10), 10, device=sys.argv[1], seed=0)
+opts = _options({"verbose": False, "steps_per_call": int(sys.argv[2])})
+trainer = Trainer(net, net.to_device((x, y), "training_data"),
+                  net.to_device((x[:1000], y[:1000]), "validation_data"), None, 1, 0.03, 0.1, opts)
+fn, index, _ = trainer.calls[0]
+fn(index)
+int(net.correct_function(trainer.validation)(np.array(0, dtype=np.int64)))
+print(imported, time.perf_counter() - start)
+"""
 
 
-def synthetic(n: int) -> tuple[np.ndarray, np.ndarray]:
-    rng = np.random.default_rng(0)
+def synthetic(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
     return rng.random((n, 784), dtype=np.float32), rng.integers(0, 10, n).astype(np.int32)
 
 
-def step_check(device: str) -> float:
+def net_c(mbs: int, device: str, backend: str = "jax", seed: int = 0) -> Network:
+    return Network(layers_for("relu", mbs), mbs, backend=backend, device=device, seed=seed)
+
+
+def versions() -> str:
+    import jax
+    import pytensor
+    import torch
+
+    return (
+        f"python {platform.python_version()}, numpy {np.__version__}, pytensor "
+        f"{pytensor.__version__}, jax {jax.__version__}, torch {torch.__version__}"
+    )
+
+
+def compile_seconds(device: str, steps_per_call: int, cache: str) -> tuple[float, float]:
+    """(import s, build + first calls s) in a new process whose convnet cache is ``cache``."""
+    env = dict(
+        os.environ, CONVNET_CACHE=cache, PYTHONPATH=f"{ROOT}:{os.environ.get('PYTHONPATH', '')}"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", COMPILE_CHILD, device, str(steps_per_call)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
+    if out.returncode:
+        raise RuntimeError(out.stderr.strip().splitlines()[-1])
+    imported, built = out.stdout.split()[-2:]
+    return float(imported), float(built)
+
+
+def step_check(device: str, references: list[str]) -> dict[str, float]:
+    """max |weights(device) - weights(reference)| after one SGD step of net C, per reference."""
     data = synthetic(10)
-    results = []
-    for dev, backend in ((device, "jax"), ("cpu", "c")):
+
+    def one_step(dev: str, backend: str) -> list[np.ndarray]:
         net = net_c(10, dev, backend)
         net.SGD(data, 1, 10, 0.03, lmbda=0.1, verbose=False)
-        results.append(net.get_weights())
-    return max(float(np.max(np.abs(a - b))) for a, b in zip(*results, strict=True))
+        return net.get_weights()
+
+    ours = one_step(device, "jax")
+    diffs = {}
+    for backend in references:
+        name = f"{backend} on cpu"
+        try:
+            theirs = one_step("cpu", backend)
+        except Exception as exc:  # the C backend needs a compiler and Python headers
+            print(f"# step check against {name} skipped: {type(exc).__name__}: {exc}")
+            continue
+        diffs[name] = max(float(np.max(np.abs(a - b))) for a, b in zip(ours, theirs, strict=True))
+    return diffs
+
+
+def convnet_pass(
+    mbs: int, device: str, data: tuple, conv: str, steps: int, seed: int
+) -> tuple[float, float, Network, list[np.ndarray]]:
+    """Seconds of a timed pass (after a warm-up pass) and the first pass's mean cost."""
+    os.environ["CONVNET_CONV"] = conv
+    try:
+        net = net_c(mbs, device, seed=seed)
+    finally:
+        del os.environ["CONVNET_CONV"]
+    initial = net.get_weights()
+    history = net.SGD(data, 2, mbs, 0.03, lmbda=0.1, verbose=False, steps_per_call=steps)
+    return history.seconds[1], history.train_cost[0], net, initial
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -53,37 +145,94 @@ def main(argv: list[str] | None = None) -> int:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--device", default="gpu", choices=["gpu", "cpu"])
-    parser.add_argument("--images", type=int, default=20_000, help="images per timed pass")
+    parser.add_argument(
+        "--images", type=int, default=20_480, help="images per timed pass (whole mini-batches)"
+    )
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument(
+        "--references",
+        default="jax",
+        help="CPU backends for the one-step check: jax and/or c (c compiles for ~30 s)",
+    )
+    parser.add_argument("--quick", action="store_true", help="2,560 images, 1 repeat")
     args = parser.parse_args(argv)
+    if args.quick:
+        args.images, args.repeats = 2_560, 1
     torch_device = "cuda" if args.device == "gpu" else "cpu"
+    print("#", versions())
     if args.device == "gpu":
-        print(subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True).stdout.strip())
+        smi = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True)
+        print("#", smi.stdout.strip())
+    print(f"# convnet backend: {net_c(10, args.device).backend.describe()}")
 
-    start = time.perf_counter()
-    probe = net_c(10, args.device)
-    probe.SGD(synthetic(20), 1, 10, 0.03, verbose=False)
-    print(
-        f"compile + first epoch of net C on {probe.backend.describe()}: {time.perf_counter() - start:.1f} s"
-    )
-    print(f"max |GPU - CPU| after one step of net C: {step_check(args.device):.2e}")
+    print("\n| compile of net C (train + accuracy, first calls), new process | seconds |")
+    print("|---|---|")
+    with tempfile.TemporaryDirectory() as cold_1, tempfile.TemporaryDirectory() as cold_100:
+        for label, steps, cache in (
+            ("cold, 1 step per call", 1, cold_1),
+            ("warm (same cache), 1 step per call", 1, cold_1),
+            ("cold, 100 steps per call (scan)", 100, cold_100),
+            ("warm (same cache), 100 steps per call", 100, cold_100),
+        ):
+            try:
+                imported, built = compile_seconds(args.device, steps, cache)
+                print(f"| {label} | {built:.1f} (import {imported:.1f}) |")
+            except Exception as exc:
+                print(f"| {label} | failed: {exc} |")
 
+    print("\n| one SGD step of net C, max abs weight difference | value |")
+    print("|---|---|")
+    for name, diff in step_check(args.device, args.references.split(",")).items():
+        print(f"| {args.device} (jax) vs {name} | {diff:.2e} |")
+
+    ok = True
+    variants = {
+        10: [("native", 100), ("native", 1), ("im2col", 100), ("im2col", 1)],
+        256: [("native", 1), ("im2col", 1)],
+    }
     print(
-        "| net C mini-batch | convnet images/s | PyTorch eager images/s | convnet / PyTorch time |"
+        "\n| net C mini-batch | convnet conv, steps/call | convnet images/s | PyTorch eager "
+        "images/s | convnet time / PyTorch time |"
     )
-    print("|---|---|---|---|")
-    for mbs in (10, 256):
-        data = synthetic(args.images)
-        ours, theirs = [], []
-        for _ in range(args.repeats):
-            net = net_c(mbs, args.device)
-            initial = net.get_weights()
-            history = net.SGD(data, 2, mbs, 0.03, lmbda=0.1, verbose=False)
-            ours.append(history.seconds[1])
-            seconds, _ = torch_run(net, initial, data, mbs, 0.03, 0.1, False, torch_device)
-            theirs.append(seconds)
-        a, b = statistics.median(ours), statistics.median(theirs)
-        print(f"| {mbs} | {args.images / a:,.0f} | {args.images / b:,.0f} | {a / b:.2f} |")
+    print("|---|---|---|---|---|")
+    for mbs, chosen in variants.items():
+        data = synthetic(args.images, seed=1)
+        ours: dict[tuple[str, int], list[float]] = {v: [] for v in chosen}
+        theirs: list[float] = []
+        for repeat in range(args.repeats):
+            for conv, steps in chosen:
+                seconds, cost, net, initial = convnet_pass(
+                    mbs, args.device, data, conv, steps, seed=repeat
+                )
+                ours[(conv, steps)].append(seconds)
+            t_seconds, t_cost = torch_run(net, initial, data, mbs, 0.03, 0.1, False, torch_device)
+            theirs.append(t_seconds)
+            if abs(t_cost - cost) > 0.02 * abs(cost) + 1e-3:
+                ok = False
+                print(f"# MISMATCH mbs {mbs}: mean loss torch {t_cost:.5f}, convnet {cost:.5f}")
+        b = statistics.median(theirs)
+        for (conv, steps), values in ours.items():
+            a = statistics.median(values)
+            print(
+                f"| {mbs} | {conv}, {steps} | {args.images / a:,.0f} | {args.images / b:,.0f} "
+                f"| {a / b:.2f} |"
+            )
+
+    net = net_c(10, args.device)  # evaluation runs in batches of backend.eval_batch
+    test = net.to_device(synthetic(10_000, seed=2), "test_data")
+    net.accuracy(test)
+    passes = []
+    for _ in range(5):
+        start = time.perf_counter()
+        net.accuracy(test)
+        passes.append(time.perf_counter() - start)
+    print(
+        f"\n10,000-image evaluation pass of net C (median of 5): {statistics.median(passes):.3f} s"
+    )
+    print(json.dumps({"losses_agree": ok}))
+    if not ok:
+        print("Results withheld: convnet and PyTorch disagree on the training loss.")
+        return 1
     return 0
 
 

@@ -98,34 +98,40 @@ def _configure_blas() -> None:
         pytensor.config.blas__ldflags = "-lopenblas"
 
 
-_JAX_REDUCE_FIXED = False
+_JAX_DTYPES_FIXED = False
 
 
-def _jax_reductions_keep_dtype() -> None:
-    """Make PyTensor's JAX reductions return their declared dtype.
+def _jax_outputs_keep_dtype() -> None:
+    """Make PyTensor's JAX reductions and allocations return their declared dtype.
 
     PyTensor 3.0 sums float32 in a float64 accumulator and, in JAX mode, returns the
-    accumulator (float64) instead of casting back. Every bias gradient then turned the
-    weights into float64 after the first step, halving speed. The cast restores the
-    graph's declared float32.
+    accumulator (float64) instead of casting back: every bias gradient turned the weights
+    into float64 after the first step, halving speed. An ``Alloc``'s constant fill value
+    arrives as a Python float, so ``zeros(..., dtype=float32)`` came out float64, and the
+    native conv's input gradient (a padded "full" convolution) then refused to mix
+    dtypes: net C could not train with it. The cast restores the declared dtype.
     """
-    global _JAX_REDUCE_FIXED
-    if _JAX_REDUCE_FIXED:
+    global _JAX_DTYPES_FIXED
+    if _JAX_DTYPES_FIXED:
         return
     from pytensor.link.jax.dispatch import jax_funcify
+    from pytensor.tensor.basic import Alloc
     from pytensor.tensor.elemwise import CAReduce
 
-    upstream = jax_funcify.dispatch(CAReduce)
+    def keep_declared_dtype(op_type: type) -> None:
+        upstream = jax_funcify.dispatch(op_type)
 
-    @jax_funcify.register(CAReduce)
-    def _careduce(op: CAReduce, node: Any = None, **kwargs: Any) -> Any:
-        reduce = upstream(op, node=node, **kwargs)
-        if node is None:
-            return reduce
-        dtype = node.outputs[0].dtype
-        return lambda x: reduce(x).astype(dtype)
+        @jax_funcify.register(op_type)
+        def _cast(op: Any, node: Any = None, **kwargs: Any) -> Any:
+            compute = upstream(op, node=node, **kwargs)
+            if node is None:
+                return compute
+            dtype = node.outputs[0].dtype
+            return lambda *inputs: compute(*inputs).astype(dtype)
 
-    _JAX_REDUCE_FIXED = True
+    keep_declared_dtype(CAReduce)
+    keep_declared_dtype(Alloc)
+    _JAX_DTYPES_FIXED = True
 
 
 _XLA_CACHE_SET = False
@@ -170,7 +176,7 @@ class Backend:
             return Mode(linker="cvm", optimizer="fast_run")
         if self.name == "numba":
             return get_mode("NUMBA")
-        _jax_reductions_keep_dtype()
+        _jax_outputs_keep_dtype()
         _persistent_xla_cache()
         from convnet import ops
 

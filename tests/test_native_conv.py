@@ -42,7 +42,10 @@ def test_native_conv_gradients_numerically():
     )
 
 
-def test_native_and_im2col_train_alike(monkeypatch):
+@pytest.mark.parametrize("steps_per_call", [1, 2])
+def test_native_and_im2col_train_alike(monkeypatch, steps_per_call):
+    """Two conv layers (a float64 Alloc once broke the second one's input gradient), one
+    and several steps per call."""
     rng = np.random.default_rng(0)
     x = rng.random((16, 144), dtype=np.float32)
     y = rng.integers(0, 10, 16).astype(np.int32)
@@ -54,15 +57,19 @@ def test_native_and_im2col_train_alike(monkeypatch):
                 ConvPoolLayer(
                     filter_shape=(4, 1, 3, 3), image_shape=(4, 1, 12, 12), activation_fn=ReLU
                 ),
-                FullyConnectedLayer(4 * 5 * 5, 12, ReLU),
+                # A second conv layer: its input gradient is the "full" convolution.
+                ConvPoolLayer(
+                    filter_shape=(4, 4, 2, 2), image_shape=(4, 4, 5, 5), activation_fn=ReLU
+                ),
+                FullyConnectedLayer(4 * 2 * 2, 12, ReLU),
                 SoftmaxLayer(12, 10),
             ],
             4,
             backend="jax",
             seed=1,
         )
-        assert net.layers[0].conv_implementation == implementation
-        net.SGD((x, y), 2, 4, 0.1, verbose=False)
+        assert {layer.conv_implementation for layer in net.layers[:2]} == {implementation}
+        net.SGD((x, y), 2, 4, 0.1, verbose=False, steps_per_call=steps_per_call)
         results[implementation] = net.get_weights()
     for a, b in zip(results["im2col"], results["native"], strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
