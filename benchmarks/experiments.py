@@ -9,6 +9,7 @@
     python benchmarks/experiments.py xla-cache           # build time in new processes, cache on/off
     python benchmarks/experiments.py torch-loop          # a standalone PyTorch loop of net C
     python benchmarks/experiments.py reduction-dtype     # with / without the float32-sum fix
+    python benchmarks/experiments.py micro-batch         # mini-batch 256/128/64 split in parts
 
 Each prints its own table. They run on synthetic MNIST-shaped data except eval-batch
 (real test set: set CONVNET_DATA). Single-threaded XLA, as in bench.py.
@@ -302,8 +303,40 @@ def reduction_dtype() -> None:
         print(f"net C, {variant} the fix: {out.stdout.strip()}")
 
 
+def micro_batch() -> None:
+    """Net C ms per SGD step with each mini-batch split into micro-batches of each size."""
+    from convnet import Network
+    from convnet.book import layers_for
+
+    rng = np.random.default_rng(0)
+    n = 12_800
+    data = rng.random((n, 784), dtype=np.float32), rng.integers(0, 10, n).astype(np.int32)
+    print("| mini-batch | micro-batch | ms per step (3 repeats, alternating) | median |")
+    print("|---|---|---|---|")
+    for mbs, parts in ((256, (256, 64, 32, 16, 8)), (128, (128, 32, 16)), (64, (64, 32, 16))):
+        times: dict[int, list[float]] = {part: [] for part in parts}
+        for _ in range(3):
+            for part in parts:
+                net = Network(layers_for("relu", mbs), mbs, backend="jax", seed=0)
+                history = net.SGD(
+                    data,
+                    2,
+                    mbs,
+                    0.03,
+                    lmbda=0.1,
+                    verbose=False,
+                    micro_batch=part,
+                    steps_per_call=1,
+                )
+                times[part].append(history.seconds[1] / (n // mbs) * 1e3)
+        for part, values in times.items():
+            shown = " / ".join(f"{v:.1f}" for v in values)
+            print(f"| {mbs} | {part} | {shown} | {sorted(values)[1]:.1f} |", flush=True)
+
+
 COMMANDS = {
     "reduction-dtype": reduction_dtype,
+    "micro-batch": micro_batch,
     "torch-loop": torch_loop,
     "steps-per-call": steps_per_call,
     "eval-batch": eval_batch,

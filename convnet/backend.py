@@ -32,6 +32,7 @@ from convnet.errors import ArgumentError, BackendError
 
 BACKENDS = ("c", "numba", "jax")
 DEVICES = ("cpu", "gpu")
+MICRO_BATCH = 16  # the largest training micro-batch on a CPU; see Backend.micro_batch
 
 
 def _choice(value: str | None, env: str, allowed: tuple[str, ...], default: str) -> str:
@@ -193,6 +194,19 @@ class Backend:
         of the book's nets). Other backends: one step per call (scan not measured there).
         """
         return 100 if self.name == "jax" and total_steps >= 15_000 else 1
+
+    def micro_batch(self, mini_batch_size: int) -> int:
+        """Rows per forward/backward pass inside one SGD step (see Network.train_function).
+
+        On a CPU a mini-batch larger than 16 is split into the largest part <= 16 that
+        divides it (when that is >= 8). Measured for net C under JAX (``benchmarks/
+        experiments.py micro-batch``): at mini-batch 256, 90-99 ms/step whole, 43-48 in
+        parts of 32, 40-48 in parts of 16; at 64, 13 -> 10 ms. GPUs want the whole batch.
+        """
+        if self.device == "gpu" or mini_batch_size <= MICRO_BATCH:
+            return mini_batch_size
+        part = max(d for d in range(1, MICRO_BATCH + 1) if mini_batch_size % d == 0)
+        return part if part >= 8 else mini_batch_size
 
     @property
     def eval_batch(self) -> int:

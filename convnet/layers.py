@@ -29,14 +29,20 @@ from convnet.errors import ArgumentError, ShapeError
 
 @dataclass(frozen=True)
 class DropoutSource:
-    """What a layer needs to draw its dropout mask: seed, its own salt, the step counter."""
+    """What a layer needs to draw its dropout mask: seed, its own salt, the step counter.
+
+    ``first_row`` places a micro-batch inside its mini-batch, so that the micro-batch's
+    mask is exactly those rows of the whole mini-batch's mask.
+    """
 
     seed: int
     salt: int
     step: TensorVariable
     batch_size: int
+    first_row: TensorVariable | int = 0
 
     def drop(self, x: TensorVariable, p: float, n_units: int) -> TensorVariable:
+        first = self.first_row
         return noise.dropout(
             x,
             p,
@@ -44,6 +50,7 @@ class DropoutSource:
             seed=self.seed,
             salt=self.salt,
             step=self.step,
+            first_element=first if isinstance(first, int) and first == 0 else first * n_units,
         )
 
 
@@ -252,6 +259,11 @@ class FullyConnectedLayer(_Dense):
         }
 
 
+def _mean_nll(logits: TensorVariable, y: TensorVariable) -> TensorVariable:
+    log_probs = pt.special.log_softmax(logits, axis=-1)
+    return -pt.mean(log_probs[pt.arange(y.shape[0]), y])
+
+
 class SoftmaxLayer(_Dense):
     """network3's ``SoftmaxLayer(n_in, n_out, p_dropout)``; its weights start at zero."""
 
@@ -283,9 +295,13 @@ class SoftmaxLayer(_Dense):
 
     def cost(self, net: object) -> TensorVariable:
         """Mean negative log-likelihood of ``net.y`` on the dropout path (network3's)."""
-        y = net.y  # type: ignore[attr-defined]
-        log_probs = pt.special.log_softmax(self._logits_dropout, axis=-1)
-        return -pt.mean(log_probs[pt.arange(y.shape[0]), y])
+        return _mean_nll(self._logits_dropout, net.y)  # type: ignore[attr-defined]
+
+    def cost_for(
+        self, inpt: TensorVariable, y: TensorVariable, *, dropout: DropoutSource
+    ) -> TensorVariable:
+        """:meth:`cost` for any batch ``inpt`` with labels ``y`` (e.g. a micro-batch)."""
+        return _mean_nll(self.logits_for(inpt, deterministic=False, dropout=dropout), y)
 
     def describe(self) -> dict[str, object]:
         return {

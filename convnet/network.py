@@ -13,6 +13,7 @@ import pytensor.tensor as pt
 from pytensor.compile.executor import Function
 from pytensor.compile.sharedvalue import SharedVariable
 from pytensor.graph.replace import clone_replace
+from pytensor.tensor.variable import TensorVariable
 
 from convnet import backend as backends
 from convnet.data.arrays import as_arrays
@@ -156,6 +157,7 @@ class Network:
         velocities: Sequence[SharedVariable] = (),
         momentum: float = 0.0,
         steps: int = 1,
+        micro_batch: int | None = None,
     ) -> Function:
         """SGD steps on mini-batches ``i .. i+steps-1`` of ``order``; accumulates the cost.
 
@@ -164,14 +166,24 @@ class Network:
         ``velocities`` (one per param) a step is classical momentum:
         ``v <- momentum*v - eta*g; p <- p + v``. With ``steps > 1`` the same step is
         repeated inside one compiled ``scan``: identical results, fewer calls (measured
-        about 25% faster per step for net C under JAX on a CPU).
+        about 25% faster per step for net C under JAX on a CPU). ``micro_batch`` (default:
+        the backend's choice) splits each mini-batch into equal parts whose gradients are
+        summed: the same step, to float32 rounding, with buffers that fit the CPU's caches.
         """
         mbs = self.mini_batch_size
         num_batches = -(-data.n // mbs)
         weights = [w for layer in self.layers for w in layer.get_params(regularizable=True)]
-        l2 = sum((w**2).sum() for w in weights)
-        cost = self.layers[-1].cost(self) + np.float32(0.5 * lmbda / num_batches) * l2
-        grads = pt.grad(cost, self.params)
+        l2 = np.float32(0.5 * lmbda / num_batches) * sum((w**2).sum() for w in weights)
+        part = self.backend.micro_batch(mbs) if micro_batch is None else micro_batch
+        if part < 1 or mbs % part:
+            raise ArgumentError(
+                f"micro_batch: expected a divisor of mini_batch_size {mbs}. Received: {part!r}."
+            )
+        if part == mbs:
+            cost = self.layers[-1].cost(self) + l2
+            grads = pt.grad(cost, self.params)
+        else:
+            cost, grads = self._micro_batched(part, l2)
         state = [*self.params, *velocities, self.step, cost_sum]
         n_params = len(self.params)
 
@@ -206,6 +218,60 @@ class Network:
             )
             after = [trace[-1] for trace in traces]
         return self._compile([i], [], updates=list(zip(state, after, strict=True)))
+
+    def _micro_cost(
+        self, x: TensorVariable, y: TensorVariable, size: int, first_row: TensorVariable
+    ) -> TensorVariable:
+        """The training cost (no L2) of ``size`` rows starting at ``first_row`` of a batch."""
+        out = x
+        for index, layer in enumerate(self.layers):
+            source = DropoutSource(self.seed, index, self.step, size, first_row)
+            if layer is self.layers[-1]:
+                return layer.cost_for(out, y, dropout=source)
+            out = layer.get_output_for(out, deterministic=False, dropout=source)
+        raise AssertionError("unreachable: the last layer is a SoftmaxLayer")
+
+    def _micro_batched(self, part: int, l2: TensorVariable) -> tuple[Any, list[Any]]:
+        """Cost and gradients of a mini-batch as a ``scan`` over ``part``-row slices.
+
+        Under JAX on a CPU one pass over 256 rows of net C keeps ~30 MB of im2col columns
+        in flight and ran about 2x slower per image than 16 or 32 rows at a time.
+        """
+        count = self.mini_batch_size // part
+        x_part = pt.matrix("x_part", dtype="float32", shape=(part, self.n_in))
+        y_part = pt.vector("y_part", dtype="int32", shape=(part,))
+        first_row = pt.scalar("first_row", dtype="int64")
+        part_cost = self._micro_cost(x_part, y_part, part, first_row)
+        part_grads = pt.grad(part_cost, self.params)
+        n_params = len(self.params)
+
+        def accumulate(x_j: Any, y_j: Any, first_j: Any, total: Any, *rest: Any) -> list[Any]:
+            sums, params, step = rest[:n_params], rest[n_params:-1], rest[-1]
+            replace = {x_part: x_j, y_part: y_j, first_row: first_j, self.step: step}
+            replace |= dict(zip(self.params, params, strict=True))
+            cost_j, *grads_j = clone_replace([part_cost, *part_grads], replace)
+            return [total + cost_j, *(a + g for a, g in zip(sums, grads_j, strict=True))]
+
+        traces = pytensor.scan(
+            accumulate,
+            sequences=[
+                self.x.reshape((count, part, self.n_in)),
+                self.y.reshape((count, part)),
+                pt.arange(count, dtype="int64") * part,
+            ],
+            outputs_info=[
+                pt.constant(np.float32(0.0)),
+                *(pt.zeros(p.type.shape, dtype="float32") for p in self.params),
+            ],
+            non_sequences=[*self.params, self.step],
+            return_list=True,
+            return_updates=False,
+        )
+        scale = np.float32(1.0 / count)  # the mean over equal parts is the batch mean
+        l2_grads = pt.grad(l2, self.params, disconnected_inputs="ignore")
+        cost = traces[0][-1] * scale + l2
+        grads = [t[-1] * scale + g for t, g in zip(traces[1:], l2_grads, strict=True)]
+        return cost, grads
 
     def get_weights(self) -> list[np.ndarray]:
         """Host copies of every parameter, in ``params`` order."""

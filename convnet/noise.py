@@ -57,12 +57,19 @@ def uniform(
     seed: int,
     salt: int,
     step: TensorVariable,
+    first_element: TensorVariable | int = 0,
 ) -> TensorVariable:
-    """float32 uniforms in [0, 1) for this (seed, salt, step), one per element."""
+    """float32 uniforms in [0, 1) for this (seed, salt, step), one per element.
+
+    ``first_element`` numbers the elements from there: a slice of rows of a larger batch
+    draws exactly the numbers the whole batch would draw for those rows.
+    """
     layer_key = int(hash32_numpy(np.uint32(seed & 0xFFFFFFFF) ^ hash32_numpy(salt)))
     step_key = hash32(_mul_low32(pt.cast(step, "uint64"), _GOLDEN))
     key = pt.bitwise_xor(step_key, pt.constant(np.uint64(layer_key)))
     index = pt.arange(int(np.prod(shape)), dtype="uint64")
+    if not (isinstance(first_element, int) and first_element == 0):
+        index = index + pt.cast(first_element, "uint64")
     mixed = hash32(pt.bitwise_xor(index, key))
     bits = hash32(pt.bitwise_and(mixed + key, pt.constant(_LOW_32)))
     # The top 24 bits fit a float32 mantissa exactly, so the result is never 1.0.
@@ -78,10 +85,12 @@ def dropout(
     seed: int,
     salt: int,
     step: TensorVariable,
+    first_element: TensorVariable | int = 0,
 ) -> TensorVariable:
     """Zero each unit with probability ``p_drop`` (no rescaling: see layers.py).
 
     ``shape`` is static because JAX needs the mask size at trace time.
     """
-    keep = uniform(shape, seed=seed, salt=salt, step=step) >= np.float32(p_drop)
+    uniforms = uniform(shape, seed=seed, salt=salt, step=step, first_element=first_element)
+    keep = uniforms >= np.float32(p_drop)
     return x * pt.cast(keep, x.dtype)

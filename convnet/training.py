@@ -80,6 +80,7 @@ class Options:
     on_epoch_end: Callable[[TrainingState], None] | None = None
     state: TrainingState | None = None
     steps_per_call: int | None = None  # default: the backend's (see Backend.steps_per_call)
+    micro_batch: int | None = None  # default: the backend's (see Backend.micro_batch)
 
 
 def _check_number(
@@ -139,6 +140,8 @@ def _options(options: dict[str, Any]) -> Options:
         _check_number(opts.eta_schedule, "eta_schedule", integer=True)
     if opts.steps_per_call is not None:
         _check_number(opts.steps_per_call, "steps_per_call", integer=True)
+    if opts.micro_batch is not None:
+        _check_number(opts.micro_batch, "micro_batch", integer=True)
     return opts
 
 
@@ -243,6 +246,7 @@ class Trainer:
             self.velocities,
             self.opts.momentum,
             steps,
+            self.opts.micro_batch,
         )
 
     # -- output -----------------------------------------------------------------------

@@ -118,7 +118,7 @@ def test_sgd_rejects_bad_arguments(rng):
         net.SGD((x[:1], y[:1]), 1, 2, 0.1, verbose=False)
 
 
-def _small_dropout_convnet(backend: str, mbs: int = 4) -> Network:
+def _small_dropout_convnet(backend: str | None, mbs: int = 4) -> Network:
     return Network(
         [
             ConvPoolLayer(
@@ -155,3 +155,33 @@ def test_labels_must_be_integers_and_inputs_finite(rng):
     x[3, 1] = np.inf
     with pytest.raises(DataError, match=r"NaN or inf.*example 3"):
         net.SGD((x, y), 1, 2, 0.1, verbose=False)
+
+
+@pytest.mark.parametrize("momentum", [0.0, 0.9])
+def test_micro_batches_give_the_whole_mini_batch_step(momentum):
+    """Splitting a mini-batch into parts sums the same gradient, dropout masks included.
+
+    (Dropout at 0.5 on two layers: a part drawing its mask for the wrong rows would move
+    the weights far outside this tolerance.)
+    """
+    rng = np.random.default_rng(5)
+    x, y = _data(rng, 24, (1, 10, 10))
+    results = {}
+    for part in (8, 4, 2):
+        net = _small_dropout_convnet(None, mbs=8)  # the suite's backend
+        net.SGD(
+            (x, y), 2, 8, 0.1, lmbda=0.1, verbose=False, micro_batch=part, momentum=momentum
+        )
+        results[part] = [_value(p) for p in net.params]
+    for part in (4, 2):
+        for got, want in zip(results[part], results[8], strict=True):
+            np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6, err_msg=f"part {part}")
+
+
+def test_micro_batch_must_divide_the_mini_batch(rng):
+    net = Network([FullyConnectedLayer(4, 3), SoftmaxLayer(3, 2)], 4, seed=0)
+    x, y = _data(rng, 8, (4,), classes=2)
+    with pytest.raises(ArgumentError, match=r"micro_batch: expected a divisor of .* 4"):
+        net.SGD((x, y), 1, 4, 0.1, verbose=False, micro_batch=3)
+    with pytest.raises(ArgumentError, match="micro_batch"):
+        net.SGD((x, y), 1, 4, 0.1, verbose=False, micro_batch=0)
