@@ -10,6 +10,7 @@
     python benchmarks/experiments.py torch-loop          # a standalone PyTorch loop of net C
     python benchmarks/experiments.py reduction-dtype     # with / without the float32-sum fix
     python benchmarks/experiments.py micro-batch         # mini-batch 256/128/64 split in parts
+    python benchmarks/experiments.py compile-breakdown   # where a cold build's seconds go, XLA flags
 
 Each prints its own table. They run on synthetic MNIST-shaped data except eval-batch
 (real test set: set CONVNET_DATA). Single-threaded XLA, as in bench.py.
@@ -244,6 +245,62 @@ def xla_cache() -> None:
             print(f"new process, {label}: build + first call {float(out.stdout.split()[-1]):.2f} s")
 
 
+_BREAKDOWN_CHILD = r"""
+import time
+t0 = time.perf_counter()
+import numpy as np
+from convnet import Network
+from convnet.book import layers_for
+from convnet.training import Trainer, _options
+marks = {"import": time.perf_counter() - t0}
+rng = np.random.default_rng(0)
+x, y = rng.random((5000, 784), dtype=np.float32), rng.integers(0, 10, 5000).astype(np.int32)
+def lap(name, start):
+    marks[name] = time.perf_counter() - start
+    return time.perf_counter()
+t = time.perf_counter()
+net = Network(layers_for("relu", 10), 10, seed=0)
+train = net.to_device((x, y), "training_data")
+validation = net.to_device((x[:1000], y[:1000]), "validation_data")
+t = lap("network", t)
+trainer = Trainer(net, train, None, None, 1, 0.03, 0.1, _options({"verbose": False}))
+t = lap("train: PyTensor", t)
+fn, index, _ = trainer.calls[0]
+fn(index)
+t = lap("train: first call (XLA)", t)
+correct = net.correct_function(validation)
+t = lap("accuracy: PyTensor", t)
+int(correct(np.array(0, dtype=np.int64)))
+t = lap("accuracy: first call (XLA)", t)
+for i in range(400):
+    fn(np.array(i, dtype=np.int64))
+np.asarray(net.params[0].get_value())
+marks["ms/step"] = (time.perf_counter() - t) / 400 * 1e3
+print(" ".join(f"{k}={v:.2f}" for k, v in marks.items()))
+"""
+
+
+def compile_breakdown() -> None:
+    """Seconds of a cold build of net C (new process, empty cache) by phase, per XLA flag."""
+    base = os.environ.get("XLA_FLAGS", "")
+    extra_flags = (
+        "",
+        "--xla_llvm_disable_expensive_passes=true",
+        "--xla_backend_optimization_level=1",
+    )
+    for repeat in range(2):
+        for extra in extra_flags:
+            with tempfile.TemporaryDirectory() as cache:
+                out = subprocess.run(
+                    [sys.executable, "-c", _BREAKDOWN_CHILD],
+                    capture_output=True,
+                    text=True,
+                    check=True,
+                    env=dict(os.environ, CONVNET_CACHE=cache, XLA_FLAGS=f"{base} {extra}".strip()),
+                )
+            print(f"run {repeat + 1}, XLA flags +[{extra}]: {out.stdout.strip()}", flush=True)
+
+
 def torch_loop() -> None:
     """A 20-line PyTorch training loop of net C, outside the harness, as a sanity check."""
     import torch
@@ -337,6 +394,7 @@ def micro_batch() -> None:
 COMMANDS = {
     "reduction-dtype": reduction_dtype,
     "micro-batch": micro_batch,
+    "compile-breakdown": compile_breakdown,
     "torch-loop": torch_loop,
     "steps-per-call": steps_per_call,
     "eval-batch": eval_batch,

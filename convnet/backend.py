@@ -200,8 +200,9 @@ class Backend:
 
         On a CPU a mini-batch larger than 16 is split into the largest part <= 16 that
         divides it (when that is >= 8). Measured for net C under JAX (``benchmarks/
-        experiments.py micro-batch``): at mini-batch 256, 90-99 ms/step whole, 43-48 in
-        parts of 32, 40-48 in parts of 16; at 64, 13 -> 10 ms. GPUs want the whole batch.
+        experiments.py micro-batch``, medians): at mini-batch 256, 94.6 ms/step whole, 42.0
+        in parts of 32, 38.8 in parts of 16; at 128, 48.0 -> 21.7. A GPU gets the whole batch
+        (it has the memory and wants the parallelism; not yet measured there).
         """
         if self.device == "gpu" or mini_batch_size <= MICRO_BATCH:
             return mini_batch_size

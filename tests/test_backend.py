@@ -60,3 +60,10 @@ def test_layers_move_back_to_numpy_for_a_c_network():
     Network(layers, 2, backend="jax", seed=0)
     net = Network(layers, 2, backend="c", seed=0)
     assert all(isinstance(p.get_value(borrow=True), np.ndarray) for p in net.params)
+
+
+def test_cpu_micro_batches_are_the_largest_divisor_up_to_16():
+    cpu, gpu = backends.Backend("jax", "cpu"), backends.Backend("jax", "gpu")
+    assert [cpu.micro_batch(m) for m in (10, 16, 20, 64, 100, 256)] == [10, 16, 10, 16, 10, 16]
+    assert cpu.micro_batch(17) == 17  # a prime: no part of 8 or more divides it
+    assert gpu.micro_batch(256) == 256

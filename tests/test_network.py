@@ -169,9 +169,7 @@ def test_micro_batches_give_the_whole_mini_batch_step(momentum):
     results = {}
     for part in (8, 4, 2):
         net = _small_dropout_convnet(None, mbs=8)  # the suite's backend
-        net.SGD(
-            (x, y), 2, 8, 0.1, lmbda=0.1, verbose=False, micro_batch=part, momentum=momentum
-        )
+        net.SGD((x, y), 2, 8, 0.1, lmbda=0.1, verbose=False, micro_batch=part, momentum=momentum)
         results[part] = [_value(p) for p in net.params]
     for part in (4, 2):
         for got, want in zip(results[part], results[8], strict=True):
