@@ -67,3 +67,54 @@ def test_cpu_micro_batches_are_the_largest_divisor_up_to_16():
     assert [cpu.micro_batch(m) for m in (10, 16, 20, 64, 100, 256)] == [10, 16, 10, 16, 10, 16]
     assert cpu.micro_batch(17) == 17  # a prime: no part of 8 or more divides it
     assert gpu.micro_batch(256) == 256
+
+
+def _tiny_net(backend: str) -> Network:
+    return Network([FullyConnectedLayer(4, 3), SoftmaxLayer(3, 2)], 2, backend=backend, seed=0)
+
+
+def test_compiling_ahead_changes_no_result(monkeypatch):
+    pytest.importorskip("jax")
+    rng = np.random.default_rng(0)
+    x, y = rng.random((12, 4), dtype=np.float32), rng.integers(0, 2, 12).astype(np.int32)
+    weights = []
+    for ahead in (True, False):
+        if not ahead:
+            monkeypatch.setattr(backends, "compile_ahead", lambda fn: None)
+        net = _tiny_net("jax")
+        net.SGD((x, y), 2, 2, 0.1, validation_data=(x, y), verbose=False)
+        weights.append(net.get_weights())
+    for a, b in zip(*weights, strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_the_first_call_reuses_the_program_compiled_ahead():
+    """XLA compiles in a background thread; the first real call then compiles nothing."""
+    jax = pytest.importorskip("jax")
+    net = _tiny_net("jax")
+    rng = np.random.default_rng(0)
+    data = net.to_device((rng.random((6, 4), dtype=np.float32), np.zeros(6, np.int32)), "d")
+    correct = net.correct_function(data)
+    compiles = []
+
+    def count(event: str, seconds: float, **_: object) -> None:
+        if event == "/jax/core/compile/backend_compile_duration":
+            compiles.append(seconds)
+
+    jax.monitoring.register_event_duration_secs_listener(count)
+    try:
+        future = backends.compile_ahead(correct)
+        assert future is not None
+        future.result()
+        assert len(compiles) == 1
+        assert int(correct(np.array(0, dtype=np.int64))) >= 0
+        assert len(compiles) == 1
+    finally:
+        jax.monitoring.unregister_event_duration_listener(count)
+
+
+def test_other_backends_have_nothing_to_compile_ahead():
+    net = _tiny_net("c")
+    rng = np.random.default_rng(0)
+    data = net.to_device((rng.random((4, 4), dtype=np.float32), np.zeros(4, np.int32)), "d")
+    assert backends.compile_ahead(net.correct_function(data)) is None

@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# Everything the GPU numbers in benchmarks/RESULTS.md need, as one command for a short GPU
+# loan: gpu_check.sh (step check, compile, net C vs PyTorch CUDA at mini-batch 10 and 256),
+# then the book's net C trained on the GPU on real MNIST as a user would (60 epochs, the
+# book's 99.23%; cut at BOOK_SECONDS, default 150). Logs go to OUT_DIR (default $OUT, else .).
+#
+# Prepare on a machine with pip and MNIST (both folders are git-ignored via .git/info/exclude):
+#   pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+#       --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 -d .whl \
+#       "pytensor==3.0.7" cons etuples logical-unification miniKanren
+#   mkdir -p .gpudata && cp ../shared/data/mnist/* .gpudata/
+# then run `bash benchmarks/gpu_session.sh` there, carrying .whl and .gpudata.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+out=${OUT_DIR:-${OUT:-.}}
+export PYTHONUNBUFFERED=1
+python3 --version
+bash benchmarks/gpu_check.sh .whl 2>&1 | tee "$out/gpu_check.log"
+export PYTHONPATH="/tmp/convnet-site:$PWD"
+CONVNET_DEVICE=gpu CONVNET_DATA="$PWD/.gpudata" timeout "${BOOK_SECONDS:-150}" \
+    python3 scripts/chapter6.py relu --seed 0 2>&1 | tee "$out/chapter6_relu_gpu.log"
