@@ -199,13 +199,14 @@ class Backend:
     def micro_batch(self, mini_batch_size: int) -> int:
         """Rows per forward/backward pass inside one SGD step (see Network.train_function).
 
-        On a CPU a mini-batch larger than 16 is split into the largest part <= 16 that
-        divides it (when that is >= 8). Measured for net C under JAX (``benchmarks/
+        Under JAX on a CPU a mini-batch larger than 16 is split into the largest part
+        <= 16 that divides it (when that is >= 8). Measured for net C (``benchmarks/
         experiments.py micro-batch``, medians): at mini-batch 256, 94.6 ms/step whole, 42.0
         in parts of 32, 38.8 in parts of 16; at 128, 48.0 -> 21.7. A GPU gets the whole batch
-        (it has the memory and wants the parallelism; not yet measured there).
+        (it has the memory and wants the parallelism; not yet measured there), and so do the
+        C and Numba backends (not measured; ``micro_batch=`` asks for parts anywhere).
         """
-        if self.device == "gpu" or mini_batch_size <= MICRO_BATCH:
+        if self.name != "jax" or self.device == "gpu" or mini_batch_size <= MICRO_BATCH:
             return mini_batch_size
         part = max(d for d in range(1, MICRO_BATCH + 1) if mini_batch_size % d == 0)
         return part if part >= 8 else mini_batch_size

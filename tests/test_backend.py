@@ -67,6 +67,7 @@ def test_cpu_micro_batches_are_the_largest_divisor_up_to_16():
     assert [cpu.micro_batch(m) for m in (10, 16, 20, 64, 100, 256)] == [10, 16, 10, 16, 10, 16]
     assert cpu.micro_batch(17) == 17  # a prime: no part of 8 or more divides it
     assert gpu.micro_batch(256) == 256
+    assert backends.Backend("c", "cpu").micro_batch(256) == 256  # measured under JAX only
 
 
 def _tiny_net(backend: str) -> Network:
