@@ -11,7 +11,6 @@
     python benchmarks/experiments.py reduction-dtype     # with / without the float32-sum fix
     python benchmarks/experiments.py micro-batch         # mini-batch 256/128/64 split in parts
     python benchmarks/experiments.py compile-breakdown   # where a cold build's seconds go, XLA flags
-    python benchmarks/experiments.py compile-ahead       # cold build with / without background XLA
 
 Each prints its own table. They run on synthetic MNIST-shaped data except eval-batch
 (real test set: set CONVNET_DATA). Single-threaded XLA, as in bench.py.
@@ -250,8 +249,6 @@ _BREAKDOWN_CHILD = r"""
 import time
 t0 = time.perf_counter()
 import numpy as np
-import convnet.backend
-convnet.backend.compile_ahead = lambda fn: None  # phases one after another, to time each
 from convnet import Network
 from convnet.book import layers_for
 from convnet.training import Trainer, _options
@@ -302,51 +299,6 @@ def compile_breakdown() -> None:
                     env=dict(os.environ, CONVNET_CACHE=cache, XLA_FLAGS=f"{base} {extra}".strip()),
                 )
             print(f"run {repeat + 1}, XLA flags +[{extra}]: {out.stdout.strip()}", flush=True)
-
-
-_AHEAD_CHILD = r"""
-import sys, time
-import numpy as np
-import convnet.backend
-if sys.argv[1] == "off":
-    convnet.backend.compile_ahead = lambda fn: None
-from convnet import Network
-from convnet.book import layers_for
-from convnet.training import Trainer, _options
-rng = np.random.default_rng(0)
-x, y = rng.random((5000, 784), dtype=np.float32), rng.integers(0, 10, 5000).astype(np.int32)
-start = time.perf_counter()
-net = Network(layers_for("relu", 10), 10, seed=0)
-data = [net.to_device((x[:n], y[:n]), name) for n, name in ((5000, "t"), (1000, "v"), (1000, "s"))]
-trainer = Trainer(net, *data, 1, 0.03, 0.1, _options({"verbose": False}))
-fn, index, _ = trainer.calls[0]
-fn(index)
-for dataset in data[1:]:
-    int(net.correct_function(dataset)(np.array(0, dtype=np.int64)))
-print(time.perf_counter() - start)
-"""
-
-
-def compile_ahead() -> None:
-    """Net C's Trainer (training, validation and test functions) built and first called in
-    a new process with an empty cache: XLA compiling in background threads, or not."""
-    env = dict(os.environ)
-    env.pop("XLA_FLAGS", None)  # as a user runs it
-    times: dict[str, list[float]] = {"off": [], "on": []}
-    for _ in range(3):
-        for mode in times:
-            with tempfile.TemporaryDirectory() as cache:
-                out = subprocess.run(
-                    [sys.executable, "-c", _AHEAD_CHILD, mode],
-                    capture_output=True,
-                    text=True,
-                    check=True,
-                    env=dict(env, CONVNET_CACHE=cache),
-                )
-            times[mode].append(float(out.stdout.split()[-1]))
-    for mode, values in times.items():
-        shown = " / ".join(f"{v:.2f}" for v in values)
-        print(f"compile ahead {mode}: {shown} s (median {sorted(values)[1]:.2f})")
 
 
 def torch_loop() -> None:
@@ -443,7 +395,6 @@ COMMANDS = {
     "reduction-dtype": reduction_dtype,
     "micro-batch": micro_batch,
     "compile-breakdown": compile_breakdown,
-    "compile-ahead": compile_ahead,
     "torch-loop": torch_loop,
     "steps-per-call": steps_per_call,
     "eval-batch": eval_batch,

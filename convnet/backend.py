@@ -20,7 +20,6 @@ import ctypes.util
 import importlib.util
 import os
 from collections.abc import Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -280,47 +279,6 @@ class Backend:
             return
         with threadpool_limits(limits=1, user_api="blas"):
             yield
-
-
-_COMPILER: ThreadPoolExecutor | None = None
-
-
-def compile_ahead(fn: Any) -> Future | None:
-    """Start XLA's compilation of a JAX-mode PyTensor function in a background thread.
-
-    XLA compiles without holding Python's GIL, so the compilation of one function overlaps
-    PyTensor's graph rewriting of the next (which holds it), on a second core. Placeholders
-    of the right types stand in for the explicit inputs; jax.jit keeps the compiled program,
-    so the first real call runs at once. Returns None when there is nothing to compile
-    ahead (other backends, or a PyTensor without ``jit_fn``).
-    """
-    global _COMPILER
-    vm = getattr(fn, "vm", None)
-    lower = getattr(getattr(vm, "jit_fn", None), "lower", None)
-    inputs = getattr(vm, "inputs", None)
-    if lower is None or inputs is None or len(inputs) != len(fn.maker.fgraph.inputs):
-        return None
-    args = []
-    for storage, variable in zip(inputs, fn.maker.fgraph.inputs, strict=True):
-        value = storage[0]
-        if value is None:
-            shape = getattr(variable.type, "shape", None)
-            if shape is None or None in shape:
-                return None
-            value = np.zeros(shape, dtype=variable.type.dtype)
-        args.append(value)
-    if _COMPILER is None:
-        _COMPILER = ThreadPoolExecutor(max_workers=2, thread_name_prefix="convnet-xla")
-    return _COMPILER.submit(lambda: lower(*args).compile())
-
-
-def wait_for(compiling: list[Future | None]) -> None:
-    """Wait for :func:`compile_ahead`'s work. A failure is left to the first real call,
-    which compiles again and reports it where it belongs."""
-    for future in compiling:
-        if future is not None:
-            with contextlib.suppress(Exception):
-                future.result()
 
 
 def to_numpy(value: Any) -> np.ndarray:

@@ -19,7 +19,6 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from convnet import backend as backends
 from convnet.errors import ArgumentError, DivergenceError
 
 if TYPE_CHECKING:
@@ -222,16 +221,13 @@ class Trainer:
         size = chunk_size(self.num_batches, limit)
         whole = self.num_batches - self.num_batches % size
         chunk = self._step_function(size)
-        compiling = [backends.compile_ahead(chunk)]  # XLA works while PyTensor goes on
         self.calls = [(chunk, np.array(i, dtype=np.int64), size) for i in range(0, whole, size)]
         if whole < self.num_batches:
             rest = self.num_batches - whole
             self.calls.append((self._step_function(rest), np.array(whole, dtype=np.int64), rest))
-            compiling.append(backends.compile_ahead(self.calls[-1][0]))
         for dataset in (validation, test):
             if dataset is not None:
-                compiling.append(backends.compile_ahead(net.correct_function(dataset)))
-        backends.wait_for(compiling)  # compiled now, so the timing line is honest
+                net.correct_function(dataset)  # compiled now, so the timing line is honest
         self.say(
             f"Training on {backend.describe()}: compiled in {time.perf_counter() - start:.1f} s"
         )
