@@ -42,7 +42,6 @@ class DropoutSource:
     first_row: TensorVariable | int = 0
 
     def drop(self, x: TensorVariable, p: float, n_units: int) -> TensorVariable:
-        first = self.first_row
         return noise.dropout(
             x,
             p,
@@ -50,7 +49,7 @@ class DropoutSource:
             seed=self.seed,
             salt=self.salt,
             step=self.step,
-            first_element=first if isinstance(first, int) and first == 0 else first * n_units,
+            first_element=self.first_row * n_units,
         )
 
 
