@@ -179,10 +179,14 @@ class Backend:
             return get_mode("NUMBA")
         _jax_outputs_keep_dtype()
         _persistent_xla_cache()
-        from convnet import ops
+        from convnet import graph_cache, ops
 
         ops.register_jax()
-        return get_mode("JAX")
+        mode = get_mode("JAX")
+        if os.environ.get("CONVNET_GRAPH_CACHE", "").strip() == "0":
+            return mode
+        rewriter = graph_cache.CachedRewriter(mode.optimizer, graph_cache.folder(), "JAX")
+        return mode.clone(optimizer=rewriter)
 
     def steps_per_call(self, total_steps: int) -> int:
         """SGD steps per compiled call, for a run of ``total_steps`` steps.
