@@ -11,6 +11,7 @@
     python benchmarks/experiments.py reduction-dtype     # with / without the float32-sum fix
     python benchmarks/experiments.py micro-batch         # mini-batch 256/128/64 split in parts
     python benchmarks/experiments.py compile-breakdown   # where a cold build's seconds go, XLA flags
+    python benchmarks/experiments.py conv-op             # im2col as graph slices vs one Op (JAX)
 
 Each prints its own table. They run on synthetic MNIST-shaped data except eval-batch
 (real test set: set CONVNET_DATA). Single-threaded XLA, as in bench.py.
@@ -301,6 +302,21 @@ def compile_breakdown() -> None:
             print(f"run {repeat + 1}, XLA flags +[{extra}]: {out.stdout.strip()}", flush=True)
 
 
+def conv_op() -> None:
+    """Cold build phases and ms/step of net C: im2col as ~60 graph nodes vs one Im2Col Op."""
+    for repeat in range(3):
+        for conv in ("im2col", "patches"):
+            with tempfile.TemporaryDirectory() as cache:
+                out = subprocess.run(
+                    [sys.executable, "-c", _BREAKDOWN_CHILD],
+                    capture_output=True,
+                    text=True,
+                    check=True,
+                    env=dict(os.environ, CONVNET_CACHE=cache, CONVNET_CONV=conv),
+                )
+            print(f"run {repeat + 1}, {conv}: {out.stdout.strip()}", flush=True)
+
+
 def torch_loop() -> None:
     """A 20-line PyTorch training loop of net C, outside the harness, as a sanity check."""
     import torch
@@ -395,6 +411,7 @@ COMMANDS = {
     "reduction-dtype": reduction_dtype,
     "micro-batch": micro_batch,
     "compile-breakdown": compile_breakdown,
+    "conv-op": conv_op,
     "torch-loop": torch_loop,
     "steps-per-call": steps_per_call,
     "eval-batch": eval_batch,

@@ -51,11 +51,16 @@ def conv2d(
     channels, height, width = image_shape
     n_filters, _, kh, kw = filter_shape
     out_h, out_w = conv_output_shape((height, width), (kh, kw))
-    per_channel_first = images.dimshuffle(1, 0, 2, 3)
-    taps = [
-        per_channel_first[:, :, a : a + out_h, b : b + out_w] for a in range(kh) for b in range(kw)
-    ]
-    columns = pt.stack(taps, axis=1).reshape((channels * kh * kw, -1))
+    if implementation == "patches":
+        columns = Im2Col(kh, kw)(pt.specify_shape(images, (None, *image_shape)))
+    else:
+        per_channel_first = images.dimshuffle(1, 0, 2, 3)
+        taps = [
+            per_channel_first[:, :, a : a + out_h, b : b + out_w]
+            for a in range(kh)
+            for b in range(kw)
+        ]
+        columns = pt.stack(taps, axis=1).reshape((channels * kh * kw, -1))
     flipped = filters[:, :, ::-1, ::-1].reshape((n_filters, channels * kh * kw))
     out = pt.dot(flipped, columns).reshape((n_filters, -1, out_h, out_w))
     return out.dimshuffle(1, 0, 2, 3)
@@ -149,8 +154,86 @@ class Conv2D(Op):
 conv2d_op = Conv2D()
 
 
+def _im2col_numpy(images: np.ndarray, kh: int, kw: int) -> np.ndarray:
+    n, c, h, w = images.shape
+    out_h, out_w = h - kh + 1, w - kw + 1
+    per_channel_first = images.transpose(1, 0, 2, 3)
+    taps = [
+        per_channel_first[:, :, a : a + out_h, b : b + out_w] for a in range(kh) for b in range(kw)
+    ]
+    return np.stack(taps, axis=1).reshape(c * kh * kw, n * out_h * out_w)
+
+
+class Im2Col(Op):
+    """The im2col columns of :func:`conv2d` as one Op: (n, c, h, w) -> (c*kh*kw, n*oh*ow).
+
+    The same slices as the graph form, but one node instead of ~60 (with its gradient), so
+    PyTensor has far less to rewrite; under JAX it lowers to the same slicing program, and
+    its gradient :class:`Col2Im` to JAX's exact transpose of it.
+    """
+
+    __props__ = ("kh", "kw")
+
+    def __init__(self, kh: int, kw: int) -> None:
+        self.kh, self.kw = int(kh), int(kw)
+
+    def make_node(self, images):
+        images = pt.as_tensor_variable(images)
+        if images.type.ndim != 4:
+            raise TypeError("Im2Col: expected 4-D images.")
+        n, c, h, w = images.type.shape
+        rows = None if c is None else c * self.kh * self.kw
+        cols = None
+        if None not in (n, h, w):
+            cols = n * (h - self.kh + 1) * (w - self.kw + 1)
+        out = pt.tensor(dtype=images.type.dtype, shape=(rows, cols))
+        return Apply(self, [images], [out])
+
+    def perform(self, node, inputs, output_storage):
+        output_storage[0][0] = _im2col_numpy(inputs[0], self.kh, self.kw)
+
+    def pullback(self, inputs, outputs, cotangents):
+        return [Col2Im(self.kh, self.kw)(cotangents[0], inputs[0])]
+
+
+class Col2Im(Op):
+    """The transpose of :class:`Im2Col`: columns summed back onto the image they came from.
+
+    Its second input only lends its shape (static under JAX)."""
+
+    __props__ = ("kh", "kw")
+
+    def __init__(self, kh: int, kw: int) -> None:
+        self.kh, self.kw = int(kh), int(kw)
+
+    def make_node(self, columns, images):
+        columns = pt.as_tensor_variable(columns)
+        images = pt.as_tensor_variable(images)
+        return Apply(self, [columns, images], [images.type()])
+
+    def connection_pattern(self, node):
+        return [[True], [False]]
+
+    def perform(self, node, inputs, output_storage):
+        columns, images = inputs
+        n, c, h, w = images.shape
+        out_h, out_w = h - self.kh + 1, w - self.kw + 1
+        taps = columns.reshape(c, self.kh, self.kw, n, out_h, out_w)
+        out = np.zeros((c, n, h, w), dtype=columns.dtype)
+        for a in range(self.kh):
+            for b in range(self.kw):
+                out[:, :, a : a + out_h, b : b + out_w] += taps[:, a, b]
+        output_storage[0][0] = out.transpose(1, 0, 2, 3).copy()
+
+    def pullback(self, inputs, outputs, cotangents):
+        from pytensor.gradient import disconnected_type
+
+        return [Im2Col(self.kh, self.kw)(cotangents[0]), disconnected_type()]
+
+
 def register_jax() -> None:
-    """Give :class:`Conv2D` its JAX implementation (idempotent; needs JAX)."""
+    """Give :class:`Conv2D`, :class:`Im2Col` and :class:`Col2Im` their JAX implementations
+    (idempotent; needs JAX)."""
     from jax import lax
     from pytensor.link.jax.dispatch import jax_funcify
 
@@ -160,3 +243,29 @@ def register_jax() -> None:
             return lax.conv_general_dilated(images, filters[:, :, ::-1, ::-1], (1, 1), "VALID")
 
         return conv
+
+    import jax
+    import jax.numpy as jnp
+
+    def im2col(images, kh, kw):
+        n, c, h, w = images.shape
+        out_h, out_w = h - kh + 1, w - kw + 1
+        per_channel_first = jnp.transpose(images, (1, 0, 2, 3))
+        taps = [
+            per_channel_first[:, :, a : a + out_h, b : b + out_w]
+            for a in range(kh)
+            for b in range(kw)
+        ]
+        return jnp.stack(taps, axis=1).reshape(c * kh * kw, n * out_h * out_w)
+
+    @jax_funcify.register(Im2Col)
+    def _im2col(op, **kwargs):
+        return lambda images: im2col(images, op.kh, op.kw)
+
+    @jax_funcify.register(Col2Im)
+    def _col2im(op, **kwargs):
+        def col2im(columns, images):
+            _, transpose = jax.vjp(lambda x: im2col(x, op.kh, op.kw), images)
+            return transpose(columns)[0]
+
+        return col2im

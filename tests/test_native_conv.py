@@ -13,7 +13,7 @@ from pytensor.gradient import verify_grad
 
 from convnet import ConvPoolLayer, FullyConnectedLayer, Network, ReLU, SoftmaxLayer
 from convnet import backend as backends
-from convnet.ops import conv2d, conv2d_op
+from convnet.ops import Col2Im, Im2Col, conv2d, conv2d_op
 from tests import reference
 
 
@@ -30,16 +30,45 @@ def test_native_conv_matches_reference(backend, rng):
     )
 
 
-def test_native_conv_gradients_numerically():
-    rng = np.random.default_rng(3)
+@pytest.mark.parametrize("implementation", ["native", "patches"])
+@pytest.mark.parametrize("backend", ["c", "jax"])
+def test_conv_ops_match_reference_with_numerical_gradients(implementation, backend, rng):
+    """The Ops' NumPy ``perform`` (C mode) and their JAX implementations alike."""
+    mode = backends.resolve(backend).mode  # registers the JAX implementations
+    x = pt.tensor4("x", dtype="float32")
+    w = pt.tensor4("w", dtype="float32")
+    out = conv2d(
+        x, w, image_shape=(3, 9, 7), filter_shape=(4, 3, 5, 3), implementation=implementation
+    )
+    fn = pytensor.function([x, w], out, mode=mode)
+    xv = rng.normal(size=(2, 3, 9, 7)).astype(np.float32)
+    wv = rng.normal(size=(4, 3, 5, 3)).astype(np.float32)
+    np.testing.assert_allclose(
+        np.asarray(fn(xv, wv)), reference.conv_valid(xv, wv), rtol=1e-4, atol=1e-4
+    )
+    grad_rng = np.random.default_rng(3)
     verify_grad(
         lambda x, w: conv2d(
-            x, w, image_shape=(2, 6, 5), filter_shape=(3, 2, 3, 2), implementation="native"
+            x, w, image_shape=(2, 6, 5), filter_shape=(3, 2, 3, 2), implementation=implementation
         ),
-        [rng.normal(size=(2, 2, 6, 5)), rng.normal(size=(3, 2, 3, 2))],
-        rng=rng,
-        mode=backends.resolve("jax").mode,
+        [grad_rng.normal(size=(2, 2, 6, 5)), grad_rng.normal(size=(3, 2, 3, 2))],
+        rng=grad_rng,
+        mode=mode,
     )
+
+
+@pytest.mark.parametrize("backend", ["c", "jax"])
+def test_col2im_is_the_transpose_of_im2col(backend, rng):
+    """<im2col(x), y> == <x, col2im(y)> for random x, y: the gradient is the adjoint."""
+    mode = backends.resolve(backend).mode
+    x = pt.tensor4("x", dtype="float64")
+    y = pt.matrix("y", dtype="float64")
+    fn = pytensor.function([x, y], [Im2Col(3, 2)(x), Col2Im(3, 2)(y, x)], mode=mode)
+    xv = rng.normal(size=(2, 3, 6, 5))
+    yv = rng.normal(size=(3 * 3 * 2, 2 * 4 * 4))
+    columns, back = fn(xv, yv)
+    assert np.asarray(columns).shape == yv.shape and np.asarray(back).shape == xv.shape
+    np.testing.assert_allclose(np.sum(columns * yv), np.sum(xv * np.asarray(back)), rtol=1e-10)
 
 
 @pytest.mark.parametrize("steps_per_call", [1, 2])
@@ -50,7 +79,7 @@ def test_native_and_im2col_train_alike(monkeypatch, steps_per_call):
     x = rng.random((16, 144), dtype=np.float32)
     y = rng.integers(0, 10, 16).astype(np.int32)
     results = {}
-    for implementation in ("im2col", "native"):
+    for implementation in ("im2col", "native", "patches"):
         monkeypatch.setenv("CONVNET_CONV", implementation)
         net = Network(
             [
@@ -71,14 +100,16 @@ def test_native_and_im2col_train_alike(monkeypatch, steps_per_call):
         assert {layer.conv_implementation for layer in net.layers[:2]} == {implementation}
         net.SGD((x, y), 2, 4, 0.1, verbose=False, steps_per_call=steps_per_call)
         results[implementation] = net.get_weights()
-    for a, b in zip(results["im2col"], results["native"], strict=True):
-        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+    for other in ("native", "patches"):
+        for a, b in zip(results["im2col"], results[other], strict=True):
+            np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5, err_msg=other)
 
 
 def test_gpu_networks_choose_native_convolution(monkeypatch):
     monkeypatch.delenv("CONVNET_CONV", raising=False)
     assert backends.Backend("jax", "gpu").conv_implementation == "native"
-    assert backends.Backend("jax", "cpu").conv_implementation == "im2col"
+    assert backends.Backend("jax", "cpu").conv_implementation == "patches"
+    assert backends.Backend("c", "cpu").conv_implementation == "im2col"
     monkeypatch.setenv("CONVNET_CONV", "fft")
     with pytest.raises(ValueError, match="CONVNET_CONV"):
         backends.Backend("jax", "cpu").conv_implementation  # noqa: B018
