@@ -6,7 +6,7 @@
 2. Cold and warm compile of net C's training + accuracy functions, each in a new process.
 3. Net C at mini-batch 10 and 256: convnet (JAX on the GPU) against PyTorch eager (CUDA),
    same weights, same data in the same order, alternating, median of repeats; the ratios.
-   convnet runs with each conv implementation (cuDNN through ``lax`` / im2col) and with one
+   convnet runs with each conv implementation (cuDNN through ``lax`` / the Im2Col Op) and with one
    or 100 SGD steps per compiled call, so the per-device defaults rest on numbers. A
    timing counts only if convnet's and PyTorch's mean training losses agree.
 4. One 10,000-image evaluation pass.
@@ -187,8 +187,8 @@ def main(argv: list[str] | None = None) -> int:
 
     ok = True
     variants = {
-        10: [("native", 100), ("native", 1), ("im2col", 100), ("im2col", 1)],
-        256: [("native", 1), ("im2col", 1)],
+        10: [("native", 100), ("native", 1), ("patches", 100), ("patches", 1)],
+        256: [("native", 1), ("patches", 1)],
     }
     print(
         "\n| net C mini-batch | convnet conv, steps/call | convnet images/s | PyTorch eager "
