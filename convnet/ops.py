@@ -9,6 +9,8 @@ tensordot over taps) in every mode.
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import pytensor.tensor as pt
 from pytensor.graph.basic import Apply
@@ -54,13 +56,7 @@ def conv2d(
     if implementation == "patches":
         columns = Im2Col(kh, kw)(pt.specify_shape(images, (None, *image_shape)))
     else:
-        per_channel_first = images.dimshuffle(1, 0, 2, 3)
-        taps = [
-            per_channel_first[:, :, a : a + out_h, b : b + out_w]
-            for a in range(kh)
-            for b in range(kw)
-        ]
-        columns = pt.stack(taps, axis=1).reshape((channels * kh * kw, -1))
+        columns = im2col_columns(images, image_shape, kh, kw, pt.stack)
     flipped = filters[:, :, ::-1, ::-1].reshape((n_filters, channels * kh * kw))
     out = pt.dot(flipped, columns).reshape((n_filters, -1, out_h, out_w))
     return out.dimshuffle(1, 0, 2, 3)
@@ -154,14 +150,19 @@ class Conv2D(Op):
 conv2d_op = Conv2D()
 
 
-def _im2col_numpy(images: np.ndarray, kh: int, kw: int) -> np.ndarray:
-    n, c, h, w = images.shape
-    out_h, out_w = h - kh + 1, w - kw + 1
+def im2col_columns(
+    images: Any, image_shape: tuple[int, int, int], kh: int, kw: int, stack: Any
+) -> Any:
+    """(batch, c, h, w) -> (c*kh*kw, batch*oh*ow): one row per (channel, kernel tap).
+
+    Written once for PyTensor graphs, NumPy and JAX alike; ``stack`` is the library's."""
+    channels, height, width = image_shape
+    out_h, out_w = conv_output_shape((height, width), (kh, kw))
     per_channel_first = images.transpose(1, 0, 2, 3)
     taps = [
         per_channel_first[:, :, a : a + out_h, b : b + out_w] for a in range(kh) for b in range(kw)
     ]
-    return np.stack(taps, axis=1).reshape(c * kh * kw, n * out_h * out_w)
+    return stack(taps, axis=1).reshape((channels * kh * kw, -1))
 
 
 class Im2Col(Op):
@@ -190,7 +191,8 @@ class Im2Col(Op):
         return Apply(self, [images], [out])
 
     def perform(self, node, inputs, output_storage):
-        output_storage[0][0] = _im2col_numpy(inputs[0], self.kh, self.kw)
+        images = inputs[0]
+        output_storage[0][0] = im2col_columns(images, images.shape[1:], self.kh, self.kw, np.stack)
 
     def pullback(self, inputs, outputs, cotangents):
         return [Col2Im(self.kh, self.kw)(cotangents[0], inputs[0])]
@@ -248,15 +250,7 @@ def register_jax() -> None:
     import jax.numpy as jnp
 
     def im2col(images, kh, kw):
-        n, c, h, w = images.shape
-        out_h, out_w = h - kh + 1, w - kw + 1
-        per_channel_first = jnp.transpose(images, (1, 0, 2, 3))
-        taps = [
-            per_channel_first[:, :, a : a + out_h, b : b + out_w]
-            for a in range(kh)
-            for b in range(kw)
-        ]
-        return jnp.stack(taps, axis=1).reshape(c * kh * kw, n * out_h * out_w)
+        return im2col_columns(images, images.shape[1:], kh, kw, jnp.stack)
 
     @jax_funcify.register(Im2Col)
     def _im2col(op, **kwargs):
