@@ -15,6 +15,7 @@ rewrites of its own (they would change what a key's graph rewrites to).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import os
@@ -29,6 +30,7 @@ from pytensor.graph.fg import FunctionGraph
 from pytensor.graph.rewriting.basic import GraphRewriter
 
 FORMAT = 1  # bump when the key or the stored form changes
+MAX_ENTRIES = 256  # beyond this, the least recently used entries are removed (~0.5 MB each)
 
 
 class UncacheableError(Exception):
@@ -152,6 +154,8 @@ class CachedRewriter(GraphRewriter):
                 reason="convnet graph cache",
                 import_missing=True,
             )
+            with contextlib.suppress(OSError):  # a read-only cache still serves
+                os.utime(path)  # recently used: kept longest
             return True
         except Exception:  # missing, stale or damaged: rewrite as if it were not there
             return False
@@ -163,8 +167,16 @@ class CachedRewriter(GraphRewriter):
         try:
             _Pickler(buffer, fgraph.inputs).dump(list(fgraph.outputs))
             atomic_write(path, lambda handle: handle.write(buffer.getvalue()))
+            _prune(self.folder, MAX_ENTRIES)
         except Exception:  # an unpicklable op or a read-only cache: just don't cache
             return
+
+
+def _prune(folder: Path, keep: int) -> None:
+    """Remove all but the ``keep`` most recently used entries."""
+    entries = sorted(folder.glob("*.pkl"), key=lambda entry: entry.stat().st_mtime)
+    for entry in entries[: max(0, len(entries) - keep)]:
+        entry.unlink(missing_ok=True)
 
 
 def _convnet_version() -> str:

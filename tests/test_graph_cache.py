@@ -110,3 +110,10 @@ def test_a_damaged_entry_is_ignored_and_replaced(cache):
     assert all(entry.read_bytes() != b"not a pickle" for entry in folder.iterdir())
     for a, b in zip(want, got, strict=True):
         np.testing.assert_array_equal(a, b)
+
+
+def test_the_cache_keeps_only_the_most_recently_used_entries(cache, monkeypatch):
+    folder, _ = cache
+    monkeypatch.setattr(graph_cache, "MAX_ENTRIES", 1)
+    _train()  # a training and an accuracy graph: only the last one stored stays
+    assert len(list(folder.iterdir())) == 1
