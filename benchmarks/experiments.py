@@ -32,6 +32,9 @@ os.environ.setdefault(
 
 import numpy as np
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from timing import evaluation_seconds  # beside this script
+
 
 def _net_c_step(mbs: int, steps: int = 1, n: int = 2000, optimizer: str | None = None):
     """A compiled training function of net C on synthetic data, and its call list."""
@@ -97,13 +100,7 @@ def eval_batch() -> None:
     for size in (1000, 250, 100, 50, 25, 10):
         backends.Backend.eval_batch = property(lambda self, size=size: size)
         net = Network(layers_for("relu", 10), 10, seed=0, backend="jax")
-        data = net.to_device(test, "test")
-        net.accuracy(data)
-        times = []
-        for _ in range(3):
-            start = time.perf_counter()
-            net.accuracy(data)
-            times.append(time.perf_counter() - start)
+        times = evaluation_seconds(net, net.to_device(test, "test"), repeats=3)
         print(f"| {size} | {min(times):.2f} s |")
 
 
@@ -291,30 +288,28 @@ def compile_breakdown() -> None:
     )
     for repeat in range(2):
         for extra in extra_flags:
-            with tempfile.TemporaryDirectory() as cache:
-                out = subprocess.run(
-                    [sys.executable, "-c", _BREAKDOWN_CHILD],
-                    capture_output=True,
-                    text=True,
-                    check=True,
-                    env=dict(os.environ, CONVNET_CACHE=cache, XLA_FLAGS=f"{base} {extra}".strip()),
-                )
-            print(f"run {repeat + 1}, XLA flags +[{extra}]: {out.stdout.strip()}", flush=True)
+            phases = _cold_build(XLA_FLAGS=f"{base} {extra}".strip())
+            print(f"run {repeat + 1}, XLA flags +[{extra}]: {phases}", flush=True)
+
+
+def _cold_build(**env: str) -> str:
+    """_BREAKDOWN_CHILD's line, from a new process with an empty cache and ``env`` set."""
+    with tempfile.TemporaryDirectory() as cache:
+        out = subprocess.run(
+            [sys.executable, "-c", _BREAKDOWN_CHILD],
+            capture_output=True,
+            text=True,
+            check=True,
+            env=dict(os.environ, CONVNET_CACHE=cache, **env),
+        )
+    return out.stdout.strip()
 
 
 def conv_op() -> None:
     """Cold build phases and ms/step of net C: im2col as ~60 graph nodes vs one Im2Col Op."""
     for repeat in range(3):
         for conv in ("im2col", "patches"):
-            with tempfile.TemporaryDirectory() as cache:
-                out = subprocess.run(
-                    [sys.executable, "-c", _BREAKDOWN_CHILD],
-                    capture_output=True,
-                    text=True,
-                    check=True,
-                    env=dict(os.environ, CONVNET_CACHE=cache, CONVNET_CONV=conv),
-                )
-            print(f"run {repeat + 1}, {conv}: {out.stdout.strip()}", flush=True)
+            print(f"run {repeat + 1}, {conv}: {_cold_build(CONVNET_CONV=conv)}", flush=True)
 
 
 def torch_loop() -> None:

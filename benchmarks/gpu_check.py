@@ -25,7 +25,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 # PyTorch shares the card with JAX in this process: leave it room.
@@ -36,6 +35,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).parent))
 
 from peers import torch_run
+from timing import evaluation_seconds
 
 from convnet import Network
 from convnet.book import layers_for
@@ -130,11 +130,15 @@ def convnet_pass(
     mbs: int, device: str, data: tuple, conv: str, steps: int, seed: int
 ) -> tuple[float, float, Network, list[np.ndarray]]:
     """Seconds of a timed pass (after a warm-up pass) and the first pass's mean cost."""
+    before = os.environ.get("CONVNET_CONV")
     os.environ["CONVNET_CONV"] = conv
     try:
         net = net_c(mbs, device, seed=seed)
     finally:
-        del os.environ["CONVNET_CONV"]
+        if before is None:
+            del os.environ["CONVNET_CONV"]
+        else:
+            os.environ["CONVNET_CONV"] = before
     initial = net.get_weights()
     history = net.SGD(data, 2, mbs, 0.03, lmbda=0.1, verbose=False, steps_per_call=steps)
     return history.seconds[1], history.train_cost[0], net, initial
@@ -156,6 +160,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--quick", action="store_true", help="2,560 images, 1 repeat")
     args = parser.parse_args(argv)
+    unknown = set(args.references.split(",")) - {"jax", "c"}
+    if unknown:
+        parser.error(f"--references: unknown {sorted(unknown)}; choose from jax, c")
     if args.quick:
         args.images, args.repeats = 2_560, 1
     torch_device = "cuda" if args.device == "gpu" else "cpu"
@@ -219,13 +226,7 @@ def main(argv: list[str] | None = None) -> int:
             )
 
     net = net_c(10, args.device)  # evaluation runs in batches of backend.eval_batch
-    test = net.to_device(synthetic(10_000, seed=2), "test_data")
-    net.accuracy(test)
-    passes = []
-    for _ in range(5):
-        start = time.perf_counter()
-        net.accuracy(test)
-        passes.append(time.perf_counter() - start)
+    passes = evaluation_seconds(net, net.to_device(synthetic(10_000, seed=2), "test_data"), 5)
     print(
         f"\n10,000-image evaluation pass of net C (median of 5): {statistics.median(passes):.3f} s"
     )
