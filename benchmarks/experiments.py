@@ -12,6 +12,7 @@
     python benchmarks/experiments.py micro-batch         # mini-batch 256/128/64 split in parts
     python benchmarks/experiments.py compile-breakdown   # where a cold build's seconds go, XLA flags
     python benchmarks/experiments.py conv-op             # im2col as graph slices vs one Op (JAX)
+    python benchmarks/experiments.py eval-limit          # what bounds the evaluation pass
 
 Each prints its own table. They run on synthetic MNIST-shaped data except eval-batch
 (real test set: set CONVNET_DATA). Single-threaded XLA, as in bench.py.
@@ -402,7 +403,100 @@ def micro_batch() -> None:
             print(f"| {mbs} | {part} | {shown} | {sorted(values)[1]:.1f} |", flush=True)
 
 
+GEMM_CHILD = r"""
+import os, sys, time
+os.environ["XLA_FLAGS"] = "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
+import jax, jax.numpy as jnp
+m, k, n, calls = map(int, sys.argv[1:])
+f = jax.jit(lambda a, b: a @ b)
+a, b = jnp.ones((m, k), jnp.float32), jnp.ones((k, n), jnp.float32)
+f(a, b).block_until_ready()
+best = float("inf")
+for _ in range(3):
+    start = time.perf_counter()
+    for _ in range(calls):
+        out = f(a, b)
+    out.block_until_ready()
+    best = min(best, time.perf_counter() - start)
+print(best)
+"""
+
+PASS_CHILD = r"""
+import threading, time
+import numpy as np
+from convnet import Network, load_mnist
+from convnet.book import layers_for
+_, _, test = load_mnist()
+# One network (so one Function) per thread: a PyTensor Function is not re-entrant.
+nets = [Network(layers_for("relu", 10), 10, seed=0, backend="jax") for _ in range(2)]
+data = [net.to_device(test, "test_data") for net in nets]
+correct = [net.correct_function(d) for net, d in zip(nets, data)]
+starts = list(range(0, data[0].n, nets[0].backend.eval_batch))
+
+def evaluate(threads):
+    parts = [starts[i::threads] for i in range(threads)]
+    counts = [[] for _ in parts]
+    def run(i):
+        counts[i] = [correct[i](np.array(s, dtype=np.int64)) for s in parts[i]]
+    workers = [threading.Thread(target=run, args=(i,)) for i in range(threads)]
+    [w.start() for w in workers]; [w.join() for w in workers]
+    return sum(int(np.asarray(c)) for part in counts for c in part)
+
+times = {1: [], 2: []}
+for threads in times:
+    assert evaluate(threads) == round(nets[0].accuracy(data[0]) * data[0].n)
+for _ in range(5):
+    for threads in times:
+        start = time.perf_counter(); evaluate(threads); times[threads].append(time.perf_counter() - start)
+print(sorted(times[1])[2], sorted(times[2])[2])
+"""
+
+
+def _gemm_seconds(shape: tuple[int, int, int], calls: int, copies: int = 1) -> list[float]:
+    """Seconds for ``calls`` single-threaded XLA GEMMs, in ``copies`` concurrent processes."""
+    args = [sys.executable, "-c", GEMM_CHILD, *map(str, (*shape, calls))]
+    children = [subprocess.Popen(args, stdout=subprocess.PIPE, text=True) for _ in range(copies)]
+    return [float(child.communicate()[0].strip().splitlines()[-1]) for child in children]
+
+
+def eval_limit() -> None:
+    """Bounds on one 10,000-image pass of net C: its GEMMs alone, and what a second core adds."""
+    batch, calls = 50, 10_000 // 50
+    gemms = {  # (m, k, n) of each GEMM in one evaluation call of 50 images
+        "conv 1 (20x25 @ 25x28,800)": (20, 25, batch * 24 * 24),
+        "conv 2 (40x500 @ 500x3,200)": (40, 500, batch * 8 * 8),
+        "FC (50x640 @ 640x100)": (batch, 640, 100),
+        "softmax (50x100 @ 100x10)": (batch, 100, 10),
+    }
+    print("| GEMM, one XLA thread, 200 calls = 10,000 images | seconds | GFLOP/s |")
+    print("|---|---|---|")
+    floor = 0.0
+    for name, (m, k, n) in gemms.items():
+        seconds = _gemm_seconds((m, k, n), calls)[0]
+        floor += seconds
+        print(f"| {name} | {seconds:.3f} | {2 * m * k * n * calls / seconds / 1e9:.0f} |")
+    print(
+        f"| all four: the pass's floor on one core without im2col, pooling or calls | {floor:.3f} | |"
+    )
+    shape, work = (3200, 500, 40), 2 * 3200 * 500 * 40 * 2000
+    alone = _gemm_seconds(shape, 2000)[0]
+    pair = _gemm_seconds(shape, 2000, copies=2)
+    print(
+        f"\nconv 2's GEMM, 2,000 calls: one process alone {work / alone / 1e9:.0f} GFLOP/s; "
+        f"two at once {work / pair[0] / 1e9:.0f} + {work / pair[1] / 1e9:.0f} GFLOP/s"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}  # XLA's default threads
+    out = subprocess.run(
+        [sys.executable, "-c", PASS_CHILD], capture_output=True, text=True, check=True, env=env
+    )
+    one, two = map(float, out.stdout.split())
+    print(
+        f"convnet's pass (medians of 5, alternating): 1 calling thread {one:.2f} s, 2 {two:.2f} s"
+    )
+
+
 COMMANDS = {
+    "eval-limit": eval_limit,
     "reduction-dtype": reduction_dtype,
     "micro-batch": micro_batch,
     "compile-breakdown": compile_breakdown,
