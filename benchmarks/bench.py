@@ -2,7 +2,8 @@
 """convnet vs PyTorch (eager and torch.compile) on the book's nets A, B, C, side by side.
 
 Same architecture, same initial weights (copied from convnet), same mini-batches in the
-same order, one thread each, frameworks alternated within each repeat; medians reported.
+same order, one core each (the process is pinned to one core; PyTorch also runs one
+thread), frameworks alternated within each repeat; medians reported.
 A run counts only if convnet's and PyTorch's mean training losses agree (same math, same
 data), so a fast but wrong result is never reported.
 
@@ -17,19 +18,19 @@ import platform
 import statistics
 import sys
 
-# One thread for every framework: measured here, it was each peer's best at mini-batch 10.
-os.environ.setdefault(
-    "XLA_FLAGS", "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
-)
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from timing import one_core  # beside this script
+
+# One core for every framework (one thread was each peer's best at mini-batch 10), pinned
+# before JAX and PyTorch start their thread pools.
+CORE = one_core()
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
-import numpy as np
+import numpy as np  # noqa: E402 - after the pinning above
+from peers import jax_run, torch_run  # noqa: E402 - the peers live beside this script
 
-from convnet import Network, load_mnist
-from convnet.book import layers_for
-
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from peers import jax_run, torch_run  # the peers live beside this script
+from convnet import Network, load_mnist  # noqa: E402
+from convnet.book import layers_for  # noqa: E402
 
 NETS = {"A": ("shallow", 0.1, 0.0), "B": ("conv", 0.1, 0.0), "C": ("relu", 0.03, 0.1)}
 EPOCH_IMAGES = 50_000
@@ -80,6 +81,9 @@ def main(argv=None) -> int:
             f"{i['internal_api']} {i.get('architecture')} threads={i['num_threads']}"
             for i in threadpool_info()
         ),
+        f"; pinned to CPU core {CORE}"
+        if CORE is not None
+        else "; not pinned (no sched_setaffinity)",
     )
     print("| net | framework | s/epoch (median) | images/s | ratio to convnet |")
     print("|---|---|---|---|---|")

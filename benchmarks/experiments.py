@@ -2,7 +2,7 @@
 """The measurements behind RESULTS.md's optimisation log, one subcommand each:
 
     python benchmarks/experiments.py steps-per-call      # scan: 1 / 50 / 100 / 500 steps per call
-    python benchmarks/experiments.py eval-batch          # 10,000-image evaluation pass vs batch size
+    python benchmarks/experiments.py eval-batch          # evaluation pass vs batch size, both convs
     python benchmarks/experiments.py call-overhead       # PyTensor Function vs the raw jitted call
     python benchmarks/experiments.py conv-layouts        # pure JAX: im2col, lax.conv, NHWC, per-row
     python benchmarks/experiments.py fast-compile        # PyTensor fast_run vs fast_compile rewrites
@@ -14,8 +14,8 @@
     python benchmarks/experiments.py conv-op             # im2col as graph slices vs one Op (JAX)
     python benchmarks/experiments.py eval-limit          # what bounds the evaluation pass
 
-Each prints its own table. They run on synthetic MNIST-shaped data except eval-batch
-(real test set: set CONVNET_DATA). Single-threaded XLA, as in bench.py.
+Each prints its own table. They run on synthetic MNIST-shaped data except eval-batch and
+eval-limit (real test set: set CONVNET_DATA). Pinned to one core, as in bench.py.
 """
 
 from __future__ import annotations
@@ -27,14 +27,12 @@ import tempfile
 import time
 from functools import partial
 
-os.environ.setdefault(
-    "XLA_FLAGS", "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
-)
-
-import numpy as np
-
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from timing import evaluation_seconds  # beside this script
+from timing import all_cores, evaluation_seconds, one_core  # beside this script
+
+one_core()  # before JAX starts its thread pool; the children started here inherit it
+
+import numpy as np  # noqa: E402 - after the pinning above
 
 
 def _net_c_step(mbs: int, steps: int = 1, n: int = 2000, optimizer: str | None = None):
@@ -96,13 +94,16 @@ def eval_batch() -> None:
     from convnet.book import layers_for
 
     _, _, test = load_mnist()
-    print("| evaluation batch | 10,000-image pass of net C (best of 3) |")
-    print("|---|---|")
+    print("| evaluation batch | net C's 10,000-image pass, XLA's im2col | convnet's kernel |")
+    print("|---|---|---|")
     for size in (1000, 250, 100, 50, 25, 10):
         backends.Backend.eval_batch = property(lambda self, size=size: size)
-        net = Network(layers_for("relu", 10), 10, seed=0, backend="jax")
-        times = evaluation_seconds(net, net.to_device(test, "test"), repeats=3)
-        print(f"| {size} | {min(times):.2f} s |")
+        best = []
+        for native in ("0", "1"):
+            os.environ["CONVNET_NATIVE"] = native
+            net = Network(layers_for("relu", 10), 10, seed=0, backend="jax")
+            best.append(min(evaluation_seconds(net, net.to_device(test, "test"), repeats=3)))
+        print(f"| {size} | {best[0]:.2f} s | {best[1]:.2f} s |", flush=True)
 
 
 def call_overhead() -> None:
@@ -404,8 +405,7 @@ def micro_batch() -> None:
 
 
 GEMM_CHILD = r"""
-import os, sys, time
-os.environ["XLA_FLAGS"] = "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
+import sys, time
 import jax, jax.numpy as jnp
 m, k, n, calls = map(int, sys.argv[1:])
 f = jax.jit(lambda a, b: a @ b)
@@ -422,45 +422,42 @@ print(best)
 """
 
 PASS_CHILD = r"""
-import threading, time
-import numpy as np
+import sys, time
+sys.path.insert(0, sys.argv[1])
+from timing import evaluation_seconds
 from convnet import Network, load_mnist
 from convnet.book import layers_for
 _, _, test = load_mnist()
-# One network (so one Function) per thread: a PyTensor Function is not re-entrant.
-nets = [Network(layers_for("relu", 10), 10, seed=0, backend="jax") for _ in range(2)]
-data = [net.to_device(test, "test_data") for net in nets]
-correct = [net.correct_function(d) for net, d in zip(nets, data)]
-starts = list(range(0, data[0].n, nets[0].backend.eval_batch))
-
-def evaluate(threads):
-    parts = [starts[i::threads] for i in range(threads)]
-    counts = [[] for _ in parts]
-    def run(i):
-        counts[i] = [correct[i](np.array(s, dtype=np.int64)) for s in parts[i]]
-    workers = [threading.Thread(target=run, args=(i,)) for i in range(threads)]
-    [w.start() for w in workers]; [w.join() for w in workers]
-    return sum(int(np.asarray(c)) for part in counts for c in part)
-
-times = {1: [], 2: []}
-for threads in times:
-    assert evaluate(threads) == round(nets[0].accuracy(data[0]) * data[0].n)
-for _ in range(5):
-    for threads in times:
-        start = time.perf_counter(); evaluate(threads); times[threads].append(time.perf_counter() - start)
-print(sorted(times[1])[2], sorted(times[2])[2])
+net = Network(layers_for("relu", 10), 10, seed=0, backend="jax")
+print(sorted(evaluation_seconds(net, net.to_device(test, "test_data"), repeats=5))[2])
 """
 
 
-def _gemm_seconds(shape: tuple[int, int, int], calls: int, copies: int = 1) -> list[float]:
-    """Seconds for ``calls`` single-threaded XLA GEMMs, in ``copies`` concurrent processes."""
+def _gemm_seconds(shape: tuple[int, int, int], calls: int) -> float:
+    """Best of 3 runs of ``calls`` XLA GEMMs of ``shape`` (m, k, n), in a new process."""
     args = [sys.executable, "-c", GEMM_CHILD, *map(str, (*shape, calls))]
-    children = [subprocess.Popen(args, stdout=subprocess.PIPE, text=True) for _ in range(copies)]
-    return [float(child.communicate()[0].strip().splitlines()[-1]) for child in children]
+    out = subprocess.run(args, capture_output=True, text=True, check=True)
+    return float(out.stdout.strip().splitlines()[-1])
+
+
+def _pass_seconds(native: bool, every_core: bool) -> float:
+    """Median of 5 10,000-image evaluation passes of net C, in a new process."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    env = dict(os.environ, CONVNET_NATIVE="1" if native else "0")
+    out = subprocess.run(
+        [sys.executable, "-c", PASS_CHILD, here],
+        capture_output=True,
+        text=True,
+        check=True,
+        env=env,
+        preexec_fn=all_cores if every_core else None,
+    )
+    return float(out.stdout.strip().splitlines()[-1])
 
 
 def eval_limit() -> None:
-    """Bounds on one 10,000-image pass of net C: its GEMMs alone, and what a second core adds."""
+    """What bounds one 10,000-image pass of net C: its GEMMs alone on one core; the pass
+    with XLA's im2col and with convnet's kernel, on one core and on all of them."""
     batch, calls = 50, 10_000 // 50
     gemms = {  # (m, k, n) of each GEMM in one evaluation call of 50 images
         "conv 1 (20x25 @ 25x28,800)": (20, 25, batch * 24 * 24),
@@ -468,31 +465,26 @@ def eval_limit() -> None:
         "FC (50x640 @ 640x100)": (batch, 640, 100),
         "softmax (50x100 @ 100x10)": (batch, 100, 10),
     }
-    print("| GEMM, one XLA thread, 200 calls = 10,000 images | seconds | GFLOP/s |")
+    print("| XLA GEMM on one core, 200 calls = 10,000 images | seconds | GFLOP/s |")
     print("|---|---|---|")
     floor = 0.0
     for name, (m, k, n) in gemms.items():
-        seconds = _gemm_seconds((m, k, n), calls)[0]
+        seconds = _gemm_seconds((m, k, n), calls)
         floor += seconds
         print(f"| {name} | {seconds:.3f} | {2 * m * k * n * calls / seconds / 1e9:.0f} |")
+    print(f"| the four together: no im2col, no pooling, no calls | {floor:.3f} | |")
+    big = _gemm_seconds((2048, 2048, 2048), 10)
     print(
-        f"| all four: the pass's floor on one core without im2col, pooling or calls | {floor:.3f} | |"
+        f"| for scale: 2048x2048 @ 2048x2048, 10 calls | {big:.3f} | {2 * 2048**3 * 10 / big / 1e9:.0f} |"
     )
-    shape, work = (3200, 500, 40), 2 * 3200 * 500 * 40 * 2000
-    alone = _gemm_seconds(shape, 2000)[0]
-    pair = _gemm_seconds(shape, 2000, copies=2)
-    print(
-        f"\nconv 2's GEMM, 2,000 calls: one process alone {work / alone / 1e9:.0f} GFLOP/s; "
-        f"two at once {work / pair[0] / 1e9:.0f} + {work / pair[1] / 1e9:.0f} GFLOP/s"
-    )
-    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}  # XLA's default threads
-    out = subprocess.run(
-        [sys.executable, "-c", PASS_CHILD], capture_output=True, text=True, check=True, env=env
-    )
-    one, two = map(float, out.stdout.split())
-    print(
-        f"convnet's pass (medians of 5, alternating): 1 calling thread {one:.2f} s, 2 {two:.2f} s"
-    )
+    print("\n| convnet's pass (median of 5, new process each) | one core | all cores |")
+    print("|---|---|---|")
+    for native, name in (
+        (False, "XLA: im2col, GEMM, pooling (CONVNET_NATIVE=0)"),
+        (True, "convnet's conv + pool kernel"),
+    ):
+        one, every = (_pass_seconds(native, every_core) for every_core in (False, True))
+        print(f"| {name} | {one:.2f} s | {every:.2f} s |", flush=True)
 
 
 COMMANDS = {

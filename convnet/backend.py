@@ -21,6 +21,7 @@ import importlib.util
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -135,6 +136,11 @@ def _jax_outputs_keep_dtype() -> None:
     _JAX_DTYPES_FIXED = True
 
 
+def cache_root() -> Path:
+    """convnet's cache folder: ``$CONVNET_CACHE``, else ``~/.cache/convnet``."""
+    return Path(os.environ.get("CONVNET_CACHE") or Path.home() / ".cache" / "convnet")
+
+
 _XLA_CACHE_SET = False
 
 
@@ -151,13 +157,10 @@ def _persistent_xla_cache() -> None:
     _XLA_CACHE_SET = True
     import jax
 
-    root = os.environ.get("CONVNET_CACHE") or os.path.join(
-        os.path.expanduser("~"), ".cache", "convnet"
-    )
-    folder = os.path.join(root, "xla")
+    folder = cache_root() / "xla"
     try:
         os.makedirs(folder, exist_ok=True)
-        jax.config.update("jax_compilation_cache_dir", folder)
+        jax.config.update("jax_compilation_cache_dir", str(folder))
         jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
     except (OSError, AttributeError, ValueError):
         pass
@@ -216,10 +219,31 @@ class Backend:
 
     @property
     def eval_batch(self) -> int:
-        """Examples per evaluation call. Measured on a CPU for net C's 10,000-image pass:
-        1,000 -> 1.75 s, 100 -> 0.84 s, 50 -> 0.69 s (im2col buffers that fit the cache);
-        GPUs want large batches."""
-        return 1000 if self.device == "gpu" else 50
+        """Examples per evaluation call. Measured on a CPU for net C's 10,000-image pass
+        with XLA's im2col: 1,000 -> 1.75 s, 100 -> 0.84 s, 50 -> 0.69 s (its buffers must fit
+        the cache). The fused kernel keeps no buffers beyond one image, so a large batch
+        costs it nothing and saves calls (one core: 1,000 -> 0.48 s, 50 -> 0.57 s;
+        ``benchmarks/experiments.py eval-batch``). GPUs want large batches."""
+        if self.device == "gpu" or self.eval_conv_implementation == "fused":
+            return 1000
+        return 50
+
+    @property
+    def eval_conv_implementation(self) -> str:
+        """How conv layers build their evaluation (deterministic) output: "fused" is
+        convnet's own CPU kernel (:mod:`convnet.native`, convolution and max-pooling in one
+        pass), used under JAX on a CPU when it can be compiled here; otherwise the same as
+        :attr:`conv_implementation`. Training keeps :attr:`conv_implementation`: its
+        backward pass needs the im2col columns anyway."""
+        chosen = self.conv_implementation
+        if chosen != "patches" or os.environ.get("CONVNET_CONV", "").strip():
+            return chosen
+        from convnet import native
+
+        if not native.enabled():
+            return chosen
+        native.start_build()  # compiles beside PyTensor's graph building
+        return "fused"
 
     @property
     def conv_implementation(self) -> str:

@@ -186,7 +186,6 @@ def _convnet_version() -> str:
 
 
 def folder() -> Path:
-    root = os.environ.get("CONVNET_CACHE") or os.path.join(
-        os.path.expanduser("~"), ".cache", "convnet"
-    )
-    return Path(root) / "graphs"
+    from convnet.backend import cache_root  # backend imports this module lazily
+
+    return cache_root() / "graphs"

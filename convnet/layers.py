@@ -360,8 +360,10 @@ class ConvPoolLayer(Layer):
         self._conv_shape = (n_filters, *conv_hw)
         self.w = self.add_param(np.zeros(self.filter_shape, np.float32), "w", regularizable=True)
         self.b = self.add_param(np.zeros(n_filters, np.float32), "b", regularizable=False)
-        # How the convolution is built: set by the Network from its backend and device.
+        # How the convolution is built for training and for evaluation: set by the Network
+        # from its backend and device (see Backend.conv_implementation).
         self.conv_implementation = "im2col"
+        self.eval_conv_implementation = "im2col"
         self.initialize(rng or np.random.default_rng())
 
     def initialize(self, rng: np.random.Generator) -> None:
@@ -380,14 +382,15 @@ class ConvPoolLayer(Layer):
 
     def get_output_for(self, inpt, *, deterministic, dropout=None):
         images = inpt.reshape((-1, *self.input_shape))
-        conv = ops.conv2d(
-            images,
-            self.w,
-            image_shape=self.input_shape,
-            filter_shape=self.filter_shape,
-            implementation=self.conv_implementation,
+        shapes = {"image_shape": self.input_shape, "filter_shape": self.filter_shape}
+        implementation = (
+            self.eval_conv_implementation if deterministic else self.conv_implementation
         )
-        pooled = ops.max_pool(conv, image_shape=self._conv_shape, poolsize=self.poolsize)
+        if implementation == "fused":
+            pooled = ops.conv_pool(images, self.w, poolsize=self.poolsize, **shapes)
+        else:
+            conv = ops.conv2d(images, self.w, implementation=implementation, **shapes)
+            pooled = ops.max_pool(conv, image_shape=self._conv_shape, poolsize=self.poolsize)
         return self.activation_fn(pooled + self.b.dimshuffle("x", 0, "x", "x"))
 
     def describe(self) -> dict[str, object]:

@@ -119,6 +119,7 @@ class Network:
         for index, layer in enumerate(self.layers):
             if isinstance(layer, ConvPoolLayer):
                 layer.conv_implementation = self.backend.conv_implementation
+                layer.eval_conv_implementation = self.backend.eval_conv_implementation
             source = DropoutSource(self.seed, index, self.step, self.mini_batch_size)
             layer.set_inpt(inpt, inpt_dropout, self.mini_batch_size, dropout=source)
             inpt, inpt_dropout = layer.output, layer.output_dropout

@@ -12,6 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+import pytensor
 import pytensor.tensor as pt
 from pytensor.graph.basic import Apply
 from pytensor.graph.op import Op
@@ -109,12 +110,7 @@ class Conv2D(Op):
         return Apply(self, [images, filters], [out])
 
     def perform(self, node, inputs, output_storage):
-        images, filters = inputs
-        kh, kw = filters.shape[2:]
-        windows = np.lib.stride_tricks.sliding_window_view(images, (kh, kw), axis=(2, 3))
-        flipped = filters[:, :, ::-1, ::-1]
-        out = np.einsum("nchwab,fcab->nfhw", windows, flipped, optimize=True)
-        output_storage[0][0] = out.astype(node.outputs[0].dtype)
+        output_storage[0][0] = _convolve_numpy(*inputs).astype(node.outputs[0].dtype)
 
     def infer_shape(self, fgraph, node, shapes):
         (n, _, h, w), (f, _, kh, kw) = shapes
@@ -148,6 +144,72 @@ class Conv2D(Op):
 
 
 conv2d_op = Conv2D()
+
+
+def conv_pool(
+    images: TensorVariable,
+    filters: TensorVariable,
+    *,
+    image_shape: tuple[int, int, int],
+    filter_shape: tuple[int, int, int, int],
+    poolsize: tuple[int, int],
+) -> TensorVariable:
+    """``max_pool(conv2d(images, filters))`` as one :class:`ConvPool` Op (same shapes and
+    arguments as those two): under JAX on a CPU, one call of convnet's own kernel."""
+    images = pt.specify_shape(images, (None, *image_shape))
+    return ConvPool(tuple(poolsize))(images, pt.specify_shape(filters, filter_shape))
+
+
+class ConvPool(Op):
+    """Convolution followed by max-pooling, for the evaluation path of conv layers.
+
+    Its JAX implementation calls :mod:`convnet.native`'s kernel when that is built (else
+    it is the im2col formulation of :func:`conv2d` in JAX); ``perform`` (NumPy) serves
+    the other modes and the tests. Its gradient is that of the unfused graph, so it can
+    stand anywhere :func:`conv2d` + :func:`max_pool` can.
+    """
+
+    __props__ = ("poolsize",)
+
+    def __init__(self, poolsize: tuple[int, int]) -> None:
+        self.poolsize = (int(poolsize[0]), int(poolsize[1]))
+
+    def make_node(self, images, filters):
+        images = pt.as_tensor_variable(images)
+        filters = pt.as_tensor_variable(filters)
+        n, _, h, w = images.type.shape
+        f, _, kh, kw = filters.type.shape
+        if None in (h, w, kh, kw):
+            raise TypeError("ConvPool: image and filter heights and widths must be static.")
+        (oh, ow), (ph, pw) = conv_output_shape((h, w), (kh, kw)), self.poolsize
+        out = pt.tensor(dtype=images.type.dtype, shape=(n, f, oh // ph, ow // pw))
+        return Apply(self, [images, filters], [out])
+
+    def perform(self, node, inputs, output_storage):
+        pooled = _pool_numpy(_convolve_numpy(*inputs), self.poolsize)
+        output_storage[0][0] = pooled.astype(node.outputs[0].dtype)
+
+    def pullback(self, inputs, outputs, cotangents):
+        images, filters = inputs
+        _, c, h, w = images.type.shape
+        f, _, kh, kw = filters.type.shape
+        conv = conv2d(images, filters, image_shape=(c, h, w), filter_shape=(f, c, kh, kw))
+        unfused = max_pool(
+            conv, image_shape=(f, *conv_output_shape((h, w), (kh, kw))), poolsize=self.poolsize
+        )
+        return pytensor.gradient.grad(None, [images, filters], known_grads={unfused: cotangents[0]})
+
+
+def _convolve_numpy(images: np.ndarray, filters: np.ndarray) -> np.ndarray:
+    windows = np.lib.stride_tricks.sliding_window_view(images, filters.shape[2:], axis=(2, 3))
+    return np.einsum("nchwab,fcab->nfhw", windows, filters[:, :, ::-1, ::-1], optimize=True)
+
+
+def _pool_numpy(conv: np.ndarray, poolsize: tuple[int, int]) -> np.ndarray:
+    n, f, h, w = conv.shape
+    (ph, pw), (qh, qw) = poolsize, (h // poolsize[0], w // poolsize[1])
+    windows = conv[:, :, : qh * ph, : qw * pw].reshape(n, f, qh, ph, qw, pw)
+    return windows.max(axis=(3, 5))
 
 
 def im2col_columns(
@@ -234,8 +296,8 @@ class Col2Im(Op):
 
 
 def register_jax() -> None:
-    """Give :class:`Conv2D`, :class:`Im2Col` and :class:`Col2Im` their JAX implementations
-    (idempotent; needs JAX)."""
+    """Give :class:`Conv2D`, :class:`ConvPool`, :class:`Im2Col` and :class:`Col2Im` their
+    JAX implementations (idempotent; needs JAX)."""
     from jax import lax
     from pytensor.link.jax.dispatch import jax_funcify
 
@@ -255,6 +317,40 @@ def register_jax() -> None:
     @jax_funcify.register(Im2Col)
     def _im2col(op, **kwargs):
         return lambda images: im2col(images, op.kh, op.kw)
+
+    @jax_funcify.register(ConvPool)
+    def _conv_pool(op, node=None, **kwargs):
+        from convnet import native
+
+        ph, pw = op.poolsize
+        target = native.conv_pool_target()
+
+        def with_kernel(images, filters):
+            if images.dtype != jnp.float32 or filters.dtype != jnp.float32:
+                return without_kernel(images, filters)  # the kernel is float32 only
+            n, _, h, w = images.shape
+            f, _, kh, kw = filters.shape
+            # (c*kh*kw, f) flipped kernels, filters padded to whole 8-lane vectors.
+            weights = filters[:, :, ::-1, ::-1].reshape(f, -1).T
+            weights = jnp.pad(weights, ((0, 0), (0, -f % 8)))
+            (oh, ow) = conv_output_shape((h, w), (kh, kw))
+            out = jax.ShapeDtypeStruct((n, f, oh // ph, ow // pw), images.dtype)
+            call = jax.ffi.ffi_call(target, out)
+            return call(
+                images, weights, kh=np.int64(kh), kw=np.int64(kw), ph=np.int64(ph), pw=np.int64(pw)
+            )
+
+        def without_kernel(images, filters):
+            n, _, h, w = images.shape
+            f, _, kh, kw = filters.shape
+            oh, ow = conv_output_shape((h, w), (kh, kw))
+            columns = im2col(images, kh, kw)
+            conv = (filters[:, :, ::-1, ::-1].reshape(f, -1) @ columns).reshape(f, n, oh, ow)
+            windows = conv[:, :, : oh // ph * ph, : ow // pw * pw]
+            pooled = windows.reshape(f, n, oh // ph, ph, ow // pw, pw).max(axis=(3, 5))
+            return pooled.transpose(1, 0, 2, 3)
+
+        return with_kernel if target is not None else without_kernel
 
     @jax_funcify.register(Col2Im)
     def _col2im(op, **kwargs):
