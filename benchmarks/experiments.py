@@ -26,6 +26,7 @@ import sys
 import tempfile
 import time
 from functools import partial
+from typing import Any
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from timing import all_cores, evaluation_seconds, one_core  # beside this script
@@ -411,14 +412,15 @@ m, k, n, calls = map(int, sys.argv[1:])
 f = jax.jit(lambda a, b: a @ b)
 a, b = jnp.ones((m, k), jnp.float32), jnp.ones((k, n), jnp.float32)
 f(a, b).block_until_ready()
-best = float("inf")
+best, busy = float("inf"), 0.0
 for _ in range(3):
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     for _ in range(calls):
         out = f(a, b)
     out.block_until_ready()
-    best = min(best, time.perf_counter() - start)
-print(best)
+    wall = time.perf_counter() - start
+    best, busy = min(best, wall), max(busy, (time.process_time() - cpu) / wall)
+print(best, busy)
 """
 
 PASS_CHILD = r"""
@@ -433,11 +435,13 @@ print(sorted(evaluation_seconds(net, net.to_device(test, "test_data"), repeats=5
 """
 
 
-def _gemm_seconds(shape: tuple[int, int, int], calls: int) -> float:
-    """Best of 3 runs of ``calls`` XLA GEMMs of ``shape`` (m, k, n), in a new process."""
+def _gemm_seconds(shape: tuple[int, int, int], calls: int, **run: Any) -> tuple[float, float]:
+    """Best of 3 runs of ``calls`` XLA GEMMs of ``shape`` (m, k, n) in a new process, and
+    the CPU-seconds it used per second (how many cores XLA kept busy)."""
     args = [sys.executable, "-c", GEMM_CHILD, *map(str, (*shape, calls))]
-    out = subprocess.run(args, capture_output=True, text=True, check=True)
-    return float(out.stdout.strip().splitlines()[-1])
+    out = subprocess.run(args, capture_output=True, text=True, check=True, **run)
+    seconds, busy = map(float, out.stdout.strip().splitlines()[-1].split())
+    return seconds, busy
 
 
 def _pass_seconds(native: bool, every_core: bool) -> float:
@@ -469,13 +473,20 @@ def eval_limit() -> None:
     print("|---|---|---|")
     floor = 0.0
     for name, (m, k, n) in gemms.items():
-        seconds = _gemm_seconds((m, k, n), calls)
+        seconds, _ = _gemm_seconds((m, k, n), calls)
         floor += seconds
         print(f"| {name} | {seconds:.3f} | {2 * m * k * n * calls / seconds / 1e9:.0f} |")
     print(f"| the four together: no im2col, no pooling, no calls | {floor:.3f} | |")
-    big = _gemm_seconds((2048, 2048, 2048), 10)
+    big, _ = _gemm_seconds((2048, 2048, 2048), 10)
     print(
         f"| for scale: 2048x2048 @ 2048x2048, 10 calls | {big:.3f} | {2 * 2048**3 * 10 / big / 1e9:.0f} |"
+    )
+    # Not pinned, with XLA's "single-thread" flag: does that keep its GEMMs on one core?
+    flagged = dict(os.environ, XLA_FLAGS="--xla_cpu_multi_thread_eigen=false")
+    free, busy = _gemm_seconds((2048, 2048, 2048), 10, env=flagged, preexec_fn=all_cores)
+    print(
+        f"| the same, not pinned, --xla_cpu_multi_thread_eigen=false: {busy:.2f} CPU-seconds "
+        f"per second | {free:.3f} | {2 * 2048**3 * 10 / free / 1e9:.0f} |"
     )
     print("\n| convnet's pass (median of 5, new process each) | one core | all cores |")
     print("|---|---|---|")

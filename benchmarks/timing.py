@@ -14,7 +14,7 @@ def one_core() -> int | None:
     """Pin this process, and the processes it starts, to one CPU core; return that core.
 
     XLA's CPU client runs large ops on a thread pool sized from the cores it may use, and
-    its thread flags do not shrink that pool: one 2048x2048 GEMM used 1.98 CPU-seconds per
+    its thread flags do not shrink that pool: one 2048x2048 GEMM used 1.95 CPU-seconds per
     second with ``--xla_cpu_multi_thread_eigen=false``. Pinning makes "one core for every
     framework" true. Call it before JAX or PyTorch start. Returns None where the OS
     cannot pin (not Linux).
