@@ -4,7 +4,9 @@ PyTensor 3 ships neither a CNN ``conv2d`` nor pooling. Both are written here as 
 graphs of strided slices, one ``dot`` and a reshape+max, so that every backend (C, Numba,
 JAX) compiles them and PyTensor derives their gradients. Measured on a 2-core machine,
 this im2col formulation beat three others (loops of dots, a numpy ``perform`` Op, and
-tensordot over taps) in every mode.
+tensordot over taps) in every mode. The Ops below serve particular backends: ``Im2Col``
+(JAX on CPUs), ``Conv2D`` (cuDNN on GPUs) and ``ConvPool`` (convnet's own CPU kernel, for
+evaluation).
 """
 
 from __future__ import annotations
