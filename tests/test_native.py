@@ -16,6 +16,7 @@ from pytensor.gradient import verify_grad
 from convnet import Network, native
 from convnet import backend as backends
 from convnet.book import layers_for
+from convnet.errors import ArgumentError
 from convnet.ops import conv_pool
 from tests import reference
 
@@ -123,3 +124,22 @@ def test_network_evaluation_is_the_same_with_and_without_the_kernel(rng, monkeyp
     assert proba.std() > 0.01
     np.testing.assert_allclose(proba, unfused.predict_proba(x), rtol=1e-4, atol=1e-5)
     assert fused.accuracy((x, y)) == unfused.accuracy((x, y))
+
+
+def test_bad_switch_and_missing_compiler_are_named(fresh_build, monkeypatch):
+    monkeypatch.setenv("CONVNET_NATIVE", "yes")
+    with pytest.raises(ArgumentError, match="CONVNET_NATIVE"):
+        Network(layers_for("relu", 10), 10, backend="jax")
+    monkeypatch.setenv("CONVNET_NATIVE", "1")
+    monkeypatch.setenv("CXX", "no-such-compiler-here")
+    assert not native.enabled()
+    assert "CXX='no-such-compiler-here'" in native.why_not()
+
+
+@pytest.mark.skipif(not HAS_COMPILER, reason="needs an x86-64 CPU and a C++ compiler")
+def test_damaged_cached_kernel_is_rebuilt(tmp_path, fresh_build, monkeypatch):
+    monkeypatch.setenv("CONVNET_CACHE", str(tmp_path))
+    built = native._library()  # built into the cache, not loaded
+    built.write_bytes(b"not a shared library")
+    assert native.conv_pool_target() == native.TARGET, native.why_not()
+    assert built.read_bytes()[:4] == b"\x7fELF"

@@ -27,6 +27,8 @@ import tempfile
 import threading
 from pathlib import Path
 
+from convnet.errors import ArgumentError
+
 SOURCE = Path(__file__).with_name("conv_pool.cc")
 TARGET = "convnet_conv_pool"  # the name XLA knows the kernel by
 FLAGS = ("-O3", "-march=native", "-std=c++17", "-shared", "-fPIC", "-w")
@@ -35,20 +37,31 @@ BUILD_SECONDS = 300
 _lock = threading.Lock()
 _build: threading.Thread | None = None
 _result: dict[str, str | None] = {}  # "target" (TARGET or None) and "why" once built
+_registered: list[str] = []  # TARGET once XLA knows it (for the rest of the process)
 
 
 def enabled() -> bool:
-    """Whether the kernel may be used here: JAX installed, a compiler found, not turned off."""
+    """Whether the kernel may be used here: JAX installed, a compiler found, not turned off.
+
+    Raises ArgumentError for a ``CONVNET_NATIVE`` other than 0 or 1."""
     return _precondition() is None
 
 
 def _precondition() -> str | None:
     """Why the kernel can't even be tried, or None."""
-    if os.environ.get("CONVNET_NATIVE", "").strip() == "0":
+    switch = os.environ.get("CONVNET_NATIVE", "").strip()
+    if switch not in ("", "0", "1"):
+        raise ArgumentError(
+            f"environment variable CONVNET_NATIVE: expected 0 or 1. Received: {switch!r}."
+        )
+    if switch == "0":
         return "turned off by CONVNET_NATIVE=0"
     if platform.machine().lower() not in ("x86_64", "amd64"):
         return f"written for x86-64 CPUs; this one is {platform.machine()}"
     if _compiler() is None:
+        chosen = os.environ.get("CXX", "").strip()
+        if chosen:
+            return f"environment variable CXX={chosen!r} names no compiler found on PATH"
         return "no C++ compiler found (set CXX, or install g++ or clang++)"
     try:
         import jax.ffi  # noqa: F401 - the headers and the registry live there
@@ -88,17 +101,27 @@ def why_not() -> str | None:
 
 
 def _build_and_register() -> None:
-    why = _precondition()
-    if why is None:
-        try:
-            library = _library()
+    try:
+        why = _precondition()
+        if why is None:
             import jax
 
-            function = ctypes.cdll.LoadLibrary(str(library)).ConvnetConvPool
-            jax.ffi.register_ffi_target(TARGET, jax.ffi.pycapsule(function), platform="cpu")
-        except Exception as exc:  # a speed-up must never break a run: report, fall back
-            why = f"the kernel could not be built or loaded: {exc}"
+            function = _load(_library()).ConvnetConvPool
+            if not _registered:  # XLA takes one handler per name and process
+                jax.ffi.register_ffi_target(TARGET, jax.ffi.pycapsule(function), platform="cpu")
+                _registered.append(TARGET)
+    except Exception as exc:  # a speed-up must never break a run: report, fall back
+        why = f"the kernel could not be built or loaded: {exc}"
     _result.update(target=None if why else TARGET, why=why)
+
+
+def _load(library: Path) -> ctypes.CDLL:
+    """Load the kernel; a cached file that won't load (damaged on disk) is built again."""
+    try:
+        return ctypes.cdll.LoadLibrary(str(library))
+    except OSError:
+        library.unlink(missing_ok=True)
+        return ctypes.cdll.LoadLibrary(str(_library()))
 
 
 def _library() -> Path:
@@ -115,7 +138,9 @@ def _library() -> Path:
     for part in (SOURCE.read_bytes(), version.encode(), " ".join(FLAGS).encode()):
         key.update(part)
     key.update(f"{jaxlib.__version__} {_cpu_identity()}".encode())
-    folder = _cache_root() / "kernels"
+    from convnet.backend import cache_root  # backend imports this module lazily
+
+    folder = cache_root() / "kernels"
     library = folder / f"conv_pool-{key.hexdigest()[:16]}.so"
     if library.exists():
         return library
@@ -143,9 +168,3 @@ def _cpu_identity() -> str:
         return platform.processor()
     lines = [line for line in text.splitlines() if line.startswith(("model name", "flags"))]
     return "\n".join(dict.fromkeys(lines))
-
-
-def _cache_root() -> Path:
-    from convnet.backend import cache_root  # backend imports this module lazily
-
-    return cache_root()
