@@ -435,28 +435,26 @@ print(sorted(evaluation_seconds(net, net.to_device(test, "test_data"), repeats=5
 """
 
 
+def _child(code: str, *args: object, **run: Any) -> list[float]:
+    """Run ``code`` in a new Python process; the numbers on its last line of output."""
+    command = [sys.executable, "-c", code, *map(str, args)]
+    out = subprocess.run(command, capture_output=True, text=True, check=True, **run)
+    return [float(v) for v in out.stdout.strip().splitlines()[-1].split()]
+
+
 def _gemm_seconds(shape: tuple[int, int, int], calls: int, **run: Any) -> tuple[float, float]:
     """Best of 3 runs of ``calls`` XLA GEMMs of ``shape`` (m, k, n) in a new process, and
     the CPU-seconds it used per second (how many cores XLA kept busy)."""
-    args = [sys.executable, "-c", GEMM_CHILD, *map(str, (*shape, calls))]
-    out = subprocess.run(args, capture_output=True, text=True, check=True, **run)
-    seconds, busy = map(float, out.stdout.strip().splitlines()[-1].split())
+    seconds, busy = _child(GEMM_CHILD, *shape, calls, **run)
     return seconds, busy
 
 
 def _pass_seconds(native: bool, every_core: bool) -> float:
     """Median of 5 10,000-image evaluation passes of net C, in a new process."""
-    here = os.path.dirname(os.path.abspath(__file__))
     env = dict(os.environ, CONVNET_NATIVE="1" if native else "0")
-    out = subprocess.run(
-        [sys.executable, "-c", PASS_CHILD, here],
-        capture_output=True,
-        text=True,
-        check=True,
-        env=env,
-        preexec_fn=all_cores if every_core else None,
-    )
-    return float(out.stdout.strip().splitlines()[-1])
+    here = os.path.dirname(os.path.abspath(__file__))
+    preexec = all_cores if every_core else None
+    return _child(PASS_CHILD, here, env=env, preexec_fn=preexec)[0]
 
 
 def eval_limit() -> None:
