@@ -19,4 +19,4 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/convnet-site "$wheels"/*.whl
 export PYTHONPATH="/tmp/convnet-site:$PWD${PYTHONPATH:+:$PYTHONPATH}"
 python3 -c "import jax; print('jax', jax.__version__, jax.devices())"
-PYTHONUNBUFFERED=1 timeout 330 python3 benchmarks/gpu_check.py "$@"
+PYTHONUNBUFFERED=1 timeout "${CHECK_SECONDS:-300}" python3 benchmarks/gpu_check.py "$@"
