@@ -181,7 +181,15 @@ def main(argv: list[str] | None = None) -> int:
         help="CPU backends for the one-step check: jax and/or c (c compiles for ~30 s)",
     )
     parser.add_argument("--quick", action="store_true", help="2,560 images, 1 repeat")
+    parser.add_argument(
+        "--parts",
+        default="compile,step,timing,eval",
+        help="which parts to run (comma-separated): compile, step, timing, eval",
+    )
     args = parser.parse_args(argv)
+    parts = set(args.parts.split(","))
+    if parts - {"compile", "step", "timing", "eval"}:
+        parser.error(f"--parts: unknown {sorted(parts - {'compile', 'step', 'timing', 'eval'})}")
     unknown = set(args.references.split(",")) - {"jax", "c"}
     if unknown:
         parser.error(f"--references: unknown {sorted(unknown)}; choose from jax, c")
@@ -194,32 +202,34 @@ def main(argv: list[str] | None = None) -> int:
         print("#", smi.stdout.strip())
     print(f"# convnet backend: {net_c(10, args.device).backend.describe()}")
 
-    with section("compile"):
-        print("\n| compile of net C (train + accuracy, first calls), new process | seconds |")
-        print("|---|---|")
-        with tempfile.TemporaryDirectory() as cold_1, tempfile.TemporaryDirectory() as cold_100:
-            for label, steps, cache in (
-                ("cold, 1 step per call", 1, cold_1),
-                ("warm (same cache), 1 step per call", 1, cold_1),
-                ("cold, 100 steps per call (scan)", 100, cold_100),
-                ("warm (same cache), 100 steps per call", 100, cold_100),
-            ):
-                try:
-                    imported, built = compile_seconds(args.device, steps, cache)
-                    print(f"| {label} | {built:.1f} (import {imported:.1f}) |")
-                except Exception as exc:
-                    print(f"| {label} | failed: {exc} |")
+    if "compile" in parts:
+        with section("compile"):
+            print("\n| compile of net C (train + accuracy, first calls), new process | seconds |")
+            print("|---|---|")
+            with tempfile.TemporaryDirectory() as cold_1, tempfile.TemporaryDirectory() as cold_100:
+                for label, steps, cache in (
+                    ("cold, 1 step per call", 1, cold_1),
+                    ("warm (same cache), 1 step per call", 1, cold_1),
+                    ("cold, 100 steps per call (scan)", 100, cold_100),
+                    ("warm (same cache), 100 steps per call", 100, cold_100),
+                ):
+                    try:
+                        imported, built = compile_seconds(args.device, steps, cache)
+                        print(f"| {label} | {built:.1f} (import {imported:.1f}) |")
+                    except Exception as exc:
+                        print(f"| {label} | failed: {exc} |")
 
-    with section("step check"):
-        print("\n| one SGD step of net C, max abs weight difference | value |")
-        print("|---|---|")
-        for name, diff in step_check(args.device, args.references.split(",")).items():
-            print(f"| {args.device} (jax) vs {name} | {diff:.2e} |")
+    if "step" in parts:
+        with section("step check"):
+            print("\n| one SGD step of net C, max abs weight difference | value |")
+            print("|---|---|")
+            for name, diff in step_check(args.device, args.references.split(",")).items():
+                print(f"| {args.device} (jax) vs {name} | {diff:.2e} |")
 
     ok = True
     variants = {
         10: [("native", 100), ("native", 1), ("patches", 100), ("patches", 1)],
-        256: [("native", 1), ("patches", 1)],
+        256: [("native", 1), ("patches", 1), ("patches", 100)],
     }
     print(
         "\n| net C mini-batch | convnet conv, steps/call | convnet images/s | PyTorch eager "
@@ -227,37 +237,43 @@ def main(argv: list[str] | None = None) -> int:
     )
     print("|---|---|---|---|---|")
     for mbs, chosen in variants.items():
-        with section(f"timing at mini-batch {mbs}"):
-            data = synthetic(args.images, seed=1)
-            ours: dict[tuple[str, int], list[float]] = {v: [] for v in chosen}
-            theirs: list[float] = []
-            for repeat in range(args.repeats):
-                for conv, steps in chosen:
-                    seconds, cost, net, initial = convnet_pass(
-                        mbs, args.device, data, conv, steps, seed=repeat
+        if "timing" in parts:
+            with section(f"timing at mini-batch {mbs}"):
+                data = synthetic(args.images, seed=1)
+                ours: dict[tuple[str, int], list[float]] = {v: [] for v in chosen}
+                theirs: list[float] = []
+                for repeat in range(args.repeats):
+                    for conv, steps in chosen:
+                        seconds, cost, net, initial = convnet_pass(
+                            mbs, args.device, data, conv, steps, seed=repeat
+                        )
+                        ours[(conv, steps)].append(seconds)
+                    t_seconds, t_cost = torch_run(
+                        net, initial, data, mbs, 0.03, 0.1, False, torch_device
                     )
-                    ours[(conv, steps)].append(seconds)
-                t_seconds, t_cost = torch_run(
-                    net, initial, data, mbs, 0.03, 0.1, False, torch_device
-                )
-                theirs.append(t_seconds)
-                if abs(t_cost - cost) > 0.02 * abs(cost) + 1e-3:
-                    ok = False
-                    print(f"# MISMATCH mbs {mbs}: mean loss torch {t_cost:.5f}, convnet {cost:.5f}")
-            b = statistics.median(theirs)
-            for (conv, steps), values in ours.items():
-                a = statistics.median(values)
-                print(
-                    f"| {mbs} | {conv}, {steps} | {args.images / a:,.0f} | {args.images / b:,.0f} "
-                    f"| {a / b:.2f} |"
-                )
+                    theirs.append(t_seconds)
+                    if abs(t_cost - cost) > 0.02 * abs(cost) + 1e-3:
+                        ok = False
+                        print(
+                            f"# MISMATCH mbs {mbs}: mean loss torch {t_cost:.5f}, convnet {cost:.5f}"
+                        )
+                b = statistics.median(theirs)
+                for (conv, steps), values in ours.items():
+                    a = statistics.median(values)
+                    print(
+                        f"| {mbs} | {conv}, {steps} | {args.images / a:,.0f} | {args.images / b:,.0f} "
+                        f"| {a / b:.2f} |"
+                    )
 
-    with section("evaluation pass"):
-        net = net_c(10, args.device)  # evaluation runs in batches of backend.eval_batch
-        passes = evaluation_seconds(net, net.to_device(synthetic(10_000, seed=2), "test_data"), 5)
-        print(
-            f"\n10,000-image evaluation pass of net C (median of 5): {statistics.median(passes):.3f} s"
-        )
+    if "eval" in parts:
+        with section("evaluation pass"):
+            net = net_c(10, args.device)  # evaluation runs in batches of backend.eval_batch
+            passes = evaluation_seconds(
+                net, net.to_device(synthetic(10_000, seed=2), "test_data"), 5
+            )
+            print(
+                f"\n10,000-image evaluation pass of net C (median of 5): {statistics.median(passes):.3f} s"
+            )
     print(json.dumps({"losses_agree": ok, "failed_sections": FAILED_SECTIONS}))
     if not ok:
         print("Results withheld: convnet and PyTorch disagree on the training loss.")

@@ -198,9 +198,14 @@ class Backend:
         (bit-identical results; 50, 100 and 500 within noise of each other, see
         ``benchmarks/experiments.py steps-per-call``) but takes 1-3 s longer to compile, so
         it is used only for runs long enough to repay that (>= 15,000 steps: three epochs
-        of the book's nets). Other backends: one step per call (scan not measured there).
+        of the book's nets). On a GPU the scan compiled no slower (cold 8.0 s against 8.6 s
+        on an H200) and ran net C at mini-batch 10 six times faster than one step per call
+        (``benchmarks/gpu_check.py``), so any run of 1,000 steps or more uses it there.
+        Other backends: one step per call (scan not measured there).
         """
-        return 100 if self.name == "jax" and total_steps >= 15_000 else 1
+        if self.name != "jax":
+            return 1
+        return 100 if total_steps >= (1_000 if self.device == "gpu" else 15_000) else 1
 
     def micro_batch(self, mini_batch_size: int) -> int:
         """Rows per forward/backward pass inside one SGD step (see Network.train_function).
@@ -236,7 +241,11 @@ class Backend:
         :attr:`conv_implementation`. Training keeps :attr:`conv_implementation`: its
         backward pass needs the im2col columns anyway."""
         chosen = self.conv_implementation
-        if chosen != "patches" or os.environ.get("CONVNET_CONV", "").strip():
+        if (
+            self.device != "cpu"
+            or chosen != "patches"
+            or os.environ.get("CONVNET_CONV", "").strip()
+        ):
             return chosen
         from convnet import native
 
@@ -247,12 +256,16 @@ class Backend:
 
     @property
     def conv_implementation(self) -> str:
-        """How conv layers are built (see ops.conv2d): "native" (XLA's convolution, i.e.
-        cuDNN) on GPUs; "patches" (one Im2Col Op) under JAX on a CPU, which measured
-        against the "im2col" graph of slices: training function rewritten in 0.62-0.67 s
-        instead of 1.93-2.04 s, XLA 1.23-1.37 s instead of 1.61-2.23 s, 1.39-1.58 instead of
-        1.83-1.96 ms/step (``benchmarks/experiments.py conv-op``); "im2col" elsewhere (C and
-        Numba compile the graph; the Ops have only NumPy implementations there).
+        """How conv layers are built (see ops.conv2d): "patches" (one Im2Col Op) under
+        JAX, on a CPU and on a GPU; "im2col" elsewhere (C and Numba compile the graph; the
+        Ops have only NumPy implementations there).
+
+        Measured on a CPU against the "im2col" graph of slices: training function
+        rewritten in 0.62-0.67 s instead of 1.93-2.04 s, XLA 1.23-1.37 s instead of
+        1.61-2.23 s, 1.39-1.58 instead of 1.83-1.96 ms/step (``benchmarks/experiments.py
+        conv-op``). On an H200 it trained net C 2.5x (mini-batch 10) and 2.8x (256) faster
+        than "native", XLA's own convolution (cuDNN), at one and at 100 steps per call
+        (``benchmarks/gpu_check.py``); "native" stays available for measuring.
 
         ``CONVNET_CONV`` (im2col | patches | native) overrides it, for measuring each.
         """
@@ -268,7 +281,7 @@ class Backend:
             return chosen
         if self.name != "jax":
             return "im2col"
-        return "native" if self.device == "gpu" else "patches"
+        return "patches"
 
     @property
     def jax_device(self) -> Any:
