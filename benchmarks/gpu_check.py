@@ -2,13 +2,15 @@
 """On a machine with an NVIDIA GPU: is convnet right there, and how fast against PyTorch?
 
 1. One training step of net C on the GPU equals the same step on the CPU (JAX on the CPU,
-   and PyTensor's C backend where it can compile).
+   and PyTensor's C backend where it can compile), with full float32 products (convnet's
+   default) and with TF32 ones (XLA's default on the GPU).
 2. Cold and warm compile of net C's training + accuracy functions, each in a new process.
 3. Net C at mini-batch 10 and 256: convnet (JAX on the GPU) against PyTorch eager (CUDA),
    same weights, same data in the same order, alternating, median of repeats; the ratios.
-   convnet runs with each conv implementation (cuDNN through ``lax`` / the Im2Col Op) and with one
-   or 100 SGD steps per compiled call, so the per-device defaults rest on numbers. A
-   timing counts only if convnet's and PyTorch's mean training losses agree.
+   convnet runs with each conv implementation (cuDNN through ``lax`` / the Im2Col Op), with
+   one or 100 SGD steps per compiled call and with float32 or TF32 products, so the
+   per-device defaults rest on numbers. A timing counts only if convnet's (default) and
+   PyTorch's mean training losses agree.
 4. One 10,000-image evaluation pass.
 
 Runs on synthetic MNIST-shaped data (a GPU machine may have no MNIST); ``--device cpu
@@ -75,8 +77,12 @@ def synthetic(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     return rng.random((n, 784), dtype=np.float32), rng.integers(0, 10, n).astype(np.int32)
 
 
-def net_c(mbs: int, device: str, backend: str = "jax", seed: int = 0) -> Network:
-    return Network(layers_for("relu", mbs), mbs, backend=backend, device=device, seed=seed)
+def net_c(
+    mbs: int, device: str, backend: str = "jax", seed: int = 0, precision: str | None = None
+) -> Network:
+    return Network(
+        layers_for("relu", mbs), mbs, backend=backend, device=device, seed=seed, precision=precision
+    )
 
 
 def versions() -> str:
@@ -109,15 +115,16 @@ def compile_seconds(device: str, steps_per_call: int, cache: str) -> tuple[float
 
 
 def step_check(device: str, references: list[str]) -> dict[str, float]:
-    """max |weights(device) - weights(reference)| after one SGD step of net C, per reference."""
+    """max |weights(device) - weights(reference)| after one SGD step of net C, for each
+    precision on ``device`` and each reference backend on the CPU."""
     data = synthetic(10)
 
-    def one_step(dev: str, backend: str) -> list[np.ndarray]:
-        net = net_c(10, dev, backend)
+    def one_step(dev: str, backend: str, precision: str = "float32") -> list[np.ndarray]:
+        net = net_c(10, dev, backend, precision=precision)
         net.SGD(data, 1, 10, 0.03, lmbda=0.1, verbose=False)
         return net.get_weights()
 
-    ours = one_step(device, "jax")
+    ours = {precision: one_step(device, "jax", precision) for precision in ("float32", "tf32")}
     diffs = {}
     for backend in references:
         name = f"{backend} on cpu"
@@ -126,18 +133,21 @@ def step_check(device: str, references: list[str]) -> dict[str, float]:
         except Exception as exc:  # the C backend needs a compiler and Python headers
             print(f"# step check against {name} skipped: {type(exc).__name__}: {exc}")
             continue
-        diffs[name] = max(float(np.max(np.abs(a - b))) for a, b in zip(ours, theirs, strict=True))
+        for precision, weights in ours.items():
+            diffs[f"{precision} products vs {name}"] = max(
+                float(np.max(np.abs(a - b))) for a, b in zip(weights, theirs, strict=True)
+            )
     return diffs
 
 
 def convnet_pass(
-    mbs: int, device: str, data: tuple, conv: str, steps: int, seed: int
+    mbs: int, device: str, data: tuple, conv: str, steps: int, precision: str, seed: int
 ) -> tuple[float, float, Network, list[np.ndarray]]:
     """Seconds of a timed pass (after a warm-up pass) and the first pass's mean cost."""
     before = os.environ.get("CONVNET_CONV")
     os.environ["CONVNET_CONV"] = conv
     try:
-        net = net_c(mbs, device, seed=seed)
+        net = net_c(mbs, device, seed=seed, precision=precision)
     finally:
         if before is None:
             del os.environ["CONVNET_CONV"]
@@ -224,15 +234,20 @@ def main(argv: list[str] | None = None) -> int:
             print("\n| one SGD step of net C, max abs weight difference | value |")
             print("|---|---|")
             for name, diff in step_check(args.device, args.references.split(",")).items():
-                print(f"| {args.device} (jax) vs {name} | {diff:.2e} |")
+                print(f"| {args.device} (jax), {name} | {diff:.2e} |")
 
     ok = True
-    variants = {
-        10: [("native", 100), ("native", 1), ("patches", 100), ("patches", 1)],
-        256: [("native", 1), ("patches", 1), ("patches", 100)],
-    }
+    # (conv, steps per call, products); the last is convnet's default, whose loss is
+    # checked against PyTorch's.
+    chosen = [
+        ("native", 1, "float32"),
+        ("patches", 1, "float32"),
+        ("patches", 100, "tf32"),
+        ("patches", 100, "float32"),
+    ]
+    variants = {10: chosen, 256: chosen}
     print(
-        "\n| net C mini-batch | convnet conv, steps/call | convnet images/s | PyTorch eager "
+        "\n| net C mini-batch | convnet conv, steps/call, products | convnet images/s | PyTorch eager "
         "images/s | convnet time / PyTorch time |"
     )
     print("|---|---|---|---|---|")
@@ -240,14 +255,14 @@ def main(argv: list[str] | None = None) -> int:
         if "timing" in parts:
             with section(f"timing at mini-batch {mbs}"):
                 data = synthetic(args.images, seed=1)
-                ours: dict[tuple[str, int], list[float]] = {v: [] for v in chosen}
+                ours: dict[tuple[str, int, str], list[float]] = {v: [] for v in chosen}
                 theirs: list[float] = []
                 for repeat in range(args.repeats):
-                    for conv, steps in chosen:
+                    for conv, steps, precision in chosen:
                         seconds, cost, net, initial = convnet_pass(
-                            mbs, args.device, data, conv, steps, seed=repeat
+                            mbs, args.device, data, conv, steps, precision, seed=repeat
                         )
-                        ours[(conv, steps)].append(seconds)
+                        ours[(conv, steps, precision)].append(seconds)
                     t_seconds, t_cost = torch_run(
                         net, initial, data, mbs, 0.03, 0.1, False, torch_device
                     )
@@ -258,10 +273,11 @@ def main(argv: list[str] | None = None) -> int:
                             f"# MISMATCH mbs {mbs}: mean loss torch {t_cost:.5f}, convnet {cost:.5f}"
                         )
                 b = statistics.median(theirs)
-                for (conv, steps), values in ours.items():
+                for (conv, steps, precision), values in ours.items():
                     a = statistics.median(values)
                     print(
-                        f"| {mbs} | {conv}, {steps} | {args.images / a:,.0f} | {args.images / b:,.0f} "
+                        f"| {mbs} | {conv}, {steps}, {precision} | {args.images / a:,.0f} "
+                        f"| {args.images / b:,.0f} "
                         f"| {a / b:.2f} |"
                     )
 

@@ -33,6 +33,7 @@ from convnet.errors import ArgumentError, BackendError
 
 BACKENDS = ("c", "numba", "jax")
 DEVICES = ("cpu", "gpu")
+PRECISIONS = ("float32", "tf32")
 MICRO_BATCH = 16  # the largest training micro-batch on a CPU; see Backend.micro_batch
 
 
@@ -168,10 +169,14 @@ def _persistent_xla_cache() -> None:
 
 @dataclass(frozen=True)
 class Backend:
-    """A PyTensor compilation mode plus the device its data lives on."""
+    """A PyTensor compilation mode plus the device its data lives on.
+
+    ``precision`` is how a GPU multiplies float32 matrices (see :meth:`matmul_precision`).
+    """
 
     name: str
     device: str
+    precision: str = "float32"
 
     @property
     def mode(self) -> Mode:
@@ -284,12 +289,34 @@ class Backend:
         return "patches"
 
     @property
+    def matmul_precision(self) -> str | None:
+        """JAX's precision for float32 products in this backend's functions; None: XLA's own.
+
+        XLA's default on NVIDIA GPUs multiplies float32 matrices in TensorFloat-32 (10-bit
+        mantissas). Measured on an H200 (``benchmarks/gpu_check.py``): one SGD step of net
+        C then differs from the CPU's by 1.8e-5, and with full float32 by 2e-8, while full
+        float32 costs 20-27% of the speed. The book's numbers are float32 numbers, so
+        "float32" is the default; ``precision="tf32"`` (or ``CONVNET_PRECISION=tf32``)
+        keeps XLA's faster default. CPUs compute float32 either way.
+        """
+        if self.name != "jax" or self.device != "gpu" or self.precision == "tf32":
+            return None
+        return "highest"
+
+    def wrap(self, function: Any) -> Any:
+        """``function`` (a compiled PyTensor function), made to honour :attr:`matmul_precision`."""
+        if self.matmul_precision is None:
+            return function
+        return PreciseFunction(function, self.matmul_precision)
+
+    @property
     def jax_device(self) -> Any:
         return _jax_device(self.device) if self.name == "jax" else None
 
     def describe(self) -> str:
         if self.name == "jax":
-            return f"jax on {self.jax_device}"
+            where = f"jax on {self.jax_device}"
+            return f"{where} ({self.precision} products)" if self.device == "gpu" else where
         blas = pytensor.config.blas__ldflags or "numpy's BLAS"
         return f"{self.name} on cpu ({blas})"
 
@@ -329,15 +356,43 @@ class Backend:
             yield
 
 
+class PreciseFunction:
+    """A compiled function whose calls run under a JAX matmul precision.
+
+    JAX reads the precision when it traces a function, at its first call (and a call
+    under another setting traces anew), so the setting must surround every call; a
+    process-wide ``jax.config`` change would reach the user's own JAX code too.
+    """
+
+    def __init__(self, function: Any, precision: str) -> None:
+        import jax
+
+        self.function = function
+        self.precision = precision
+        self._context = jax.default_matmul_precision
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        with self._context(self.precision):
+            return self.function(*args, **kwargs)
+
+    def __getattr__(self, name: str) -> Any:  # maker, trust_input, ... of the function
+        return getattr(self.function, name)
+
+
 def to_numpy(value: Any) -> np.ndarray:
     """A host copy of a shared variable's value (numpy or a JAX device array)."""
     return np.asarray(value)
 
 
-def resolve(backend: str | None = None, device: str | None = None) -> Backend:
+def resolve(
+    backend: str | None = None, device: str | None = None, precision: str | None = None
+) -> Backend:
     """Pick the backend from the arguments, then the environment, then measurement."""
     if isinstance(backend, Backend):
         return backend
+    chosen_precision = _choice(precision, "CONVNET_PRECISION", PRECISIONS, "float32")
+    if chosen_precision == "auto":
+        chosen_precision = "float32"
     device_name = _choice(device, "CONVNET_DEVICE", DEVICES, "auto")
     if device_name == "auto":
         device_name = "cpu"
@@ -349,7 +404,7 @@ def resolve(backend: str | None = None, device: str | None = None) -> Backend:
             f"device='gpu' needs backend='jax' (PyTensor reaches GPUs only through JAX). "
             f"Received: backend={name!r}."
         )
-    chosen = Backend(name, device_name)
+    chosen = Backend(name, device_name, chosen_precision)
     if name == "jax":
         chosen.jax_device  # noqa: B018 - fail now, with a clear error, not at first call
     return chosen

@@ -62,6 +62,8 @@ class Network:
     ``backend`` is "auto" | "c" | "numba" | "jax" (default: ``CONVNET_BACKEND``),
     ``device`` is "cpu" | "gpu" (default: ``CONVNET_DEVICE``). A ``seed`` re-draws every
     layer's weights from it and fixes the dropout masks, so a run is repeatable.
+    ``precision`` is "float32" | "tf32" (default: ``CONVNET_PRECISION``, else float32): how
+    a GPU multiplies float32 matrices (see ``Backend.matmul_precision``).
     """
 
     def __init__(
@@ -72,6 +74,7 @@ class Network:
         backend: str | None = None,
         device: str | None = None,
         seed: int | None = None,
+        precision: str | None = None,
     ) -> None:
         self.layers = list(layers)
         if not self.layers:
@@ -94,7 +97,7 @@ class Network:
             )
         self.mini_batch_size = int(mini_batch_size)
         check_chain(self.layers, self.mini_batch_size)
-        self.backend = backends.resolve(backend, device)
+        self.backend = backends.resolve(backend, device, precision)
         if seed is None:
             seed = int(np.random.SeedSequence().generate_state(1)[0])
         else:
@@ -146,7 +149,7 @@ class Network:
     def _compile(self, inputs: list, outputs: Any, **kwargs: Any) -> Function:
         fn = pytensor.function(inputs, outputs, mode=self.backend.mode, **kwargs)
         fn.trust_input = True
-        return fn
+        return self.backend.wrap(fn)
 
     def train_function(
         self,

@@ -25,6 +25,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data", help="MNIST folder or mnist.pkl.gz (default: $CONVNET_DATA)")
     parser.add_argument("--backend", choices=["auto", "c", "numba", "jax"])
     parser.add_argument("--device", choices=["cpu", "gpu"])
+    parser.add_argument(
+        "--precision",
+        choices=["float32", "tf32"],
+        help="float32 products on a GPU (default) or TF32 (faster, less exact)",
+    )
     parser.add_argument("--seed", type=int, default=None)
     args = parser.parse_args(argv)
 
@@ -39,7 +44,12 @@ def main(argv: list[str] | None = None) -> int:
         f"{epochs} epochs, eta {recipe.eta}, lmbda {recipe.lmbda}, mini-batch {mbs}"
     )
     net = Network(
-        layers_for(recipe.name, mbs), mbs, backend=args.backend, device=args.device, seed=args.seed
+        layers_for(recipe.name, mbs),
+        mbs,
+        backend=args.backend,
+        device=args.device,
+        seed=args.seed,
+        precision=args.precision,
     )
     start = time.perf_counter()
     history = net.SGD(training, epochs, mbs, recipe.eta, validation, test, lmbda=recipe.lmbda)

@@ -58,7 +58,7 @@ def test_jax_keeps_weights_and_data_on_the_device():
 def test_layers_move_back_to_numpy_for_a_c_network():
     layers = [FullyConnectedLayer(4, 3), SoftmaxLayer(3, 2)]
     Network(layers, 2, backend="jax", seed=0)
-    net = Network(layers, 2, backend="c", seed=0)
+    net = Network(layers, 2, backend="c", device="cpu", seed=0)
     assert all(isinstance(p.get_value(borrow=True), np.ndarray) for p in net.params)
 
 
@@ -75,3 +75,35 @@ def test_cpu_micro_batches_are_the_largest_divisor_up_to_16():
     assert cpu.micro_batch(17) == 17  # a prime: no part of 8 or more divides it
     assert gpu.micro_batch(256) == 256
     assert backends.Backend("c", "cpu").micro_batch(256) == 256  # measured under JAX only
+
+
+def test_gpus_multiply_in_full_float32_unless_asked_for_tf32(monkeypatch):
+    monkeypatch.delenv("CONVNET_PRECISION", raising=False)
+    assert backends.resolve("jax", "cpu").precision == "float32"
+    assert backends.Backend("jax", "gpu").matmul_precision == "highest"
+    assert backends.Backend("jax", "gpu", "tf32").matmul_precision is None  # XLA's default
+    assert backends.Backend("jax", "cpu").matmul_precision is None  # CPUs: float32 anyway
+    monkeypatch.setenv("CONVNET_PRECISION", "tf32")
+    assert backends.resolve("jax", "cpu").precision == "tf32"
+    assert backends.resolve("jax", "cpu", "float32").precision == "float32"  # argument wins
+    monkeypatch.setenv("CONVNET_PRECISION", "bf16")
+    with pytest.raises(ArgumentError, match=r"CONVNET_PRECISION.*'bf16'"):
+        backends.resolve("jax", "cpu")
+
+
+def test_compiled_calls_run_under_the_precision_and_keep_their_attributes():
+    import jax
+
+    seen = []
+
+    def compiled(x):
+        seen.append(jax.config.jax_default_matmul_precision)
+        return x + 1
+
+    compiled.maker = "the function's maker"
+    wrapped = backends.Backend("jax", "gpu").wrap(compiled)
+    assert wrapped(1) == 2 and seen == ["highest"]
+    assert jax.config.jax_default_matmul_precision is None  # restored after the call
+    assert wrapped.maker == "the function's maker"
+    assert backends.Backend("jax", "gpu", "tf32").wrap(compiled) is compiled
+    assert backends.Backend("jax", "cpu").wrap(compiled) is compiled

@@ -33,7 +33,7 @@ def test_save_load_predict_gives_the_same_outputs(tmp_path, rng):
     assert path.name == "model.npz" and (tmp_path / "run" / "model.json").exists()
     loaded = io.load(tmp_path / "run")
     np.testing.assert_array_equal(loaded.predict_proba(x), net.predict_proba(x))
-    other = io.load(path, mini_batch_size=25, backend="c")
+    other = io.load(path, mini_batch_size=25, backend="c", device="cpu")
     assert other.mini_batch_size == 25 and other.layers[0].image_shape[0] == 25
     np.testing.assert_allclose(other.predict_proba(x), net.predict_proba(x), rtol=1e-5, atol=1e-6)
     assert json.loads((tmp_path / "run" / "model.json").read_text())["note"] == "hello"

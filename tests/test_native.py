@@ -19,6 +19,7 @@ from convnet.book import layers_for
 from convnet.errors import ArgumentError
 from convnet.ops import conv_pool
 from tests import reference
+from tests.devices import device_for
 
 CASES = [  # (N, C, H, W), (F, kh, kw), pool: net C's layers, ragged borders, > 48 filters
     ((3, 1, 28, 28), (20, 5, 5), (2, 2)),
@@ -45,7 +46,7 @@ def fresh_build(monkeypatch):
 
 
 def _conv_pool_function(backend, image_shape, filter_shape, pool):
-    mode = backends.resolve(backend).mode  # registers the JAX implementations
+    mode = backends.resolve(backend, device_for(backend)).mode  # registers the JAX implementations
     x = pt.tensor4("x", dtype="float32")
     w = pt.tensor4("w", dtype="float32")
     out = conv_pool(x, w, image_shape=image_shape, filter_shape=filter_shape, poolsize=pool)
@@ -101,7 +102,7 @@ def test_conv_pool_gradient_numerically():
         ),
         [rng.normal(size=(2, 2, 7, 6)), rng.normal(size=(3, 2, 3, 2))],
         rng=rng,
-        mode=backends.resolve("c").mode,
+        mode=backends.resolve("c", "cpu").mode,
     )
 
 

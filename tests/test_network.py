@@ -9,6 +9,7 @@ from pytensor.graph.traversal import ancestors
 from convnet import ConvPoolLayer, FullyConnectedLayer, Network, ReLU, SoftmaxLayer
 from convnet.errors import ArgumentError, DataError, ShapeError
 from tests import reference
+from tests.devices import device_for
 
 
 def _value(param) -> np.ndarray:
@@ -129,6 +130,7 @@ def _small_dropout_convnet(backend: str | None, mbs: int = 4) -> Network:
         ],
         mbs,
         backend=backend,
+        device=device_for(backend),
         seed=2026,
     )
 

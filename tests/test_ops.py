@@ -11,6 +11,7 @@ from pytensor.gradient import verify_grad
 from convnet import backend as backends
 from convnet.ops import conv2d, max_pool
 from tests import reference
+from tests.devices import device_for
 
 CASES = [  # (N, C, H, W), (F, kh, kw), pool
     ((2, 1, 7, 9), (3, 3, 2), (2, 2)),
@@ -21,7 +22,7 @@ CASES = [  # (N, C, H, W), (F, kh, kw), pool
 
 @pytest.mark.parametrize("backend", ["c", "numba", "jax"])
 def test_conv_and_pool_match_reference(backend, rng):
-    mode = backends.resolve(backend).mode
+    mode = backends.resolve(backend, device_for(backend)).mode
     for (n, c, h, w), (f, kh, kw), pool in CASES:
         x = pt.tensor4("x", dtype="float32")
         filters = pt.tensor4("w", dtype="float32")
@@ -70,5 +71,5 @@ def test_gradients_numerically(pool):
         layer,
         [rng.normal(size=(2, c, h, w)), rng.normal(size=(f, c, kh, kw))],
         rng=rng,
-        mode=backends.resolve("c").mode,
+        mode=backends.resolve("c", "cpu").mode,
     )
