@@ -2,8 +2,9 @@
 # Everything the GPU numbers in benchmarks/RESULTS.md need, as one command for a short GPU
 # loan: gpu_check.sh (step check, compile, net C vs PyTorch CUDA at mini-batch 10 and 256),
 # then the book's net C trained on the GPU on real MNIST as a user would (60 epochs, the
-# book's 99.23%), cut when the whole session reaches SESSION_SECONDS (default 450), so that a
-# loan of minutes keeps room for a second try. Logs go to OUT_DIR (default $OUT, else .).
+# book's 99.23%), cut when the session reaches SESSION_SECONDS (default 450); then the cold
+# compile with full float32 products and the device-dependent test files on the GPU (up to
+# TEST_SECONDS, default 150). About 7 minutes in all. Logs go to OUT_DIR (default $OUT, else .).
 #
 # Prepare on a machine with pip and MNIST (both folders are git-ignored via .git/info/exclude):
 #   pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
@@ -24,3 +25,11 @@ echo "# book run: $left s left for net C's 60 epochs"
 CONVNET_DEVICE=gpu CONVNET_DATA="$PWD/.gpudata" timeout "$((left > 30 ? left : 30))" \
     python3 scripts/chapter6.py relu --seed 0 2>&1 | tee "$out/chapter6_relu_gpu.log"
 nvidia-smi --query-gpu=name,clocks.sm,temperature.gpu,power.draw --format=csv,noheader
+# Open question from the first GPU runs: does full float32 itself slow the cold compile?
+echo "# cold compile with CONVNET_PRECISION=float32 (the default, tf32, is in gpu_check.log)"
+CONVNET_PRECISION=float32 timeout 90 python3 benchmarks/gpu_check.py --parts compile 2>&1 \
+    | tee "$out/compile_float32.log"
+# The device-dependent test files on the GPU (the suite runs them in float32 there).
+CONVNET_DEVICE=gpu timeout "${TEST_SECONDS:-150}" python3 -m pytest -q -p no:cacheprovider \
+    -m "not mnist" tests/test_backend.py tests/test_native_conv.py tests/test_ops.py \
+    tests/test_training.py 2>&1 | tee "$out/pytest_gpu.log" | tail -n 15

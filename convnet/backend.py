@@ -176,7 +176,7 @@ class Backend:
 
     name: str
     device: str
-    precision: str = "float32"
+    precision: str = "tf32"
 
     @property
     def mode(self) -> Mode:
@@ -204,7 +204,7 @@ class Backend:
         ``benchmarks/experiments.py steps-per-call``) but takes 1-3 s longer to compile, so
         it is used only for runs long enough to repay that (>= 15,000 steps: three epochs
         of the book's nets). On a GPU the scan compiled no slower (cold 8.0 s against 8.6 s
-        on an H200) and ran net C at mini-batch 10 six times faster than one step per call
+        on an H200) and ran net C at mini-batch 10 3-6 times faster than one step per call
         (``benchmarks/gpu_check.py``), so any run of 1,000 steps or more uses it there.
         Other backends: one step per call (scan not measured there).
         """
@@ -292,12 +292,14 @@ class Backend:
     def matmul_precision(self) -> str | None:
         """JAX's precision for float32 products in this backend's functions; None: XLA's own.
 
-        XLA's default on NVIDIA GPUs multiplies float32 matrices in TensorFloat-32 (10-bit
-        mantissas). Measured on an H200 (``benchmarks/gpu_check.py``): one SGD step of net
-        C then differs from the CPU's by 1.8e-5, and with full float32 by 2e-8, while full
-        float32 costs 20-27% of the speed. The book's numbers are float32 numbers, so
-        "float32" is the default; ``precision="tf32"`` (or ``CONVNET_PRECISION=tf32``)
-        keeps XLA's faster default. CPUs compute float32 either way.
+        XLA's default on NVIDIA GPUs ("tf32", convnet's default too) multiplies float32
+        matrices in TensorFloat-32 (10-bit mantissas), as PyTorch does for convolutions.
+        Measured on an H200 (``benchmarks/gpu_check.py``): one SGD step of net C then
+        differs from the CPU's by 1.8e-5; with ``precision="float32"`` (or
+        ``CONVNET_PRECISION=float32``) by 2e-8. Full float32 ran 19-27% slower, its cold
+        compile took 15-18 s against 8-10 s (one run each, on different machines), and the
+        book's 60-epoch net C reached 99.12% against 99.10%: TF32 costs the book's results
+        nothing. CPUs compute float32 either way.
         """
         if self.name != "jax" or self.device != "gpu" or self.precision == "tf32":
             return None
@@ -390,9 +392,9 @@ def resolve(
     """Pick the backend from the arguments, then the environment, then measurement."""
     if isinstance(backend, Backend):
         return backend
-    chosen_precision = _choice(precision, "CONVNET_PRECISION", PRECISIONS, "float32")
+    chosen_precision = _choice(precision, "CONVNET_PRECISION", PRECISIONS, "tf32")
     if chosen_precision == "auto":
-        chosen_precision = "float32"
+        chosen_precision = "tf32"
     device_name = _choice(device, "CONVNET_DEVICE", DEVICES, "auto")
     if device_name == "auto":
         device_name = "cpu"

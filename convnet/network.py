@@ -62,7 +62,7 @@ class Network:
     ``backend`` is "auto" | "c" | "numba" | "jax" (default: ``CONVNET_BACKEND``),
     ``device`` is "cpu" | "gpu" (default: ``CONVNET_DEVICE``). A ``seed`` re-draws every
     layer's weights from it and fixes the dropout masks, so a run is repeatable.
-    ``precision`` is "float32" | "tf32" (default: ``CONVNET_PRECISION``, else float32): how
+    ``precision`` is "tf32" | "float32" (default: ``CONVNET_PRECISION``, else tf32): how
     a GPU multiplies float32 matrices (see ``Backend.matmul_precision``).
     """
 

@@ -28,7 +28,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--precision",
         choices=["float32", "tf32"],
-        help="float32 products on a GPU (default) or TF32 (faster, less exact)",
+        help="TF32 products on a GPU (default, faster) or full float32",
     )
     parser.add_argument("--seed", type=int, default=None)
     args = parser.parse_args(argv)

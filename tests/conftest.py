@@ -29,6 +29,20 @@ def pytest_configure(config: pytest.Config) -> None:
         os.environ["CONVNET_DATA"] = str(SHARED_MNIST)
 
 
+@pytest.fixture(autouse=True)
+def _float32_products_on_gpus():
+    """On a GPU the suite checks the CPU's float32 numerics, to the same tolerances, so
+    every test runs with full float32 products there (convnet's GPU default is TF32; see
+    ``Backend.matmul_precision``)."""
+    if os.environ.get("CONVNET_DEVICE", "").strip().lower() != "gpu":
+        yield
+        return
+    import jax
+
+    with jax.default_matmul_precision("highest"):
+        yield
+
+
 @pytest.fixture(scope="session")
 def mnist_dir() -> Path:
     path = Path(os.environ.get("CONVNET_DATA", SHARED_MNIST))

@@ -77,15 +77,15 @@ def test_cpu_micro_batches_are_the_largest_divisor_up_to_16():
     assert backends.Backend("c", "cpu").micro_batch(256) == 256  # measured under JAX only
 
 
-def test_gpus_multiply_in_full_float32_unless_asked_for_tf32(monkeypatch):
+def test_gpus_multiply_in_tf32_unless_asked_for_float32(monkeypatch):
     monkeypatch.delenv("CONVNET_PRECISION", raising=False)
-    assert backends.resolve("jax", "cpu").precision == "float32"
-    assert backends.Backend("jax", "gpu").matmul_precision == "highest"
-    assert backends.Backend("jax", "gpu", "tf32").matmul_precision is None  # XLA's default
-    assert backends.Backend("jax", "cpu").matmul_precision is None  # CPUs: float32 anyway
-    monkeypatch.setenv("CONVNET_PRECISION", "tf32")
     assert backends.resolve("jax", "cpu").precision == "tf32"
-    assert backends.resolve("jax", "cpu", "float32").precision == "float32"  # argument wins
+    assert backends.Backend("jax", "gpu").matmul_precision is None  # XLA's default: TF32
+    assert backends.Backend("jax", "gpu", "float32").matmul_precision == "highest"
+    assert backends.Backend("jax", "cpu", "float32").matmul_precision is None  # float32 anyway
+    monkeypatch.setenv("CONVNET_PRECISION", "float32")
+    assert backends.resolve("jax", "cpu").precision == "float32"
+    assert backends.resolve("jax", "cpu", "tf32").precision == "tf32"  # the argument wins
     monkeypatch.setenv("CONVNET_PRECISION", "bf16")
     with pytest.raises(ArgumentError, match=r"CONVNET_PRECISION.*'bf16'"):
         backends.resolve("jax", "cpu")
@@ -95,15 +95,16 @@ def test_compiled_calls_run_under_the_precision_and_keep_their_attributes():
     import jax
 
     seen = []
+    before = jax.config.jax_default_matmul_precision
 
     def compiled(x):
         seen.append(jax.config.jax_default_matmul_precision)
         return x + 1
 
     compiled.maker = "the function's maker"
-    wrapped = backends.Backend("jax", "gpu").wrap(compiled)
+    wrapped = backends.Backend("jax", "gpu", "float32").wrap(compiled)
     assert wrapped(1) == 2 and seen == ["highest"]
-    assert jax.config.jax_default_matmul_precision is None  # restored after the call
+    assert jax.config.jax_default_matmul_precision == before  # restored after the call
     assert wrapped.maker == "the function's maker"
     assert backends.Backend("jax", "gpu", "tf32").wrap(compiled) is compiled
-    assert backends.Backend("jax", "cpu").wrap(compiled) is compiled
+    assert backends.Backend("jax", "cpu", "float32").wrap(compiled) is compiled
