@@ -37,8 +37,10 @@ PRECISIONS = ("float32", "tf32")
 MICRO_BATCH = 16  # the largest training micro-batch on a CPU; see Backend.micro_batch
 
 
-def _choice(value: str | None, env: str, allowed: tuple[str, ...], default: str) -> str:
-    source = "argument" if value is not None else f"environment variable {env}"
+def _choice(
+    argument: str, value: str | None, env: str, allowed: tuple[str, ...], default: str
+) -> str:
+    source = argument if value is not None else f"environment variable {env}"
     chosen = value if value is not None else os.environ.get(env, "").strip() or default
     chosen = chosen.lower()
     if chosen not in (*allowed, "auto"):
@@ -268,9 +270,9 @@ class Backend:
         Measured on a CPU against the "im2col" graph of slices: training function
         rewritten in 0.62-0.67 s instead of 1.93-2.04 s, XLA 1.23-1.37 s instead of
         1.61-2.23 s, 1.39-1.58 instead of 1.83-1.96 ms/step (``benchmarks/experiments.py
-        conv-op``). On an H200 it trained net C 2.5x (mini-batch 10) and 2.8x (256) faster
-        than "native", XLA's own convolution (cuDNN), at one and at 100 steps per call
-        (``benchmarks/gpu_check.py``); "native" stays available for measuring.
+        conv-op``). On an H200 it trained net C 2.5-3x (mini-batch 10, 100 steps per call)
+        and 2-2.8x (256, one step per call) faster than "native", XLA's own convolution
+        (cuDNN) (``benchmarks/gpu_check.py``); "native" stays available for measuring.
 
         ``CONVNET_CONV`` (im2col | patches | native) overrides it, for measuring each.
         """
@@ -392,13 +394,13 @@ def resolve(
     """Pick the backend from the arguments, then the environment, then measurement."""
     if isinstance(backend, Backend):
         return backend
-    chosen_precision = _choice(precision, "CONVNET_PRECISION", PRECISIONS, "tf32")
+    chosen_precision = _choice("precision", precision, "CONVNET_PRECISION", PRECISIONS, "tf32")
     if chosen_precision == "auto":
         chosen_precision = "tf32"
-    device_name = _choice(device, "CONVNET_DEVICE", DEVICES, "auto")
+    device_name = _choice("device", device, "CONVNET_DEVICE", DEVICES, "auto")
     if device_name == "auto":
         device_name = "cpu"
-    name = _choice(backend, "CONVNET_BACKEND", BACKENDS, "auto")
+    name = _choice("backend", backend, "CONVNET_BACKEND", BACKENDS, "auto")
     if name == "auto":
         name = "jax" if (device_name == "gpu" or jax_available()) else "c"
     if device_name == "gpu" and name != "jax":

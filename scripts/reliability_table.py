@@ -181,6 +181,13 @@ CASES: list[tuple[str, Callable[[], object], str]] = [
         lambda: (os.environ.__setitem__("CONVNET_BACKEND", "tpu"), small()),
         "test_backend.py::test_environment_chooses_the_backend",
     ),
+    (
+        "Unknown GPU precision",
+        lambda: small().__class__(
+            [FullyConnectedLayer(4, 3), SoftmaxLayer(3, 2)], 2, precision="fp16"
+        ),
+        "test_backend.py::test_gpus_multiply_in_tf32_unless_asked_for_float32",
+    ),
 ]
 
 

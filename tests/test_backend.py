@@ -89,6 +89,8 @@ def test_gpus_multiply_in_tf32_unless_asked_for_float32(monkeypatch):
     monkeypatch.setenv("CONVNET_PRECISION", "bf16")
     with pytest.raises(ArgumentError, match=r"CONVNET_PRECISION.*'bf16'"):
         backends.resolve("jax", "cpu")
+    with pytest.raises(ArgumentError, match=r"^precision: expected one of .*'fp16'"):
+        Network([FullyConnectedLayer(4, 3), SoftmaxLayer(3, 2)], 2, precision="fp16")
 
 
 def test_compiled_calls_run_under_the_precision_and_keep_their_attributes():
