@@ -39,7 +39,9 @@ def _float32_products_on_gpus():
         return
     import jax
 
-    with jax.default_matmul_precision("highest"):
+    from convnet.backend import Backend
+
+    with jax.default_matmul_precision(Backend("jax", "gpu", "float32").matmul_precision):
         yield
 
 
