@@ -13,6 +13,7 @@
     python benchmarks/experiments.py compile-breakdown   # where a cold build's seconds go, XLA flags
     python benchmarks/experiments.py conv-op             # im2col as graph slices vs one Op (JAX)
     python benchmarks/experiments.py eval-limit          # what bounds the evaluation pass
+    python benchmarks/experiments.py linker-conv         # C / Numba backends: slices vs Im2Col Op
 
 Each prints its own table. They run on synthetic MNIST-shaped data except eval-batch and
 eval-limit (real test set: set CONVNET_DATA). Pinned to one core, as in bench.py.
@@ -496,7 +497,43 @@ def eval_limit() -> None:
         print(f"| {name} | {one:.2f} s | {every:.2f} s |", flush=True)
 
 
+LINKER_CHILD = r"""
+import sys, time
+import numpy as np
+from convnet import Network
+from convnet.book import layers_for
+rng = np.random.default_rng(0)
+x = rng.random((3000, 784), dtype=np.float32)
+y = rng.integers(0, 10, 3000).astype(np.int32)
+start = time.perf_counter()
+net = Network(layers_for("relu", 10), 10, backend=sys.argv[1], seed=0)
+history = net.SGD((x, y), 2, 10, 0.03, lmbda=0.1, verbose=False)
+total = time.perf_counter() - start
+# Building and compiling: everything beyond two epochs at the steady (second) epoch's speed.
+print(total - 2 * history.seconds[1], history.seconds[1] / 300 * 1e3, history.train_cost[1])
+"""
+
+
+def linker_conv() -> None:
+    """Net C on the C and Numba backends, convolution as the graph of slices or as the
+    Im2Col Op (its C code / Numba loop): seconds to build the training function in a new
+    process with empty caches, ms per SGD step after it, and the cost (must agree)."""
+    for backend in ("c", "numba"):
+        for conv in ("im2col", "patches"):
+            with tempfile.TemporaryDirectory() as caches:
+                env = dict(
+                    os.environ,
+                    CONVNET_CONV=conv,
+                    PYTENSOR_FLAGS=f"compiledir={caches}/pytensor",
+                    NUMBA_CACHE_DIR=f"{caches}/numba",
+                    CONVNET_CACHE=f"{caches}/convnet",
+                )
+                build, ms, cost = _child(LINKER_CHILD, backend, env=env)
+            print(f"{backend}, {conv}: build {build:.1f} s, {ms:.2f} ms/step, cost {cost:.6f}")
+
+
 COMMANDS = {
+    "linker-conv": linker_conv,
     "eval-limit": eval_limit,
     "reduction-dtype": reduction_dtype,
     "micro-batch": micro_batch,

@@ -14,6 +14,7 @@ with warnings.catch_warnings():
     warnings.filterwarnings("ignore", message=".*blas.*")
     import pytensor  # noqa: F401
 
+from convnet import linkers  # noqa: F401 - gives convnet's Ops to PyTensor's Numba and C modes
 from convnet.activations import ReLU, linear, sigmoid, tanh
 from convnet.data.mnist import load_data_shared, load_mnist
 from convnet.ensemble import vote

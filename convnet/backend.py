@@ -9,8 +9,11 @@ arguments, else from ``CONVNET_BACKEND`` / ``CONVNET_DEVICE``, else automaticall
 * ``c`` otherwise, linked against OpenBLAS when the system has it.
 
 In JAX mode PyTensor re-copies a numpy-backed shared variable to the device on every
-call, so :meth:`Backend.place` puts the value itself on the device: weights, data and
-counters then stay there for the whole run.
+call, so :meth:`Backend.place` puts the value itself on the device: convnet's own data and
+counters then stay there for the whole run. The shared variables a user can reach (the
+book's ``layer.w``, ``net.params``) must keep numpy values instead, because plain PyTensor
+in its default (Numba) or C mode cannot read a JAX array: for those, convnet's compiled
+functions compute on a :class:`DeviceMirror`.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ import contextlib
 import ctypes.util
 import importlib.util
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,6 +31,7 @@ import numpy as np
 import pytensor
 from pytensor.compile.mode import Mode, get_mode
 from pytensor.compile.sharedvalue import SharedVariable
+from pytensor.graph.traversal import graph_inputs
 
 from convnet.errors import ArgumentError, BackendError
 
@@ -249,7 +253,8 @@ class Backend:
         backward pass needs the im2col columns anyway."""
         chosen = self.conv_implementation
         if (
-            self.device != "cpu"
+            self.name != "jax"
+            or self.device != "cpu"
             or chosen != "patches"
             or os.environ.get("CONVNET_CONV", "").strip()
         ):
@@ -263,16 +268,17 @@ class Backend:
 
     @property
     def conv_implementation(self) -> str:
-        """How conv layers are built (see ops.conv2d): "patches" (one Im2Col Op) under
-        JAX, on a CPU and on a GPU; "im2col" elsewhere (C and Numba compile the graph; the
-        Ops have only NumPy implementations there).
+        """How conv layers are built (see ops.conv2d): "patches" (one Im2Col Op) on every
+        backend; its JAX, Numba and C implementations are in ops.py and linkers.py.
 
-        Measured on a CPU against the "im2col" graph of slices: training function
+        Measured under JAX on a CPU against the "im2col" graph of slices: training function
         rewritten in 0.62-0.67 s instead of 1.93-2.04 s, XLA 1.23-1.37 s instead of
         1.61-2.23 s, 1.39-1.58 instead of 1.83-1.96 ms/step (``benchmarks/experiments.py
         conv-op``). On an H200 it trained net C 2.5-3x (mini-batch 10, 100 steps per call)
         and 2-2.8x (256, one step per call) faster than "native", XLA's own convolution
-        (cuDNN) (``benchmarks/gpu_check.py``); "native" stays available for measuring.
+        (cuDNN) (``benchmarks/gpu_check.py``); "native" stays available for measuring. On
+        the C and Numba backends it compiled net C in seconds where the slices took tens
+        of seconds (C) or minutes (Numba) (``benchmarks/experiments.py linker-conv``).
 
         ``CONVNET_CONV`` (im2col | patches | native) overrides it, for measuring each.
         """
@@ -283,11 +289,7 @@ class Backend:
                     "environment variable CONVNET_CONV: expected im2col, patches or native. "
                     f"Received: {chosen!r}."
                 )
-            if chosen != "im2col" and self.name != "jax":
-                return "im2col"  # the Op's perform is NumPy: never faster than the C graph
             return chosen
-        if self.name != "jax":
-            return "im2col"
         return "patches"
 
     @property
@@ -325,7 +327,8 @@ class Backend:
         return f"{self.name} on cpu ({blas})"
 
     def place(self, variable: SharedVariable) -> SharedVariable:
-        """Make ``variable``'s current value live where this backend computes."""
+        """Make ``variable``'s current value live where this backend computes (for
+        convnet's own variables; see :class:`DeviceMirror` for those users reach)."""
         storage = variable.container.storage
         if self.name == "jax":
             import jax
@@ -339,6 +342,10 @@ class Backend:
     def shared(self, value: np.ndarray, name: str) -> SharedVariable:
         value = np.asarray(value)
         return self.place(pytensor.shared(value, name=name, borrow=True, shape=value.shape))
+
+    def mirror(self, variables: Sequence[SharedVariable]) -> DeviceMirror:
+        """Device copies of host-visible ``variables`` for this backend's functions."""
+        return DeviceMirror(self, variables)
 
     @contextlib.contextmanager
     def threads(self) -> Iterator[None]:
@@ -358,6 +365,66 @@ class Backend:
             return
         with threadpool_limits(limits=1, user_api="blas"):
             yield
+
+
+class DeviceMirror:
+    """Device-resident twins of shared variables whose host values users read and write.
+
+    Under JAX every variable gets a twin of the same type whose value lives on the
+    device; convnet compiles its functions on the twins (:meth:`replacements`), so weights
+    stay on the device for a whole run, while the variables themselves keep writable
+    numpy values that any PyTensor mode can use. :meth:`push` sends the host values a user
+    replaced (``set_value``, or the updates of their own function) to the device before
+    convnet computes; :meth:`pull` brings the twins back after convnet trained. The C and
+    Numba backends compute on numpy anyway: there the mirror is empty and both are no-ops.
+    """
+
+    def __init__(self, backend: Backend, variables: Sequence[SharedVariable]) -> None:
+        self.backend = backend
+        for variable in variables:
+            storage = variable.container.storage
+            if not isinstance(storage[0], np.ndarray):  # e.g. left on a device by hand
+                storage[0] = np.array(storage[0])
+        self.hosts = list(variables) if backend.name == "jax" else []
+        self.twins = [
+            pytensor.shared(host.get_value(), name=host.name, shape=host.type.shape)
+            for host in self.hosts
+        ]
+        self._synced: list[tuple[Any, Any]] = [(None, None)] * len(self.hosts)
+        self.push()
+
+    def replacements(self, graphs: Sequence[Any] = ()) -> dict[SharedVariable, SharedVariable]:
+        """``givens`` that make ``graphs`` compute on the twins instead of the hosts."""
+        pairs = dict(zip(self.hosts, self.twins, strict=True))
+        if not pairs or not graphs:
+            return pairs
+        used = set(graph_inputs(graphs))
+        return {host: twin for host, twin in pairs.items() if host in used}
+
+    def twin(self, variable: SharedVariable) -> SharedVariable:
+        """The variable convnet's functions update in place of ``variable``."""
+        return self.replacements().get(variable, variable)
+
+    def push(self) -> None:
+        """Host -> device, for every host value changed since the last push or pull.
+
+        A changed value is a new array (``set_value``) or new contents: PyTensor's Numba
+        and C modes apply a user's updates in place."""
+        for k, (host, twin) in enumerate(zip(self.hosts, self.twins, strict=True)):
+            value = host.container.storage[0]
+            synced, contents = self._synced[k]
+            if value is synced and np.array_equal(value, contents):
+                continue
+            twin.container.storage[0] = np.array(value, dtype=twin.type.dtype)
+            self.backend.place(twin)
+            self._synced[k] = (value, np.array(value))
+
+    def pull(self) -> None:
+        """Device -> host: the twins' values, as writable numpy arrays."""
+        for k, (host, twin) in enumerate(zip(self.hosts, self.twins, strict=True)):
+            value = np.array(twin.container.storage[0])
+            host.container.storage[0] = value
+            self._synced[k] = (value, value.copy())
 
 
 class PreciseFunction:

@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from convnet import io
+from convnet import files, io
 from convnet.errors import ModelFileError
 from convnet.network import Network
 from convnet.training import History, TrainingState
@@ -59,7 +59,7 @@ def save(
     }
     arrays["meta"] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
     target = path_in(run_dir)
-    io.atomic_write(target, lambda handle: np.savez(handle, **arrays))
+    files.atomic_write(target, lambda handle: np.savez(handle, **arrays))
     return target
 
 

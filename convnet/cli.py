@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from convnet import io
+from convnet import files, io
 from convnet.book import RECIPES, layers_for
 from convnet.errors import ArgumentError, ConvnetError, DivergenceError
 from convnet.network import Network
@@ -35,13 +35,13 @@ def _layers(args: argparse.Namespace, mbs: int):
 
 
 def _write_history(run_dir: Path, history: History) -> None:
-    io.write_json(run_dir / "history.json", history.as_dict())
+    files.write_json(run_dir / "history.json", history.as_dict())
     columns = ["epoch", "train_cost", "validation_accuracy", "test_accuracy", "eta", "seconds"]
     text = _io.StringIO()
     writer = csv.writer(text)
     writer.writerow(columns)
     writer.writerows(zip(*(getattr(history, c) for c in columns), strict=True))
-    io.atomic_write(run_dir / "history.csv", lambda h: h.write(text.getvalue().encode()))
+    files.atomic_write(run_dir / "history.csv", lambda h: h.write(text.getvalue().encode()))
 
 
 def _write_pictures(run_dir: Path, net: Network, history: History, test) -> None:
@@ -183,7 +183,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         probabilities = [net.predict_proba(test[0]) for net in nets]
         accuracies = [float(np.mean(p.argmax(1) == test[1])) for p in probabilities]
         voted = float(np.mean(vote(probabilities) == test[1]))
-        io.write_json(run_dir / "ensemble.json", {"members": accuracies, "voted": voted})
+        files.write_json(run_dir / "ensemble.json", {"members": accuracies, "voted": voted})
         for k, accuracy in enumerate(accuracies):
             print(f"member {k}: test accuracy {accuracy:.2%}")
         print(f"voted ({members} nets): test accuracy {voted:.2%}")
@@ -235,12 +235,32 @@ def cmd_plot(args: argparse.Namespace) -> int:
 
 
 def cmd_expand(args: argparse.Namespace) -> int:
+    from convnet.data import book_format
     from convnet.data.expand import default_cache, load_expanded
 
-    training, _, _ = _data(args)
-    x, _ = load_expanded(training)
-    cache = default_cache(len(training[0]))
-    print(f"{len(x):,} training images (the book's expansion) cached at {cache}")
+    out = Path(args.out).expanduser() if args.out else None
+    if out is not None and out.exists() and not args.overwrite:
+        raise ArgumentError(
+            f"--out: {out} already exists; it was left as it is. Pass --overwrite to replace it."
+        )
+    training, validation, test = _data(args)
+    if args.limit is not None:
+        if args.limit < 1:
+            raise ArgumentError(f"--limit: expected a positive integer. Received: {args.limit}.")
+        training = (training[0][: args.limit], training[1][: args.limit])
+    expanded = load_expanded(training)
+    if out is None:
+        print(
+            f"{len(expanded[0]):,} training images (the book's expansion) cached at "
+            f"{default_cache(len(training[0]))}. For the book's conv.py, write its file with: "
+            "convnet expand-mnist --out ../data/mnist_expanded.pkl.gz"
+        )
+        return 0
+    book_format.write(out, (expanded, validation, test))
+    print(
+        f"{len(expanded[0]):,} training images (the book's expansion), with the validation "
+        f"and test sets, written to {out}; load them with load_data_shared({str(out)!r})"
+    )
     return 0
 
 
@@ -360,7 +380,14 @@ def build_parser() -> argparse.ArgumentParser:
     common(plot)
     plot.set_defaults(func=cmd_plot)
 
-    expand = sub.add_parser("expand-mnist", help="build and cache the book's expanded training set")
+    expand = sub.add_parser("expand-mnist", help="build the book's expanded training set")
+    expand.add_argument(
+        "--out",
+        help="also write the book's file here (.pkl.gz as the book's expand_mnist.py "
+        "wrote it, or .npz), e.g. ../data/mnist_expanded.pkl.gz",
+    )
+    expand.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+    expand.add_argument("--limit", type=int, help="expand only the first N training images")
     common(expand)
     expand.set_defaults(func=cmd_expand)
 

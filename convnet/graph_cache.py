@@ -29,6 +29,8 @@ from pytensor.graph.basic import Constant, Variable
 from pytensor.graph.fg import FunctionGraph
 from pytensor.graph.rewriting.basic import GraphRewriter
 
+from convnet.files import atomic_write
+
 FORMAT = 1  # bump when the key or the stored form changes
 MAX_ENTRIES = 256  # beyond this, the least recently used entries are removed (~0.5 MB each)
 
@@ -161,8 +163,6 @@ class CachedRewriter(GraphRewriter):
             return False
 
     def _store(self, path: Path, fgraph: FunctionGraph) -> None:
-        from convnet.io import atomic_write
-
         buffer = io.BytesIO()
         try:
             _Pickler(buffer, fgraph.inputs).dump(list(fgraph.outputs))

@@ -110,8 +110,8 @@ class Network:
         self.y = pt.vector("y", dtype="int32")
         self.step = pytensor.shared(np.int64(0), name="step")
         self._wire()
-        for variable in (*self.params, self.step):
-            self.backend.place(variable)
+        # The book's code reads and writes these with plain PyTensor, in any mode.
+        self.device_copies = self.backend.mirror([*self.params, self.step])
         self.output = self.layers[-1].output
         self.output_dropout = self.layers[-1].output_dropout
         self.history: Any = None
@@ -146,8 +146,20 @@ class Network:
         )
 
     # -- compiled functions -----------------------------------------------------------
-    def _compile(self, inputs: list, outputs: Any, **kwargs: Any) -> Function:
-        fn = pytensor.function(inputs, outputs, mode=self.backend.mode, **kwargs)
+    def _compile(
+        self, inputs: list, outputs: Any, *, givens: dict | None = None, updates: Any = ()
+    ) -> Function:
+        """A function of the backend's mode that computes on :attr:`device_copies`."""
+        copies, givens, updates = self.device_copies, givens or {}, list(updates)
+        graphs = [*(outputs if isinstance(outputs, list) else [outputs]), *givens.values()]
+        graphs += [value for _, value in updates]
+        fn = pytensor.function(
+            inputs,
+            outputs,
+            mode=self.backend.mode,
+            givens={**givens, **copies.replacements(graphs)},
+            updates=[(copies.twin(variable), value) for variable, value in updates],
+        )
         fn.trust_input = True
         return self.backend.wrap(fn)
 
@@ -278,7 +290,7 @@ class Network:
         return cost, grads
 
     def get_weights(self) -> list[np.ndarray]:
-        """Host copies of every parameter, in ``params`` order."""
+        """Copies of every parameter, in ``params`` order."""
         return [np.array(backends.to_numpy(p.get_value(borrow=True))) for p in self.params]
 
     def set_weights(self, values: Sequence[np.ndarray]) -> None:
@@ -294,7 +306,7 @@ class Network:
                     f"weights: {param.name} expected shape {want}. Received: {np.shape(value)}."
                 )
             param.set_value(np.asarray(value, dtype=np.float32))
-            self.backend.place(param)
+        self.device_copies.push()
 
     def _batch(self, data: DeviceData, rows: Any, size: int) -> dict:
         """Graph inputs for the examples at ``rows``, with static shapes (JAX needs them)."""
@@ -326,6 +338,7 @@ class Network:
         """Fraction of ``data`` (a pair, or DeviceData) classified correctly."""
         device_data = data if isinstance(data, DeviceData) else self.to_device(data, what)
         correct = self.correct_function(device_data)
+        self.device_copies.push()
         starts = range(0, device_data.n, self.backend.eval_batch)
         with self.backend.threads():
             # Counts stay on the device until the end: one synchronisation per pass.
@@ -346,6 +359,7 @@ class Network:
             x = pt.matrix("x", dtype="float32", shape=(batch, self.n_in))
             self._functions["proba"] = self._compile([x], self.output, givens={self.x: x})
         proba = self._functions["proba"]
+        self.device_copies.push()
         out = []
         with self.backend.threads():
             for start in range(0, len(images), batch):

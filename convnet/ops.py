@@ -18,6 +18,7 @@ import pytensor
 import pytensor.tensor as pt
 from pytensor.graph.basic import Apply
 from pytensor.graph.op import Op
+from pytensor.link.c.op import COp
 from pytensor.tensor.variable import TensorVariable
 
 
@@ -229,12 +230,13 @@ def im2col_columns(
     return stack(taps, axis=1).reshape((channels * kh * kw, -1))
 
 
-class Im2Col(Op):
+class Im2Col(COp):
     """The im2col columns of :func:`conv2d` as one Op: (n, c, h, w) -> (c*kh*kw, n*oh*ow).
 
     The same slices as the graph form, but one node instead of ~60 (with its gradient), so
     PyTensor has far less to rewrite; under JAX it lowers to the same slicing program, and
-    its gradient :class:`Col2Im` to JAX's exact transpose of it.
+    its gradient :class:`Col2Im` to JAX's exact transpose of it. Its C code serves
+    PyTensor's C linker; :mod:`convnet.linkers` gives it a Numba loop.
     """
 
     __props__ = ("kh", "kw")
@@ -261,8 +263,17 @@ class Im2Col(Op):
     def pullback(self, inputs, outputs, cotangents):
         return [Col2Im(self.kh, self.kw)(cotangents[0], inputs[0])]
 
+    def c_code_cache_version(self):
+        return (1,)
 
-class Col2Im(Op):
+    def c_code(self, node, name, inputs, outputs, sub):
+        (images,), (columns,) = inputs, outputs
+        return _c_im2col_loops(
+            node, self.kh, self.kw, images, columns, sub["fail"], to_columns=True
+        )
+
+
+class Col2Im(COp):
     """The transpose of :class:`Im2Col`: columns summed back onto the image they came from.
 
     Its second input only lends its shape (static under JAX)."""
@@ -273,8 +284,10 @@ class Col2Im(Op):
         self.kh, self.kw = int(kh), int(kw)
 
     def make_node(self, columns, images):
-        columns = pt.as_tensor_variable(columns)
         images = pt.as_tensor_variable(images)
+        columns = pt.as_tensor_variable(columns)
+        if columns.type.dtype != images.type.dtype:
+            columns = pt.cast(columns, images.type.dtype)
         return Apply(self, [columns, images], [images.type()])
 
     def connection_pattern(self, node):
@@ -295,6 +308,74 @@ class Col2Im(Op):
         from pytensor.gradient import disconnected_type
 
         return [Im2Col(self.kh, self.kw)(cotangents[0]), disconnected_type()]
+
+    def c_code_cache_version(self):
+        return (1,)
+
+    def c_code(self, node, name, inputs, outputs, sub):
+        (columns, images), (out,) = inputs, outputs
+        return _c_im2col_loops(
+            node, self.kh, self.kw, images, out, sub["fail"], to_columns=False, columns=columns
+        )
+
+
+def _c_im2col_loops(
+    node: Apply,
+    kh: int,
+    kw: int,
+    images: str,
+    out: str,
+    fail: str,
+    *,
+    to_columns: bool,
+    columns: str = "",
+) -> str:
+    """C for :class:`Im2Col` (images -> columns) or :class:`Col2Im` (columns summed back
+    onto an image-shaped output): the same loop nest, read one way or the other."""
+    ctype = node.outputs[0].type.dtype_specs()[1]
+    typenum = node.outputs[0].type.dtype_specs()[2]
+    op = "Im2Col" if to_columns else "Col2Im"
+    if to_columns:
+        make = "npy_intp dims[2] = {c * kh * kw, n * oh * ow};\n"
+        make += f"{out} = (PyArrayObject*)PyArray_EMPTY(2, dims, {typenum}, 0);"
+        source, move = images, "dst[row * cols + first + x] = src[(image + y + a) * w + x + b];"
+    else:
+        make = f"{out} = (PyArrayObject*)PyArray_ZEROS(4, PyArray_DIMS({images}), {typenum}, 0);"
+        source, move = columns, "dst[(image + y + a) * w + x + b] += src[row * cols + first + x];"
+    return f"""
+    {{
+    if (PyArray_NDIM({images}) != 4) {{
+        PyErr_SetString(PyExc_ValueError, "{op}: expected 4-D images");
+        {fail}
+    }}
+    const npy_intp n = PyArray_DIMS({images})[0], c = PyArray_DIMS({images})[1];
+    const npy_intp h = PyArray_DIMS({images})[2], w = PyArray_DIMS({images})[3];
+    const npy_intp kh = {kh}, kw = {kw}, oh = h - kh + 1, ow = w - kw + 1;
+    if (oh < 1 || ow < 1) {{
+        PyErr_SetString(PyExc_ValueError, "{op}: images smaller than the kernel");
+        {fail}
+    }}
+    const npy_intp cols = n * oh * ow;
+    Py_XDECREF({out});
+    {make}
+    if (!{out}) {{ {fail} }}
+    PyArrayObject* contiguous = PyArray_GETCONTIGUOUS({source});
+    if (!contiguous) {{ {fail} }}
+    const {ctype}* src = (const {ctype}*)PyArray_DATA(contiguous);
+    {ctype}* dst = ({ctype}*)PyArray_DATA({out});
+    for (npy_intp ch = 0; ch < c; ++ch)
+      for (npy_intp a = 0; a < kh; ++a)
+        for (npy_intp b = 0; b < kw; ++b) {{
+          const npy_intp row = (ch * kh + a) * kw + b;
+          for (npy_intp i = 0; i < n; ++i)
+            for (npy_intp y = 0; y < oh; ++y) {{
+              const npy_intp image = (i * c + ch) * h, first = (i * oh + y) * ow;
+              for (npy_intp x = 0; x < ow; ++x) {move}
+            }}
+        }}
+    Py_DECREF(contiguous);
+    }}
+    """
 
 
 def register_jax() -> None:

@@ -212,7 +212,6 @@ class Trainer:
                 backend.shared(v, f"v_{p.name}") for v, p in zip(starts, net.params, strict=True)
             ]
         net.step.set_value(np.int64(self.state.step))
-        backend.place(net.step)
         self.num_batches = len(self.order.get_value(borrow=True)) // mbs
         self.lmbda = lmbda
 
@@ -283,10 +282,10 @@ class Trainer:
 
     def restore(self, snap: tuple[list[np.ndarray], list[np.ndarray], int]) -> None:
         weights, velocities, step = snap
+        self.net.step.set_value(np.int64(step))
         self.net.set_weights(weights)
         for variable, value in zip(self.velocities, velocities, strict=True):
             self._set(variable, value)
-        self._set(self.net.step, np.int64(step))
 
     def _sync_state(self) -> None:
         _, velocities, step = self.snapshot()
@@ -302,10 +301,12 @@ class Trainer:
         before = self.snapshot()
         bar = self._progress(epoch)
         tick = time.perf_counter()
+        self.net.device_copies.push()
         for function, index, steps in self.calls:
             function(index)
             if bar is not None:
                 bar.update(steps * self.net.mini_batch_size)
+        self.net.device_copies.pull()
         total = float(np.asarray(self.cost_sum.get_value(borrow=True)))
         seconds = time.perf_counter() - tick
         if bar is not None:
@@ -326,6 +327,7 @@ class Trainer:
         single = self._step_function(1)
         for k in range(self.num_batches):
             single(np.array(k, dtype=np.int64))
+            self.net.device_copies.pull()
             cost = float(np.asarray(self.cost_sum.get_value(borrow=True)))
             if not math.isfinite(cost) or not all(
                 np.isfinite(w).all() for w in self.net.get_weights()

@@ -69,6 +69,12 @@ def model_version() -> None:
     io.load(TMP / "old")
 
 
+def expanded_cache_npz() -> None:
+    path = TMP / "mnist_expanded_50000.npz"
+    np.savez(path, x=np.zeros((5, 784), np.uint8), y=np.zeros(5, np.int64))
+    load_mnist(path)
+
+
 CASES: list[tuple[str, Callable[[], object], str]] = [
     (
         "Layers that don't chain",
@@ -155,6 +161,16 @@ CASES: list[tuple[str, Callable[[], object], str]] = [
         "Missing data",
         lambda: load_mnist(TMP / "nowhere"),
         "test_data.py::test_missing_data_says_where_it_looked_and_how_to_get_it",
+    ),
+    (
+        "The book's expanded file not made yet",
+        lambda: load_mnist(TMP / "data" / "mnist_expanded.pkl.gz"),
+        "test_book_script.py::test_a_missing_expanded_file_names_the_command_that_makes_it",
+    ),
+    (
+        "convnet's expansion cache given as a dataset",
+        expanded_cache_npz,
+        "test_book_script.py::test_convnets_expansion_cache_is_not_a_dataset",
     ),
     (
         "Crafted pickle (never executed)",

@@ -42,17 +42,39 @@ def test_gpu_without_cuda_fails_clearly_instead_of_falling_back():
 
 
 def test_jax_keeps_weights_and_data_on_the_device():
+    """convnet's functions compute on device twins; the book's variables stay numpy."""
     jax = pytest.importorskip("jax")
     net = Network([FullyConnectedLayer(4, 3), SoftmaxLayer(3, 2)], 2, backend="jax", seed=0)
     rng = np.random.default_rng(0)
     x, y = rng.random((10, 4), dtype=np.float32), rng.integers(0, 2, 10).astype(np.int32)
-    assert all(isinstance(p.get_value(borrow=True), jax.Array) for p in net.params)
+    twins = net.device_copies.twins
+    assert all(isinstance(t.get_value(borrow=True), jax.Array) for t in twins)
+    assert all(isinstance(p.get_value(borrow=True), np.ndarray) for p in net.params)
     data = net.to_device((x, y), "training_data")
     assert isinstance(data.x.get_value(borrow=True), jax.Array)
     net.SGD((x, y), 2, 2, 0.1, verbose=False)
-    for param in net.params:  # still on the device, still float32 after updates
-        value = param.get_value(borrow=True)
+    for param, twin in zip(net.params, twins[: len(net.params)], strict=True):
+        value = twin.get_value(borrow=True)  # still on the device, float32 after updates
         assert isinstance(value, jax.Array) and value.dtype == np.float32
+        host = param.get_value(borrow=True)  # brought back after training, writable
+        assert isinstance(host, np.ndarray) and host.flags.writeable
+        np.testing.assert_array_equal(host, np.asarray(value))
+
+
+@pytest.mark.parametrize("change", ["set_value", "in_place"])
+def test_a_users_change_to_a_weight_reaches_the_device(change):
+    pytest.importorskip("jax")
+    net = Network([FullyConnectedLayer(4, 3), SoftmaxLayer(3, 2)], 2, backend="jax", seed=0)
+    x = np.random.default_rng(0).random((5, 4), dtype=np.float32)
+    before = net.predict_proba(x)
+    w = net.layers[-1].w
+    if change == "set_value":
+        w.set_value(np.array([[1.0, -1.0]] * 3, np.float32))
+    else:  # what PyTensor's Numba and C modes do with a user's updates
+        w.get_value(borrow=True)[:] = [[1.0, -1.0]] * 3
+    after = net.predict_proba(x)
+    assert not np.allclose(before, after)
+    np.testing.assert_array_equal(np.asarray(net.device_copies.twin(w).get_value()), w.get_value())
 
 
 def test_layers_move_back_to_numpy_for_a_c_network():

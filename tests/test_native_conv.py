@@ -72,10 +72,13 @@ def test_col2im_is_the_transpose_of_im2col(backend, rng):
     np.testing.assert_allclose(np.sum(columns * yv), np.sum(xv * np.asarray(back)), rtol=1e-10)
 
 
-@pytest.mark.parametrize("steps_per_call", [1, 2])
-def test_native_and_im2col_train_alike(monkeypatch, steps_per_call):
+@pytest.mark.parametrize(
+    ("backend", "steps_per_call"), [("jax", 1), ("jax", 2), ("c", 1), ("numba", 1)]
+)
+def test_native_and_im2col_train_alike(monkeypatch, backend, steps_per_call):
     """Two conv layers (a float64 Alloc once broke the second one's input gradient), one
-    and several steps per call."""
+    and several steps per call; on the C and Numba backends the Ops run their C code and
+    Numba loops (linkers.py)."""
     rng = np.random.default_rng(0)
     x = rng.random((16, 144), dtype=np.float32)
     y = rng.integers(0, 10, 16).astype(np.int32)
@@ -95,7 +98,7 @@ def test_native_and_im2col_train_alike(monkeypatch, steps_per_call):
                 SoftmaxLayer(12, 10),
             ],
             4,
-            backend="jax",
+            backend=backend,
             seed=1,
         )
         assert {layer.conv_implementation for layer in net.layers[:2]} == {implementation}
@@ -106,7 +109,7 @@ def test_native_and_im2col_train_alike(monkeypatch, steps_per_call):
             np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5, err_msg=other)
 
 
-def test_jax_networks_choose_the_im2col_op_on_every_device(monkeypatch):
+def test_networks_choose_the_im2col_op_on_every_backend_and_device(monkeypatch):
     monkeypatch.delenv("CONVNET_CONV", raising=False)
     gpu = backends.Backend("jax", "gpu")
     assert gpu.conv_implementation == "patches"  # measured faster than cuDNN on an H200
@@ -115,7 +118,9 @@ def test_jax_networks_choose_the_im2col_op_on_every_device(monkeypatch):
     monkeypatch.setenv("CONVNET_CONV", "native")
     assert gpu.conv_implementation == gpu.eval_conv_implementation == "native"
     monkeypatch.delenv("CONVNET_CONV")
-    assert backends.Backend("c", "cpu").conv_implementation == "im2col"
+    for name in ("c", "numba"):  # the Op has C and Numba implementations (linkers.py)
+        assert backends.Backend(name, "cpu").conv_implementation == "patches"
+        assert backends.Backend(name, "cpu").eval_conv_implementation == "patches"
     monkeypatch.setenv("CONVNET_CONV", "fft")
     with pytest.raises(ValueError, match="CONVNET_CONV"):
         backends.Backend("jax", "cpu").conv_implementation  # noqa: B018

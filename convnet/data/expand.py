@@ -7,11 +7,11 @@ The expansion is cached as ``.npz`` so later runs load it in a second.
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
+
+from convnet.files import atomic_write
 
 SIDE = 28
 
@@ -58,10 +58,5 @@ def load_expanded(
     as_bytes = np.round(images * 255)
     # MNIST pixels are k/255: store them as bytes (196 MB instead of 784 MB) when exact.
     stored_x = as_bytes.astype(np.uint8) if np.array_equal(as_bytes / 255, images) else images
-    cache.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile(dir=cache.parent, suffix=".npz", delete=False) as tmp:
-        np.savez(tmp, x=stored_x, y=labels)
-        tmp.flush()
-        os.fsync(tmp.fileno())
-    os.replace(tmp.name, cache)  # atomic: a killed run never leaves half a cache
+    atomic_write(cache, lambda handle: np.savez(handle, x=stored_x, y=labels))
     return images, labels

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from convnet.data import safe_pickle
+from convnet.data import book_format
 from convnet.errors import DataError, DataNotFoundError
 
 Split = tuple[np.ndarray, np.ndarray]
@@ -105,41 +105,37 @@ def _from_idx_folder(folder: Path) -> tuple[Split, Split, Split]:
     )
 
 
-def _from_book_pickle(path: Path) -> tuple[Split, Split, Split]:
-    value = safe_pickle.load(path)
-    try:
-        splits = tuple(
-            (np.asarray(x, np.float32), np.asarray(y).astype(np.int32)) for x, y in value
-        )
-    except (TypeError, ValueError):
-        raise DataError(
-            f"{path}: expected ((x, y), (x, y), (x, y)) like the book's mnist.pkl.gz."
-        ) from None
-    if len(splits) != 3:
-        raise DataError(
-            f"{path}: expected 3 splits (training, validation, test). Received: {len(splits)}."
-        )
-    return splits  # type: ignore[return-value]
-
-
 def load_mnist(path: str | os.PathLike[str] | None = None) -> tuple[Split, Split, Split]:
     """``(training, validation, test)`` as numpy ``(x, y)`` pairs.
 
-    ``path`` may be a folder of IDX files, or the book's ``mnist.pkl.gz`` /
-    ``mnist_expanded.pkl.gz``. With no path: ``$CONVNET_DATA``, then ``~/.cache/convnet/mnist``.
+    ``path`` may be a folder of IDX files, the book's ``mnist.pkl.gz`` /
+    ``mnist_expanded.pkl.gz``, or a ``.npz`` of the same splits (see
+    :mod:`convnet.data.book_format`). With no path: ``$CONVNET_DATA``, then
+    ``~/.cache/convnet/mnist``.
     """
     candidates = [Path(path).expanduser()] if path is not None else default_locations()
     for place in candidates:
         if place.is_file():
-            return _from_book_pickle(place)
+            return _from_file(place)
         if place.is_dir():
             if any(_find_idx(place, stem) for stem in IDX_FILES.values()):
                 return _from_idx_folder(place)
             for name in BOOK_PICKLES:
                 if (place / name).is_file():
-                    return _from_book_pickle(place / name)
+                    return _from_file(place / name)
+    if path is not None and "expanded" in Path(path).name:
+        raise DataNotFoundError(
+            f"{path}: no such file. Make the book's expanded training set there with: "
+            f"convnet expand-mnist --out {path}"
+        )
     looked = ", ".join(str(p) for p in candidates)
     raise DataNotFoundError(f"MNIST not found. Looked in: {looked}. {HOW_TO_GET}")
+
+
+def _from_file(path: Path) -> tuple[Split, Split, Split]:
+    if path.suffix == ".npz":
+        return book_format.read_npz(path)
+    return book_format.read_pickle(path)
 
 
 def load_data_shared(filename: str | os.PathLike[str] | None = None) -> list:

@@ -45,15 +45,18 @@ class _RestrictedUnpickler(pickle.Unpickler):
 
 
 def _check_arrays(value: Any, source: str) -> None:
+    """Only data: nested tuples/lists of non-object arrays and numbers (the book's
+    ``expand_mnist.py`` left its labels as a list of ``np.int64`` scalars)."""
     if isinstance(value, tuple | list):
         for item in value:
             _check_arrays(item, source)
-    elif isinstance(value, np.ndarray):
+    elif isinstance(value, np.ndarray | np.generic):
         if value.dtype.hasobject:
             raise UnsafePickleError(f"{source}: object arrays are not accepted.")
-    else:
+    elif not isinstance(value, int | float) or isinstance(value, bool):
         raise UnsafePickleError(
-            f"{source}: expected tuples of numpy arrays. Received: {type(value).__name__}."
+            f"{source}: expected tuples or lists of numpy arrays and numbers. "
+            f"Received: {type(value).__name__}."
         )
 
 

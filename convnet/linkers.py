@@ -1,0 +1,136 @@
+"""convnet's Ops on PyTensor's own linkers: Numba (PyTensor's default mode) and C.
+
+The book's code compiles its own functions over convnet's graphs (``conv.py``'s
+ensemble vote, ``layer.w.eval()``), in whatever mode PyTensor defaults to. Without this
+module Numba runs an Op it has no implementation for through its Python ``perform`` in
+object mode: 7-18 s for one call over net C, and a first compile of minutes. Here:
+
+* :class:`~convnet.ops.Im2Col` and :class:`~convnet.ops.Col2Im` get Numba loops (their
+  C code lives on the Ops themselves);
+* :class:`~convnet.ops.ConvPool` and a statically shaped :class:`~convnet.ops.Conv2D`
+  are lowered, in Numba and C modes only, to ``Im2Col`` + one ``dot`` (+ max-pooling),
+  so that Numba's ``np.dot`` or C's BLAS ``gemm`` does the arithmetic;
+* ``Conv2D`` of unknown shapes (inside its own gradient) gets a Numba loop over images.
+
+JAX mode is untouched: its implementations are in :func:`convnet.ops.register_jax`.
+Importing this module registers everything (``convnet/__init__`` does it).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pytensor.tensor as pt
+from pytensor.compile import optdb
+from pytensor.graph.rewriting.basic import in2out, node_rewriter
+from pytensor.link.numba.dispatch.basic import (
+    numba_njit,
+    register_funcify_default_op_cache_key,
+)
+
+from convnet import ops
+
+CACHE_VERSION = 1  # bump when an implementation below changes
+
+
+@numba_njit
+def _im2col(images: Any, kh: int, kw: int) -> Any:
+    n, c, h, w = images.shape
+    oh, ow = h - kh + 1, w - kw + 1
+    out = np.empty((c * kh * kw, n * oh * ow), dtype=images.dtype)
+    for ch in range(c):
+        for a in range(kh):
+            for b in range(kw):
+                row = (ch * kh + a) * kw + b
+                for i in range(n):
+                    for y in range(oh):
+                        first = (i * oh + y) * ow
+                        for x in range(ow):
+                            out[row, first + x] = images[i, ch, y + a, x + b]
+    return out
+
+
+@numba_njit
+def _col2im(columns: Any, n: int, c: int, h: int, w: int, kh: int, kw: int) -> Any:
+    oh, ow = h - kh + 1, w - kw + 1
+    out = np.zeros((n, c, h, w), dtype=columns.dtype)
+    for ch in range(c):
+        for a in range(kh):
+            for b in range(kw):
+                row = (ch * kh + a) * kw + b
+                for i in range(n):
+                    for y in range(oh):
+                        first = (i * oh + y) * ow
+                        for x in range(ow):
+                            out[i, ch, y + a, x + b] += columns[row, first + x]
+    return out
+
+
+@register_funcify_default_op_cache_key(ops.Im2Col)
+def _numba_im2col(op: ops.Im2Col, node: Any = None, **kwargs: Any) -> Any:
+    kh, kw = op.kh, op.kw
+
+    @numba_njit
+    def im2col(images: Any) -> Any:
+        return _im2col(images, kh, kw)
+
+    return im2col, CACHE_VERSION
+
+
+@register_funcify_default_op_cache_key(ops.Col2Im)
+def _numba_col2im(op: ops.Col2Im, node: Any = None, **kwargs: Any) -> Any:
+    kh, kw = op.kh, op.kw
+
+    @numba_njit
+    def col2im(columns: Any, images: Any) -> Any:
+        n, c, h, w = images.shape
+        return _col2im(columns, n, c, h, w, kh, kw)
+
+    return col2im, CACHE_VERSION
+
+
+@register_funcify_default_op_cache_key(ops.Conv2D)
+def _numba_conv2d(op: ops.Conv2D, node: Any = None, **kwargs: Any) -> Any:
+    @numba_njit
+    def conv2d(images: Any, filters: Any) -> Any:
+        n, c, h, w = images.shape
+        f, _, kh, kw = filters.shape
+        oh, ow = h - kh + 1, w - kw + 1
+        flipped = np.ascontiguousarray(filters[:, :, ::-1, ::-1]).reshape((f, c * kh * kw))
+        out = np.empty((n, f, oh, ow), dtype=images.dtype)
+        for i in range(n):
+            columns = _im2col(images[i : i + 1], kh, kw)
+            out[i] = np.dot(flipped, columns).reshape((f, oh, ow))
+        return out
+
+    return conv2d, CACHE_VERSION
+
+
+@node_rewriter([ops.ConvPool, ops.Conv2D])
+def lower_to_im2col(fgraph: Any, node: Any) -> list[Any] | None:
+    """``ConvPool`` / ``Conv2D`` as ``Im2Col`` + ``dot`` (+ max-pooling), shapes permitting."""
+    images, filters = node.inputs
+    _, c, h, w = images.type.shape
+    f, _, kh, kw = filters.type.shape
+    if None in (c, h, w, f, kh, kw):
+        return None
+    conv = ops.conv2d(
+        images,
+        filters,
+        image_shape=(c, h, w),
+        filter_shape=(f, c, kh, kw),
+        implementation="patches",
+    )
+    if isinstance(node.op, ops.ConvPool):
+        conv_hw = ops.conv_output_shape((h, w), (kh, kw))
+        conv = ops.max_pool(conv, image_shape=(f, *conv_hw), poolsize=node.op.poolsize)
+    return [pt.cast(conv, node.outputs[0].dtype)]
+
+
+# Before BlasOpt (1.7), so C mode turns the dot into a gemm. "cxx_only" keeps the C entry
+# out of JAX and Numba modes; the "numba" entry is only in Numba mode's query.
+optdb.register(
+    "convnet_lower_to_im2col_c", in2out(lower_to_im2col), "fast_run", "cxx_only", position=1.55
+)
+optdb.register("convnet_lower_to_im2col_numba", in2out(lower_to_im2col), "numba", position=1.55)
