@@ -59,7 +59,7 @@ print(first, whole)
 def run_child(caches: str) -> tuple[float, float]:
     env = dict(
         os.environ,
-        PYTENSOR_FLAGS=f"compiledir={caches}/pytensor",
+        PYTENSOR_FLAGS=f"base_compiledir={caches}/pytensor",
         NUMBA_CACHE_DIR=f"{caches}/numba",
         CONVNET_CACHE=f"{caches}/convnet",
     )

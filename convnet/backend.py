@@ -4,8 +4,8 @@ A :class:`Backend` is chosen per network (never by an import-time switch) from t
 arguments, else from ``CONVNET_BACKEND`` / ``CONVNET_DEVICE``, else automatically:
 
 * ``jax`` when JAX is installed: the fastest per step on the book's nets here and it
-  compiles net C in seconds (PyTensor's Numba linker took 150-290 s cold, C 15-35 s);
-  it is also PyTensor's only way onto a GPU.
+  compiles net C in seconds (the Numba and C backends took 30 and 24 s cold; see
+  benchmarks/RESULTS.md); it is also PyTensor's only way onto a GPU.
 * ``c`` otherwise, linked against OpenBLAS when the system has it.
 
 In JAX mode PyTensor re-copies a numpy-backed shared variable to the device on every

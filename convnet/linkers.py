@@ -31,40 +31,35 @@ from pytensor.link.numba.dispatch.basic import (
 
 from convnet import ops
 
-CACHE_VERSION = 1  # bump when an implementation below changes
+CACHE_VERSION = 2  # bump when an implementation below changes
+
+
+@numba_njit
+def _im2col_loops(images: Any, columns: Any, kh: int, kw: int, to_columns: bool) -> None:
+    """Im2Col (images -> columns) or Col2Im (columns summed onto images): one loop nest,
+    read one way or the other, like the Ops' C code."""
+    n, c, h, w = images.shape
+    oh, ow = h - kh + 1, w - kw + 1
+    for ch in range(c):
+        for a in range(kh):
+            for b in range(kw):
+                row = (ch * kh + a) * kw + b
+                for i in range(n):
+                    for y in range(oh):
+                        first = (i * oh + y) * ow
+                        for x in range(ow):
+                            if to_columns:
+                                columns[row, first + x] = images[i, ch, y + a, x + b]
+                            else:
+                                images[i, ch, y + a, x + b] += columns[row, first + x]
 
 
 @numba_njit
 def _im2col(images: Any, kh: int, kw: int) -> Any:
     n, c, h, w = images.shape
-    oh, ow = h - kh + 1, w - kw + 1
-    out = np.empty((c * kh * kw, n * oh * ow), dtype=images.dtype)
-    for ch in range(c):
-        for a in range(kh):
-            for b in range(kw):
-                row = (ch * kh + a) * kw + b
-                for i in range(n):
-                    for y in range(oh):
-                        first = (i * oh + y) * ow
-                        for x in range(ow):
-                            out[row, first + x] = images[i, ch, y + a, x + b]
-    return out
-
-
-@numba_njit
-def _col2im(columns: Any, n: int, c: int, h: int, w: int, kh: int, kw: int) -> Any:
-    oh, ow = h - kh + 1, w - kw + 1
-    out = np.zeros((n, c, h, w), dtype=columns.dtype)
-    for ch in range(c):
-        for a in range(kh):
-            for b in range(kw):
-                row = (ch * kh + a) * kw + b
-                for i in range(n):
-                    for y in range(oh):
-                        first = (i * oh + y) * ow
-                        for x in range(ow):
-                            out[i, ch, y + a, x + b] += columns[row, first + x]
-    return out
+    columns = np.empty((c * kh * kw, n * (h - kh + 1) * (w - kw + 1)), dtype=images.dtype)
+    _im2col_loops(images, columns, kh, kw, True)
+    return columns
 
 
 @register_funcify_default_op_cache_key(ops.Im2Col)
@@ -84,8 +79,9 @@ def _numba_col2im(op: ops.Col2Im, node: Any = None, **kwargs: Any) -> Any:
 
     @numba_njit
     def col2im(columns: Any, images: Any) -> Any:
-        n, c, h, w = images.shape
-        return _col2im(columns, n, c, h, w, kh, kw)
+        out = np.zeros(images.shape, dtype=columns.dtype)
+        _im2col_loops(out, columns, kh, kw, False)
+        return out
 
     return col2im, CACHE_VERSION
 

@@ -302,11 +302,13 @@ class Trainer:
         bar = self._progress(epoch)
         tick = time.perf_counter()
         self.net.device_copies.push()
-        for function, index, steps in self.calls:
-            function(index)
-            if bar is not None:
-                bar.update(steps * self.net.mini_batch_size)
-        self.net.device_copies.pull()
+        try:
+            for function, index, steps in self.calls:
+                function(index)
+                if bar is not None:
+                    bar.update(steps * self.net.mini_batch_size)
+        finally:  # interrupted too: the user then sees the weights convnet has
+            self.net.device_copies.pull()
         total = float(np.asarray(self.cost_sum.get_value(borrow=True)))
         seconds = time.perf_counter() - tick
         if bar is not None:
