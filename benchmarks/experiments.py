@@ -14,6 +14,7 @@
     python benchmarks/experiments.py conv-op             # im2col as graph slices vs one Op (JAX)
     python benchmarks/experiments.py eval-limit          # what bounds the evaluation pass
     python benchmarks/experiments.py linker-conv         # C / Numba backends: slices vs Im2Col Op
+    python benchmarks/experiments.py optimizers          # net A, 1 epoch: SGD, Adam, Nesterov
 
 Each prints its own table. They run on synthetic MNIST-shaped data except eval-batch and
 eval-limit (real test set: set CONVNET_DATA). Pinned to one core, as in bench.py.
@@ -253,7 +254,8 @@ t0 = time.perf_counter()
 import numpy as np
 from convnet import Network
 from convnet.book import layers_for
-from convnet.training import Trainer, _options
+from convnet.optimizers import SGD
+from convnet.trainer import Trainer
 marks = {"import": time.perf_counter() - t0}
 rng = np.random.default_rng(0)
 x, y = rng.random((5000, 784), dtype=np.float32), rng.integers(0, 10, 5000).astype(np.int32)
@@ -265,14 +267,14 @@ net = Network(layers_for("relu", 10), 10, seed=0)
 train = net.to_device((x, y), "training_data")
 validation = net.to_device((x[:1000], y[:1000]), "validation_data")
 t = lap("network", t)
-trainer = Trainer(net, train, None, None, 1, 0.03, 0.1, _options({"verbose": False}))
+trainer = Trainer(net, train, None, None, 1, SGD(0.03), 0.1, verbose=False)
 t = lap("train: PyTensor", t)
 fn, index, _ = trainer.calls[0]
 fn(index)
 t = lap("train: first call (XLA)", t)
-correct = net.correct_function(validation)
+correct = net.evaluation_function(validation)
 t = lap("accuracy: PyTensor", t)
-int(correct(np.array(0, dtype=np.int64)))
+int(correct(np.array(0, dtype=np.int64))[0])
 t = lap("accuracy: first call (XLA)", t)
 for i in range(400):
     fn(np.array(i, dtype=np.int64))
@@ -538,7 +540,31 @@ def linker_conv() -> None:
             )
 
 
+def optimizers() -> None:
+    """Test accuracy of the book's net A after one epoch on real MNIST (CONVNET_DATA) with
+    the book's SGD (eta 0.1), Adam (0.001) and Nesterov (0.01, momentum 0.9), seeds 0-2."""
+    from convnet import Network, load_mnist
+    from convnet import optimizers as rules
+    from convnet.book import layers_for
+
+    training, _, test = load_mnist()
+    choices = {
+        "sgd 0.1": rules.SGD(0.1),
+        "adam 0.001": rules.Adam(0.001),
+        "nesterov 0.01/0.9": rules.SGD(0.01, momentum=0.9, nesterov=True),
+    }
+    print("| seed | " + " | ".join(choices) + " |")
+    for seed in range(3):
+        row = []
+        for optimizer in choices.values():
+            net = Network(layers_for("shallow", 10), 10, seed=seed)
+            history = net.fit(training, 1, optimizer=optimizer, test_data=test, verbose=False)
+            row.append(f"{history.test_accuracy[0]:.2%}")
+        print(f"| {seed} | " + " | ".join(row) + " |", flush=True)
+
+
 COMMANDS = {
+    "optimizers": optimizers,
     "linker-conv": linker_conv,
     "eval-limit": eval_limit,
     "reduction-dtype": reduction_dtype,

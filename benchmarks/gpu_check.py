@@ -56,18 +56,19 @@ t0 = time.perf_counter()
 import numpy as np
 from convnet import Network
 from convnet.book import layers_for
-from convnet.training import Trainer, _options
+from convnet.optimizers import SGD
+from convnet.trainer import Trainer
 imported = time.perf_counter() - t0
 rng = np.random.default_rng(0)
 x, y = rng.random((5000, 784), dtype=np.float32), rng.integers(0, 10, 5000).astype(np.int32)
 start = time.perf_counter()
 net = Network(layers_for("relu", 10), 10, device=sys.argv[1], seed=0)
-opts = _options({"verbose": False, "steps_per_call": int(sys.argv[2])})
 trainer = Trainer(net, net.to_device((x, y), "training_data"),
-                  net.to_device((x[:1000], y[:1000]), "validation_data"), None, 1, 0.03, 0.1, opts)
+                  net.to_device((x[:1000], y[:1000]), "validation_data"), None, 1, SGD(0.03), 0.1,
+                  verbose=False, steps_per_call=int(sys.argv[2]))
 fn, index, _ = trainer.calls[0]
 fn(index)
-int(net.correct_function(trainer.validation)(np.array(0, dtype=np.int64)))
+int(net.evaluation_function(trainer.validation)(np.array(0, dtype=np.int64))[0])
 print(imported, time.perf_counter() - start)
 """
 

@@ -21,7 +21,8 @@ t0 = time.perf_counter()
 import numpy as np
 from convnet import Network, load_mnist
 from convnet.book import layers_for
-from convnet.training import Trainer, _options
+from convnet.optimizers import SGD
+from convnet.trainer import Trainer
 t_import = time.perf_counter() - t0
 (train_x, train_y), validation, test = load_mnist()
 
@@ -29,12 +30,12 @@ def build():
     start = time.perf_counter()
     net = Network(layers_for("relu", 10), 10, seed=0)
     tr = Trainer(net, net.to_device((train_x[:5000], train_y[:5000]), "training_data"),
-                 net.to_device(validation, "validation_data"), None, 1, 0.03, 0.1,
-                 _options({"verbose": False}))
+                 net.to_device(validation, "validation_data"), None, 1, SGD(0.03), 0.1,
+                 verbose=False)
     fn, index, _ = tr.calls[0]
     fn(index)                                    # JAX compiles on the first call
-    correct = net.correct_function(tr.validation)
-    int(correct(np.array(0, dtype=np.int64)))   # and the accuracy function's first call
+    correct = net.evaluation_function(tr.validation)
+    int(correct(np.array(0, dtype=np.int64))[0])   # and the accuracy function's first call
     return time.perf_counter() - start, net, tr
 
 seconds, net, tr = build()

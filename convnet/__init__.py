@@ -18,10 +18,10 @@ from convnet import linkers  # noqa: F401 - gives convnet's Ops to PyTensor's Nu
 from convnet.activations import ReLU, linear, sigmoid, tanh
 from convnet.data.mnist import load_data_shared, load_mnist
 from convnet.ensemble import vote
+from convnet.history import History
 from convnet.io import load
 from convnet.layers import ConvPoolLayer, FullyConnectedLayer, Layer, SoftmaxLayer
 from convnet.network import Network
-from convnet.training import History
 
 __version__ = "0.1.0"
 

@@ -2,7 +2,7 @@
 
 One file, ``checkpoint.npz``, written atomically (temporary file in the same folder,
 fsync, ``os.replace``), so a run killed at any moment leaves either the previous or the
-new checkpoint, never half of one. It holds the weights, the momentum velocities, the
+new checkpoint, never half of one. It holds the weights, the optimizer's state, the
 best weights (for early stopping), and a JSON record: epoch, eta, early-stopping
 counters, the shuffling RNG's state, the dropout step counter (the only state of
 convnet's counter-based dropout), the history, the architecture and the caller's
@@ -19,9 +19,11 @@ from typing import Any
 import numpy as np
 
 from convnet import files, io
-from convnet.errors import ModelFileError
+from convnet.callbacks import Callback
+from convnet.errors import ArgumentError, ModelFileError
+from convnet.history import History
 from convnet.network import Network
-from convnet.training import History, TrainingState
+from convnet.trainer import TrainingState
 
 FILENAME = "checkpoint.npz"
 FORMAT = "convnet-checkpoint"
@@ -40,9 +42,10 @@ def save(
 ) -> Path:
     names = io.weight_names(net)
     arrays = {f"weights.{n}": w for n, w in zip(names, net.get_weights(), strict=True)}
-    for prefix, values in (("velocity", state.velocities), ("best", state.best_weights)):
-        for name, value in zip(names, values or [], strict=False):
-            arrays[f"{prefix}.{name}"] = value
+    for name, value in zip(names, state.best_weights or [], strict=False):
+        arrays[f"best.{name}"] = value
+    for index, value in enumerate(state.optimizer_state or []):
+        arrays[f"optimizer.{index}"] = value
     meta = {
         "format": FORMAT,
         "version": VERSION,
@@ -61,6 +64,39 @@ def save(
     target = path_in(run_dir)
     files.atomic_write(target, lambda handle: np.savez(handle, **arrays))
     return target
+
+
+def _optimizer_state(
+    arrays: dict[str, np.ndarray], group: Any, target: Path
+) -> list[np.ndarray] | None:
+    """The optimizer's arrays in order; a checkpoint of an older convnet kept SGD's
+    momentum velocities as ``velocity.<weight>``."""
+    count = sum(name.startswith("optimizer.") for name in arrays)
+    if not count:
+        return group("velocity")
+    missing = [f"optimizer.{k}" for k in range(count) if f"optimizer.{k}" not in arrays]
+    if missing:
+        raise ModelFileError(f"{target}: missing arrays {missing}.")
+    return [arrays[f"optimizer.{k}"] for k in range(count)]
+
+
+class ModelCheckpoint(Callback):
+    """Writes ``run_dir/checkpoint.npz`` every ``every`` epochs and after the last one,
+    with the run's ``arguments`` (what ``convnet train --resume`` restarts from)."""
+
+    def __init__(
+        self, run_dir: str | os.PathLike[str], every: int = 1, arguments: dict | None = None
+    ):
+        if isinstance(every, bool) or not isinstance(every, int) or every < 1:
+            raise ArgumentError(
+                f"ModelCheckpoint: every: expected a whole number >= 1. Received: {every!r}."
+            )
+        self.run_dir, self.every, self.arguments = Path(run_dir), every, arguments
+
+    def on_epoch_end(self, trainer, epoch, logs):
+        done = trainer.state.epoch
+        if done % self.every == 0 or done == trainer.epochs or trainer.stopping:
+            save(self.run_dir, trainer.net, trainer.state, self.arguments)
 
 
 def load(
@@ -111,7 +147,7 @@ def load(
         shuffle_rng=meta["shuffle_rng"],
         history=History.from_dict(meta["history"]),
         best_weights=group("best"),
-        velocities=group("velocity"),
+        optimizer_state=_optimizer_state(arrays, group, target),
         step=meta["step"],
     )
     return net, state, meta["arguments"]

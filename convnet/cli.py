@@ -12,15 +12,26 @@ from pathlib import Path
 
 import numpy as np
 
-from convnet import files, io
+from convnet import __version__, checkpoint, files, io, optimizers, plots
+from convnet import backend as backends
 from convnet.book import RECIPES, layers_for
+from convnet.callbacks import Callback, EarlyStopping, EtaSchedule
+from convnet.data import book_format
+from convnet.data.download import download_mnist
+from convnet.data.expand import default_cache, load_expanded
+from convnet.data.mnist import load_mnist
+from convnet.ensemble import vote
 from convnet.errors import ArgumentError, ConvnetError, DivergenceError
+from convnet.history import PER_EPOCH, History
+from convnet.images import load_image
 from convnet.network import Network
-from convnet.training import History
+from convnet.spec import parse
+
+DEFAULT_MOMENTUM = {"sgd": 0.0, "nesterov": 0.9, "adam": 0.0}
+DEFAULT_ETA = {"adam": 0.001}  # sgd and nesterov: the book's eta for the chosen net
 
 
 def _data(args: argparse.Namespace):
-    from convnet.data.mnist import load_mnist
 
     return load_mnist(args.data)
 
@@ -28,15 +39,13 @@ def _data(args: argparse.Namespace):
 # -- train --------------------------------------------------------------------------------
 def _layers(args: argparse.Namespace, mbs: int):
     if args.layers:
-        from convnet.spec import parse
-
         return parse(args.layers, mbs)
     return layers_for(args.net, mbs)
 
 
 def _write_history(run_dir: Path, history: History) -> None:
     files.write_json(run_dir / "history.json", history.as_dict())
-    columns = ["epoch", "train_cost", "validation_accuracy", "test_accuracy", "eta", "seconds"]
+    columns = PER_EPOCH
     text = _io.StringIO()
     writer = csv.writer(text)
     writer.writerow(columns)
@@ -45,7 +54,6 @@ def _write_history(run_dir: Path, history: History) -> None:
 
 
 def _write_pictures(run_dir: Path, net: Network, history: History, test) -> None:
-    from convnet import plots
 
     plots.curves(history, run_dir / "curves.png")
     if test is not None:
@@ -62,36 +70,34 @@ def _train_one(
     hyper: dict,
     resume: tuple | None = None,
 ) -> Network:
-    from convnet import checkpoint
-
     mbs = args.mini_batch_size
     if resume is not None:
         net, state = resume
     else:
         net = Network(_layers(args, mbs), mbs, backend=args.backend, device=args.device, seed=seed)
         state = None
+    if not args.quiet:
+        net.summary()
     arguments = {k: v for k, v in vars(args).items() if k not in ("func", "resume")}
     arguments["out"] = str(run_dir)
 
-    def save_checkpoint(current) -> None:
-        if current.epoch % args.checkpoint_every == 0 or current.epoch == hyper["epochs"]:
-            checkpoint.save(run_dir, net, current, arguments)
-
+    callbacks: list[Callback] = []
+    if args.eta_schedule is not None:
+        callbacks.append(EtaSchedule(args.eta_schedule))
+    if args.patience is not None:
+        callbacks.append(EarlyStopping(args.patience))
+    callbacks.append(checkpoint.ModelCheckpoint(run_dir, args.checkpoint_every, arguments))
     try:
-        history = net.SGD(
+        history = net.fit(
             training,
             hyper["epochs"],
-            mbs,
-            hyper["eta"],
-            validation,
-            test,
-            hyper["lmbda"],
-            momentum=args.momentum,
-            patience=args.patience,
-            eta_schedule=args.eta_schedule,
+            optimizer=_optimizer(hyper),
+            validation_data=validation,
+            test_data=test,
+            lmbda=hyper["lmbda"],
+            callbacks=callbacks,
             shuffle=args.shuffle,
             verbose=not args.quiet,
-            on_epoch_end=save_checkpoint,
             state=state,
         )
     except DivergenceError:
@@ -113,6 +119,13 @@ def _train_one(
     return net
 
 
+def _optimizer(hyper: dict) -> optimizers.Optimizer:
+    """``--optimizer sgd|nesterov|adam`` with ``--eta`` and ``--momentum``."""
+    if hyper["optimizer"] == "adam":
+        return optimizers.Adam(hyper["eta"])
+    return optimizers.SGD(hyper["eta"], hyper["momentum"], hyper["optimizer"] == "nesterov")
+
+
 def _refuse_to_overwrite(run_dir: Path, overwrite: bool) -> None:
     """A new run never replaces a trained model unless asked to."""
     existing = [
@@ -126,13 +139,11 @@ def _refuse_to_overwrite(run_dir: Path, overwrite: bool) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from convnet import checkpoint
-    from convnet.data.expand import load_expanded
-    from convnet.ensemble import vote
 
     resume = None
     if args.resume:
         net, state, stored = checkpoint.load(args.resume, backend=args.backend, device=args.device)
+        stored = {"optimizer": "sgd"} | stored  # run folders from before --optimizer
         args = argparse.Namespace(**(stored | {"resume": args.resume, "func": args.func}))
         resume = (net, state)
         if not args.quiet:
@@ -152,13 +163,16 @@ def cmd_train(args: argparse.Namespace) -> int:
         )
 
     recipe = RECIPES.get(args.net) if not args.layers else None
+    book_eta = recipe.eta if recipe else 0.1
+    momentum = args.momentum if args.momentum is not None else DEFAULT_MOMENTUM[args.optimizer]
     hyper = {
         "net": args.layers or args.net,
         "epochs": args.epochs if args.epochs is not None else (recipe.epochs if recipe else 10),
-        "eta": args.eta if args.eta is not None else (recipe.eta if recipe else 0.1),
+        "optimizer": args.optimizer,
+        "eta": args.eta if args.eta is not None else DEFAULT_ETA.get(args.optimizer, book_eta),
         "lmbda": args.lmbda if args.lmbda is not None else (recipe.lmbda if recipe else 0.0),
         "mini_batch_size": args.mini_batch_size,
-        "momentum": args.momentum,
+        "momentum": momentum,
         "limit": args.limit,
         "expanded": bool(args.expanded or (recipe and recipe.expanded)),
     }
@@ -208,7 +222,6 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from convnet.images import load_image
 
     net = io.load(args.model, backend=args.backend, device=args.device)
     images = np.stack([load_image(path) for path in args.images])
@@ -219,7 +232,6 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 
 def cmd_plot(args: argparse.Namespace) -> int:
-    from convnet import plots
 
     run_dir = Path(args.run_dir)
     try:
@@ -235,8 +247,6 @@ def cmd_plot(args: argparse.Namespace) -> int:
 
 
 def cmd_expand(args: argparse.Namespace) -> int:
-    from convnet.data import book_format
-    from convnet.data.expand import default_cache, load_expanded
 
     out = Path(args.out).expanduser() if args.out else None
     if out is not None and out.exists() and not args.overwrite:
@@ -265,7 +275,6 @@ def cmd_expand(args: argparse.Namespace) -> int:
 
 
 def cmd_download(args: argparse.Namespace) -> int:
-    from convnet.data.download import download_mnist
 
     folder = download_mnist(args.to, progress=None if not args.quiet else False)
     print(f"MNIST is in {folder} (sha256 verified)")
@@ -276,9 +285,11 @@ def cmd_info(args: argparse.Namespace) -> int:
     import numpy
     import pytensor
 
-    from convnet import __version__
-    from convnet import backend as backends
-
+    if args.run_dir is not None:
+        net = io.load(args.run_dir, backend=args.backend, device=args.device)
+        print(f"{args.run_dir}: mini-batch {net.mini_batch_size}")
+        net.summary()
+        return 0
     print(
         f"convnet {__version__}, pytensor {pytensor.__version__}, numpy {numpy.__version__}, "
         f"python {platform.python_version()}"
@@ -324,7 +335,17 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--mini-batch-size", type=int, default=10)
     train.add_argument("--eta", type=float)
     train.add_argument("--lmbda", type=float)
-    train.add_argument("--momentum", type=float, default=0.0)
+    train.add_argument(
+        "--optimizer",
+        choices=["sgd", "nesterov", "adam"],
+        default="sgd",
+        help="the update rule (default sgd, the book's)",
+    )
+    train.add_argument(
+        "--momentum",
+        type=float,
+        help="momentum for sgd (default 0) and nesterov (default 0.9)",
+    )
     train.add_argument(
         "--patience", type=int, help="early stopping after N epochs without improvement"
     )
@@ -397,7 +418,10 @@ def build_parser() -> argparse.ArgumentParser:
     download.add_argument("--quiet", action="store_true")
     download.set_defaults(func=cmd_download)
 
-    info = sub.add_parser("info", help="versions, backend, device, BLAS and threads")
+    info = sub.add_parser(
+        "info", help="versions, backend, device, BLAS and threads; or a run folder's layers"
+    )
+    info.add_argument("run_dir", nargs="?", help="a run folder: print its network's summary")
     common(info)
     info.set_defaults(func=cmd_info)
     return parser

@@ -7,6 +7,11 @@ what was received, naming the layer, argument or file at fault.
 
 from __future__ import annotations
 
+import math
+from typing import Any
+
+import numpy as np
+
 
 class ConvnetError(Exception):
     """Base of every error convnet raises on purpose."""
@@ -47,3 +52,25 @@ class ModelFileError(ConvnetError, ValueError):
 def expected(what: str, expected_: object, received: object) -> str:
     """The house message template: ``<what>: expected <x>. Received: <y>.``"""
     return f"{what}: expected {expected_}. Received: {received}."
+
+
+def check_number(
+    value: Any,
+    what: str,
+    *,
+    integer: bool = False,
+    low: float = 0.0,
+    inclusive: bool = False,
+    high: float = math.inf,
+) -> None:
+    """Raise ArgumentError naming ``what`` unless ``value`` is a finite number (an integer
+    with ``integer``) above ``low`` (or at it, with ``inclusive``) and below ``high``."""
+    kind = (int, np.integer) if integer else (int, float, np.integer, np.floating)
+    ok = isinstance(value, kind) and not isinstance(value, bool) and np.isfinite(value)
+    ok = ok and (value >= low if inclusive else value > low) and value < high
+    if not ok:
+        noun = "an integer" if integer else "a number"
+        bound = f"{'>=' if inclusive else '>'} {low:g}" + (
+            f" and < {high:g}" if high < math.inf else ""
+        )
+        raise ArgumentError(f"{what}: expected {noun} {bound}. Received: {value!r}.")

@@ -13,6 +13,7 @@ pre-activation is the same on both paths.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from math import prod
 
@@ -92,6 +93,7 @@ class Layer:
         self.output_dropout: TensorVariable | None = None
         self.inpt: TensorVariable | None = None
         self.inpt_dropout: TensorVariable | None = None
+        self.network: Callable[[], object] | None = None  # weakref to the Network using it
 
     # -- parameters -------------------------------------------------------------------
     def add_param(self, value: np.ndarray, name: str, *, regularizable: bool) -> SharedVariable:
@@ -127,6 +129,15 @@ class Layer:
     @property
     def n_out(self) -> int:
         return prod(self.output_shape)
+
+    @property
+    def n_params(self) -> int:
+        """Trainable values (weights and biases)."""
+        return sum(prod(p.type.shape) for p in self.params)
+
+    def multiply_adds(self) -> int:
+        """Multiply-adds per example of the forward pass (the weights' products)."""
+        raise NotImplementedError
 
     # -- computation ------------------------------------------------------------------
     def get_output_for(
@@ -208,6 +219,9 @@ class _Dense(Layer):
             )
         )
         self.b.set_value(init.biases(rng, n_out, init=self.init_scheme, zeros=self._softmax_zeros))
+
+    def multiply_adds(self) -> int:
+        return self.n_in * self.n_out
 
     def logits_for(
         self,
@@ -379,6 +393,10 @@ class ConvPoolLayer(Layer):
             )
         )
         self.b.set_value(init.biases(rng, n_filters, init=self.init_scheme))
+
+    def multiply_adds(self) -> int:
+        n_filters, channels, kh, kw = self.filter_shape
+        return n_filters * channels * kh * kw * prod(self._conv_shape[1:])
 
     def get_output_for(self, inpt, *, deterministic, dropout=None):
         images = inpt.reshape((-1, *self.input_shape))

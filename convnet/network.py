@@ -3,6 +3,10 @@ and evaluate them on the chosen backend."""
 
 from __future__ import annotations
 
+import hashlib
+import sys
+import weakref
+from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -16,18 +20,36 @@ from pytensor.graph.replace import clone_replace
 from pytensor.tensor.variable import TensorVariable
 
 from convnet import backend as backends
+from convnet import optimizers
+from convnet.callbacks import Callback, EarlyStopping, EpochEndFunction, EtaSchedule, ProgressBar
 from convnet.data.arrays import as_arrays
-from convnet.errors import ArgumentError, ShapeError
+from convnet.errors import ArgumentError, ShapeError, check_number
+from convnet.history import History
 from convnet.layers import ConvPoolLayer, DropoutSource, Layer, SoftmaxLayer
+from convnet.optimizers import Optimizer
+from convnet.trainer import Trainer, TrainingState
+
+DATASETS_KEPT = 4  # evaluation datasets a network keeps on its device (least recent go)
 
 
 @dataclass
 class DeviceData:
-    """A dataset held in shared variables on the backend's device."""
+    """A dataset held in shared variables on the backend's device, with the compiled
+    function that evaluates a network on it (made at first use)."""
 
     x: SharedVariable
     y: SharedVariable
     n: int
+    evaluate: Function | None = None
+
+
+def _fingerprint(x: np.ndarray, y: np.ndarray) -> str:
+    """Identifies a dataset by its contents: the same arrays, or equal ones, give the same."""
+    digest = hashlib.blake2b(digest_size=16)
+    for array in (x, y):
+        digest.update(f"{array.dtype}{array.shape}".encode())
+        digest.update(memoryview(np.ascontiguousarray(array)).cast("B"))
+    return digest.hexdigest()
 
 
 def _label(index: int, layer: Layer) -> str:
@@ -56,6 +78,26 @@ def check_chain(layers: Sequence[Layer], mini_batch_size: int) -> None:
             )
 
 
+def _claim(layer: Layer, index: int, network: Network) -> None:
+    """Make ``network`` the owner of ``layer``, refusing a layer another network uses.
+
+    A layer holds its weights and the graphs built on them, so two networks built from the
+    same layer objects would train one set of weights (the second one's graphs used to
+    fail in PyTensor with a ``MissingInputError``)."""
+    owner = layer.network() if layer.network is not None else None
+    if owner is not None and owner is not network:
+        raise ArgumentError(
+            f"layers[{index}] ({layer.name}): this layer already belongs to another Network; "
+            "a layer holds that network's weights. Build new layers for each network (a "
+            "function that returns the list, as convnet.book.layers_for does)."
+        )
+    if owner is network:
+        raise ArgumentError(
+            f"layers[{index}] ({layer.name}): the same layer object appears twice in layers."
+        )
+    layer.network = weakref.ref(network)
+
+
 class Network:
     """network3's ``Network(layers, mini_batch_size)``, plus backend, device and seed.
 
@@ -82,6 +124,7 @@ class Network:
         for index, layer in enumerate(self.layers):
             if not isinstance(layer, Layer):
                 raise TypeError(f"layers[{index}]: expected a convnet layer. Received: {layer!r}.")
+            _claim(layer, index, self)
         if not isinstance(self.layers[-1], SoftmaxLayer):
             raise ArgumentError(
                 f"layers: the last layer must be a SoftmaxLayer (it defines the cost). "
@@ -116,6 +159,7 @@ class Network:
         self.output_dropout = self.layers[-1].output_dropout
         self.history: Any = None
         self._functions: dict[Any, Function] = {}
+        self._datasets: OrderedDict[str, DeviceData] = OrderedDict()
 
     def _wire(self) -> None:
         inpt, inpt_dropout = self.x, self.x
@@ -126,6 +170,34 @@ class Network:
             source = DropoutSource(self.seed, index, self.step, self.mini_batch_size)
             layer.set_inpt(inpt, inpt_dropout, self.mini_batch_size, dropout=source)
             inpt, inpt_dropout = layer.output, layer.output_dropout
+
+    def summary(self, show: bool = True) -> str:
+        """A table of the layers: output shape, parameters and multiply-adds per example,
+        with totals (Keras's ``model.summary()``); printed unless ``show=False``."""
+        rows = [("layer", "output shape", "parameters", "multiply-adds")]
+        for index, layer in enumerate(self.layers):
+            rows.append(
+                (
+                    f"{index}: {layer.name}",
+                    str(layer.output_shape),
+                    f"{layer.n_params:,}",
+                    f"{layer.multiply_adds():,}",
+                )
+            )
+        params = sum(layer.n_params for layer in self.layers)
+        macs = sum(layer.multiply_adds() for layer in self.layers)
+        rows.append(("total", f"input {self.layers[0].input_shape}", f"{params:,}", f"{macs:,}"))
+        widths = [max(len(row[k]) for row in rows) for k in range(4)]
+
+        def line(row: tuple[str, ...]) -> str:
+            cells = [row[0].ljust(widths[0]), row[1].ljust(widths[1])]
+            return "  ".join(cells + [row[k].rjust(widths[k]) for k in (2, 3)])
+
+        rule = "-" * len(line(rows[0]))
+        text = "\n".join([line(rows[0]), rule, *map(line, rows[1:-1]), rule, line(rows[-1])])
+        if show:
+            print(text)
+        return text
 
     # -- data --------------------------------------------------------------------------
     @property
@@ -139,11 +211,23 @@ class Network:
     def arrays(self, data: Any, what: str) -> tuple[np.ndarray, np.ndarray]:
         return as_arrays(data, what, n_features=self.n_in, n_classes=self.n_classes)
 
-    def to_device(self, data: Any, what: str) -> DeviceData:
+    def to_device(self, data: Any, what: str, *, keep: bool = True) -> DeviceData:
+        """``data`` on the device. With ``keep``, the last :data:`DATASETS_KEPT` datasets
+        (by contents) are kept with their compiled functions, so evaluating the same data
+        again neither copies it nor compiles anything."""
         x, y = self.arrays(data, what)
-        return DeviceData(
+        key = _fingerprint(x, y) if keep else None
+        if key in self._datasets:
+            self._datasets.move_to_end(key)
+            return self._datasets[key]
+        device = DeviceData(
             self.backend.shared(x, f"{what}_x"), self.backend.shared(y, f"{what}_y"), len(x)
         )
+        if key is not None:
+            self._datasets[key] = device
+            while len(self._datasets) > DATASETS_KEPT:
+                self._datasets.popitem(last=False)
+        return device
 
     # -- compiled functions -----------------------------------------------------------
     def _compile(
@@ -170,17 +254,17 @@ class Network:
         eta: SharedVariable,
         lmbda: float,
         cost_sum: SharedVariable,
-        velocities: Sequence[SharedVariable] = (),
-        momentum: float = 0.0,
+        optimizer: Optimizer,
+        optimizer_state: Sequence[SharedVariable] = (),
         steps: int = 1,
         micro_batch: int | None = None,
     ) -> Function:
-        """SGD steps on mini-batches ``i .. i+steps-1`` of ``order``; accumulates the cost.
+        """Optimizer steps on mini-batches ``i .. i+steps-1`` of ``order``; sums the cost.
 
         The cost is network3's: log-likelihood on the dropout path plus
-        ``0.5*lmbda*sum(w**2)/num_training_batches`` over the weights (not biases). With
-        ``velocities`` (one per param) a step is classical momentum:
-        ``v <- momentum*v - eta*g; p <- p + v``. With ``steps > 1`` the same step is
+        ``0.5*lmbda*sum(w**2)/num_training_batches`` over the weights (not biases). The
+        ``optimizer`` turns gradients into new parameters and new ``optimizer_state`` (see
+        :mod:`convnet.optimizers`). With ``steps > 1`` the same step is
         repeated inside one compiled ``scan``: identical results, fewer calls (measured
         about 25% faster per step for net C under JAX on a CPU). ``micro_batch`` (default:
         the backend's choice) splits each mini-batch into equal parts whose gradients are
@@ -200,7 +284,7 @@ class Network:
             grads = pt.grad(cost, self.params)
         else:
             cost, grads = self._micro_batched(part, l2)
-        state = [*self.params, *velocities, self.step, cost_sum]
+        state = [*self.params, *optimizer_state, self.step, cost_sum]
         n_params = len(self.params)
 
         def advance(index: Any, current: Sequence[Any]) -> list[Any]:
@@ -211,15 +295,8 @@ class Network:
             step_cost, *step_grads = clone_replace(
                 [cost, *grads], replace | self._batch(data, rows, mbs)
             )
-            if moving:
-                new_v = [
-                    np.float32(momentum) * v - eta * g
-                    for v, g in zip(moving, step_grads, strict=True)
-                ]
-                new_p = [p + v for p, v in zip(params, new_v, strict=True)]
-            else:
-                new_v, new_p = [], [p - eta * g for p, g in zip(params, step_grads, strict=True)]
-            return [*new_p, *new_v, step + 1, total + step_cost]
+            new_p, new_state = optimizer.step(params, step_grads, moving, eta)
+            return [*new_p, *new_state, step + 1, total + step_cost]
 
         i = pt.scalar("i", dtype="int64")
         if steps == 1:
@@ -315,36 +392,54 @@ class Network:
             self.y: pt.specify_shape(data.y[rows], (size,)),
         }
 
-    def correct_function(self, data: DeviceData) -> Function:
-        """Number of correct predictions in rows [start, start + eval_batch) of ``data``.
+    def evaluation_function(self, data: DeviceData) -> Function:
+        """(correct predictions, summed negative log-likelihood) over rows [start, start +
+        eval_batch) of ``data``, on the deterministic path.
 
         Rows past the end are clamped and masked, so every example counts exactly once
         and the compiled shapes stay static (JAX requires it).
         """
-        key = ("correct", id(data.x))
-        if key not in self._functions:
+        if data.evaluate is None:
             start = pt.scalar("start", dtype="int64")
             rows = start + pt.arange(self.backend.eval_batch)
             clamped = pt.minimum(rows, data.n - 1)
-            hits = pt.eq(self.layers[-1].y_out, self.y) & pt.lt(rows, data.n)
-            self._functions[key] = self._compile(
+            inside = pt.lt(rows, data.n)
+            last = self.layers[-1]
+            hits = pt.eq(last.y_out, self.y) & inside
+            logits = last.logits_for(last.inpt, deterministic=True)
+            log_p = pt.special.log_softmax(logits, axis=-1)[pt.arange(rows.shape[0]), self.y]
+            data.evaluate = self._compile(
                 [start],
-                pt.sum(hits, dtype="int64"),
+                [pt.sum(hits, dtype="int64"), -pt.sum(pt.switch(inside, log_p, np.float32(0.0)))],
                 givens=self._batch(data, clamped, self.backend.eval_batch),
             )
-        return self._functions[key]
+        return data.evaluate
 
-    def accuracy(self, data: Any, what: str = "data") -> float:
-        """Fraction of ``data`` (a pair, or DeviceData) classified correctly."""
+    def evaluate(
+        self, data: Any, *, lmbda: float = 0.0, n_train: int | None = None, what: str = "data"
+    ) -> tuple[float, float]:
+        """(accuracy, cost) on ``data`` (a pair, or DeviceData): the cost is the mean
+        negative log-likelihood on the deterministic path, plus network3's L2 term for a
+        training set of ``n_train`` examples when ``lmbda`` > 0 (as the training cost)."""
         device_data = data if isinstance(data, DeviceData) else self.to_device(data, what)
-        correct = self.correct_function(device_data)
+        evaluate = self.evaluation_function(device_data)
         self.device_copies.push()
         starts = range(0, device_data.n, self.backend.eval_batch)
         with self.backend.threads():
-            # Counts stay on the device until the end: one synchronisation per pass.
-            counts = [correct(np.array(s, dtype=np.int64)) for s in starts]
-            total = int(np.sum([np.asarray(c) for c in counts]))
-        return total / device_data.n
+            # Sums stay on the device until the end: one synchronisation per pass.
+            parts = [evaluate(np.array(s, dtype=np.int64)) for s in starts]
+            hits = int(np.sum([np.asarray(h) for h, _ in parts]))
+            nll = float(np.sum([np.asarray(c, np.float64) for _, c in parts]))
+        cost = nll / device_data.n
+        if lmbda > 0 and n_train:
+            weights = [w for layer in self.layers for w in layer.get_params(regularizable=True)]
+            squares = sum(float(np.sum(np.square(w.get_value(borrow=True)))) for w in weights)
+            cost += 0.5 * lmbda / -(-n_train // self.mini_batch_size) * squares
+        return hits / device_data.n, cost
+
+    def accuracy(self, data: Any, what: str = "data") -> float:
+        """Fraction of ``data`` (a pair, or DeviceData) classified correctly."""
+        return self.evaluate(data, what=what)[0]
 
     def predict_proba(self, x: np.ndarray) -> np.ndarray:
         """Class probabilities for any number of examples (deterministic path)."""
@@ -380,6 +475,66 @@ class Network:
         return io.save(self, path, **details)
 
     # -- training ---------------------------------------------------------------------
+    def fit(
+        self,
+        training_data: Any,
+        epochs: int,
+        *,
+        optimizer: Optimizer,
+        validation_data: Any = None,
+        test_data: Any = None,
+        lmbda: float = 0.0,
+        callbacks: Sequence[Callback] = (),
+        shuffle: bool = False,
+        verbose: bool = True,
+        progress: bool | None = None,
+        state: TrainingState | None = None,
+        steps_per_call: int | None = None,
+        micro_batch: int | None = None,
+    ) -> History:
+        """Train for ``epochs`` with ``optimizer`` (see :mod:`convnet.optimizers`); returns
+        the History (also ``net.history``).
+
+        ``callbacks`` (:mod:`convnet.callbacks`) run in order at each epoch's end; a
+        progress bar is added on terminals (``progress=`` forces it on or off). ``state``
+        resumes a checkpointed run; ``steps_per_call`` and ``micro_batch`` override the
+        backend's measured choices.
+        """
+        check_number(epochs, "epochs", integer=True)
+        check_number(lmbda, "lmbda", inclusive=True)
+        for value, what in ((steps_per_call, "steps_per_call"), (micro_batch, "micro_batch")):
+            if value is not None:
+                check_number(value, what, integer=True)
+        train = self.to_device(training_data, "training_data", keep=False)
+        if train.n < self.mini_batch_size:
+            raise ArgumentError(
+                f"training_data: expected at least one mini-batch ({self.mini_batch_size} "
+                f"examples). Received: {train.n}."
+            )
+        validation = (
+            self.to_device(validation_data, "validation_data")
+            if validation_data is not None
+            else None
+        )
+        test = self.to_device(test_data, "test_data") if test_data is not None else None
+        show = progress if progress is not None else verbose and sys.stdout.isatty()
+        trainer = Trainer(
+            self,
+            train,
+            validation,
+            test,
+            epochs,
+            optimizer,
+            float(lmbda),
+            callbacks=[*callbacks, *([ProgressBar()] if show else [])],
+            shuffle=shuffle,
+            verbose=verbose,
+            state=state,
+            steps_per_call=steps_per_call,
+            micro_batch=micro_batch,
+        )
+        return trainer.run()
+
     def SGD(  # noqa: N802 - the book's name
         self,
         training_data: Any,
@@ -390,22 +545,67 @@ class Network:
         test_data: Any = None,
         lmbda: float = 0.0,
         **options: Any,
-    ):
-        """Train with mini-batch SGD, exactly as network3 did; returns the History.
+    ) -> History:
+        """network3's call: :meth:`fit` with ``optimizers.SGD(eta)``; returns the History.
 
-        Extra keyword ``options`` go to :func:`convnet.training.sgd` (``shuffle``,
-        ``verbose``).
+        Keyword extras: ``momentum``, ``nesterov`` (the optimizer); ``patience`` and
+        ``restore_best`` (:class:`~convnet.callbacks.EarlyStopping`), ``eta_schedule`` and
+        ``min_eta_fraction`` (:class:`~convnet.callbacks.EtaSchedule`), ``on_epoch_end``
+        (a function of the :class:`TrainingState`), ``callbacks``, and :meth:`fit`'s
+        ``shuffle``, ``verbose``, ``progress``, ``state``, ``steps_per_call``,
+        ``micro_batch``.
         """
-        from convnet.training import sgd
-
-        return sgd(
-            self,
+        unknown = sorted(set(options) - SGD_OPTIONS)
+        if unknown:
+            raise ArgumentError(
+                f"SGD: unknown option(s) {', '.join(unknown)}. "
+                f"Expected some of: {', '.join(sorted(SGD_OPTIONS))}."
+            )
+        if mini_batch_size != self.mini_batch_size:
+            raise ArgumentError(
+                f"mini_batch_size: SGD must use the network's mini_batch_size: expected "
+                f"{self.mini_batch_size}. Received: {mini_batch_size!r}."
+            )
+        check_number(eta, "eta")
+        optimizer = optimizers.SGD(
+            float(eta), options.pop("momentum", 0.0), options.pop("nesterov", False)
+        )
+        callbacks: list[Callback] = []
+        schedule = options.pop("eta_schedule", None)
+        if schedule is not None:
+            fraction = options.pop("min_eta_fraction", 1 / 128)
+            callbacks.append(EtaSchedule(schedule, min_fraction=fraction))
+        options.pop("min_eta_fraction", None)
+        patience, restore = options.pop("patience", None), options.pop("restore_best", None)
+        if patience is not None or restore:
+            callbacks.append(EarlyStopping(patience, restore if restore is not None else True))
+        hook = options.pop("on_epoch_end", None)
+        callbacks += [*options.pop("callbacks", ()), *([EpochEndFunction(hook)] if hook else [])]
+        return self.fit(
             training_data,
             epochs,
-            mini_batch_size,
-            eta,
-            validation_data,
-            test_data,
-            lmbda,
+            optimizer=optimizer,
+            validation_data=validation_data,
+            test_data=test_data,
+            lmbda=lmbda,
+            callbacks=callbacks,
             **options,
         )
+
+
+SGD_OPTIONS = {
+    "momentum",
+    "nesterov",
+    "patience",
+    "restore_best",
+    "eta_schedule",
+    "min_eta_fraction",
+    "on_epoch_end",
+    "callbacks",
+    "shuffle",
+    "verbose",
+    "progress",
+    "state",
+    "steps_per_call",
+    "micro_batch",
+}

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from convnet.training import History
+from convnet.history import History
 
 
 def _pyplot():
@@ -19,12 +19,20 @@ def _pyplot():
 
 
 def curves(history: History, path: Path) -> Path:
-    """Training cost, validation and test accuracy per epoch (1000x400 px)."""
+    """Training and validation cost, validation and test accuracy per epoch (1000x400 px)."""
     plt = _pyplot()
     fig, (cost_ax, acc_ax) = plt.subplots(1, 2, figsize=(10, 4), dpi=100)
     epochs = history.epoch
-    cost_ax.plot(epochs, history.train_cost, marker="o", color="tab:red")
-    cost_ax.set(title="Training cost", xlabel="epoch", ylabel="cost")
+    cost_ax.plot(epochs, history.train_cost, marker="o", color="tab:red", label="training")
+    validation = [
+        (e, c) for e, c in zip(epochs, history.validation_cost, strict=True) if c is not None
+    ]
+    if validation:
+        cost_ax.plot(
+            *zip(*validation, strict=True), marker="o", color="tab:blue", label="validation"
+        )
+        cost_ax.legend()
+    cost_ax.set(title="Cost", xlabel="epoch", ylabel="cost")
     for name, values in [
         ("validation", history.validation_accuracy),
         ("test", history.test_accuracy),

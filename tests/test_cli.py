@@ -60,7 +60,9 @@ def test_train_writes_model_history_and_pictures(run_dir):
         assert (run_dir / name).is_file(), name
     history = json.loads((run_dir / "history.json").read_text())
     assert history["epoch"] == [0, 1] and history["test_accuracy"][-1] > 0.85
-    assert (run_dir / "history.csv").read_text().splitlines()[0].startswith("epoch,train_cost")
+    assert all(0 < cost < history["validation_cost"][0] + 1 for cost in history["validation_cost"])
+    header = (run_dir / "history.csv").read_text().splitlines()[0]
+    assert header.startswith("epoch,train_cost,validation_cost,validation_accuracy")
     arch = json.loads((run_dir / "model.json").read_text())
     assert arch["training"]["limit"] == 10000 and arch["training"]["net"] == "shallow"
     for name, size in [("curves.png", (1000, 400)), ("errors.png", (600, 600))]:
@@ -157,3 +159,17 @@ def test_info_names_backend_and_blas():
         [sys.executable, "-m", "convnet.cli", "info"], capture_output=True, text=True, check=True
     )
     assert "backend:" in result.stdout and "pytensor" in result.stdout
+
+
+def test_train_with_adam_and_info_prints_the_networks_summary(tmp_path, capsys):
+    out = tmp_path / "adam"
+    args = ["train", "--net", "shallow", "--epochs", "1", "--limit", "2000"]
+    assert main([*args, "--optimizer", "adam", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "FullyConnectedLayer" in printed and "79,510" in printed  # 784*100+100 + 100*10+10
+    stored = json.loads((out / "model.json").read_text())["training"]
+    assert stored["optimizer"] == "adam" and stored["eta"] == 0.001  # Adam's own default
+    assert main(["info", str(out)]) == 0
+    summary = capsys.readouterr().out
+    assert "total" in summary and "79,510" in summary and "79,400" in summary  # multiply-adds
+    assert main(["train", "--resume", str(out)]) == 0  # a finished run: nothing to do

@@ -29,12 +29,12 @@ def _data() -> tuple[np.ndarray, np.ndarray]:
 
 
 def _train(**options) -> list[np.ndarray]:
-    """Trained weights, then the node count of the compiled accuracy function."""
+    """Trained weights, then the node count of the compiled evaluation function."""
     net = _net()
     x, y = _data()
     net.SGD((x, y), 2, 4, 0.1, (x, y), lmbda=0.1, verbose=False, **options)
-    (accuracy,) = net._functions.values()
-    return [*net.get_weights(), len(accuracy.maker.fgraph.apply_nodes)]
+    (validation,) = net._datasets.values()
+    return [*net.get_weights(), len(validation.evaluate.maker.fgraph.apply_nodes)]
 
 
 @pytest.fixture

@@ -185,3 +185,56 @@ def test_micro_batch_must_divide_the_mini_batch(rng):
         net.SGD((x, y), 1, 4, 0.1, verbose=False, micro_batch=3)
     with pytest.raises(ArgumentError, match="micro_batch"):
         net.SGD((x, y), 1, 4, 0.1, verbose=False, micro_batch=0)
+
+
+def test_a_layer_in_use_by_another_network_is_refused_by_name():
+    """Users build ensembles this way; it used to fail later with PyTensor's raw
+    MissingInputError when the second network trained."""
+    import gc
+
+    layers = [FullyConnectedLayer(4, 3, name="hidden"), SoftmaxLayer(3, 2)]
+    first = Network(layers, 2, seed=0)
+    with pytest.raises(ArgumentError, match=r"layers\[0\] \(hidden\): .*another Network"):
+        Network(layers, 2, seed=1)
+    with pytest.raises(ArgumentError, match="appears twice"):
+        twice = FullyConnectedLayer(4, 4)
+        Network([twice, twice, SoftmaxLayer(4, 2)], 2)
+    del first
+    gc.collect()
+    again = Network(layers, 2, seed=1)  # once the first network is gone, the layers are free
+    x = np.random.default_rng(0).random((6, 4), dtype=np.float32)
+    again.SGD((x, np.arange(6, dtype=np.int32) % 2), 1, 2, 0.1, verbose=False)
+
+
+def test_repeated_accuracy_on_the_same_arrays_keeps_one_copy_and_one_function(rng):
+    net = Network([FullyConnectedLayer(12, 7), SoftmaxLayer(7, 4)], 4, seed=0)
+    x, y = _data(rng, 50, (12,), classes=4)
+    first = net.accuracy((x, y))
+    for _ in range(10):
+        assert net.accuracy((x, y)) == first
+    assert len(net._datasets) == 1
+    (kept,) = net._datasets.values()
+    assert kept.evaluate is not None  # compiled once, reused
+    y[:] = net.predict(x)  # the same arrays with new contents are new data
+    assert net.accuracy((x, y)) == 1.0
+    for k in range(8):  # many datasets: only the last few stay on the device
+        net.accuracy(_data(np.random.default_rng(k), 20, (12,), classes=4))
+    assert len(net._datasets) == 4
+
+
+def test_summary_counts_parameters_and_multiply_adds():
+    net = Network(
+        [
+            ConvPoolLayer(filter_shape=(20, 1, 5, 5), image_shape=(10, 1, 28, 28)),
+            FullyConnectedLayer(20 * 12 * 12, 100),
+            SoftmaxLayer(100, 10),
+        ],
+        10,
+        seed=0,
+    )
+    text = net.summary(show=False)
+    assert sum(w.size for w in net.get_weights()) == 520 + 288_100 + 1_010
+    conv_macs = 20 * 25 * 24 * 24  # every filter tap at every output position
+    total_macs = conv_macs + 2880 * 100 + 100 * 10
+    assert f"{conv_macs:,}" in text and f"{289_630:,}" in text and f"{total_macs:,}" in text
+    assert text.splitlines()[-1].startswith("total")

@@ -48,9 +48,16 @@ def _weights(run_dir: Path) -> dict[str, np.ndarray]:
         return {name: stored[name] for name in stored.files}
 
 
-def test_sigkill_at_random_moments_then_resume_equals_an_uninterrupted_run(tmp_path, mnist_dir):
+ADAM = [*TRAIN[: TRAIN.index("--momentum")], "--optimizer", "adam", "--eta", "0.002", "--quiet"]
+
+
+@pytest.mark.parametrize("train", [TRAIN, ADAM], ids=["sgd-momentum", "adam"])
+def test_sigkill_at_random_moments_then_resume_equals_an_uninterrupted_run(
+    tmp_path, mnist_dir, train
+):
+    """Every optimizer's state (velocities; Adam's moments and step count) is resumed."""
     reference = tmp_path / "reference"
-    assert main([*TRAIN, "--out", str(reference)]) == 0
+    assert main([*train, "--out", str(reference)]) == 0
 
     run = tmp_path / "killed"
     rng = np.random.default_rng(2026)
@@ -59,7 +66,7 @@ def test_sigkill_at_random_moments_then_resume_equals_an_uninterrupted_run(tmp_p
     for _ in range(4):
         resuming = checkpoint.path_in(run).exists()
         resumes += resuming
-        args = ["train", "--resume", str(run)] if resuming else [*TRAIN, "--out", str(run)]
+        args = ["train", "--resume", str(run)] if resuming else [*train, "--out", str(run)]
         process = subprocess.Popen(
             [sys.executable, "-m", "convnet.cli", *args],
             env=env,

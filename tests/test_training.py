@@ -124,7 +124,7 @@ def test_shuffled_runs_repeat_exactly_with_the_same_seed():
 
 
 def test_many_steps_per_call_is_bit_identical_to_one():
-    from convnet.training import chunk_size
+    from convnet.trainer import chunk_size
 
     assert chunk_size(5000, 500) == 500 and chunk_size(20, 7) == 5 and chunk_size(23, 7) == 7
     rng = np.random.default_rng(1)

@@ -1,0 +1,161 @@
+"""Callbacks: what a training run does besides training, in Keras's vocabulary.
+
+A callback sees the trainer at the start of a run, at each epoch's start and end (with
+that epoch's ``logs``: ``epoch``, ``train_cost``, ``validation_cost``,
+``validation_accuracy``, ``test_accuracy``, ``eta``, ``seconds``, ``improved``), after each
+compiled call (``images`` trained so far in the epoch) and at the end; ``trainer.stop()``
+ends the run after the current epoch. The counters these built-ins keep live in
+``trainer.state``, which checkpoints save, so a resumed run decides exactly as an
+uninterrupted one. Divergence is not a callback: every run checks it.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from convnet.errors import ArgumentError
+from convnet.files import atomic_write
+from convnet.history import PER_EPOCH
+
+if TYPE_CHECKING:
+    from convnet.trainer import Trainer
+
+
+class Callback:
+    """Override any of these; each does nothing by default."""
+
+    def on_train_begin(self, trainer: Trainer) -> None:
+        """Before the first epoch (of this call: a resumed run starts mid-way)."""
+
+    def on_epoch_begin(self, trainer: Trainer, epoch: int) -> None:
+        """Before ``epoch`` trains."""
+
+    def on_batches(self, trainer: Trainer, images: int) -> None:
+        """After each compiled call: ``images`` examples of this epoch trained so far."""
+
+    def on_epoch_end(self, trainer: Trainer, epoch: int, logs: dict[str, Any]) -> None:
+        """After ``epoch`` trained and was evaluated."""
+
+    def on_train_end(self, trainer: Trainer) -> None:
+        """After the last epoch, or the one a callback stopped at."""
+
+
+def _whole(value: Any, what: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ArgumentError(f"{what}: expected a whole number >= 1. Received: {value!r}.")
+    return value
+
+
+class EtaSchedule(Callback):
+    """The book's schedule: multiply eta by ``factor`` after ``patience`` epochs without
+    a better validation accuracy; stop once eta falls below ``min_fraction`` of its start."""
+
+    def __init__(self, patience: int, factor: float = 0.5, min_fraction: float = 1 / 128):
+        self.patience = _whole(patience, "EtaSchedule: patience")
+        if not 0.0 < factor < 1.0:
+            raise ArgumentError(
+                f"EtaSchedule: factor: expected 0 < factor < 1. Received: {factor!r}."
+            )
+        self.factor, self.min_fraction = float(factor), float(min_fraction)
+
+    def on_epoch_end(self, trainer, epoch, logs):
+        state = trainer.state
+        if logs["improved"]:
+            state.schedule_stalled = 0
+            return
+        state.schedule_stalled += 1
+        if state.schedule_stalled < self.patience:
+            return
+        state.eta *= self.factor
+        state.schedule_stalled = 0
+        if state.eta < trainer.eta0 * self.min_fraction:
+            trainer.stop(f"eta fell below eta/{round(1 / self.min_fraction)}")
+            trainer.say(f"Stopping: {trainer.state.history.stopped}.")
+        else:
+            trainer.set_eta(state.eta)
+            trainer.say(f"No improvement for {self.patience} epochs: eta halved to {state.eta:g}.")
+
+
+class EarlyStopping(Callback):
+    """Stop after ``patience`` epochs without a better validation accuracy (None: never);
+    with ``restore_best`` the network ends with its best epoch's weights."""
+
+    def __init__(self, patience: int | None, restore_best: bool = True):
+        self.patience = None if patience is None else _whole(patience, "EarlyStopping: patience")
+        self.restore_best = bool(restore_best)
+
+    def on_train_begin(self, trainer):
+        trainer.keep_best_weights = trainer.keep_best_weights or self.restore_best
+
+    def on_epoch_end(self, trainer, epoch, logs):
+        if self.patience is None or trainer.stopping or trainer.state.stalled < self.patience:
+            return
+        trainer.stop(f"early stopping: no improvement for {self.patience} epochs")
+        trainer.say(f"Stopping early: no improvement for {self.patience} epochs.")
+
+    def on_train_end(self, trainer):
+        if self.restore_best:
+            trainer.restore_best()
+
+
+class CSVLogger(Callback):
+    """The history so far as CSV at ``path``, rewritten (atomically) after every epoch."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+
+    def on_epoch_end(self, trainer, epoch, logs):
+        history = trainer.state.history
+        text = io.StringIO()
+        writer = csv.writer(text)
+        writer.writerow(PER_EPOCH)
+        writer.writerows(zip(*(getattr(history, c) for c in PER_EPOCH), strict=True))
+        atomic_write(self.path, lambda handle: handle.write(text.getvalue().encode()))
+
+
+class ProgressBar(Callback):
+    """A tqdm bar per epoch with images/s and ETA (on terminals by default)."""
+
+    def __init__(self) -> None:
+        self.bar: Any = None
+        self.done = 0
+
+    def on_epoch_begin(self, trainer, epoch):
+        from tqdm import tqdm
+
+        self.done = 0
+        self.bar = tqdm(
+            total=trainer.images_per_epoch,
+            unit="img",
+            desc=f"Epoch {epoch}",
+            leave=False,
+            dynamic_ncols=True,
+            file=sys.stdout,
+        )
+
+    def on_batches(self, trainer, images):
+        if self.bar is not None:
+            self.bar.update(images - self.done)
+            self.done = images
+
+    def on_epoch_end(self, trainer, epoch, logs):
+        self.on_train_end(trainer)
+
+    def on_train_end(self, trainer):
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+
+class EpochEndFunction(Callback):
+    """Calls ``function(trainer.state)`` after every epoch (``SGD``'s ``on_epoch_end=``)."""
+
+    def __init__(self, function: Any) -> None:
+        self.function = function
+
+    def on_epoch_end(self, trainer, epoch, logs):
+        self.function(trainer.state)

@@ -1,0 +1,56 @@
+"""History: the per-epoch record of a training run (also kept on ``net.history``)."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
+
+PER_EPOCH = (
+    "epoch",
+    "train_cost",
+    "validation_cost",
+    "validation_accuracy",
+    "test_accuracy",
+    "eta",
+    "seconds",
+)
+
+
+@dataclass
+class History:
+    """One entry per epoch in each list of :data:`PER_EPOCH`, plus the run's summary.
+
+    ``validation_cost`` is the deterministic path's log-likelihood plus the same L2 term
+    as ``train_cost`` (which is measured on the dropout path while training): plotted
+    together they show over-fitting."""
+
+    epoch: list[int] = field(default_factory=list)
+    train_cost: list[float] = field(default_factory=list)
+    validation_cost: list[float | None] = field(default_factory=list)
+    validation_accuracy: list[float | None] = field(default_factory=list)
+    test_accuracy: list[float | None] = field(default_factory=list)
+    eta: list[float] = field(default_factory=list)
+    seconds: list[float] = field(default_factory=list)
+    best_validation_accuracy: float | None = None
+    best_epoch: int | None = None
+    test_accuracy_at_best: float | None = None
+    stopped: str | None = None
+
+    def record(self, logs: dict[str, Any]) -> None:
+        """Append one epoch's ``logs`` (a key per :data:`PER_EPOCH` name)."""
+        for name in PER_EPOCH:
+            getattr(self, name).append(logs[name])
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> History:
+        """A History from :meth:`as_dict`'s form; a per-epoch list an older convnet did not
+        write (``validation_cost``) is filled with None."""
+        names = {f.name for f in fields(cls)}
+        history = cls(**{k: v for k, v in values.items() if k in names})
+        for name in PER_EPOCH:
+            column = getattr(history, name)
+            column.extend([None] * (len(history.epoch) - len(column)))
+        return history

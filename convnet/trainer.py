@@ -1,0 +1,332 @@
+"""The epoch loop: network3's algorithm and printout; callbacks do the rest.
+
+Beyond the book: every example is trained on and evaluated, a ``History`` is kept, the
+optimizer is a parameter (:mod:`convnet.optimizers`), divergence is caught with the exact
+mini-batch named, and a :class:`TrainingState` holds everything needed to resume a run bit
+for bit. Early stopping, the learning-rate schedule, checkpoints, CSV logs and the progress
+bar are callbacks (:mod:`convnet.callbacks`).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from convnet.callbacks import Callback
+from convnet.errors import ArgumentError, DivergenceError
+from convnet.history import History
+from convnet.optimizers import Optimizer
+
+if TYPE_CHECKING:
+    from convnet.network import DeviceData, Network
+
+
+@dataclass
+class TrainingState:
+    """Where a run stands between epochs: enough to resume it exactly."""
+
+    epoch: int = 0  # the next epoch to run
+    eta: float = 0.0
+    best_score: float = -math.inf
+    stalled: int = 0  # epochs since the score last improved
+    schedule_stalled: int = 0  # the same, reset whenever eta is changed (EtaSchedule)
+    shuffle_rng: dict[str, Any] | None = None
+    history: History = field(default_factory=History)
+    best_weights: list[np.ndarray] | None = None
+    optimizer_state: list[np.ndarray] | None = None
+    step: int = 0
+
+
+def batch_order(n: int, mini_batch_size: int, rng: np.random.Generator | None) -> np.ndarray:
+    """Example indices for one epoch, padded to whole mini-batches.
+
+    network3 silently dropped a final partial mini-batch; here it is filled with the
+    epoch's first examples so every example is trained on and shapes stay static.
+    """
+    order = rng.permutation(n) if rng is not None else np.arange(n)
+    short = -n % mini_batch_size
+    return np.concatenate([order, order[:short]]).astype(np.int64)
+
+
+def chunk_size(num_batches: int, limit: int) -> int:
+    """Steps per compiled call: a divisor of ``num_batches`` near ``limit`` if one exists,
+    so that one compiled function covers the epoch; else ``limit`` (plus a remainder)."""
+    limit = max(1, min(limit, num_batches))
+    for size in range(limit, limit // 2, -1):
+        if num_batches % size == 0:
+            return size
+    return limit
+
+
+class Trainer:
+    """One training run: compiled functions, device state, the epoch loop, callbacks."""
+
+    def __init__(
+        self,
+        net: Network,
+        train: DeviceData,
+        validation: DeviceData | None,
+        test: DeviceData | None,
+        epochs: int,
+        optimizer: Optimizer,
+        lmbda: float,
+        *,
+        callbacks: Sequence[Callback] = (),
+        shuffle: bool = False,
+        verbose: bool = True,
+        state: TrainingState | None = None,
+        steps_per_call: int | None = None,
+        micro_batch: int | None = None,
+    ) -> None:
+        if not isinstance(optimizer, Optimizer):
+            raise ArgumentError(
+                "optimizer: expected a convnet.optimizers optimizer, e.g. "
+                f"optimizers.SGD(eta=0.1). Received: {optimizer!r}."
+            )
+        for index, callback in enumerate(callbacks):
+            if not isinstance(callback, Callback):
+                raise ArgumentError(
+                    f"callbacks[{index}]: expected a convnet.callbacks.Callback. "
+                    f"Received: {callback!r}."
+                )
+        self.net, self.train, self.validation, self.test = net, train, validation, test
+        self.epochs, self.optimizer, self.lmbda = epochs, optimizer, lmbda
+        self.eta0 = float(optimizer.eta)  # type: ignore[attr-defined]
+        self.callbacks, self.verbose = list(callbacks), verbose
+        self.keep_best_weights = False  # callbacks that restore the best epoch set it
+        self.stopping = False
+        backend, mbs = net.backend, net.mini_batch_size
+        self.state = state or TrainingState(eta=self.eta0)
+        self.rng = np.random.default_rng(net.seed) if shuffle else None
+        if self.rng is not None and self.state.shuffle_rng is not None:
+            self.rng.bit_generator.state = self.state.shuffle_rng
+        self.order = backend.shared(batch_order(train.n, mbs, None), "order")
+        self.eta = backend.shared(np.float32(self.state.eta), "eta")
+        self.cost_sum = backend.shared(np.float32(0.0), "cost_sum")
+        shapes = [p.type.shape for p in net.params]
+        starts = self.state.optimizer_state or optimizer.initial_state(shapes)
+        labels = optimizer.state_labels([p.name for p in net.params])
+        if len(starts) != len(labels):
+            raise ArgumentError(
+                f"optimizer state: {optimizer.name} keeps {len(labels)} arrays. "
+                f"Received: {len(starts)} (a checkpoint of another optimizer?)."
+            )
+        self.optimizer_state = [
+            backend.shared(np.asarray(v, np.float32), f"opt_{label}")
+            for v, label in zip(starts, labels, strict=True)
+        ]
+        net.step.set_value(np.int64(self.state.step))
+        self.num_batches = len(self.order.get_value(borrow=True)) // mbs
+        self.images_per_epoch = self.num_batches * mbs
+        self.micro_batch = micro_batch
+
+        start = time.perf_counter()
+        limit = steps_per_call or backend.steps_per_call(self.num_batches * epochs)
+        size = chunk_size(self.num_batches, limit)
+        whole = self.num_batches - self.num_batches % size
+        chunk = self._step_function(size)
+        self.calls = [(chunk, np.array(i, dtype=np.int64), size) for i in range(0, whole, size)]
+        if whole < self.num_batches:
+            rest = self.num_batches - whole
+            self.calls.append((self._step_function(rest), np.array(whole, dtype=np.int64), rest))
+        for dataset in (validation, test):
+            if dataset is not None:
+                net.evaluation_function(dataset)  # compiled now, so the timing line is honest
+        self.say(
+            f"Training on {backend.describe()}: compiled in {time.perf_counter() - start:.1f} s"
+        )
+
+    def _step_function(self, steps: int) -> Any:
+        """The compiled function that runs ``steps`` optimizer steps from a mini-batch index.
+
+        (0-d int64 arrays are passed to it: compiled functions trust their input.)
+        """
+        return self.net.train_function(
+            self.train,
+            self.order,
+            self.eta,
+            self.lmbda,
+            self.cost_sum,
+            self.optimizer,
+            self.optimizer_state,
+            steps,
+            self.micro_batch,
+        )
+
+    # -- what callbacks use -----------------------------------------------------------
+    def say(self, line: str) -> None:
+        if self.verbose:
+            print(line, flush=True)
+
+    def stop(self, reason: str = "stopped by a callback") -> None:
+        """End the run after the current epoch; ``reason`` goes to ``history.stopped``."""
+        self.stopping = True
+        self.state.history.stopped = reason
+
+    def set_eta(self, eta: float) -> None:
+        """The step size from the next step on (``state.eta`` too)."""
+        self.state.eta = float(eta)
+        self._set(self.eta, np.float32(eta))
+
+    def restore_best(self) -> None:
+        """Put back the best epoch's weights, if another epoch came after it."""
+        history, best = self.state.history, self.state.best_weights
+        if best is not None and history.epoch and history.best_epoch != history.epoch[-1]:
+            self.net.set_weights(best)
+            self.say(f"Restored the weights of epoch {history.best_epoch}, the best one.")
+
+    # -- state ------------------------------------------------------------------------
+    def _set(self, variable: Any, value: np.ndarray) -> None:
+        variable.set_value(value)
+        self.net.backend.place(variable)
+
+    def snapshot(self) -> tuple[list[np.ndarray], list[np.ndarray], int]:
+        state = [np.array(np.asarray(v.get_value(borrow=True))) for v in self.optimizer_state]
+        return self.net.get_weights(), state, int(np.asarray(self.net.step.get_value()))
+
+    def restore(self, snap: tuple[list[np.ndarray], list[np.ndarray], int]) -> None:
+        weights, state, step = snap
+        self.net.step.set_value(np.int64(step))
+        self.net.set_weights(weights)
+        for variable, value in zip(self.optimizer_state, state, strict=True):
+            self._set(variable, value)
+
+    def _sync_state(self) -> None:
+        _, optimizer_state, step = self.snapshot()
+        self.state.optimizer_state = optimizer_state or None
+        self.state.step = step
+        self.state.shuffle_rng = self.rng.bit_generator.state if self.rng is not None else None
+
+    # -- the loop ---------------------------------------------------------------------
+    def run_epoch(self, epoch: int) -> tuple[float, float]:
+        if self.rng is not None:
+            self._set(self.order, batch_order(self.train.n, self.net.mini_batch_size, self.rng))
+        self._set(self.cost_sum, np.float32(0.0))
+        before = self.snapshot()
+        self._notify("on_epoch_begin", epoch)
+        tick = time.perf_counter()
+        done = 0
+        self.net.device_copies.push()
+        try:
+            for function, index, steps in self.calls:
+                function(index)
+                done += steps * self.net.mini_batch_size
+                self._notify("on_batches", done)
+        finally:  # interrupted too: the user then sees the weights convnet has
+            self.net.device_copies.pull()
+        total = float(np.asarray(self.cost_sum.get_value(borrow=True)))
+        seconds = time.perf_counter() - tick
+        if not math.isfinite(total):
+            self._diverged(epoch, before)
+        return total / self.num_batches, seconds
+
+    def _diverged(self, epoch: int, before: Any) -> None:
+        """Replay the epoch one step at a time to name the mini-batch, then roll back.
+
+        The culprit is the first step whose cost *or* updated weights are not finite
+        (a huge gradient can leave a finite cost but infinite weights).
+        """
+        self.restore(before)
+        self._set(self.cost_sum, np.float32(0.0))
+        bad = self.num_batches - 1
+        single = self._step_function(1)
+        for k in range(self.num_batches):
+            single(np.array(k, dtype=np.int64))
+            self.net.device_copies.pull()
+            cost = float(np.asarray(self.cost_sum.get_value(borrow=True)))
+            if not math.isfinite(cost) or not all(
+                np.isfinite(w).all() for w in self.net.get_weights()
+            ):
+                bad = k
+                break
+        self.restore(before)
+        self.state.history.stopped = f"diverged at epoch {epoch}, mini-batch {bad}"
+        raise DivergenceError(
+            f"Training diverged at epoch {epoch}, mini-batch {bad}: the cost or the weights "
+            f"became NaN or infinite (eta={self.state.eta:g}). The weights from before that "
+            "epoch were restored. Try a smaller eta."
+        )
+
+    def _notify(self, event: str, *args: Any) -> None:
+        for callback in self.callbacks:
+            getattr(callback, event)(self, *args)
+
+    def _evaluate(self, data: DeviceData | None) -> tuple[float | None, float | None]:
+        if data is None:
+            return None, None
+        accuracy, cost = self.net.evaluate(data, lmbda=self.lmbda, n_train=self.train.n)
+        return accuracy, cost
+
+    def run(self) -> History:
+        state, history = self.state, self.state.history
+        self.net.history = history
+        self._notify("on_train_begin")
+        with self.net.backend.threads():
+            for epoch in range(state.epoch, self.epochs):
+                mean_cost, seconds = self.run_epoch(epoch)
+                val_acc, val_cost = self._evaluate(self.validation)
+                test_acc, _ = self._evaluate(self.test)
+                logs = {
+                    "epoch": epoch,
+                    "train_cost": mean_cost,
+                    "validation_cost": val_cost,
+                    "validation_accuracy": val_acc,
+                    "test_accuracy": test_acc,
+                    "eta": state.eta,
+                    "seconds": seconds,
+                }
+                history.record(logs)
+                if val_acc is not None:
+                    self.say(
+                        f"Epoch {epoch}: validation accuracy {val_acc:.2%} "
+                        f"(cost {mean_cost:.4f}, {seconds:.1f} s)"
+                    )
+                else:
+                    self.say(f"Epoch {epoch}: training cost {mean_cost:.4f} ({seconds:.1f} s)")
+                logs["improved"] = self._track_best(epoch, val_acc, test_acc, mean_cost)
+                state.epoch = epoch + 1
+                self._sync_state()
+                self._notify("on_epoch_end", epoch, logs)
+                if self.stopping:
+                    break
+        self._notify("on_train_end")
+        self._finish()
+        return history
+
+    def _track_best(
+        self, epoch: int, val_acc: float | None, test_acc: float | None, mean_cost: float
+    ) -> bool:
+        """Record the epoch if it is the best so far (the book's printout); True if so."""
+        state, history = self.state, self.state.history
+        score = val_acc if val_acc is not None else -mean_cost
+        if score < state.best_score:
+            state.stalled += 1
+            return False
+        state.best_score, state.stalled = score, 0
+        history.best_epoch = epoch
+        history.best_validation_accuracy = val_acc
+        history.test_accuracy_at_best = test_acc
+        if self.keep_best_weights:
+            state.best_weights = self.net.get_weights()
+        if val_acc is not None:
+            self.say("This is the best validation accuracy to date.")
+            if test_acc is not None:
+                self.say(f"The corresponding test accuracy is {test_acc:.2%}")
+        return True
+
+    def _finish(self) -> None:
+        history = self.state.history
+        self.say("Finished training network.")
+        if history.best_validation_accuracy is not None and history.best_epoch is not None:
+            iteration = (history.best_epoch + 1) * self.num_batches - 1
+            self.say(
+                f"Best validation accuracy of {history.best_validation_accuracy:.2%} "
+                f"obtained at iteration {iteration}"
+            )
+        if history.test_accuracy_at_best is not None:
+            self.say(f"Corresponding test accuracy of {history.test_accuracy_at_best:.2%}")
