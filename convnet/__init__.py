@@ -16,14 +16,14 @@ with warnings.catch_warnings():
 
 from convnet import linkers  # noqa: F401 - gives convnet's Ops to PyTensor's Numba and C modes
 from convnet.activations import ReLU, linear, sigmoid, tanh
+from convnet.config import VERSION
 from convnet.data.mnist import load_data_shared, load_mnist
 from convnet.ensemble import vote
 from convnet.history import History
-from convnet.io import load
 from convnet.layers import ConvPoolLayer, FullyConnectedLayer, Layer, SoftmaxLayer
-from convnet.network import Network
+from convnet.network import Network, load
 
-__version__ = "0.1.0"
+__version__ = VERSION
 
 
 def size(data) -> int:

@@ -24,7 +24,6 @@ import importlib.util
 import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -33,6 +32,7 @@ from pytensor.compile.mode import Mode, get_mode
 from pytensor.compile.sharedvalue import SharedVariable
 from pytensor.graph.traversal import graph_inputs
 
+from convnet import config, graph_cache, jax_ops, native
 from convnet.errors import ArgumentError, BackendError
 
 BACKENDS = ("c", "numba", "jax")
@@ -44,12 +44,14 @@ MICRO_BATCH = 16  # the largest training micro-batch on a CPU; see Backend.micro
 def _choice(
     argument: str, value: str | None, env: str, allowed: tuple[str, ...], default: str
 ) -> str:
-    source = argument if value is not None else f"environment variable {env}"
-    chosen = value if value is not None else os.environ.get(env, "").strip() or default
-    chosen = chosen.lower()
+    """The argument if given (checked here), else the environment variable (checked by
+    :mod:`convnet.config`), else ``default``."""
+    if value is None:
+        return config.setting(env) or default
+    chosen = value.lower()
     if chosen not in (*allowed, "auto"):
         raise ArgumentError(
-            f"{source}: expected one of {', '.join((*allowed, 'auto'))}. Received: {chosen!r}."
+            f"{argument}: expected one of {', '.join((*allowed, 'auto'))}. Received: {chosen!r}."
         )
     return chosen
 
@@ -143,11 +145,6 @@ def _jax_outputs_keep_dtype() -> None:
     _JAX_DTYPES_FIXED = True
 
 
-def cache_root() -> Path:
-    """convnet's cache folder: ``$CONVNET_CACHE``, else ``~/.cache/convnet``."""
-    return Path(os.environ.get("CONVNET_CACHE") or Path.home() / ".cache" / "convnet")
-
-
 _XLA_CACHE_SET = False
 
 
@@ -164,7 +161,7 @@ def _persistent_xla_cache() -> None:
     _XLA_CACHE_SET = True
     import jax
 
-    folder = cache_root() / "xla"
+    folder = config.cache_root() / "xla"
     try:
         os.makedirs(folder, exist_ok=True)
         jax.config.update("jax_compilation_cache_dir", str(folder))
@@ -193,11 +190,9 @@ class Backend:
             return get_mode("NUMBA")
         _jax_outputs_keep_dtype()
         _persistent_xla_cache()
-        from convnet import graph_cache, ops
-
-        ops.register_jax()
+        jax_ops.register()
         mode = get_mode("JAX")
-        if os.environ.get("CONVNET_GRAPH_CACHE", "").strip() == "0":
+        if config.setting("CONVNET_GRAPH_CACHE") == "0":
             return mode
         rewriter = graph_cache.CachedRewriter(mode.optimizer, graph_cache.folder(), "JAX")
         return mode.clone(optimizer=rewriter)
@@ -256,11 +251,9 @@ class Backend:
             self.name != "jax"
             or self.device != "cpu"
             or chosen != "patches"
-            or os.environ.get("CONVNET_CONV", "").strip()
+            or config.setting("CONVNET_CONV")
         ):
             return chosen
-        from convnet import native
-
         if not native.enabled():
             return chosen
         native.start_build()  # compiles beside PyTensor's graph building
@@ -282,15 +275,7 @@ class Backend:
 
         ``CONVNET_CONV`` (im2col | patches | native) overrides it, for measuring each.
         """
-        chosen = os.environ.get("CONVNET_CONV", "").strip().lower()
-        if chosen:
-            if chosen not in ("im2col", "patches", "native"):
-                raise ArgumentError(
-                    "environment variable CONVNET_CONV: expected im2col, patches or native. "
-                    f"Received: {chosen!r}."
-                )
-            return chosen
-        return "patches"
+        return config.setting("CONVNET_CONV") or "patches"
 
     @property
     def matmul_precision(self) -> str | None:

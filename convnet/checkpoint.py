@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from convnet import files, io
+from convnet import files, serialization
 from convnet.callbacks import Callback
 from convnet.errors import ArgumentError, ModelFileError
 from convnet.history import History
@@ -40,7 +40,7 @@ def save(
     state: TrainingState,
     arguments: dict[str, Any] | None = None,
 ) -> Path:
-    names = io.weight_names(net)
+    names = serialization.weight_names(net)
     arrays = {f"weights.{n}": w for n, w in zip(names, net.get_weights(), strict=True)}
     for name, value in zip(names, state.best_weights or [], strict=False):
         arrays[f"best.{name}"] = value
@@ -49,7 +49,7 @@ def save(
     meta = {
         "format": FORMAT,
         "version": VERSION,
-        "architecture": io.architecture(net),
+        "architecture": serialization.architecture(net),
         "arguments": arguments or {},
         "epoch": state.epoch,
         "eta": state.eta,
@@ -120,9 +120,13 @@ def load(
     arch = meta["architecture"]
     mbs = int(arch["mini_batch_size"])
     net = Network(
-        io.build_layers(arch, mbs, target), mbs, backend=backend, device=device, seed=arch["seed"]
+        serialization.build_layers(arch, mbs, target),
+        mbs,
+        backend=backend,
+        device=device,
+        seed=arch["seed"],
     )
-    names = io.weight_names(net)
+    names = serialization.weight_names(net)
 
     def group(prefix: str) -> list[np.ndarray] | None:
         keys = [f"{prefix}.{n}" for n in names]

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from convnet import __version__, checkpoint, files, io, optimizers, plots
+from convnet import __version__, checkpoint, files, optimizers, plots, serialization
 from convnet import backend as backends
 from convnet.book import RECIPES, layers_for
 from convnet.callbacks import Callback, EarlyStopping, EtaSchedule
@@ -24,7 +24,7 @@ from convnet.ensemble import vote
 from convnet.errors import ArgumentError, ConvnetError, DivergenceError
 from convnet.history import PER_EPOCH, History
 from convnet.images import load_image
-from convnet.network import Network
+from convnet.network import Network, load
 from convnet.spec import parse
 
 DEFAULT_MOMENTUM = {"sgd": 0.0, "nesterov": 0.9, "adam": 0.0}
@@ -102,9 +102,11 @@ def _train_one(
         )
     except DivergenceError:
         # The network holds the last good weights again: keep them on disk too.
-        io.save(net, run_dir, training=hyper | {"seed": seed}, diverged=net.history.stopped)
+        serialization.save(
+            net, run_dir, training=hyper | {"seed": seed}, diverged=net.history.stopped
+        )
         raise
-    io.save(
+    serialization.save(
         net,
         run_dir,
         training=hyper | {"seed": seed},
@@ -206,7 +208,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 # -- the other commands -------------------------------------------------------------------
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    net = io.load(args.model, backend=args.backend, device=args.device)
+    net = load(args.model, backend=args.backend, device=args.device)
     _, _, (x, y) = _data(args)
     predicted = net.predict(x)
     matrix = np.zeros((net.n_classes, net.n_classes), dtype=np.int64)
@@ -223,7 +225,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 def cmd_predict(args: argparse.Namespace) -> int:
 
-    net = io.load(args.model, backend=args.backend, device=args.device)
+    net = load(args.model, backend=args.backend, device=args.device)
     images = np.stack([load_image(path) for path in args.images])
     probabilities = net.predict_proba(images)
     for path, p in zip(args.images, probabilities, strict=True):
@@ -241,7 +243,7 @@ def cmd_plot(args: argparse.Namespace) -> int:
     print(plots.curves(history, run_dir / "curves.png"))
     if (run_dir / "model.json").exists():
         _, _, test = _data(args)
-        net = io.load(run_dir)
+        net = load(run_dir)
         print(plots.errors(test[0], test[1], net.predict(test[0]), run_dir / "errors.png"))
     return 0
 
@@ -286,7 +288,7 @@ def cmd_info(args: argparse.Namespace) -> int:
     import pytensor
 
     if args.run_dir is not None:
-        net = io.load(args.run_dir, backend=args.backend, device=args.device)
+        net = load(args.run_dir, backend=args.backend, device=args.device)
         print(f"{args.run_dir}: mini-batch {net.mini_batch_size}")
         net.summary()
         return 0

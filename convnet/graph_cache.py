@@ -9,8 +9,9 @@ never written). Graphs holding an op whose parameters it can't read are simply n
 
 Entries are pickles that convnet writes and reads itself under ``CONVNET_CACHE`` (like
 Python's own ``__pycache__``); an entry that fails to load is ignored and rewritten.
-``CONVNET_GRAPH_CACHE=0`` turns the cache off. Bump ``FORMAT`` if convnet ever registers
-rewrites of its own (they would change what a key's graph rewrites to).
+``CONVNET_GRAPH_CACHE=0`` turns the cache off. Bump ``FORMAT`` if convnet registers
+rewrites for the JAX mode (they would change what a key's graph rewrites to); its only
+rewrite so far, in linkers.py, is for the C and Numba modes, which this cache never serves.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from pytensor.graph.basic import Constant, Variable
 from pytensor.graph.fg import FunctionGraph
 from pytensor.graph.rewriting.basic import GraphRewriter
 
+from convnet import config
 from convnet.files import atomic_write
 
 FORMAT = 1  # bump when the key or the stored form changes
@@ -132,11 +134,11 @@ class CachedRewriter(GraphRewriter):
             key = graph_key(fgraph)
         except UncacheableError:
             return self.inner.rewrite(fgraph)
-        config = pytensor.config
+        flags = pytensor.config
         versions = (
-            f"{FORMAT} {pytensor.__version__} {_convnet_version()} {self.label} "
-            f"{config.floatX} {config.optimizer_including} {config.optimizer_excluding} "
-            f"{config.optimizer_requiring}"
+            f"{FORMAT} {pytensor.__version__} {config.VERSION} {self.label} "
+            f"{flags.floatX} {flags.optimizer_including} {flags.optimizer_excluding} "
+            f"{flags.optimizer_requiring}"
         )
         path = self.folder / f"{hashlib.sha256(f'{versions} {key}'.encode()).hexdigest()}.pkl"
         if self._load(path, fgraph):
@@ -179,13 +181,5 @@ def _prune(folder: Path, keep: int) -> None:
         entry.unlink(missing_ok=True)
 
 
-def _convnet_version() -> str:
-    from convnet import __version__
-
-    return __version__
-
-
 def folder() -> Path:
-    from convnet.backend import cache_root  # backend imports this module lazily
-
-    return cache_root() / "graphs"
+    return config.cache_root() / "graphs"

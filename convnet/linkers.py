@@ -12,7 +12,7 @@ object mode: 7-18 s for one call over net C, and a first compile of minutes. Her
   so that Numba's ``np.dot`` or C's BLAS ``gemm`` does the arithmetic;
 * ``Conv2D`` of unknown shapes (inside its own gradient) gets a Numba loop over images.
 
-JAX mode is untouched: its implementations are in :func:`convnet.ops.register_jax`.
+JAX mode is untouched: its implementations are in :mod:`convnet.jax_ops`.
 Importing this module registers everything (``convnet/__init__`` does it).
 """
 

@@ -4,6 +4,7 @@ and evaluate them on the chosen backend."""
 from __future__ import annotations
 
 import hashlib
+import os
 import sys
 import weakref
 from collections import OrderedDict
@@ -20,10 +21,10 @@ from pytensor.graph.replace import clone_replace
 from pytensor.tensor.variable import TensorVariable
 
 from convnet import backend as backends
-from convnet import optimizers
+from convnet import optimizers, serialization
 from convnet.callbacks import Callback, EarlyStopping, EpochEndFunction, EtaSchedule, ProgressBar
 from convnet.data.arrays import as_arrays
-from convnet.errors import ArgumentError, ShapeError, check_number
+from convnet.errors import ArgumentError, ModelFileError, ShapeError, check_number
 from convnet.history import History
 from convnet.layers import ConvPoolLayer, DropoutSource, Layer, SoftmaxLayer
 from convnet.optimizers import Optimizer
@@ -469,10 +470,9 @@ class Network:
         return self.predict_proba(x).argmax(axis=1)
 
     def save(self, path: Any, **details: Any) -> Any:
-        """Save weights (``.npz``) and architecture (``.json``); see :func:`convnet.io.save`."""
-        from convnet import io  # io builds Networks, so it sits above this module
-
-        return io.save(self, path, **details)
+        """Save weights (``.npz``) and architecture (``.json``); see
+        :func:`convnet.serialization.save`."""
+        return serialization.save(self, path, **details)
 
     # -- training ---------------------------------------------------------------------
     def fit(
@@ -609,3 +609,26 @@ SGD_OPTIONS = {
     "steps_per_call",
     "micro_batch",
 }
+
+
+def load(
+    path: str | os.PathLike[str],
+    *,
+    mini_batch_size: int | None = None,
+    backend: str | None = None,
+    device: str | None = None,
+) -> Network:
+    """A model saved by :meth:`Network.save`, optionally with another mini-batch size,
+    backend or device; every array is checked against the architecture first."""
+    weights_path, json_path = serialization.model_paths(path)
+    arch = serialization.read_architecture(json_path)
+    mbs = mini_batch_size or int(arch["mini_batch_size"])
+    layers = serialization.build_layers(arch, mbs, json_path)
+    try:
+        net = Network(layers, mbs, backend=backend, device=device, seed=arch.get("seed"))
+    except (ShapeError, ArgumentError) as exc:
+        raise ModelFileError(f"{json_path}: the saved layers don't form a network: {exc}") from None
+    shapes = [tuple(p.type.shape) for p in net.params]
+    names = serialization.weight_names(net)
+    net.set_weights(serialization.read_weights(weights_path, json_path, names, shapes))
+    return net

@@ -17,7 +17,15 @@ from pathlib import Path
 
 import numpy as np
 
-from convnet import ConvPoolLayer, FullyConnectedLayer, Network, SoftmaxLayer, io, load_mnist
+from convnet import (
+    ConvPoolLayer,
+    FullyConnectedLayer,
+    Network,
+    SoftmaxLayer,
+    load,
+    load_mnist,
+    optimizers,
+)
 from convnet.data.mnist import read_idx
 
 TMP = Path(tempfile.mkdtemp())
@@ -53,20 +61,29 @@ def foreign_file() -> None:
 
 
 def model_mismatch() -> None:
-    io.save(small(), TMP / "model")
+    small().save(TMP / "model")
     arrays = dict(np.load(TMP / "model" / "model.npz"))
     arrays["layers.1.w"] = np.zeros((5, 2), np.float32)
     np.savez(TMP / "model" / "model.npz", **arrays)
-    io.load(TMP / "model")
+    load(TMP / "model")
 
 
 def model_version() -> None:
-    io.save(small(), TMP / "old")
+    small().save(TMP / "old")
     meta = json.loads((TMP / "old" / "model.json").read_text())
     (TMP / "old" / "model.json").write_text(
         json.dumps(meta | {"format_version": 7, "convnet_version": "9.0"})
     )
-    io.load(TMP / "old")
+    load(TMP / "old")
+
+
+def layer_reused() -> None:
+    layers = [FullyConnectedLayer(4, 3), SoftmaxLayer(3, 2)]
+    first = Network(layers, 2, seed=0)
+    try:
+        Network(layers, 2, seed=1)
+    finally:
+        del first
 
 
 def expanded_cache_npz() -> None:
@@ -148,6 +165,21 @@ CASES: list[tuple[str, Callable[[], object], str]] = [
         "test_network.py::test_labels_must_be_integers_and_inputs_finite",
     ),
     (
+        "A layer another network already uses",
+        layer_reused,
+        "test_network.py::test_a_layer_in_use_by_another_network_is_refused_by_name",
+    ),
+    (
+        "An optimizer's hyper-parameter out of range",
+        lambda: optimizers.Adam(beta1=1.0),
+        "test_optimizers.py::test_bad_optimizers_and_callbacks_are_named",
+    ),
+    (
+        "Something other than a callback in `callbacks`",
+        lambda: small().fit((X, Y), 1, optimizer=optimizers.SGD(0.1), callbacks=[print]),
+        "test_optimizers.py::test_bad_optimizers_and_callbacks_are_named",
+    ),
+    (
         "Truncated IDX file",
         truncated_idx,
         "test_data.py::test_truncated_and_foreign_files_name_the_file",
@@ -180,12 +212,12 @@ CASES: list[tuple[str, Callable[[], object], str]] = [
     (
         "Model arrays that don't match the architecture",
         model_mismatch,
-        "test_io.py::test_model_file_errors_name_the_file",
+        "test_serialization.py::test_model_file_errors_name_the_file",
     ),
     (
         "Model from an incompatible version",
         model_version,
-        "test_io.py::test_model_file_errors_name_the_file",
+        "test_serialization.py::test_model_file_errors_name_the_file",
     ),
     (
         "GPU asked for, none usable",
@@ -251,7 +283,7 @@ DIVERGENCE_AND_FILES = """
   that already holds a model or checkpoint (use `--resume`, another folder, or
   `--overwrite`) (`tests/test_cli.py::test_train_never_overwrites_a_trained_model_unless_asked`).
 * **Saving** a model is atomic too: a failed save leaves the previous model
-  (`tests/test_io.py::test_a_failed_save_leaves_the_previous_model_intact`).
+  (`tests/test_serialization.py::test_a_failed_save_leaves_the_previous_model_intact`).
 * **Loading is safe.** Weights load with `np.load(..., allow_pickle=False)` and are checked
   against the architecture (names, shapes, float32, finite) before use; the book's
   `mnist.pkl.gz` goes through a restricted unpickler that admits only numpy arrays and

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from convnet import io, load_mnist
+from convnet import load, load_mnist
 from convnet.cli import main
 from tests.test_data import _write_fake_mnist
 
@@ -83,7 +83,7 @@ def test_evaluate_prints_accuracy_and_confusion_matrix(run_dir, capsys):
 
 
 def test_predict_reads_inverted_resized_digits(run_dir, tmp_path, capsys, mnist):
-    net = io.load(run_dir)
+    net = load(run_dir)
     _, _, (x, y) = mnist
     confident = np.flatnonzero(
         (net.predict_proba(x[:200]).max(1) > 0.95) & (net.predict(x[:200]) == y[:200])

@@ -27,7 +27,7 @@ import tempfile
 import threading
 from pathlib import Path
 
-from convnet.errors import ArgumentError
+from convnet import config
 
 SOURCE = Path(__file__).with_name("conv_pool.cc")
 TARGET = "convnet_conv_pool"  # the name XLA knows the kernel by
@@ -49,12 +49,7 @@ def enabled() -> bool:
 
 def _precondition() -> str | None:
     """Why the kernel can't even be tried, or None."""
-    switch = os.environ.get("CONVNET_NATIVE", "").strip()
-    if switch not in ("", "0", "1"):
-        raise ArgumentError(
-            f"environment variable CONVNET_NATIVE: expected 0 or 1. Received: {switch!r}."
-        )
-    if switch == "0":
+    if config.setting("CONVNET_NATIVE") == "0":
         return "turned off by CONVNET_NATIVE=0"
     if platform.machine().lower() not in ("x86_64", "amd64"):
         return f"written for x86-64 CPUs; this one is {platform.machine()}"
@@ -138,9 +133,7 @@ def _library() -> Path:
     for part in (SOURCE.read_bytes(), version.encode(), " ".join(FLAGS).encode()):
         key.update(part)
     key.update(f"{jaxlib.__version__} {_cpu_identity()}".encode())
-    from convnet.backend import cache_root  # backend imports this module lazily
-
-    folder = cache_root() / "kernels"
+    folder = config.cache_root() / "kernels"
     library = folder / f"conv_pool-{key.hexdigest()[:16]}.so"
     if library.exists():
         return library

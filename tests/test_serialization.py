@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from convnet import ConvPoolLayer, FullyConnectedLayer, Network, ReLU, SoftmaxLayer, io
+from convnet import ConvPoolLayer, FullyConnectedLayer, Network, ReLU, SoftmaxLayer, load
 from convnet.errors import ModelFileError
 
 
@@ -29,11 +29,11 @@ def test_save_load_predict_gives_the_same_outputs(tmp_path, rng):
     net = _convnet()
     net.layers[2].w.set_value(rng.normal(size=(10, 10)).astype(np.float32))
     x = rng.random((7, 784), dtype=np.float32)  # 7: not a multiple of the batch size
-    path = io.save(net, tmp_path / "run", note="hello")
+    path = net.save(tmp_path / "run", note="hello")
     assert path.name == "model.npz" and (tmp_path / "run" / "model.json").exists()
-    loaded = io.load(tmp_path / "run")
+    loaded = load(tmp_path / "run")
     np.testing.assert_array_equal(loaded.predict_proba(x), net.predict_proba(x))
-    other = io.load(path, mini_batch_size=25, backend="c", device="cpu")
+    other = load(path, mini_batch_size=25, backend="c", device="cpu")
     assert other.mini_batch_size == 25 and other.layers[0].image_shape[0] == 25
     np.testing.assert_allclose(other.predict_proba(x), net.predict_proba(x), rtol=1e-5, atol=1e-6)
     assert json.loads((tmp_path / "run" / "model.json").read_text())["note"] == "hello"
@@ -41,7 +41,7 @@ def test_save_load_predict_gives_the_same_outputs(tmp_path, rng):
 
 def test_model_file_errors_name_the_file(tmp_path):
     net = _convnet()
-    io.save(net, tmp_path / "m.npz")
+    net.save(tmp_path / "m.npz")
     arch = json.loads((tmp_path / "m.json").read_text())
 
     bad = dict(
@@ -49,30 +49,30 @@ def test_model_file_errors_name_the_file(tmp_path):
     )
     (tmp_path / "m.json").write_text(json.dumps(bad))
     with pytest.raises(ModelFileError, match=r"m\.(npz|json)"):
-        io.load(tmp_path / "m.npz")
+        load(tmp_path / "m.npz")
 
     (tmp_path / "m.json").write_text(json.dumps(dict(arch, format_version=99)))
     with pytest.raises(ModelFileError, match="version 99"):
-        io.load(tmp_path / "m.npz")
+        load(tmp_path / "m.npz")
 
     (tmp_path / "m.json").write_text(json.dumps(arch))
     arrays = dict(np.load(tmp_path / "m.npz"))
     arrays["layers.2.w"] = arrays["layers.2.w"][:5]
     np.savez(tmp_path / "m.npz", **arrays)
     with pytest.raises(ModelFileError, match=r"layers\.2\.w expected float32 \(10, 10\)"):
-        io.load(tmp_path / "m.npz")
+        load(tmp_path / "m.npz")
 
     np.savez(tmp_path / "m.npz", **(arrays | {"layers.2.w": np.array([object()] * 3)}))
     with pytest.raises(ModelFileError, match="not a readable"):
-        io.load(tmp_path / "m.npz")
+        load(tmp_path / "m.npz")
 
     with pytest.raises(ModelFileError, match="no such model file"):
-        io.load(tmp_path / "missing")
+        load(tmp_path / "missing")
 
 
 def test_a_failed_save_leaves_the_previous_model_intact(tmp_path, monkeypatch):
     net = _convnet()
-    io.save(net, tmp_path)
+    net.save(tmp_path)
     before = (tmp_path / "model.npz").read_bytes()
 
     def explode(*_args, **_kwargs):
@@ -80,6 +80,6 @@ def test_a_failed_save_leaves_the_previous_model_intact(tmp_path, monkeypatch):
 
     monkeypatch.setattr(np, "savez", explode)
     with pytest.raises(OSError, match="disk full"):
-        io.save(net, tmp_path)
+        net.save(tmp_path)
     assert (tmp_path / "model.npz").read_bytes() == before
     assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]

@@ -1,25 +1,31 @@
-"""Saving and loading models: weights as ``.npz``, architecture as JSON, never pickle.
+"""The model file format: weights as ``.npz``, architecture as JSON, never pickle.
 
 A model is two files side by side, ``model.npz`` (flat dotted names such as
 ``layers.0.w``) and ``model.json`` (format version, convnet version, the layers'
 constructor arguments, and whatever training details the caller adds). Writes are
-atomic, so a crash mid-save leaves the previous model intact; loads check every array
-against the architecture before building anything.
+atomic, so a crash mid-save leaves the previous model intact; reads check every array
+against the architecture. This module reads and writes; building the Network from what it
+reads is :func:`convnet.network.load`'s job.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import platform
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import pytensor
 
-from convnet.errors import ArgumentError, ModelFileError, ShapeError
+from convnet.config import VERSION
+from convnet.errors import ModelFileError
 from convnet.files import atomic_write, write_json
 from convnet.layers import LAYER_TYPES, ConvPoolLayer, Layer
-from convnet.network import Network
+
+if TYPE_CHECKING:
+    from convnet.network import Network
 
 FORMAT = "convnet-model"
 FORMAT_VERSION = 1
@@ -38,14 +44,8 @@ def weight_names(net: Network) -> list[str]:
 
 
 def _versions() -> dict[str, str]:
-    import platform
-
-    import pytensor
-
-    from convnet import __version__
-
     found = {
-        "convnet": __version__,
+        "convnet": VERSION,
         "pytensor": pytensor.__version__,
         "numpy": np.__version__,
         "python": platform.python_version(),
@@ -60,12 +60,10 @@ def _versions() -> dict[str, str]:
 
 
 def architecture(net: Network) -> dict[str, Any]:
-    from convnet import __version__
-
     return {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
-        "convnet_version": __version__,
+        "convnet_version": VERSION,
         "versions": _versions(),
         "backend": {"name": net.backend.name, "device": net.backend.device},
         "mini_batch_size": net.mini_batch_size,
@@ -125,22 +123,11 @@ def build_layers(arch: dict[str, Any], mini_batch_size: int, source: Path) -> li
     return layers
 
 
-def load(
-    path: str | os.PathLike[str],
-    *,
-    mini_batch_size: int | None = None,
-    backend: str | None = None,
-    device: str | None = None,
-) -> Network:
-    """Load a model saved by :func:`save`, optionally with another mini-batch size/device."""
-    weights_path, json_path = model_paths(path)
-    arch = read_architecture(json_path)
-    mbs = mini_batch_size or int(arch["mini_batch_size"])
-    layers = build_layers(arch, mbs, json_path)
-    try:
-        net = Network(layers, mbs, backend=backend, device=device, seed=arch.get("seed"))
-    except (ShapeError, ArgumentError) as exc:
-        raise ModelFileError(f"{json_path}: the saved layers don't form a network: {exc}") from None
+def read_weights(
+    weights_path: Path, json_path: Path, names: list[str], shapes: list[tuple[int, ...]]
+) -> list[np.ndarray]:
+    """The arrays of ``weights_path``, checked against the architecture's ``names`` and
+    ``shapes``: every array present, float32, the right shape, finite."""
     try:
         with np.load(weights_path, allow_pickle=False) as stored:
             arrays = {name: stored[name] for name in stored.files}
@@ -148,20 +135,18 @@ def load(
         raise ModelFileError(f"{weights_path}: no such weights file.") from None
     except (OSError, ValueError) as exc:
         raise ModelFileError(f"{weights_path}: not a readable .npz of arrays ({exc}).") from None
-    names = weight_names(net)
     if sorted(arrays) != sorted(names):
         raise ModelFileError(
             f"{weights_path}: arrays don't match the architecture in {json_path.name}: "
             f"expected {names}. Received: {sorted(arrays)}."
         )
-    for name, param in zip(names, net.params, strict=True):
+    for name, shape in zip(names, shapes, strict=True):
         value = arrays[name]
-        if value.shape != tuple(param.type.shape) or value.dtype != np.float32:
+        if value.shape != tuple(shape) or value.dtype != np.float32:
             raise ModelFileError(
-                f"{weights_path}: {name} expected float32 {tuple(param.type.shape)}. "
+                f"{weights_path}: {name} expected float32 {tuple(shape)}. "
                 f"Received: {value.dtype} {value.shape}."
             )
         if not np.isfinite(value).all():
             raise ModelFileError(f"{weights_path}: {name} contains NaN or inf.")
-    net.set_weights([arrays[name] for name in names])
-    return net
+    return [arrays[name] for name in names]

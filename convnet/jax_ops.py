@@ -1,0 +1,76 @@
+"""convnet's Ops under JAX (PyTensor's JAX linker, on CPUs and GPUs).
+
+``Im2Col`` lowers to the same slicing program as the graph form and ``Col2Im`` to JAX's
+exact transpose of it; ``Conv2D`` is ``lax.conv_general_dilated`` (cuDNN on NVIDIA GPUs);
+``ConvPool`` calls convnet's own C++ kernel (:mod:`convnet.native`) when it is built, else
+it is the im2col formulation in JAX. :meth:`Backend.mode` registers them before compiling.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from convnet import native, ops
+
+
+def register() -> None:
+    """Give convnet's Ops their JAX implementations (idempotent; imports JAX)."""
+    from jax import lax
+    from pytensor.link.jax.dispatch import jax_funcify
+
+    @jax_funcify.register(ops.Conv2D)
+    def _conv2d(op, **kwargs):
+        def conv(images, filters):
+            return lax.conv_general_dilated(images, filters[:, :, ::-1, ::-1], (1, 1), "VALID")
+
+        return conv
+
+    import jax
+    import jax.numpy as jnp
+
+    def im2col(images, kh, kw):
+        return ops.im2col_columns(images, images.shape[1:], kh, kw, jnp.stack)
+
+    @jax_funcify.register(ops.Im2Col)
+    def _im2col(op, **kwargs):
+        return lambda images: im2col(images, op.kh, op.kw)
+
+    @jax_funcify.register(ops.ConvPool)
+    def _conv_pool(op, node=None, **kwargs):
+        ph, pw = op.poolsize
+        target = native.conv_pool_target()
+
+        def with_kernel(images, filters):
+            if images.dtype != jnp.float32 or filters.dtype != jnp.float32:
+                return without_kernel(images, filters)  # the kernel is float32 only
+            n, _, h, w = images.shape
+            f, _, kh, kw = filters.shape
+            # (c*kh*kw, f) flipped kernels, filters padded to whole 8-lane vectors.
+            weights = filters[:, :, ::-1, ::-1].reshape(f, -1).T
+            weights = jnp.pad(weights, ((0, 0), (0, -f % 8)))
+            (oh, ow) = ops.conv_output_shape((h, w), (kh, kw))
+            out = jax.ShapeDtypeStruct((n, f, oh // ph, ow // pw), images.dtype)
+            call = jax.ffi.ffi_call(target, out)
+            return call(
+                images, weights, kh=np.int64(kh), kw=np.int64(kw), ph=np.int64(ph), pw=np.int64(pw)
+            )
+
+        def without_kernel(images, filters):
+            n, _, h, w = images.shape
+            f, _, kh, kw = filters.shape
+            oh, ow = ops.conv_output_shape((h, w), (kh, kw))
+            columns = im2col(images, kh, kw)
+            conv = (filters[:, :, ::-1, ::-1].reshape(f, -1) @ columns).reshape(f, n, oh, ow)
+            windows = conv[:, :, : oh // ph * ph, : ow // pw * pw]
+            pooled = windows.reshape(f, n, oh // ph, ph, ow // pw, pw).max(axis=(3, 5))
+            return pooled.transpose(1, 0, 2, 3)
+
+        return with_kernel if target is not None else without_kernel
+
+    @jax_funcify.register(ops.Col2Im)
+    def _col2im(op, **kwargs):
+        def col2im(columns, images):
+            _, transpose = jax.vjp(lambda x: im2col(x, op.kh, op.kw), images)
+            return transpose(columns)[0]
+
+        return col2im
