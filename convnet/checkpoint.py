@@ -140,7 +140,8 @@ def load(
     weights = group("weights")
     if weights is None:
         raise ModelFileError(f"{target}: holds no weights.")
-    net.set_weights(weights)
+    shapes = [tuple(p.type.shape) for p in net.params]
+    net.set_weights(serialization.check_weights(weights, names, shapes, target))
     best = meta["best_score"]
     state = TrainingState(
         epoch=meta["epoch"],

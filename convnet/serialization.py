@@ -140,13 +140,20 @@ def read_weights(
             f"{weights_path}: arrays don't match the architecture in {json_path.name}: "
             f"expected {names}. Received: {sorted(arrays)}."
         )
-    for name, shape in zip(names, shapes, strict=True):
-        value = arrays[name]
+    return check_weights([arrays[name] for name in names], names, shapes, weights_path)
+
+
+def check_weights(
+    values: list[np.ndarray], names: list[str], shapes: list[tuple[int, ...]], source: Path
+) -> list[np.ndarray]:
+    """``values`` if each is a finite float32 array of its parameter's shape; else a
+    ModelFileError naming ``source`` and the array (model files and checkpoints alike)."""
+    for name, shape, value in zip(names, shapes, values, strict=True):
         if value.shape != tuple(shape) or value.dtype != np.float32:
             raise ModelFileError(
-                f"{weights_path}: {name} expected float32 {tuple(shape)}. "
+                f"{source}: {name} expected float32 {tuple(shape)}. "
                 f"Received: {value.dtype} {value.shape}."
             )
         if not np.isfinite(value).all():
-            raise ModelFileError(f"{weights_path}: {name} contains NaN or inf.")
-    return [arrays[name] for name in names]
+            raise ModelFileError(f"{source}: {name} contains NaN or inf.")
+    return values

@@ -15,6 +15,7 @@ import pytest
 
 from convnet import FullyConnectedLayer, Network, SoftmaxLayer, checkpoint
 from convnet.cli import main
+from convnet.errors import ModelFileError
 
 pytestmark = pytest.mark.mnist
 
@@ -137,3 +138,29 @@ def test_a_kill_during_a_checkpoint_write_keeps_the_previous_checkpoint(tmp_path
 def test_resume_without_a_checkpoint_is_a_clear_error(tmp_path, capsys):
     assert main(["train", "--resume", str(tmp_path)]) == 2
     assert "no checkpoint here to resume from" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("damage", ["nan", "dtype", "shape"])
+def test_a_checkpoint_gets_the_same_checks_as_a_model_file(tmp_path, damage):
+    net = Network([FullyConnectedLayer(6, 4), SoftmaxLayer(4, 3)], 2, seed=1)
+    x = np.random.default_rng(0).random((8, 6), dtype=np.float32)
+    net.SGD(
+        (x, np.arange(8, dtype=np.int32) % 3),
+        1,
+        2,
+        0.1,
+        verbose=False,
+        on_epoch_end=lambda s: checkpoint.save(tmp_path, net, s),
+    )
+    path = checkpoint.path_in(tmp_path)
+    with np.load(path) as stored:
+        arrays = {name: stored[name] for name in stored.files}
+    w = arrays["weights.layers.0.w"]
+    arrays["weights.layers.0.w"] = {
+        "nan": np.full_like(w, np.nan),
+        "dtype": w.astype(np.float64),
+        "shape": w[:3],
+    }[damage]
+    np.savez(path, **arrays)
+    with pytest.raises(ModelFileError, match=r"checkpoint\.npz: layers\.0\.w"):
+        checkpoint.load(tmp_path)

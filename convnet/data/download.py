@@ -22,6 +22,7 @@ from collections.abc import Sequence
 from http.client import HTTPException
 from pathlib import Path
 
+from convnet import config
 from convnet.errors import ConvnetError
 
 CANONICAL = {  # name: (sha256 of the canonical .gz, sha256 of the uncompressed file)
@@ -58,7 +59,7 @@ class _MirrorRefusedError(Exception):
 
 
 def mirrors_from_environment() -> list[str]:
-    value = os.environ.get("CONVNET_MNIST_MIRRORS", "").strip()
+    value = config.setting("CONVNET_MNIST_MIRRORS")
     return [m.strip() for m in value.split(",") if m.strip()] if value else list(DEFAULT_MIRRORS)
 
 
@@ -178,7 +179,7 @@ def download_mnist(
     progress: bool | None = None,
 ) -> Path:
     """Fetch the four MNIST files into ``dest`` (default ``~/.cache/convnet/mnist``)."""
-    folder = Path(dest) if dest is not None else Path.home() / ".cache" / "convnet" / "mnist"
+    folder = Path(dest) if dest is not None else config.cache_root() / "mnist"
     folder.mkdir(parents=True, exist_ok=True)
     show = sys.stderr.isatty() if progress is None else progress
     for name in CANONICAL:

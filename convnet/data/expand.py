@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
+from convnet import config
 from convnet.files import atomic_write
 
 SIDE = 28
@@ -38,7 +39,7 @@ def expand(x: np.ndarray, y: np.ndarray, *, seed: int = 0) -> tuple[np.ndarray, 
 
 
 def default_cache(n_images: int = 50_000) -> Path:
-    return Path.home() / ".cache" / "convnet" / f"mnist_expanded_{n_images}.npz"
+    return config.cache_root() / f"mnist_expanded_{n_images}.npz"
 
 
 def load_expanded(

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
+from convnet import config
 from convnet.data import book_format
 from convnet.errors import DataError, DataNotFoundError
 
@@ -38,9 +39,9 @@ HOW_TO_GET = (
 def default_locations() -> list[Path]:
     """Where MNIST is looked for when no path is given, in order."""
     places = []
-    if os.environ.get("CONVNET_DATA"):
-        places.append(Path(os.environ["CONVNET_DATA"]).expanduser())
-    places.append(Path.home() / ".cache" / "convnet" / "mnist")
+    if config.setting("CONVNET_DATA"):
+        places.append(Path(config.setting("CONVNET_DATA")).expanduser())
+    places.append(config.cache_root() / "mnist")
     return places
 
 
