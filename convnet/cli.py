@@ -124,6 +124,11 @@ def _train_one(
 def _optimizer(hyper: dict) -> optimizers.Optimizer:
     """``--optimizer sgd|nesterov|adam`` with ``--eta`` and ``--momentum``."""
     if hyper["optimizer"] == "adam":
+        if hyper["momentum"]:
+            raise ArgumentError(
+                f"--momentum: Adam keeps its own moments; --momentum is for sgd and nesterov. "
+                f"Received: --optimizer adam --momentum {hyper['momentum']}."
+            )
         return optimizers.Adam(hyper["eta"])
     return optimizers.SGD(hyper["eta"], hyper["momentum"], hyper["optimizer"] == "nesterov")
 
@@ -178,6 +183,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         "limit": args.limit,
         "expanded": bool(args.expanded or (recipe and recipe.expanded)),
     }
+    _optimizer(hyper)  # a bad --optimizer/--eta/--momentum fails before any data is read
     training, validation, test = _data(args)
     if hyper["expanded"]:
         training = load_expanded(training)

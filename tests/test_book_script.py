@@ -213,3 +213,12 @@ def test_convnets_expansion_cache_is_not_a_dataset(tmp_path):
     np.savez(path, x=np.zeros((5, 784), np.uint8), y=np.zeros(5, np.int64))
     with pytest.raises(DataError, match="convnet expand-mnist --out"):
         network3.load_mnist(path)
+
+
+def test_expand_mnist_names_an_out_path_it_cannot_write(tmp_path, monkeypatch, mnist, capsys):
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    assert main(["expand-mnist", "--limit", "5", "--out", str(blocker / "x.pkl.gz")]) == 2
+    assert f"{blocker / 'x.pkl.gz'}: cannot be written" in capsys.readouterr().err
+    assert blocker.read_text() == "not a folder"

@@ -100,7 +100,7 @@ def write(path: Path, splits: tuple[Split, Split, Split]) -> Path:
             exact = np.array_equal(as_bytes / 255, x)
             arrays[f"{what}_x"] = as_bytes.astype(np.uint8) if exact else x
             arrays[f"{what}_y"] = y
-        atomic_write(path, lambda handle: np.savez(handle, **arrays))
+        _write(path, lambda handle: np.savez(handle, **arrays))
         return path
 
     def dump(handle) -> None:
@@ -110,5 +110,13 @@ def write(path: Path, splits: tuple[Split, Split, Split]) -> Path:
         if target is opened:
             opened.close()
 
-    atomic_write(path, dump)
+    _write(path, dump)
     return path
+
+
+def _write(path: Path, write) -> None:
+    """:func:`atomic_write`, with a folder that can't be written named in a DataError."""
+    try:
+        atomic_write(path, write)
+    except OSError as exc:
+        raise DataError(f"{path}: cannot be written ({exc.strerror or exc}).") from None
