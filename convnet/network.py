@@ -79,24 +79,28 @@ def check_chain(layers: Sequence[Layer], mini_batch_size: int) -> None:
             )
 
 
-def _claim(layer: Layer, index: int, network: Network) -> None:
-    """Make ``network`` the owner of ``layer``, refusing a layer another network uses.
+def _claim_all(layers: Sequence[Layer], network: Network) -> None:
+    """Make ``network`` the owner of ``layers``, refusing any layer another network uses.
 
     A layer holds its weights and the graphs built on them, so two networks built from the
     same layer objects would train one set of weights (the second one's graphs used to
     fail in PyTensor with a ``MissingInputError``)."""
-    owner = layer.network() if layer.network is not None else None
-    if owner is not None and owner is not network:
-        raise ArgumentError(
-            f"layers[{index}] ({layer.name}): this layer already belongs to another Network; "
-            "a layer holds that network's weights. Build new layers for each network (a "
-            "function that returns the list, as convnet.book.layers_for does)."
-        )
-    if owner is network:
-        raise ArgumentError(
-            f"layers[{index}] ({layer.name}): the same layer object appears twice in layers."
-        )
-    layer.network = weakref.ref(network)
+    seen: set[int] = set()
+    for index, layer in enumerate(layers):
+        owner = layer.network() if layer.network is not None else None
+        if owner is not None and owner is not network:
+            raise ArgumentError(
+                f"layers[{index}] ({layer.name}): this layer already belongs to another "
+                "Network; a layer holds that network's weights. Build new layers for each "
+                "network (a function that returns the list, as convnet.book.layers_for does)."
+            )
+        if id(layer) in seen:
+            raise ArgumentError(
+                f"layers[{index}] ({layer.name}): the same layer object appears twice in layers."
+            )
+        seen.add(id(layer))
+    for layer in layers:
+        layer.network = weakref.ref(network)
 
 
 class Network:
@@ -125,7 +129,6 @@ class Network:
         for index, layer in enumerate(self.layers):
             if not isinstance(layer, Layer):
                 raise TypeError(f"layers[{index}]: expected a convnet layer. Received: {layer!r}.")
-            _claim(layer, index, self)
         if not isinstance(self.layers[-1], SoftmaxLayer):
             raise ArgumentError(
                 f"layers: the last layer must be a SoftmaxLayer (it defines the cost). "
@@ -142,6 +145,7 @@ class Network:
         self.mini_batch_size = int(mini_batch_size)
         check_chain(self.layers, self.mini_batch_size)
         self.backend = backends.resolve(backend, device, precision)
+        _claim_all(self.layers, self)  # after every check: a refused network claims nothing
         if seed is None:
             seed = int(np.random.SeedSequence().generate_state(1)[0])
         else:

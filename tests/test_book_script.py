@@ -187,7 +187,7 @@ def test_a_missing_expanded_file_names_the_command_that_makes_it(tmp_path):
 
 @pytest.mark.parametrize("name", ["mnist_expanded.pkl.gz", "mnist_expanded.npz"])
 def test_expand_mnist_writes_the_books_file_where_asked(tmp_path, monkeypatch, mnist, name, capsys):
-    monkeypatch.setenv("HOME", str(tmp_path / "home"))  # its cache goes there
+    monkeypatch.setenv("CONVNET_CACHE", str(tmp_path / "cache"))  # its cache goes there
     out = tmp_path / "data" / name
     assert main(["expand-mnist", "--limit", "20", "--out", str(out)]) == 0
     (x, y), validation, test = network3.load_mnist(out)
@@ -216,7 +216,7 @@ def test_convnets_expansion_cache_is_not_a_dataset(tmp_path):
 
 
 def test_expand_mnist_names_an_out_path_it_cannot_write(tmp_path, monkeypatch, mnist, capsys):
-    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("CONVNET_CACHE", str(tmp_path / "cache"))
     blocker = tmp_path / "a-file"
     blocker.write_text("not a folder")
     assert main(["expand-mnist", "--limit", "5", "--out", str(blocker / "x.pkl.gz")]) == 2

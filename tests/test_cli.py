@@ -115,13 +115,13 @@ def test_ensemble_reports_members_and_vote(tmp_path, capsys):
 
 
 def test_expand_mnist_caches_the_expansion(tmp_path, monkeypatch, capsys):
-    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setenv("CONVNET_CACHE", str(tmp_path / "cache"))
     data = tmp_path / "mnist"
     data.mkdir()
     _write_fake_mnist(data, gz=True, n_train=120, n_test=5)
     assert main(["expand-mnist", "--data", str(data)]) == 0
     assert "600 training images" in capsys.readouterr().out
-    cache = tmp_path / ".cache" / "convnet" / "mnist_expanded_120.npz"
+    cache = tmp_path / "cache" / "mnist_expanded_120.npz"
     with np.load(cache) as stored:
         assert stored["x"].shape == (600, 784)
     training = load_mnist(data)[0]

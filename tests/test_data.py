@@ -97,11 +97,11 @@ def test_truncated_and_foreign_files_name_the_file(tmp_path):
 
 def test_missing_data_says_where_it_looked_and_how_to_get_it(tmp_path, monkeypatch):
     monkeypatch.setenv("CONVNET_DATA", str(tmp_path / "nowhere"))
-    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setenv("CONVNET_CACHE", str(tmp_path / "cache"))
     with pytest.raises(DataNotFoundError) as info:
         load_mnist()
     message = str(info.value)
-    assert str(tmp_path / "nowhere") in message and ".cache/convnet/mnist" in message
+    assert str(tmp_path / "nowhere") in message and str(tmp_path / "cache" / "mnist") in message
     assert "convnet download mnist" in message
 
 

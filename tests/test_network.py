@@ -199,6 +199,11 @@ def test_a_layer_in_use_by_another_network_is_refused_by_name():
     with pytest.raises(ArgumentError, match="appears twice"):
         twice = FullyConnectedLayer(4, 4)
         Network([twice, twice, SoftmaxLayer(4, 2)], 2)
+    spare = FullyConnectedLayer(4, 3)
+    with pytest.raises(ShapeError) as refused:  # the refused network stays alive in `refused`
+        Network([spare, SoftmaxLayer(5, 2)], 2)
+    Network([spare, SoftmaxLayer(3, 2)], 2)  # ... but it claimed nothing
+    del refused
     del first
     gc.collect()
     again = Network(layers, 2, seed=1)  # once the first network is gone, the layers are free
