@@ -103,7 +103,7 @@ def eval_batch() -> None:
         backends.Backend.eval_batch = property(lambda self, size=size: size)
         best = []
         for native in ("0", "1"):
-            os.environ["CONVNET_NATIVE"] = native
+            os.environ["CONVNET_KERNEL"] = native
             net = Network(layers_for("relu", 10), 10, seed=0, backend="jax")
             best.append(min(evaluation_seconds(net, net.to_device(test, "test"), repeats=3)))
         print(f"| {size} | {best[0]:.2f} s | {best[1]:.2f} s |", flush=True)
@@ -454,7 +454,7 @@ def _gemm_seconds(shape: tuple[int, int, int], calls: int, **run: Any) -> tuple[
 
 def _pass_seconds(native: bool, every_core: bool) -> float:
     """Median of 5 10,000-image evaluation passes of net C, in a new process."""
-    env = dict(os.environ, CONVNET_NATIVE="1" if native else "0")
+    env = dict(os.environ, CONVNET_KERNEL="1" if native else "0")
     here = os.path.dirname(os.path.abspath(__file__))
     preexec = all_cores if every_core else None
     return _child(PASS_CHILD, here, env=env, preexec_fn=preexec)[0]
@@ -492,7 +492,7 @@ def eval_limit() -> None:
     print("\n| convnet's pass (median of 5, new process each) | one core | all cores |")
     print("|---|---|---|")
     for native, name in (
-        (False, "XLA: im2col, GEMM, pooling (CONVNET_NATIVE=0)"),
+        (False, "XLA: im2col, GEMM, pooling (CONVNET_KERNEL=0)"),
         (True, "convnet's conv + pool kernel"),
     ):
         one, every = (_pass_seconds(native, every_core) for every_core in (False, True))

@@ -32,7 +32,7 @@ from pytensor.compile.mode import Mode, get_mode
 from pytensor.compile.sharedvalue import SharedVariable
 from pytensor.graph.traversal import graph_inputs
 
-from convnet import config, graph_cache, jax_ops, native
+from convnet import config, graph_cache, jax_ops, kernel
 from convnet.errors import ArgumentError, BackendError
 
 BACKENDS = ("c", "numba", "jax")
@@ -242,7 +242,7 @@ class Backend:
     @property
     def eval_conv_implementation(self) -> str:
         """How conv layers build their evaluation (deterministic) output: "fused" is
-        convnet's own CPU kernel (:mod:`convnet.native`, convolution and max-pooling in one
+        convnet's own CPU kernel (:mod:`convnet.kernel`, convolution and max-pooling in one
         pass), used under JAX on a CPU when it can be compiled here; otherwise the same as
         :attr:`conv_implementation`. Training keeps :attr:`conv_implementation`: its
         backward pass needs the im2col columns anyway."""
@@ -254,9 +254,9 @@ class Backend:
             or config.setting("CONVNET_CONV")
         ):
             return chosen
-        if not native.enabled():
+        if not kernel.enabled():
             return chosen
-        native.start_build()  # compiles beside PyTensor's graph building
+        kernel.start_build()  # compiles beside PyTensor's graph building
         return "fused"
 
     @property

@@ -11,15 +11,12 @@ uninterrupted one. Divergence is not a callback: every run checks it.
 
 from __future__ import annotations
 
-import csv
-import io
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from convnet.errors import ArgumentError
 from convnet.files import atomic_write
-from convnet.history import PER_EPOCH
 
 if TYPE_CHECKING:
     from convnet.trainer import Trainer
@@ -109,12 +106,8 @@ class CSVLogger(Callback):
         self.path = Path(path)
 
     def on_epoch_end(self, trainer, epoch, logs):
-        history = trainer.state.history
-        text = io.StringIO()
-        writer = csv.writer(text)
-        writer.writerow(PER_EPOCH)
-        writer.writerows(zip(*(getattr(history, c) for c in PER_EPOCH), strict=True))
-        atomic_write(self.path, lambda handle: handle.write(text.getvalue().encode()))
+        text = trainer.state.history.to_csv()
+        atomic_write(self.path, lambda handle: handle.write(text.encode()))
 
 
 class ProgressBar(Callback):

@@ -1,10 +1,9 @@
-"""The ``convnet`` command: parses arguments, then calls the public API, nothing more."""
+"""The ``convnet`` command: parses arguments, then calls the public API (run folders are
+:mod:`convnet.runs`), nothing more."""
 
 from __future__ import annotations
 
 import argparse
-import csv
-import io as _io
 import json
 import platform
 import sys
@@ -12,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from convnet import __version__, checkpoint, files, optimizers, plots, serialization
+from convnet import __version__, checkpoint, optimizers, plots, runs
 from convnet import backend as backends
 from convnet.book import RECIPES, layers_for
 from convnet.callbacks import Callback, EarlyStopping, EtaSchedule
@@ -20,9 +19,8 @@ from convnet.data import book_format
 from convnet.data.download import download_mnist
 from convnet.data.expand import default_cache, load_expanded
 from convnet.data.mnist import load_mnist
-from convnet.ensemble import vote
-from convnet.errors import ArgumentError, ConvnetError, DivergenceError
-from convnet.history import PER_EPOCH, History
+from convnet.errors import ArgumentError, ConvnetError
+from convnet.history import History
 from convnet.images import load_image
 from convnet.network import Network, load
 from convnet.spec import parse
@@ -41,23 +39,6 @@ def _layers(args: argparse.Namespace, mbs: int):
     if args.layers:
         return parse(args.layers, mbs)
     return layers_for(args.net, mbs)
-
-
-def _write_history(run_dir: Path, history: History) -> None:
-    files.write_json(run_dir / "history.json", history.as_dict())
-    columns = PER_EPOCH
-    text = _io.StringIO()
-    writer = csv.writer(text)
-    writer.writerow(columns)
-    writer.writerows(zip(*(getattr(history, c) for c in columns), strict=True))
-    files.atomic_write(run_dir / "history.csv", lambda h: h.write(text.getvalue().encode()))
-
-
-def _write_pictures(run_dir: Path, net: Network, history: History, test) -> None:
-
-    plots.curves(history, run_dir / "curves.png")
-    if test is not None:
-        plots.errors(test[0], test[1], net.predict(test[0]), run_dir / "errors.png")
 
 
 def _train_one(
@@ -79,45 +60,28 @@ def _train_one(
     if not args.quiet:
         net.summary()
     arguments = {k: v for k, v in vars(args).items() if k not in ("func", "resume")}
-    arguments["out"] = str(run_dir)
-
     callbacks: list[Callback] = []
     if args.eta_schedule is not None:
         callbacks.append(EtaSchedule(args.eta_schedule))
     if args.patience is not None:
         callbacks.append(EarlyStopping(args.patience))
-    callbacks.append(checkpoint.ModelCheckpoint(run_dir, args.checkpoint_every, arguments))
-    try:
-        history = net.fit(
-            training,
-            hyper["epochs"],
-            optimizer=_optimizer(hyper),
-            validation_data=validation,
-            test_data=test,
-            lmbda=hyper["lmbda"],
-            callbacks=callbacks,
-            shuffle=args.shuffle,
-            verbose=not args.quiet,
-            state=state,
-        )
-    except DivergenceError:
-        # The network holds the last good weights again: keep them on disk too.
-        serialization.save(
-            net, run_dir, training=hyper | {"seed": seed}, diverged=net.history.stopped
-        )
-        raise
-    serialization.save(
+    runs.train(
         net,
         run_dir,
-        training=hyper | {"seed": seed},
-        history={
-            "best_epoch": history.best_epoch,
-            "best_validation_accuracy": history.best_validation_accuracy,
-            "final_test_accuracy": history.test_accuracy[-1] if history.test_accuracy else None,
-        },
+        training,
+        validation,
+        test,
+        epochs=hyper["epochs"],
+        optimizer=_optimizer(hyper),
+        lmbda=hyper["lmbda"],
+        callbacks=callbacks,
+        shuffle=args.shuffle,
+        verbose=not args.quiet,
+        state=state,
+        arguments=arguments | {"out": str(run_dir)},
+        checkpoint_every=args.checkpoint_every,
+        details=hyper | {"seed": seed},
     )
-    _write_history(run_dir, history)
-    _write_pictures(run_dir, net, history, test)
     return net
 
 
@@ -133,18 +97,6 @@ def _optimizer(hyper: dict) -> optimizers.Optimizer:
     return optimizers.SGD(hyper["eta"], hyper["momentum"], hyper["optimizer"] == "nesterov")
 
 
-def _refuse_to_overwrite(run_dir: Path, overwrite: bool) -> None:
-    """A new run never replaces a trained model unless asked to."""
-    existing = [
-        n for n in ("model.npz", "checkpoint.npz", "ensemble.json") if (run_dir / n).exists()
-    ]
-    if existing and not overwrite:
-        raise ArgumentError(
-            f"--out {run_dir}: already holds {', '.join(existing)} from an earlier run. "
-            "Use --resume to continue it, another --out, or --overwrite to replace it."
-        )
-
-
 def cmd_train(args: argparse.Namespace) -> int:
 
     resume = None
@@ -158,7 +110,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     elif not args.out:
         raise ArgumentError("train: expected --out RUN_DIR (or --resume RUN_DIR).")
     else:
-        _refuse_to_overwrite(Path(args.out), args.overwrite)
+        runs.refuse_to_overwrite(Path(args.out), args.overwrite)
     for flag in ("epochs", "limit", "ensemble", "checkpoint_every"):
         value = getattr(args, flag)
         if value is not None and value < 1:
@@ -193,22 +145,19 @@ def cmd_train(args: argparse.Namespace) -> int:
     members = args.ensemble or 1
     nets = []
     for k in range(members):
-        member_dir = run_dir if members == 1 else run_dir / f"member-{k}"
+        folder = runs.member_dir(run_dir, k, members)
         if members > 1 and not args.quiet:
             print(f"\n== ensemble member {k + 1} of {members} (seed {args.seed + k}) ==")
         nets.append(
-            _train_one(args, member_dir, args.seed + k, training, validation, test, hyper, resume)
+            _train_one(args, folder, args.seed + k, training, validation, test, hyper, resume)
         )
         if not args.quiet:
-            print(f"Saved {member_dir}/model.npz, model.json, history, curves.png, errors.png")
+            print(f"Saved {folder}/model.npz, model.json, history, curves.png, errors.png")
     if members > 1:
-        probabilities = [net.predict_proba(test[0]) for net in nets]
-        accuracies = [float(np.mean(p.argmax(1) == test[1])) for p in probabilities]
-        voted = float(np.mean(vote(probabilities) == test[1]))
-        files.write_json(run_dir / "ensemble.json", {"members": accuracies, "voted": voted})
-        for k, accuracy in enumerate(accuracies):
+        result = runs.write_ensemble(run_dir, nets, test)
+        for k, accuracy in enumerate(result["members"]):
             print(f"member {k}: test accuracy {accuracy:.2%}")
-        print(f"voted ({members} nets): test accuracy {voted:.2%}")
+        print(f"voted ({members} nets): test accuracy {result['voted']:.2%}")
     return 0
 
 

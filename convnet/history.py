@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import csv
+import io
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
@@ -43,6 +45,14 @@ class History:
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    def to_csv(self) -> str:
+        """One row per epoch, one column per :data:`PER_EPOCH` name (empty for None)."""
+        text = io.StringIO()
+        writer = csv.writer(text)
+        writer.writerow(PER_EPOCH)
+        writer.writerows(zip(*(getattr(self, c) for c in PER_EPOCH), strict=True))
+        return text.getvalue()
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> History:

@@ -2,7 +2,7 @@
 
 ``Im2Col`` lowers to the same slicing program as the graph form and ``Col2Im`` to JAX's
 exact transpose of it; ``Conv2D`` is ``lax.conv_general_dilated`` (cuDNN on NVIDIA GPUs);
-``ConvPool`` calls convnet's own C++ kernel (:mod:`convnet.native`) when it is built, else
+``ConvPool`` calls convnet's own C++ kernel (:mod:`convnet.kernel`) when it is built, else
 it is the im2col formulation in JAX. :meth:`Backend.mode` registers them before compiling.
 """
 
@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from convnet import native, ops
+from convnet import kernel, ops
 
 
 def register() -> None:
@@ -38,7 +38,7 @@ def register() -> None:
     @jax_funcify.register(ops.ConvPool)
     def _conv_pool(op, node=None, **kwargs):
         ph, pw = op.poolsize
-        target = native.conv_pool_target()
+        target = kernel.conv_pool_target()
 
         def with_kernel(images, filters):
             if images.dtype != jnp.float32 or filters.dtype != jnp.float32:

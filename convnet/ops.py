@@ -166,7 +166,7 @@ def conv_pool(
 class ConvPool(Op):
     """Convolution followed by max-pooling, for the evaluation path of conv layers.
 
-    Its JAX implementation calls :mod:`convnet.native`'s kernel when that is built (else
+    Its JAX implementation calls :mod:`convnet.kernel`'s kernel when that is built (else
     it is the im2col formulation of :func:`conv2d` in JAX); ``perform`` (NumPy) serves
     the other modes and the tests. Its gradient is that of the unfused graph, so it can
     stand anywhere :func:`conv2d` + :func:`max_pool` can.

@@ -1,4 +1,4 @@
-"""convnet's own CPU kernel (convnet.native) and the ConvPool Op it serves: against the
+"""convnet's own CPU kernel (convnet.kernel) and the ConvPool Op it serves: against the
 loop/scipy reference, with and without the kernel, its gradient, its build, and a whole
 network's evaluation against the XLA formulation."""
 
@@ -13,7 +13,7 @@ import pytensor.tensor as pt
 import pytest
 from pytensor.gradient import verify_grad
 
-from convnet import Network, native
+from convnet import Network, kernel
 from convnet import backend as backends
 from convnet.book import layers_for
 from convnet.errors import ArgumentError
@@ -37,8 +37,8 @@ def fresh_build(monkeypatch):
     """Forget this process's build, and again afterwards (the next test rebuilds or reloads)."""
 
     def forget():
-        monkeypatch.setattr(native, "_build", None)
-        monkeypatch.setattr(native, "_result", {})
+        monkeypatch.setattr(kernel, "_build", None)
+        monkeypatch.setattr(kernel, "_result", {})
 
     forget()
     yield forget
@@ -69,15 +69,15 @@ def test_conv_pool_matches_reference(backend, rng):
 
 
 def test_conv_pool_without_the_kernel_matches_reference(rng, fresh_build, monkeypatch):
-    monkeypatch.setenv("CONVNET_NATIVE", "0")
-    assert native.conv_pool_target() is None
-    assert "CONVNET_NATIVE=0" in native.why_not()
+    monkeypatch.setenv("CONVNET_KERNEL", "0")
+    assert kernel.conv_pool_target() is None
+    assert "CONVNET_KERNEL=0" in kernel.why_not()
     _check_against_reference("jax", rng)
 
 
 @pytest.mark.skipif(not HAS_COMPILER, reason="needs an x86-64 CPU and a C++ compiler")
 def test_kernel_builds_where_a_compiler_exists():
-    assert native.conv_pool_target() == native.TARGET, native.why_not()
+    assert kernel.conv_pool_target() == kernel.TARGET, kernel.why_not()
 
 
 @pytest.mark.skipif(not HAS_COMPILER, reason="needs an x86-64 CPU and a C++ compiler")
@@ -87,9 +87,9 @@ def test_failed_build_falls_back_and_says_why(tmp_path, fresh_build, monkeypatch
     failing.chmod(0o755)
     monkeypatch.setenv("CXX", str(failing))
     monkeypatch.setenv("CONVNET_CACHE", str(tmp_path / "cache"))
-    assert native.enabled()
-    assert native.conv_pool_target() is None
-    assert "no compiling today" in native.why_not()
+    assert kernel.enabled()
+    assert kernel.conv_pool_target() is None
+    assert "no compiling today" in kernel.why_not()
     assert not list((tmp_path / "cache" / "kernels").glob("*.so"))  # no half-built file
 
 
@@ -113,7 +113,7 @@ def test_network_evaluation_is_the_same_with_and_without_the_kernel(rng, monkeyp
     unfused = Network(layers_for("relu", 10), 10, seed=3, backend="jax")
     monkeypatch.delenv("CONVNET_CONV")
     fused = Network(layers_for("relu", 10), 10, seed=3, backend="jax")
-    expected = "fused" if native.enabled() else "patches"
+    expected = "fused" if kernel.enabled() else "patches"
     assert fused.layers[0].eval_conv_implementation == expected
     assert unfused.layers[0].eval_conv_implementation == "patches"
     # network3 starts the softmax weights at zero (every class 0.1): give both nets the
@@ -128,19 +128,19 @@ def test_network_evaluation_is_the_same_with_and_without_the_kernel(rng, monkeyp
 
 
 def test_bad_switch_and_missing_compiler_are_named(fresh_build, monkeypatch):
-    monkeypatch.setenv("CONVNET_NATIVE", "yes")
-    with pytest.raises(ArgumentError, match="CONVNET_NATIVE"):
+    monkeypatch.setenv("CONVNET_KERNEL", "yes")
+    with pytest.raises(ArgumentError, match="CONVNET_KERNEL"):
         Network(layers_for("relu", 10), 10, backend="jax")
-    monkeypatch.setenv("CONVNET_NATIVE", "1")
+    monkeypatch.setenv("CONVNET_KERNEL", "1")
     monkeypatch.setenv("CXX", "no-such-compiler-here")
-    assert not native.enabled()
-    assert "CXX='no-such-compiler-here'" in native.why_not()
+    assert not kernel.enabled()
+    assert "CXX='no-such-compiler-here'" in kernel.why_not()
 
 
 @pytest.mark.skipif(not HAS_COMPILER, reason="needs an x86-64 CPU and a C++ compiler")
 def test_damaged_cached_kernel_is_rebuilt(tmp_path, fresh_build, monkeypatch):
     monkeypatch.setenv("CONVNET_CACHE", str(tmp_path))
-    built = native._library()  # built into the cache, not loaded
+    built = kernel._library()  # built into the cache, not loaded
     built.write_bytes(b"not a shared library")
-    assert native.conv_pool_target() == native.TARGET, native.why_not()
+    assert kernel.conv_pool_target() == kernel.TARGET, kernel.why_not()
     assert built.read_bytes()[:4] == b"\x7fELF"

@@ -12,7 +12,7 @@ the source, compiler, flags, jaxlib and CPU, so a cache shared between machines 
 loads a kernel built for another CPU. The compiler runs in a background thread while
 PyTensor builds the graphs. The kernel is a speed-up, never a requirement: without a
 compiler, or if the build fails, :func:`conv_pool_target` returns None, :func:`why_not`
-says why, and the layers keep XLA's own formulation. ``CONVNET_NATIVE=0`` turns it off.
+says why, and the layers keep XLA's own formulation. ``CONVNET_KERNEL=0`` turns it off.
 """
 
 from __future__ import annotations
@@ -43,14 +43,14 @@ _registered: list[str] = []  # TARGET once XLA knows it (for the rest of the pro
 def enabled() -> bool:
     """Whether the kernel may be used here: JAX installed, a compiler found, not turned off.
 
-    Raises ArgumentError for a ``CONVNET_NATIVE`` other than 0 or 1."""
+    Raises ArgumentError for a ``CONVNET_KERNEL`` other than 0 or 1."""
     return _precondition() is None
 
 
 def _precondition() -> str | None:
     """Why the kernel can't even be tried, or None."""
-    if config.setting("CONVNET_NATIVE") == "0":
-        return "turned off by CONVNET_NATIVE=0"
+    if config.setting("CONVNET_KERNEL") == "0":
+        return "turned off by CONVNET_KERNEL=0"
     if platform.machine().lower() not in ("x86_64", "amd64"):
         return f"written for x86-64 CPUs; this one is {platform.machine()}"
     if _compiler() is None:
