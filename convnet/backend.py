@@ -24,6 +24,7 @@ import importlib.util
 import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
 import numpy as np
@@ -175,14 +176,19 @@ class Backend:
     """A PyTensor compilation mode plus the device its data lives on.
 
     ``precision`` is how a GPU multiplies float32 matrices (see :meth:`matmul_precision`).
+    The measured choices (the convolution's form, the evaluation batch, the mode) are
+    resolved at a backend's first use and then fixed: a change of ``CONVNET_CONV`` reaches
+    the networks built after it, never a network half-way through compiling.
     """
 
     name: str
     device: str
     precision: str = "tf32"
 
-    @property
+    @cached_property
     def mode(self) -> Mode:
+        """The PyTensor mode, with the process-wide setup it needs (BLAS flags, the JAX
+        fixes and Op implementations, the compile caches) applied here, once."""
         if self.name == "c":
             _configure_blas()
             return Mode(linker="cvm", optimizer="fast_run")
@@ -228,7 +234,7 @@ class Backend:
         part = max(d for d in range(1, MICRO_BATCH + 1) if mini_batch_size % d == 0)
         return part if part >= 8 else mini_batch_size
 
-    @property
+    @cached_property
     def eval_batch(self) -> int:
         """Examples per evaluation call. Measured on a CPU for net C's 10,000-image pass
         with XLA's im2col: 1,000 -> 1.75 s, 100 -> 0.84 s, 50 -> 0.69 s (its buffers must fit
@@ -239,7 +245,7 @@ class Backend:
             return 1000
         return 50
 
-    @property
+    @cached_property
     def eval_conv_implementation(self) -> str:
         """How conv layers build their evaluation (deterministic) output: "fused" is
         convnet's own CPU kernel (:mod:`convnet.kernel`, convolution and max-pooling in one
@@ -259,7 +265,7 @@ class Backend:
         kernel.start_build()  # compiles beside PyTensor's graph building
         return "fused"
 
-    @property
+    @cached_property
     def conv_implementation(self) -> str:
         """How conv layers are built (see ops.conv2d): "patches" (one Im2Col Op) on every
         backend (its implementations: jax_ops.py, linkers.py for Numba, C code in ops.py).

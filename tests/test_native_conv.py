@@ -116,7 +116,9 @@ def test_networks_choose_the_im2col_op_on_every_backend_and_device(monkeypatch):
     assert gpu.eval_conv_implementation == "patches"  # the fused kernel is CPU-only
     assert backends.Backend("jax", "cpu").conv_implementation == "patches"
     monkeypatch.setenv("CONVNET_CONV", "native")
-    assert gpu.conv_implementation == gpu.eval_conv_implementation == "native"
+    assert gpu.conv_implementation == "patches"  # a backend's choices are fixed once made
+    again = backends.Backend("jax", "gpu")
+    assert again.conv_implementation == again.eval_conv_implementation == "native"
     monkeypatch.delenv("CONVNET_CONV")
     for name in ("c", "numba"):  # the Op has C and Numba implementations (linkers.py)
         assert backends.Backend(name, "cpu").conv_implementation == "patches"
