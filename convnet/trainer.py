@@ -23,7 +23,7 @@ from convnet.history import History
 from convnet.optimizers import Optimizer
 
 if TYPE_CHECKING:
-    from convnet.network import DeviceData, Network
+    from convnet.model import DeviceData, Model
 
 
 @dataclass
@@ -68,7 +68,7 @@ class Trainer:
 
     def __init__(
         self,
-        net: Network,
+        net: Model,
         train: DeviceData,
         validation: DeviceData | None,
         test: DeviceData | None,
