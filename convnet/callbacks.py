@@ -144,6 +144,25 @@ class ProgressBar(Callback):
             self.bar = None
 
 
+class Position(Callback):
+    """Where the run is: the epoch under way, the mini-batches of it done, and the last
+    epoch finished (what an interrupted run reports)."""
+
+    def __init__(self) -> None:
+        self.epoch: int | None = None
+        self.batches = 0
+        self.finished: int | None = None
+
+    def on_epoch_begin(self, trainer, epoch):
+        self.epoch, self.batches = epoch, 0
+
+    def on_batches(self, trainer, images):
+        self.batches = images // trainer.net.mini_batch_size
+
+    def on_epoch_end(self, trainer, epoch, logs):
+        self.finished = epoch
+
+
 class EpochEndFunction(Callback):
     """Calls ``function(trainer.state)`` after every epoch (``SGD``'s ``on_epoch_end=``)."""
 

@@ -6,7 +6,9 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import signal
 import sys
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +16,7 @@ import numpy as np
 from convnet import __version__, checkpoint, optimizers, plots, runs
 from convnet import backend as backends
 from convnet.book import RECIPES, layers_for
-from convnet.callbacks import Callback, EarlyStopping, EtaSchedule
+from convnet.callbacks import Callback, EarlyStopping, EtaSchedule, Position
 from convnet.data import book_format
 from convnet.data.download import download_mnist
 from convnet.data.expand import default_cache, load_expanded
@@ -51,6 +53,45 @@ def _train_one(
     hyper: dict,
     resume: tuple | None = None,
 ) -> Network:
+    position = Position()
+    try:
+        return _train_into(args, run_dir, seed, training, validation, test, hyper, resume, position)
+    except KeyboardInterrupt:
+        raise RunInterruptedError(run_dir, position) from None
+
+
+class RunInterruptedError(Exception):
+    """Ctrl-C (or SIGTERM) during training; says where, and how to continue."""
+
+    def __init__(self, run_dir: Path, position: Position) -> None:
+        where = (
+            f"at epoch {position.epoch}, mini-batch {position.batches}"
+            if position.epoch is not None
+            else "before the first epoch"
+        )
+        saved = checkpoint.path_in(run_dir)
+        if saved.exists() and position.finished is not None:
+            kept = f"checkpoint of epoch {position.finished} kept in {saved}"
+        elif saved.exists():
+            kept = f"the checkpoint in {saved} is as it was"
+        else:
+            kept = "no checkpoint yet"
+        super().__init__(
+            f"Interrupted {where}; {kept}. Resume with: convnet train --resume {run_dir}"
+        )
+
+
+def _train_into(
+    args,
+    run_dir: Path,
+    seed: int,
+    training,
+    validation,
+    test,
+    hyper: dict,
+    resume: tuple | None,
+    position: Position,
+) -> Network:
     mbs = args.mini_batch_size
     if resume is not None:
         net, state = resume
@@ -60,7 +101,7 @@ def _train_one(
     if not args.quiet:
         net.summary()
     arguments = {k: v for k, v in vars(args).items() if k not in ("func", "resume")}
-    callbacks: list[Callback] = []
+    callbacks: list[Callback] = [position]
     if args.eta_schedule is not None:
         callbacks.append(EtaSchedule(args.eta_schedule))
     if args.patience is not None:
@@ -277,6 +318,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="convnet", description="Train and use the book's networks."
     )
+    parser.add_argument("--version", action="version", version=f"convnet {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     def common(p: argparse.ArgumentParser) -> None:
@@ -384,13 +426,27 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _terminate(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt  # SIGTERM ends a run the way Ctrl-C does
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    terminated = signal.getsignal(signal.SIGTERM)
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _terminate)
     try:
         return int(args.func(args) or 0)
     except ConvnetError as exc:  # our errors already say what is wrong: no traceback
         print(f"convnet {args.command}: error: {exc}", file=sys.stderr)
         return 2
+    except (RunInterruptedError, KeyboardInterrupt) as exc:
+        message = str(exc) if isinstance(exc, RunInterruptedError) else "Interrupted."
+        print(f"\nconvnet {args.command}: {message}", file=sys.stderr)
+        return 130  # 128 + SIGINT, as shells report an interrupted program
+    finally:
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, terminated)
 
 
 if __name__ == "__main__":

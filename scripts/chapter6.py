@@ -15,6 +15,10 @@ from convnet.book import RECIPES, layers_for
 from convnet.data.expand import load_expanded
 
 
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -41,7 +45,7 @@ def main(argv: list[str] | None = None) -> int:
     mbs = args.mini_batch_size
     print(
         f"{recipe.name}: {recipe.description}; {len(training[0]):,} training images, "
-        f"{epochs} epochs, eta {recipe.eta}, lmbda {recipe.lmbda}, mini-batch {mbs}"
+        f"{_count(epochs, 'epoch')}, eta {recipe.eta}, lmbda {recipe.lmbda}, mini-batch {mbs}"
     )
     net = Network(
         layers_for(recipe.name, mbs),
@@ -56,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
     total = time.perf_counter() - start
     final_test = history.test_accuracy[-1]
     print(
-        f"\nSummary: {recipe.name}, {epochs} epoch(s) in {total:.1f} s "
+        f"\nSummary: {recipe.name}, {_count(epochs, 'epoch')} in {total:.1f} s "
         f"({sum(history.seconds) / epochs:.1f} s/epoch training); final test accuracy "
         f"{final_test:.2%} (book, {recipe.epochs} epochs: {recipe.book_accuracy:.2%})"
     )

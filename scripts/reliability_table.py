@@ -271,7 +271,7 @@ DIVERGENCE_AND_FILES = """
   epoch; `convnet train` also writes them to `model.npz`
   (`tests/test_training.py::test_divergence_names_epoch_and_batch_and_keeps_last_good_weights`).
 * **Checkpoints.** `convnet train --checkpoint-every N` writes `checkpoint.npz` (weights,
-  momentum velocities, best weights, epoch, eta, early-stopping counters, the shuffling
+  the optimizer's state, best weights, epoch, eta, early-stopping counters, the shuffling
   RNG's state, the dropout step counter, history, architecture, arguments) as one file:
   temporary file in the same folder, fsync, `os.replace`. `convnet train --resume RUN_DIR`
   continues with the original arguments. Runs killed with SIGKILL at random moments resume
@@ -279,6 +279,12 @@ DIVERGENCE_AND_FILES = """
   (`tests/test_reliability.py::test_sigkill_at_random_moments_then_resume_equals_an_uninterrupted_run`);
   a kill in the middle of a checkpoint write leaves the previous checkpoint intact
   (`tests/test_reliability.py::test_a_kill_during_a_checkpoint_write_keeps_the_previous_checkpoint`).
+* **Ctrl-C or SIGTERM** during `convnet train` ends it with one line, no traceback, exit
+  code 130: where it stopped (epoch, mini-batch), which checkpoint is kept, and the
+  `--resume` command
+  (`tests/test_reliability.py::test_an_interrupted_run_says_where_and_keeps_its_checkpoint`).
+  Checkpoints hold the same weight checks as model files (dtype, shape, finite)
+  (`tests/test_reliability.py::test_a_checkpoint_gets_the_same_checks_as_a_model_file`).
 * **A new run never overwrites a trained model.** `convnet train --out DIR` refuses a folder
   that already holds a model or checkpoint (use `--resume`, another folder, or
   `--overwrite`) (`tests/test_cli.py::test_train_never_overwrites_a_trained_model_unless_asked`).
@@ -286,8 +292,8 @@ DIVERGENCE_AND_FILES = """
   (`tests/test_serialization.py::test_a_failed_save_leaves_the_previous_model_intact`).
 * **Loading is safe.** Weights load with `np.load(..., allow_pickle=False)` and are checked
   against the architecture (names, shapes, float32, finite) before use; the book's
-  `mnist.pkl.gz` goes through a restricted unpickler that admits only numpy arrays and
-  tuples.
+  `mnist.pkl.gz` / `mnist_expanded.pkl.gz` go through a restricted unpickler that admits
+  only numpy arrays, numbers, tuples and lists.
 * **Download.** `convnet download mnist` tries mirrors in order (`CONVNET_MNIST_MIRRORS`),
   resumes partial files with HTTP Range, retries with exponential backoff, verifies sha256
   (canonical archive, or canonical uncompressed content for recompressed mirrors), places

@@ -10,7 +10,6 @@ import pytest
 from convnet import FullyConnectedLayer, Network, SoftmaxLayer, optimizers
 from convnet.book import layers_for
 from convnet.callbacks import Callback, CSVLogger
-from convnet.cli import main
 from convnet.errors import ArgumentError
 from convnet.history import PER_EPOCH, History
 from tests import reference
@@ -171,15 +170,3 @@ def test_adam_and_nesterov_train_net_a_at_least_as_well_as_the_books_sgd(mnist):
     # The same effective step (eta / (1 - momentum) = 0.1), but momentum starts slowly:
     # 0.15-0.2 pp below SGD after one epoch at seeds 0-2 (experiments.py optimizers).
     assert results["nesterov"] >= results["sgd"] - 0.005, results
-
-
-def test_the_command_line_refuses_optimizer_flags_that_do_not_fit_before_reading_data(
-    tmp_path, capsys, monkeypatch
-):
-    monkeypatch.setenv("CONVNET_DATA", str(tmp_path / "no-mnist-here"))  # never reached
-    base = ["train", "--net", "shallow", "--out", str(tmp_path / "run")]
-    assert main([*base, "--optimizer", "adam", "--momentum", "0.5"]) == 2
-    assert "--momentum is for sgd and nesterov" in capsys.readouterr().err
-    assert main([*base, "--optimizer", "nesterov", "--momentum", "0"]) == 2
-    assert "nesterov=True needs a momentum" in capsys.readouterr().err
-    assert not (tmp_path / "run").exists()

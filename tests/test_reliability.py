@@ -164,3 +164,28 @@ def test_a_checkpoint_gets_the_same_checks_as_a_model_file(tmp_path, damage):
     np.savez(path, **arrays)
     with pytest.raises(ModelFileError, match=r"checkpoint\.npz: layers\.0\.w"):
         checkpoint.load(tmp_path)
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
+def test_an_interrupted_run_says_where_and_keeps_its_checkpoint(tmp_path, mnist_dir, signum):
+    run = tmp_path / "run"
+    args = ["train", "--net", "relu", "--limit", "2000", "--epochs", "40", "--quiet"]
+    process = subprocess.Popen(
+        [sys.executable, "-m", "convnet.cli", *args, "--out", str(run)],
+        env=dict(os.environ, PYTHONUNBUFFERED="1"),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    deadline = time.monotonic() + 180
+    while process.poll() is None and _mtime(run) is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    time.sleep(0.3)  # into the next epoch
+    assert process.poll() is None, "the run finished before it could be interrupted"
+    process.send_signal(signum)
+    _, errors = process.communicate(timeout=60)
+    text = errors.decode()
+    assert process.returncode == 130, text
+    assert "Traceback" not in text
+    assert "Interrupted at epoch" in text and f"convnet train --resume {run}" in text
+    _, state, _ = checkpoint.load(run)  # the checkpoint is whole
+    assert state.epoch >= 1 and f"checkpoint of epoch {state.epoch - 1} kept" in text
