@@ -43,23 +43,6 @@ def _layers(args: argparse.Namespace, mbs: int):
     return layers_for(args.net, mbs)
 
 
-def _train_one(
-    args,
-    run_dir: Path,
-    seed: int,
-    training,
-    validation,
-    test,
-    hyper: dict,
-    resume: tuple | None = None,
-) -> Network:
-    position = Position()
-    try:
-        return _train_into(args, run_dir, seed, training, validation, test, hyper, resume, position)
-    except KeyboardInterrupt:
-        raise RunInterruptedError(run_dir, position) from None
-
-
 class RunInterruptedError(Exception):
     """Ctrl-C (or SIGTERM) during training; says where, and how to continue."""
 
@@ -81,7 +64,7 @@ class RunInterruptedError(Exception):
         )
 
 
-def _train_into(
+def _train_one(
     args,
     run_dir: Path,
     seed: int,
@@ -89,8 +72,7 @@ def _train_into(
     validation,
     test,
     hyper: dict,
-    resume: tuple | None,
-    position: Position,
+    resume: tuple | None = None,
 ) -> Network:
     mbs = args.mini_batch_size
     if resume is not None:
@@ -101,28 +83,32 @@ def _train_into(
     if not args.quiet:
         net.summary()
     arguments = {k: v for k, v in vars(args).items() if k not in ("func", "resume")}
+    position = Position()
     callbacks: list[Callback] = [position]
     if args.eta_schedule is not None:
         callbacks.append(EtaSchedule(args.eta_schedule))
     if args.patience is not None:
         callbacks.append(EarlyStopping(args.patience))
-    runs.train(
-        net,
-        run_dir,
-        training,
-        validation,
-        test,
-        epochs=hyper["epochs"],
-        optimizer=_optimizer(hyper),
-        lmbda=hyper["lmbda"],
-        callbacks=callbacks,
-        shuffle=args.shuffle,
-        verbose=not args.quiet,
-        state=state,
-        arguments=arguments | {"out": str(run_dir)},
-        checkpoint_every=args.checkpoint_every,
-        details=hyper | {"seed": seed},
-    )
+    try:
+        runs.train(
+            net,
+            run_dir,
+            training,
+            validation,
+            test,
+            epochs=hyper["epochs"],
+            optimizer=_optimizer(hyper),
+            lmbda=hyper["lmbda"],
+            callbacks=callbacks,
+            shuffle=args.shuffle,
+            verbose=not args.quiet,
+            state=state,
+            arguments=arguments | {"out": str(run_dir)},
+            checkpoint_every=args.checkpoint_every,
+            details=hyper | {"seed": seed},
+        )
+    except KeyboardInterrupt:
+        raise RunInterruptedError(run_dir, position) from None
     return net
 
 
