@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from convnet.errors import ArgumentError
+from convnet.errors import ArgumentError, check_number
 from convnet.files import atomic_write
 
 if TYPE_CHECKING:
@@ -41,18 +41,13 @@ class Callback:
         """After the last epoch, or the one a callback stopped at."""
 
 
-def _whole(value: Any, what: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ArgumentError(f"{what}: expected a whole number >= 1. Received: {value!r}.")
-    return value
-
-
 class EtaSchedule(Callback):
     """The book's schedule: multiply eta by ``factor`` after ``patience`` epochs without
     a better validation accuracy; stop once eta falls below ``min_fraction`` of its start."""
 
     def __init__(self, patience: int, factor: float = 0.5, min_fraction: float = 1 / 128):
-        self.patience = _whole(patience, "EtaSchedule: patience")
+        check_number(patience, "EtaSchedule: patience", integer=True)
+        self.patience = int(patience)
         if not 0.0 < factor < 1.0:
             raise ArgumentError(
                 f"EtaSchedule: factor: expected 0 < factor < 1. Received: {factor!r}."
@@ -82,7 +77,9 @@ class EarlyStopping(Callback):
     with ``restore_best`` the network ends with its best epoch's weights."""
 
     def __init__(self, patience: int | None, restore_best: bool = True):
-        self.patience = None if patience is None else _whole(patience, "EarlyStopping: patience")
+        if patience is not None:
+            check_number(patience, "EarlyStopping: patience", integer=True)
+        self.patience = patience
         self.restore_best = bool(restore_best)
 
     def on_train_begin(self, trainer):

@@ -20,7 +20,7 @@ import numpy as np
 
 from convnet import files, serialization
 from convnet.callbacks import Callback
-from convnet.errors import ArgumentError, ModelFileError
+from convnet.errors import ModelFileError, check_number
 from convnet.history import History
 from convnet.network import Network
 from convnet.trainer import TrainingState
@@ -87,10 +87,7 @@ class ModelCheckpoint(Callback):
     def __init__(
         self, run_dir: str | os.PathLike[str], every: int = 1, arguments: dict | None = None
     ):
-        if isinstance(every, bool) or not isinstance(every, int) or every < 1:
-            raise ArgumentError(
-                f"ModelCheckpoint: every: expected a whole number >= 1. Received: {every!r}."
-            )
+        check_number(every, "ModelCheckpoint: every", integer=True)
         self.run_dir, self.every, self.arguments = Path(run_dir), every, arguments
 
     def on_epoch_end(self, trainer, epoch, logs):

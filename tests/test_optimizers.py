@@ -9,7 +9,8 @@ import pytest
 
 from convnet import FullyConnectedLayer, Network, SoftmaxLayer, optimizers
 from convnet.book import layers_for
-from convnet.callbacks import Callback, CSVLogger
+from convnet.callbacks import Callback, CSVLogger, EarlyStopping, EtaSchedule
+from convnet.checkpoint import ModelCheckpoint
 from convnet.errors import ArgumentError
 from convnet.history import PER_EPOCH, History
 from tests import reference
@@ -92,6 +93,12 @@ def test_bad_optimizers_and_callbacks_are_named(rng):
         optimizers.Adam(beta1=1.0)
     with pytest.raises(ArgumentError, match="nesterov=True needs a momentum"):
         optimizers.SGD(0.1, nesterov=True)
+    with pytest.raises(ArgumentError, match=r"EtaSchedule: patience: expected an integer > 0"):
+        EtaSchedule(0)
+    with pytest.raises(ArgumentError, match=r"EarlyStopping: patience: .*Received: 2\.5"):
+        EarlyStopping(2.5)
+    with pytest.raises(ArgumentError, match=r"ModelCheckpoint: every: .*Received: True"):
+        ModelCheckpoint(".", every=True)
     net = Network([FullyConnectedLayer(5, 4), SoftmaxLayer(4, 3)], 2, seed=0)
     data = (rng.random((4, 5), dtype=np.float32), np.zeros(4, np.int32))
     with pytest.raises(ArgumentError, match=r"optimizer: expected a convnet\.optimizers"):
