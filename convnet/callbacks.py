@@ -3,7 +3,8 @@
 A callback sees the trainer at the start of a run, at each epoch's start and end (with
 that epoch's ``logs``: ``epoch``, ``train_cost``, ``validation_cost``,
 ``validation_accuracy``, ``test_accuracy``, ``eta``, ``seconds``, ``improved``), after each
-compiled call (``images`` trained so far in the epoch) and at the end; ``trainer.stop()``
+compiled call (``images`` trained so far in the epoch), before each evaluation pass and
+at the end; ``trainer.stop()``
 ends the run after the current epoch. The counters these built-ins keep live in
 ``trainer.state``, which checkpoints save, so a resumed run decides exactly as an
 uninterrupted one. Divergence is not a callback: every run checks it.
@@ -33,6 +34,9 @@ class Callback:
 
     def on_batches(self, trainer: Trainer, images: int) -> None:
         """After each compiled call: ``images`` examples of this epoch trained so far."""
+
+    def on_evaluate(self, trainer: Trainer, epoch: int, what: str) -> None:
+        """Before an evaluation pass over ``what`` ("validation" or "test") of ``epoch``."""
 
     def on_epoch_end(self, trainer: Trainer, epoch: int, logs: dict[str, Any]) -> None:
         """After ``epoch`` trained and was evaluated."""
@@ -108,7 +112,8 @@ class CSVLogger(Callback):
 
 
 class ProgressBar(Callback):
-    """A tqdm bar per epoch with images/s and ETA (on terminals by default)."""
+    """A tqdm bar per epoch with images/s and ETA (on terminals by default); it stays up,
+    saying so, while the epoch's evaluation passes run."""
 
     def __init__(self) -> None:
         self.bar: Any = None
@@ -131,6 +136,10 @@ class ProgressBar(Callback):
         if self.bar is not None:
             self.bar.update(images - self.done)
             self.done = images
+
+    def on_evaluate(self, trainer, epoch, what):
+        if self.bar is not None:
+            self.bar.set_postfix_str(f"evaluating on the {what} set")
 
     def on_epoch_end(self, trainer, epoch, logs):
         self.on_train_end(trainer)

@@ -18,11 +18,11 @@ from typing import Any
 
 import numpy as np
 
-from convnet import files, serialization
+from convnet import files, records, serialization
 from convnet.callbacks import Callback
-from convnet.errors import ModelFileError, check_number
-from convnet.history import History
+from convnet.errors import ArgumentError, ModelFileError, ShapeError, check_number
 from convnet.network import Network
+from convnet.records import Fields
 from convnet.trainer import TrainingState
 
 FILENAME = "checkpoint.npz"
@@ -69,15 +69,19 @@ def save(
 def _optimizer_state(
     arrays: dict[str, np.ndarray], group: Any, target: Path
 ) -> list[np.ndarray] | None:
-    """The optimizer's arrays in order; a checkpoint of an older convnet kept SGD's
-    momentum velocities as ``velocity.<weight>``."""
+    """The optimizer's arrays in order, each finite float32 (the trainer checks their
+    shapes against the optimizer's); a checkpoint of an older convnet kept SGD's momentum
+    velocities as ``velocity.<weight>``."""
     count = sum(name.startswith("optimizer.") for name in arrays)
     if not count:
         return group("velocity")
-    missing = [f"optimizer.{k}" for k in range(count) if f"optimizer.{k}" not in arrays]
+    keys = [f"optimizer.{k}" for k in range(count)]
+    missing = [k for k in keys if k not in arrays]
     if missing:
         raise ModelFileError(f"{target}: missing arrays {missing}.")
-    return [arrays[f"optimizer.{k}"] for k in range(count)]
+    values = [arrays[k] for k in keys]
+    shapes = [v.shape for v in values]
+    return serialization.check_weights(values, keys, shapes, target)
 
 
 class ModelCheckpoint(Callback):
@@ -98,32 +102,35 @@ class ModelCheckpoint(Callback):
 
 def load(
     run_dir: str | os.PathLike[str], *, backend: str | None = None, device: str | None = None
-) -> tuple[Network, TrainingState, dict[str, Any]]:
-    """(network with its weights, training state, the arguments the run was started with)."""
+) -> tuple[Network, TrainingState, Fields]:
+    """(network with its weights, training state, the arguments the run was started with),
+    every field and array checked first."""
     target = path_in(run_dir)
-    try:
-        with np.load(target, allow_pickle=False) as stored:
-            arrays = {name: stored[name] for name in stored.files}
-        meta = json.loads(arrays.pop("meta").tobytes())
-    except FileNotFoundError:
-        raise ModelFileError(f"{target}: no checkpoint here to resume from.") from None
-    except (OSError, ValueError, KeyError) as exc:
-        raise ModelFileError(f"{target}: not a readable convnet checkpoint ({exc}).") from None
-    if meta.get("format") != FORMAT or meta.get("version") != VERSION:
-        raise ModelFileError(
-            f"{target}: checkpoint format {meta.get('format')!r} version {meta.get('version')!r}; "
-            f"this convnet reads {FORMAT!r} version {VERSION}."
-        )
-    arch = meta["architecture"]
-    mbs = int(arch["mini_batch_size"])
-    net = Network(
-        serialization.build_layers(arch, mbs, target),
-        mbs,
-        backend=backend,
-        device=device,
-        seed=arch["seed"],
+    arrays = records.read_npz(
+        target, "checkpoint file", hint=" Only a run that wrote a checkpoint can resume."
     )
+    if "meta" not in arrays or arrays["meta"].dtype != np.uint8 or arrays["meta"].ndim != 1:
+        raise ModelFileError(f"{target}: not a convnet checkpoint (its 'meta' record is missing).")
+    meta = records.parse_json(arrays.pop("meta").tobytes(), target, "checkpoint record")
+    serialization.check_format(meta, FORMAT, VERSION, "version")
+    arch = meta.record("architecture")
+    serialization.check_format(
+        arch, serialization.FORMAT, serialization.FORMAT_VERSION, "format_version"
+    )
+    mbs = arch.integer("mini_batch_size", low=1)
+    layers = serialization.build_layers(arch, mbs)
+    try:
+        net = Network(
+            layers,
+            mbs,
+            backend=backend,
+            device=device,
+            seed=arch.integer("seed", low=0, high=serialization.SEED_MAX),
+        )
+    except (ShapeError, ArgumentError) as exc:
+        raise ModelFileError(f"{target}: the saved layers don't form a network: {exc}") from None
     names = serialization.weight_names(net)
+    shapes = [tuple(p.type.shape) for p in net.params]
 
     def group(prefix: str) -> list[np.ndarray] | None:
         keys = [f"{prefix}.{n}" for n in names]
@@ -132,24 +139,39 @@ def load(
         missing = [k for k in keys if k not in arrays]
         if missing:
             raise ModelFileError(f"{target}: missing arrays {missing}.")
-        return [arrays[k] for k in keys]
+        return serialization.check_weights([arrays[k] for k in keys], keys, shapes, target)
 
     weights = group("weights")
     if weights is None:
         raise ModelFileError(f"{target}: holds no weights.")
-    shapes = [tuple(p.type.shape) for p in net.params]
-    net.set_weights(serialization.check_weights(weights, names, shapes, target))
-    best = meta["best_score"]
+    net.set_weights(weights)
+    history = records.history(meta.record("history"))
+    epoch = meta.integer("epoch", low=0)
+    if len(history.epoch) != epoch:
+        meta.fail("epoch", f"{len(history.epoch)}, the epochs in its history", epoch)
+    best = meta.number("best_score", optional=True)
     state = TrainingState(
-        epoch=meta["epoch"],
-        eta=meta["eta"],
+        epoch=epoch,
+        eta=meta.number("eta", low=0, above=True, high=float(np.finfo(np.float32).max)),
         best_score=-np.inf if best is None else best,
-        stalled=meta["stalled"],
-        schedule_stalled=meta["schedule_stalled"],
-        shuffle_rng=meta["shuffle_rng"],
-        history=History.from_dict(meta["history"]),
+        stalled=meta.integer("stalled", low=0),
+        schedule_stalled=meta.integer("schedule_stalled", low=0),
+        shuffle_rng=_shuffle_state(meta),
+        history=history,
         best_weights=group("best"),
         optimizer_state=_optimizer_state(arrays, group, target),
-        step=meta["step"],
+        step=meta.integer("step", low=0, high=2**62),
     )
-    return net, state, meta["arguments"]
+    return net, state, meta.record("arguments")
+
+
+def _shuffle_state(meta: Fields) -> dict[str, Any] | None:
+    """The shuffling generator's state, checked by giving it to a generator of its kind."""
+    state = meta.raw("shuffle_rng", optional=True)
+    if state is None:
+        return None
+    try:
+        np.random.default_rng().bit_generator.state = state
+    except (TypeError, ValueError, KeyError, OverflowError):
+        meta.fail("shuffle_rng", "the state of numpy's PCG64 generator", state)
+    return state

@@ -4,35 +4,173 @@
 from __future__ import annotations
 
 import argparse
-import json
+import errno
 import platform
 import signal
 import sys
 import threading
+from contextlib import nullcontext
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-from convnet import __version__, checkpoint, optimizers, plots, runs
+from convnet import __version__, checkpoint, config, kernel, optimizers, plots, records, runs
 from convnet import backend as backends
 from convnet.book import RECIPES, layers_for
 from convnet.callbacks import Callback, EarlyStopping, EtaSchedule, Position
 from convnet.data import book_format
 from convnet.data.download import download_mnist
 from convnet.data.expand import default_cache, load_expanded
-from convnet.data.mnist import load_mnist
+from convnet.data.mnist import find_mnist, load_mnist
+from convnet.ensemble import vote
 from convnet.errors import ArgumentError, ConvnetError
-from convnet.history import History
 from convnet.images import load_image
 from convnet.network import Network, load
+from convnet.records import Fields
 from convnet.spec import parse
 
+# Writing a file can fail for reasons the user fixes outside convnet; saves are atomic, so
+# the previous file is whole and the message says so.
+DISK_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EFBIG}
 DEFAULT_MOMENTUM = {"sgd": 0.0, "nesterov": 0.9, "adam": 0.0}
 DEFAULT_ETA = {"adam": 0.001}  # sgd and nesterov: the book's eta for the chosen net
 
 
-def _data(args: argparse.Namespace):
+@dataclass(frozen=True)
+class Flag:
+    """One ``convnet train`` option: the parser, ``--help``, the check of the arguments a
+    checkpoint stored, and what ``--resume`` may change are all read from this table."""
 
+    name: str
+    kind: type
+    help: str
+    default: Any = None  # applied when the flag is not given (None: decided in cmd_train)
+    choices: tuple[str, ...] | None = None
+    low: int = 1  # the whole numbers accepted (int flags)
+    high: int = 2**31 - 1
+    metavar: str | None = None
+    on_resume: bool = False  # may be given with --resume
+
+
+TRAIN_FLAGS = (
+    Flag("net", str, "a chapter-6 network of the book", "relu", tuple(RECIPES)),
+    Flag("layers", str, "your own network instead, e.g. conv:20:5:relu,fc:100:relu,softmax"),
+    Flag(
+        "epochs",
+        int,
+        "epochs to train (default: the book's for --net, e.g. 60; 10 for --layers); "
+        "with --resume: train the run on to this many",
+        metavar="N",
+        on_resume=True,
+    ),
+    Flag("mini_batch_size", int, "examples per gradient step", 10, metavar="N"),
+    Flag("eta", float, "step size (default: the book's for --net; 0.001 for adam)"),
+    Flag("lmbda", float, "L2 regularization (default: the book's for --net; 0 for --layers)"),
+    Flag(
+        "optimizer", str, "the update rule (sgd is the book's)", "sgd", ("sgd", "nesterov", "adam")
+    ),
+    Flag("momentum", float, "momentum (default: 0 for sgd, 0.9 for nesterov)"),
+    Flag(
+        "patience",
+        int,
+        "stop early after N epochs without a better validation accuracy (default: never)",
+        metavar="N",
+    ),
+    Flag(
+        "eta_schedule",
+        int,
+        "halve eta after N epochs without improvement, stop at eta/128 (default: fixed eta)",
+        metavar="N",
+    ),
+    Flag("shuffle", bool, "reshuffle the training set every epoch (the book did not)"),
+    Flag("seed", int, "seed of the weights, dropout and shuffling", 0, low=0, high=2**63 - 1),
+    Flag("limit", int, "train on the first N training images (default: all 50,000)", metavar="N"),
+    Flag("expanded", bool, "train on the book's expanded training set (250,000 images)"),
+    Flag(
+        "ensemble", int, "train N nets with seeds seed..seed+N-1 and vote (default: 1)", metavar="N"
+    ),
+    Flag("out", str, "the run folder to write", metavar="RUN_DIR"),
+    Flag(
+        "checkpoint_every",
+        int,
+        "write RUN_DIR/checkpoint.npz every N epochs",
+        1,
+        metavar="N",
+        on_resume=True,
+    ),
+    Flag("overwrite", bool, "replace the model in an --out folder that already has one"),
+    Flag("quiet", bool, "print only errors and results", on_resume=True),
+    Flag(
+        "data",
+        str,
+        "MNIST folder or mnist.pkl.gz (default: $CONVNET_DATA, then the cache)",
+        on_resume=True,
+    ),
+    Flag(
+        "backend",
+        str,
+        "PyTensor backend (default: $CONVNET_BACKEND, else auto)",
+        choices=("auto", "c", "numba", "jax"),
+        on_resume=True,
+    ),
+    Flag(
+        "device",
+        str,
+        "cpu or gpu (default: $CONVNET_DEVICE, else cpu)",
+        choices=("cpu", "gpu"),
+        on_resume=True,
+    ),
+)
+
+
+PER_INVOCATION = ("quiet", "backend", "device")  # not taken from the run on --resume
+
+
+def _given(args: argparse.Namespace) -> dict[str, Any]:
+    """The train flags typed on this command line (every flag's parser default is None)."""
+    values = {f.name: getattr(args, f.name) for f in TRAIN_FLAGS}
+    return {
+        name: value for name, value in values.items() if value is not None and value is not False
+    }
+
+
+def _with_defaults(values: dict[str, Any]) -> argparse.Namespace:
+    return argparse.Namespace(
+        **{
+            f.name: values.get(f.name) if values.get(f.name) is not None else f.default
+            for f in TRAIN_FLAGS
+        }
+    )
+
+
+def _epochs(n: int) -> str:
+    return f"{n} epoch" if n == 1 else f"{n} epochs"
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def _stored_arguments(stored: Fields) -> dict[str, Any]:
+    """The arguments a checkpoint holds, each checked as the parser checks it."""
+    values: dict[str, Any] = {}
+    for flag in TRAIN_FLAGS:
+        if flag.kind is bool:
+            values[flag.name] = bool(stored.flag(flag.name, optional=True))
+        elif flag.kind is int:
+            values[flag.name] = stored.integer(
+                flag.name, low=flag.low, high=flag.high, optional=True
+            )
+        elif flag.kind is float:
+            values[flag.name] = stored.number(flag.name, optional=True)
+        else:
+            values[flag.name] = stored.text(flag.name, choices=flag.choices, optional=True)
+    return values
+
+
+def _data(args: argparse.Namespace):
     return load_mnist(args.data)
 
 
@@ -68,9 +206,7 @@ def _train_one(
     args,
     run_dir: Path,
     seed: int,
-    training,
-    validation,
-    test,
+    data: tuple,
     hyper: dict,
     resume: tuple | None = None,
 ) -> Network:
@@ -82,7 +218,6 @@ def _train_one(
         state = None
     if not args.quiet:
         net.summary()
-    arguments = {k: v for k, v in vars(args).items() if k not in ("func", "resume")}
     position = Position()
     callbacks: list[Callback] = [position]
     if args.eta_schedule is not None:
@@ -93,9 +228,7 @@ def _train_one(
         runs.train(
             net,
             run_dir,
-            training,
-            validation,
-            test,
+            *data,
             epochs=hyper["epochs"],
             optimizer=_optimizer(hyper),
             lmbda=hyper["lmbda"],
@@ -103,7 +236,7 @@ def _train_one(
             shuffle=args.shuffle,
             verbose=not args.quiet,
             state=state,
-            arguments=arguments | {"out": str(run_dir)},
+            arguments=vars(args) | {"out": str(run_dir)},
             checkpoint_every=args.checkpoint_every,
             details=hyper | {"seed": seed},
         )
@@ -124,30 +257,15 @@ def _optimizer(hyper: dict) -> optimizers.Optimizer:
     return optimizers.SGD(hyper["eta"], hyper["momentum"], hyper["optimizer"] == "nesterov")
 
 
-def cmd_train(args: argparse.Namespace) -> int:
-
-    resume = None
-    if args.resume:
-        net, state, stored = checkpoint.load(args.resume, backend=args.backend, device=args.device)
-        stored = {"optimizer": "sgd"} | stored  # run folders from before --optimizer
-        args = argparse.Namespace(**(stored | {"resume": args.resume, "func": args.func}))
-        resume = (net, state)
-        if not args.quiet:
-            print(f"Resuming {args.out} at epoch {state.epoch}")
-    elif not args.out:
-        raise ArgumentError("train: expected --out RUN_DIR (or --resume RUN_DIR).")
-    else:
-        runs.refuse_to_overwrite(Path(args.out), args.overwrite)
-    for flag in ("epochs", "limit", "ensemble", "checkpoint_every"):
-        value = getattr(args, flag)
-        if value is not None and value < 1:
-            name = "--" + flag.replace("_", "-")
-            raise ArgumentError(f"{name}: expected a whole number >= 1. Received: {value}.")
-    if resume is not None and (args.ensemble or 1) > 1:
-        raise ArgumentError(
-            "--resume: ensembles are resumed member by member (--resume RUN/member-K)."
-        )
-
+def _hyper(args: argparse.Namespace) -> dict[str, Any]:
+    """The run's hyper-parameters: the flags, else the book's values for ``--net``."""
+    for flag in TRAIN_FLAGS:
+        value = getattr(args, flag.name)
+        if flag.kind is int and value is not None and not flag.low <= value <= flag.high:
+            bound = f">= {flag.low}" if value < flag.low else f"<= {flag.high:,}"
+            raise ArgumentError(
+                f"{_flag(flag.name)}: expected a whole number {bound}. Received: {value}."
+            )
     recipe = RECIPES.get(args.net) if not args.layers else None
     book_eta = recipe.eta if recipe else 0.1
     momentum = args.momentum if args.momentum is not None else DEFAULT_MOMENTUM[args.optimizer]
@@ -163,65 +281,157 @@ def cmd_train(args: argparse.Namespace) -> int:
         "expanded": bool(args.expanded or (recipe and recipe.expanded)),
     }
     _optimizer(hyper)  # a bad --optimizer/--eta/--momentum fails before any data is read
+    return hyper
+
+
+def _training_data(args: argparse.Namespace, hyper: dict) -> tuple:
     training, validation, test = _data(args)
     if hyper["expanded"]:
         training = load_expanded(training)
     if args.limit is not None:
         training = (training[0][: args.limit], training[1][: args.limit])
+    return training, validation, test
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    if args.resume:
+        return _resume(Path(args.resume), _given(args))
+    if not args.out:
+        raise ArgumentError("train: expected --out RUN_DIR (or --resume RUN_DIR).")
+    args = _with_defaults(_given(args))
+    hyper = _hyper(args)
+    if args.layers:
+        _layers(args, args.mini_batch_size)  # a misspelt --layers fails before any data is read
     run_dir = Path(args.out)
-    members = args.ensemble or 1
-    nets = []
-    for k in range(members):
-        folder = runs.member_dir(run_dir, k, members)
-        if members > 1 and not args.quiet:
-            print(f"\n== ensemble member {k + 1} of {members} (seed {args.seed + k}) ==")
-        nets.append(
-            _train_one(args, folder, args.seed + k, training, validation, test, hyper, resume)
+    runs.prepare_out(run_dir, args.overwrite)
+    with runs.locked(run_dir):
+        data = _training_data(args, hyper)
+        members = args.ensemble or 1
+        nets = []
+        for k in range(members):
+            folder = runs.member_dir(run_dir, k, members)
+            if members > 1 and not args.quiet:
+                print(f"\n== ensemble member {k + 1} of {members} (seed {args.seed + k}) ==")
+            nets.append(_train_one(args, folder, args.seed + k, data, hyper))
+            if not args.quiet:
+                print(f"Saved {folder}/model.npz, model.json, history, curves.png, errors.png")
+        if members > 1:
+            result = runs.write_ensemble(run_dir, nets, data[2])
+            for k, accuracy in enumerate(result["members"]):
+                print(f"member {k}: test accuracy {accuracy:.2%}")
+            print(f"voted ({members} nets): test accuracy {result['voted']:.2%}")
+    return 0
+
+
+def _resume(run_dir: Path, given: dict[str, Any]) -> int:
+    """``--resume RUN_DIR``: the run's own arguments; ``--epochs`` trains it on further."""
+    refused = [f for f in TRAIN_FLAGS if f.name in given and not f.on_resume]
+    if refused:
+        typed = " ".join(
+            f"{_flag(f.name)}" + ("" if f.kind is bool else f" {given[f.name]}") for f in refused
         )
+        raise ArgumentError(
+            f"--resume {run_dir}: continues the run with the arguments it was started with, "
+            f"so only {', '.join(_flag(f.name) for f in TRAIN_FLAGS if f.on_resume)} may be "
+            f"given with it. Received: {typed}. Drop them, or start a new run with --out."
+        )
+    if runs.is_ensemble(run_dir):
+        raise ArgumentError(
+            f"--resume {run_dir}: an ensemble is resumed member by member "
+            f"(--resume {run_dir / 'member-0'}, ...)."
+        )
+    with runs.locked(run_dir) if run_dir.is_dir() else nullcontext():
+        net, state, stored = checkpoint.load(
+            run_dir, backend=given.get("backend"), device=given.get("device")
+        )
+        values = _stored_arguments(stored)
+        for name in PER_INVOCATION:  # how this command shows and runs, not what it trains
+            values[name] = given.get(name)
+        values.update(given)
+        values |= {"out": str(run_dir), "ensemble": None, "overwrite": False}
+        args = _with_defaults(values)
+        hyper = _hyper(args)
+        done, history = state.epoch, state.history
+        best = (
+            f"best validation accuracy {history.best_validation_accuracy:.2%} "
+            f"(epoch {history.best_epoch})"
+            if history.best_validation_accuracy is not None
+            else "no validation accuracy yet"
+        )
+        if "epochs" in given and given["epochs"] < done:
+            raise ArgumentError(
+                f"--epochs: {run_dir} has already trained {_epochs(done)}; expected "
+                f"--epochs >= {done} to train it on. Received: {given['epochs']}."
+            )
+        if done >= hyper["epochs"] or history.stopped:
+            why = f"stopped early: {history.stopped}" if history.stopped else "all epochs done"
+            print(
+                f"{run_dir}: finished ({done} of {_epochs(hyper['epochs'])}, {why}; {best}). "
+                f"Nothing was changed. To train it further: convnet train --resume {run_dir} "
+                f"--epochs N."
+            )
+            return 0
         if not args.quiet:
-            print(f"Saved {folder}/model.npz, model.json, history, curves.png, errors.png")
-    if members > 1:
-        result = runs.write_ensemble(run_dir, nets, test)
-        for k, accuracy in enumerate(result["members"]):
-            print(f"member {k}: test accuracy {accuracy:.2%}")
-        print(f"voted ({members} nets): test accuracy {result['voted']:.2%}")
+            print(
+                f"Resuming {run_dir}: {done} of {_epochs(hyper['epochs'])} done, "
+                f"eta {state.eta:g}, {best}."
+            )
+        _train_one(args, run_dir, net.seed, _training_data(args, hyper), hyper, (net, state))
+        if not args.quiet:
+            print(f"Saved {run_dir}/model.npz, model.json, history, curves.png, errors.png")
     return 0
 
 
 # -- the other commands -------------------------------------------------------------------
+def _models(args: argparse.Namespace) -> list[Network]:
+    nets = runs.load_models(args.model, args.member, backend=args.backend, device=args.device)
+    if len(nets) > 1 and not getattr(args, "quiet", False):
+        print(f"{args.model}: an ensemble of {len(nets)} nets; their vote answers.")
+    return nets
+
+
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    net = load(args.model, backend=args.backend, device=args.device)
+    nets = _models(args)
     _, _, (x, y) = _data(args)
-    predicted = net.predict(x)
-    matrix = np.zeros((net.n_classes, net.n_classes), dtype=np.int64)
+    probabilities = [net.predict_proba(x) for net in nets]
+    predicted = vote(probabilities) if len(nets) > 1 else probabilities[0].argmax(1)
+    if len(nets) > 1:
+        for k, p in enumerate(probabilities):
+            print(f"member {k}: test accuracy {np.mean(p.argmax(1) == y):.2%}")
+    n_classes = nets[0].n_classes
+    matrix = np.zeros((n_classes, n_classes), dtype=np.int64)
     np.add.at(matrix, (y, predicted), 1)
     print(
         f"test accuracy: {np.mean(predicted == y):.2%} ({int((predicted == y).sum())} of {len(y)})"
     )
     print("confusion matrix (rows: true label, columns: predicted):")
-    print("     " + " ".join(f"{c:>5}" for c in range(net.n_classes)))
+    print("     " + " ".join(f"{c:>5}" for c in range(n_classes)))
     for label, row in enumerate(matrix):
         print(f"{label:>4} " + " ".join(f"{v:>5}" for v in row))
     return 0
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-
-    net = load(args.model, backend=args.backend, device=args.device)
+    nets = _models(args)
     images = np.stack([load_image(path) for path in args.images])
-    probabilities = net.predict_proba(images)
-    for path, p in zip(args.images, probabilities, strict=True):
-        print(f"{path}: {int(p.argmax())} (probability {p.max():.3f})")
+    probabilities = [net.predict_proba(images) for net in nets]
+    if len(nets) == 1:
+        for path, p in zip(args.images, probabilities[0], strict=True):
+            print(f"{path}: {int(p.argmax())} (probability {p.max():.3f})")
+        return 0
+    voted = vote(probabilities)
+    for index, (path, label) in enumerate(zip(args.images, voted, strict=True)):
+        votes = sum(int(p[index].argmax() == label) for p in probabilities)
+        print(f"{path}: {int(label)} ({votes} of {len(nets)} votes)")
     return 0
 
 
 def cmd_plot(args: argparse.Namespace) -> int:
 
     run_dir = Path(args.run_dir)
-    try:
-        history = History.from_dict(json.loads((run_dir / "history.json").read_text()))
-    except FileNotFoundError:
-        raise ConvnetError(f"{run_dir}: no history.json here; is it a run folder?") from None
+    history = records.history(
+        records.read_json(run_dir / "history.json", "history file", hint=" Is it a run folder?")
+    )
     print(plots.curves(history, run_dir / "curves.png"))
     if (run_dir / "model.json").exists():
         _, _, test = _data(args)
@@ -270,9 +480,11 @@ def cmd_info(args: argparse.Namespace) -> int:
     import pytensor
 
     if args.run_dir is not None:
-        net = load(args.run_dir, backend=args.backend, device=args.device)
-        print(f"{args.run_dir}: mini-batch {net.mini_batch_size}")
-        net.summary()
+        nets = runs.load_models(args.run_dir, backend=args.backend, device=args.device)
+        for k, net in enumerate(nets):
+            member = f" member {k} of {len(nets)}" if len(nets) > 1 else ""
+            print(f"{args.run_dir}{member}: mini-batch {net.mini_batch_size}")
+            net.summary()
         return 0
     print(
         f"convnet {__version__}, pytensor {pytensor.__version__}, numpy {numpy.__version__}, "
@@ -286,6 +498,16 @@ def cmd_info(args: argparse.Namespace) -> int:
         print("jax: not installed")
     chosen = backends.resolve(args.backend, args.device)
     print(f"backend: {chosen.describe()}")
+    print(f"data: {_data_line(args.data)}")
+    cache = config.cache_root()
+    print(f"cache: {cache} ({_size_of(cache)}; set CONVNET_CACHE to move it)")
+    if chosen.name == "jax" and chosen.device == "cpu":
+        why = kernel.why_not()
+        print(f"C++ conv-pool kernel: {'active' if why is None else 'not used: ' + why}")
+    else:
+        print(
+            f"C++ conv-pool kernel: not used (it serves JAX on the CPU; backend is {chosen.name})"
+        )
     try:
         from threadpoolctl import threadpool_info
 
@@ -299,6 +521,22 @@ def cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
+def _data_line(path: str | None) -> str:
+    """Where MNIST was found (and in which form), or where convnet looked."""
+    try:
+        found = find_mnist(path)
+    except ConvnetError as exc:
+        return f"MNIST not found ({exc})"
+    return f"MNIST in {found}"
+
+
+def _size_of(folder: Path) -> str:
+    if not folder.is_dir():
+        return "not created yet"
+    total = sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
+    return f"{total / 2**20:,.1f} MB"
+
+
 # -- parser -------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
@@ -308,76 +546,58 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     def common(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--data", help="MNIST folder or mnist.pkl.gz (default: $CONVNET_DATA)")
-        p.add_argument("--backend", choices=["auto", "c", "numba", "jax"])
-        p.add_argument("--device", choices=["cpu", "gpu"])
+        for flag in TRAIN_FLAGS:
+            if flag.name in ("data", "backend", "device"):
+                p.add_argument(_flag(flag.name), choices=flag.choices, help=flag.help)
 
-    train = sub.add_parser("train", help="train a network and save it with its history and plots")
-    group = train.add_mutually_exclusive_group()
-    group.add_argument("--net", choices=list(RECIPES), default="relu", help="a chapter-6 network")
-    group.add_argument("--layers", help="e.g. conv:20:5:relu,fc:100:relu,softmax")
-    train.add_argument("--epochs", type=int)
-    train.add_argument("--mini-batch-size", type=int, default=10)
-    train.add_argument("--eta", type=float)
-    train.add_argument("--lmbda", type=float)
-    train.add_argument(
-        "--optimizer",
-        choices=["sgd", "nesterov", "adam"],
-        default="sgd",
-        help="the update rule (default sgd, the book's)",
+    def member(p: argparse.ArgumentParser) -> None:
+        p.add_argument(
+            "--member",
+            type=int,
+            metavar="K",
+            help="for an ensemble's folder: use member K alone (default: the members' vote)",
+        )
+
+    train = sub.add_parser(
+        "train",
+        help="train a network and save it with its history and plots",
+        description="Train one of the book's networks (or your own) into a run folder: "
+        "model, checkpoint, history and two pictures.",
     )
-    train.add_argument(
-        "--momentum",
-        type=float,
-        help="momentum for sgd (default 0) and nesterov (default 0.9)",
-    )
-    train.add_argument(
-        "--patience", type=int, help="early stopping after N epochs without improvement"
-    )
-    train.add_argument(
-        "--eta-schedule", type=int, help="halve eta after N stalled epochs (stop at eta/128)"
-    )
-    train.add_argument(
-        "--shuffle", action="store_true", help="reshuffle every epoch (the book did not)"
-    )
-    train.add_argument("--seed", type=int, default=0)
-    train.add_argument("--limit", type=int, help="train on the first N training images")
-    train.add_argument("--expanded", action="store_true", help="the book's expanded training set")
-    train.add_argument(
-        "--ensemble", type=int, help="train N nets with seeds seed..seed+N-1 and vote"
-    )
-    train.add_argument("--quiet", action="store_true")
-    train.add_argument("--out", help="run folder to write")
-    train.add_argument(
-        "--checkpoint-every",
-        type=int,
-        default=1,
-        metavar="N",
-        help="write RUN_DIR/checkpoint.npz every N epochs (default 1)",
-    )
-    train.add_argument(
-        "--overwrite",
-        action="store_true",
-        help="replace the model in an --out folder that already has one",
-    )
+    choice = train.add_mutually_exclusive_group()
+    for flag in TRAIN_FLAGS:
+        where = choice if flag.name in ("net", "layers") else train
+        help_text = flag.help + (f" (default: {flag.default})" if flag.default is not None else "")
+        if flag.kind is bool:
+            where.add_argument(_flag(flag.name), action="store_true", help=help_text)
+        else:
+            where.add_argument(
+                _flag(flag.name),
+                type=flag.kind,
+                choices=flag.choices,
+                metavar=flag.metavar,
+                help=help_text,
+            )
     train.add_argument(
         "--resume",
         metavar="RUN_DIR",
-        help="continue an interrupted run with its original arguments",
+        help="continue an interrupted run with its original arguments "
+        "(only --epochs, --checkpoint-every, --quiet, --data, --backend, --device may change)",
     )
-    common(train)
     train.set_defaults(func=cmd_train)
 
     evaluate = sub.add_parser(
         "evaluate", help="test accuracy and confusion matrix of a saved model"
     )
-    evaluate.add_argument("model", help="run folder or model.npz")
+    evaluate.add_argument("model", help="run folder (or an ensemble's), or model.npz")
+    member(evaluate)
     common(evaluate)
     evaluate.set_defaults(func=cmd_evaluate)
 
     predict = sub.add_parser("predict", help="classify PNG/JPEG images of digits")
-    predict.add_argument("model", help="run folder or model.npz")
-    predict.add_argument("images", nargs="+")
+    predict.add_argument("model", help="run folder (or an ensemble's), or model.npz")
+    predict.add_argument("images", nargs="+", help="PNG/JPEG/... pictures, one digit each")
+    member(predict)
     common(predict)
     predict.set_defaults(func=cmd_predict)
 
@@ -425,6 +645,15 @@ def main(argv: list[str] | None = None) -> int:
         return int(args.func(args) or 0)
     except ConvnetError as exc:  # our errors already say what is wrong: no traceback
         print(f"convnet {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        if exc.errno not in DISK_ERRORS or exc.filename is None:
+            raise
+        print(
+            f"convnet {args.command}: error: {exc.filename}: could not be written "
+            f"({exc.strerror}); the file that was there is kept as it was.",
+            file=sys.stderr,
+        )
         return 2
     except (RunInterruptedError, KeyboardInterrupt) as exc:
         message = str(exc) if isinstance(exc, RunInterruptedError) else "Interrupted."

@@ -49,6 +49,10 @@ class ModelFileError(ConvnetError, ValueError):
     """A saved model whose arrays do not match its architecture, or from another version."""
 
 
+class DataWarning(UserWarning):
+    """Data convnet can use but that is probably not what was meant (e.g. 0..255 pixels)."""
+
+
 def expected(what: str, expected_: object, received: object) -> str:
     """The house message template: ``<what>: expected <x>. Received: <y>.``"""
     return f"{what}: expected {expected_}. Received: {received}."

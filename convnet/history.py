@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import csv
 import io
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 PER_EPOCH = (
@@ -53,14 +53,3 @@ class History:
         writer.writerow(PER_EPOCH)
         writer.writerows(zip(*(getattr(self, c) for c in PER_EPOCH), strict=True))
         return text.getvalue()
-
-    @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> History:
-        """A History from :meth:`as_dict`'s form; a per-epoch list an older convnet did not
-        write (``validation_cost``) is filled with None."""
-        names = {f.name for f in fields(cls)}
-        history = cls(**{k: v for k, v in values.items() if k in names})
-        for name in PER_EPOCH:
-            column = getattr(history, name)
-            column.extend([None] * (len(history.epoch) - len(column)))
-        return history

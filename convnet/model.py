@@ -23,6 +23,7 @@ from pytensor.graph.replace import clone_replace
 from pytensor.tensor.variable import TensorVariable
 
 from convnet import backend as backends
+from convnet.data import arrays
 from convnet.data.arrays import as_arrays
 from convnet.errors import ArgumentError, ShapeError
 from convnet.layers import ConvPoolLayer, DropoutSource, Layer, SoftmaxLayer
@@ -442,12 +443,7 @@ class Model:
 
     def predict_proba(self, x: np.ndarray) -> np.ndarray:
         """Class probabilities for any number of examples (deterministic path)."""
-        images = np.ascontiguousarray(np.asarray(x, dtype=np.float32).reshape(len(x), -1))
-        if images.shape[1] != self.n_in:
-            raise ShapeError(
-                f"x: expected {self.n_in} features per example for {self.layers[0].name}. "
-                f"Received shape {np.shape(x)}."
-            )
+        images = arrays.images(x, "x", self.n_in)
         batch = self.backend.eval_batch
         if "proba" not in self._functions:
             x = pt.matrix("x", dtype="float32", shape=(batch, self.n_in))

@@ -182,10 +182,16 @@ def load(
     backend or device; every array is checked against the architecture first."""
     weights_path, json_path = serialization.model_paths(path)
     arch = serialization.read_architecture(json_path)
-    mbs = mini_batch_size or int(arch["mini_batch_size"])
-    layers = serialization.build_layers(arch, mbs, json_path)
+    mbs = mini_batch_size or arch.integer("mini_batch_size", low=1)
+    layers = serialization.build_layers(arch, mbs)
     try:
-        net = Network(layers, mbs, backend=backend, device=device, seed=arch.get("seed"))
+        net = Network(
+            layers,
+            mbs,
+            backend=backend,
+            device=device,
+            seed=arch.integer("seed", low=0, high=serialization.SEED_MAX),
+        )
     except (ShapeError, ArgumentError) as exc:
         raise ModelFileError(f"{json_path}: the saved layers don't form a network: {exc}") from None
     shapes = [tuple(p.type.shape) for p in net.params]

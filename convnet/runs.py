@@ -9,23 +9,29 @@ holds a trained model is never reused unless asked.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import fcntl
+import os
+import tempfile
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from convnet import checkpoint, files, plots, serialization
+from convnet import checkpoint, files, plots, records, serialization
 from convnet.callbacks import Callback
 from convnet.ensemble import vote
-from convnet.errors import ArgumentError, DivergenceError
+from convnet.errors import ArgumentError, DivergenceError, ModelFileError
 from convnet.history import History
-from convnet.network import Network
+from convnet.network import Network, load
 from convnet.optimizers import Optimizer
 from convnet.trainer import TrainingState
 
 Split = tuple[np.ndarray, np.ndarray]
 KEPT_FILES = ("model.npz", "checkpoint.npz", "ensemble.json")  # what a new run never replaces
+LOCK_FILE = ".convnet.lock"
+ENSEMBLE_FILE = "ensemble.json"
 
 
 def member_dir(run_dir: Path, index: int, members: int) -> Path:
@@ -33,14 +39,56 @@ def member_dir(run_dir: Path, index: int, members: int) -> Path:
     return run_dir if members == 1 else run_dir / f"member-{index}"
 
 
-def refuse_to_overwrite(run_dir: Path, overwrite: bool) -> None:
-    """A new run never replaces a trained model unless asked to."""
+def prepare_out(run_dir: Path, overwrite: bool) -> None:
+    """Before anything trains: ``run_dir`` is (or can be made) a folder this process can
+    write in, and holds no trained model unless ``overwrite``."""
+    if run_dir.exists() and not run_dir.is_dir():
+        raise ArgumentError(f"--out {run_dir}: is a file, not a folder; nothing was trained.")
     existing = [name for name in KEPT_FILES if (run_dir / name).exists()]
     if existing and not overwrite:
         raise ArgumentError(
             f"--out {run_dir}: already holds {', '.join(existing)} from an earlier run. "
             "Use --resume to continue it, another --out, or --overwrite to replace it."
         )
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=run_dir):
+            pass
+    except OSError as exc:
+        raise ArgumentError(
+            f"--out {run_dir}: this folder cannot be written ({exc.strerror or exc}); "
+            "nothing was trained. Choose another --out."
+        ) from None
+
+
+@contextmanager
+def locked(run_dir: Path) -> Iterator[None]:
+    """Hold ``run_dir`` for this process: a second convnet writing the same folder is
+    refused, naming the first's process id, instead of silently replacing its model.
+
+    An ``flock`` on ``run_dir/.convnet.lock``, which holds the owner's pid; the kernel
+    drops the lock when the process ends, even by kill -9, so a stale file never blocks.
+    """
+    try:
+        handle = os.open(run_dir / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as exc:
+        raise ArgumentError(
+            f"{run_dir}: cannot take the run folder's lock ({exc.strerror or exc})."
+        ) from None
+    try:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            owner = os.read(handle, 32).decode(errors="replace").strip() or "unknown"
+            raise ArgumentError(
+                f"{run_dir}: another convnet (process {owner}) is training into this folder. "
+                "Wait for it to finish, or use another --out."
+            ) from None
+        os.ftruncate(handle, 0)
+        os.write(handle, f"{os.getpid()}\n".encode())
+        yield
+    finally:
+        os.close(handle)  # releases the lock
 
 
 def train(
@@ -81,6 +129,8 @@ def train(
     except DivergenceError:
         serialization.save(net, run_dir, training=details or {}, diverged=net.history.stopped)
         raise
+    if verbose:
+        print(f"Saving the model, history and pictures in {run_dir}", flush=True)
     summary = {
         "best_epoch": history.best_epoch,
         "best_validation_accuracy": history.best_validation_accuracy,
@@ -104,5 +154,50 @@ def write_ensemble(run_dir: Path, nets: Sequence[Network], test: Split) -> dict[
     probabilities = [net.predict_proba(test[0]) for net in nets]
     accuracies = [float(np.mean(p.argmax(1) == test[1])) for p in probabilities]
     result = {"members": accuracies, "voted": float(np.mean(vote(probabilities) == test[1]))}
-    files.write_json(run_dir / "ensemble.json", result)
+    files.write_json(run_dir / ENSEMBLE_FILE, result)
     return result
+
+
+def is_ensemble(path: Path) -> bool:
+    return (path / ENSEMBLE_FILE).is_file() and not (path / "model.json").exists()
+
+
+def load_models(
+    path: str | os.PathLike[str],
+    member: int | None = None,
+    *,
+    backend: str | None = None,
+    device: str | None = None,
+) -> list[Network]:
+    """The model at ``path``; for an ensemble's folder every member (their vote is the
+    ensemble's answer), or member ``member`` alone."""
+    path = Path(path)
+    if not is_ensemble(path):
+        if member is not None:
+            raise ArgumentError(f"--member {member}: {path} is a single model, not an ensemble.")
+        return [load(path, backend=backend, device=device)]
+    result = records.read_json(path / ENSEMBLE_FILE, "ensemble record")
+    count = len(result.column("members", nullable=False))
+    result.number("voted", low=0, high=1)
+    if count < 1:
+        result.fail("members", "one test accuracy per member", [])
+    if member is not None and not 0 <= member < count:
+        raise ArgumentError(
+            f"--member: expected a member of {path} (0 to {count - 1}). Received: {member}."
+        )
+    chosen = range(count) if member is None else [member]
+    folders = [member_dir(path, k, count) for k in chosen]
+    for folder in folders:
+        if not folder.is_dir():
+            raise ModelFileError(
+                f"{folder}: missing; {path / ENSEMBLE_FILE} lists {count} members."
+            )
+    nets = [load(folder, backend=backend, device=device) for folder in folders]
+    for folder, net in zip(folders, nets, strict=True):
+        if (net.n_in, net.n_classes) != (nets[0].n_in, nets[0].n_classes):
+            raise ModelFileError(
+                f"{folder}: expected a member like {folders[0].name} ({nets[0].n_in} inputs, "
+                f"{nets[0].n_classes} classes). Received: {net.n_in} inputs, "
+                f"{net.n_classes} classes."
+            )
+    return nets

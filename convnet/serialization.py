@@ -10,7 +10,6 @@ reads is :func:`convnet.network.load`'s job.
 
 from __future__ import annotations
 
-import json
 import os
 import platform
 from pathlib import Path
@@ -19,16 +18,19 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pytensor
 
+from convnet import records
 from convnet.config import VERSION
 from convnet.errors import ModelFileError
 from convnet.files import atomic_write, write_json
 from convnet.layers import LAYER_TYPES, ConvPoolLayer, Layer
+from convnet.records import Fields
 
 if TYPE_CHECKING:
     from convnet.network import Network
 
 FORMAT = "convnet-model"
 FORMAT_VERSION = 1
+SEED_MAX = 2**63 - 1  # seeds are stored as signed 64-bit integers by numpy
 
 
 def model_paths(path: str | os.PathLike[str]) -> tuple[Path, Path]:
@@ -84,41 +86,72 @@ def save(net: Network, path: str | os.PathLike[str], **details: Any) -> Path:
     return weights_path
 
 
-def read_architecture(json_path: Path) -> dict[str, Any]:
-    try:
-        arch = json.loads(json_path.read_text())
-    except FileNotFoundError:
-        raise ModelFileError(
-            f"{json_path}: no such model file (expected model.json beside the weights)."
-        ) from None
-    except (OSError, ValueError) as exc:
-        raise ModelFileError(
-            f"{json_path}: not a readable JSON model description ({exc})."
-        ) from None
-    if not isinstance(arch, dict) or arch.get("format") != FORMAT:
-        raise ModelFileError(f"{json_path}: not a convnet model (format {arch.get('format')!r}).")
-    if arch.get("format_version") != FORMAT_VERSION:
-        raise ModelFileError(
-            f"{json_path}: model format version {arch.get('format_version')!r} written by convnet "
-            f"{arch.get('convnet_version')}; this convnet reads version {FORMAT_VERSION}."
-        )
+def read_architecture(json_path: Path) -> Fields:
+    """The model description in ``json_path``, its format and version checked."""
+    arch = records.read_json(
+        json_path, "model file", hint=" A model is model.npz with model.json beside it."
+    )
+    check_format(arch, FORMAT, FORMAT_VERSION, "format_version")
+    arch.integer("mini_batch_size", low=1)
+    arch.integer("seed", low=0, high=SEED_MAX)
     return arch
 
 
-def build_layers(arch: dict[str, Any], mini_batch_size: int, source: Path) -> list[Layer]:
+def check_format(fields: Fields, name: str, version: int, version_key: str) -> None:
+    """``fields`` is a ``name`` record of ``version`` (model files and checkpoints)."""
+    found = fields.raw("format", optional=True)
+    if found != name:
+        fields.fail("format", repr(name) + " (is this a convnet file?)", found)
+    found = fields.raw(version_key, optional=True)
+    if found != version:
+        writer = fields.raw("convnet_version", optional=True)
+        fields.fail(
+            version_key,
+            f"{version}, the version this convnet reads (the file was written by convnet "
+            f"{writer if isinstance(writer, str) else 'unknown'})",
+            found,
+        )
+
+
+# The kind of each constructor argument a saved layer holds, checked before building it.
+_FIELDS = {
+    "FullyConnectedLayer": ("n_in", "n_out", "activation_fn", "p_dropout"),
+    "SoftmaxLayer": ("n_in", "n_out", "p_dropout"),
+    "ConvPoolLayer": ("filter_shape", "image_shape", "poolsize", "activation_fn"),
+}
+_LENGTHS = {"filter_shape": 4, "image_shape": 4, "poolsize": 2}
+
+
+def _layer_arguments(spec: Fields, kind: str) -> dict[str, Any]:
+    arguments: dict[str, Any] = {}
+    for name in _FIELDS[kind]:
+        if name in ("n_in", "n_out"):
+            arguments[name] = spec.integer(name, low=1)
+        elif name == "p_dropout":
+            arguments[name] = spec.number(name, low=0, high=1)
+        elif name == "activation_fn":
+            arguments[name] = spec.text(name)
+        else:
+            arguments[name] = spec.integers(name, _LENGTHS[name])
+    unknown = sorted(set(spec.value) - {"type", *_FIELDS[kind]})
+    if unknown:
+        spec.fail(unknown[0], f"only the fields {', '.join(_FIELDS[kind])}", "an unknown field")
+    return arguments
+
+
+def build_layers(arch: Fields, mini_batch_size: int) -> list[Layer]:
+    """The layers ``arch`` describes, each field checked, for ``mini_batch_size``."""
     layers = []
-    for index, spec in enumerate(arch.get("layers", [])):
-        kwargs = dict(spec)
-        kind = kwargs.pop("type", None)
-        if kind not in LAYER_TYPES:
-            raise ModelFileError(f"{source}: layer {index} has unknown type {kind!r}.")
+    for index, spec in enumerate(arch.records("layers")):
+        kind = spec.text("type", choices=tuple(_FIELDS))
+        kwargs = _layer_arguments(spec, kind)
         if LAYER_TYPES[kind] is ConvPoolLayer:
             kwargs["image_shape"] = [mini_batch_size, *kwargs["image_shape"][1:]]
         try:
             layers.append(LAYER_TYPES[kind](**kwargs))
         except (TypeError, ValueError) as exc:
             raise ModelFileError(
-                f"{source}: layer {index} ({kind}) cannot be built: {exc}"
+                f"{arch.source}: layer {index} ({kind}) cannot be built: {exc}"
             ) from None
     return layers
 
@@ -128,13 +161,7 @@ def read_weights(
 ) -> list[np.ndarray]:
     """The arrays of ``weights_path``, checked against the architecture's ``names`` and
     ``shapes``: every array present, float32, the right shape, finite."""
-    try:
-        with np.load(weights_path, allow_pickle=False) as stored:
-            arrays = {name: stored[name] for name in stored.files}
-    except FileNotFoundError:
-        raise ModelFileError(f"{weights_path}: no such weights file.") from None
-    except (OSError, ValueError) as exc:
-        raise ModelFileError(f"{weights_path}: not a readable .npz of arrays ({exc}).") from None
+    arrays = records.read_npz(weights_path, "weights file")
     if sorted(arrays) != sorted(names):
         raise ModelFileError(
             f"{weights_path}: arrays don't match the architecture in {json_path.name}: "

@@ -17,10 +17,32 @@ def _split(token: str) -> tuple[list[str], dict[str, str]]:
     for part in token.split(":"):
         if "=" in part:
             key, value = part.split("=", 1)
+            if key in named:
+                raise ArgumentError(f"option {key}= given twice")
             named[key] = value
         else:
             plain.append(part)
     return plain, named
+
+
+# What each kind of item may hold: (most plain fields, the named options).
+_FIELDS = {"conv": (4, ("pool",)), "fc": (3, ("dropout",)), "softmax": (1, ("dropout", "classes"))}
+
+
+def _check_fields(kind: str, plain: list[str], named: dict[str, str]) -> None:
+    """Nothing typed in ``--layers`` is silently dropped: no unknown option, no extra field."""
+    most, options = _FIELDS[kind]
+    unknown = sorted(set(named) - set(options))
+    if unknown:
+        raise ArgumentError(
+            f"unknown option {unknown[0]!r} for {kind} (it takes "
+            f"{', '.join(o + '=' for o in options)})"
+        )
+    if len(plain) > most:
+        raise ArgumentError(
+            f"expected at most {most} fields separated by ':' for {kind}. "
+            f"Received: {len(plain)} ({':'.join(plain)})"
+        )
 
 
 def parse(
@@ -29,9 +51,12 @@ def parse(
     layers: list[Layer] = []
     shape: tuple[int, ...] = image_shape
     for position, token in enumerate(t.strip() for t in spec.split(",")):
-        plain, named = _split(token)
-        kind = plain[0] if plain else ""
         try:
+            plain, named = _split(token)
+            kind = plain[0] if plain else ""
+            if kind not in _FIELDS:
+                raise ArgumentError(f"unknown layer kind {kind!r} (use conv, fc or softmax)")
+            _check_fields(kind, plain, named)
             if kind == "conv":
                 filters, kernel = int(plain[1]), int(plain[2])
                 pool = int(named.get("pool", 2))
@@ -52,8 +77,6 @@ def parse(
                 layer = SoftmaxLayer(
                     _size(shape), int(named.get("classes", 10)), float(named.get("dropout", 0.0))
                 )
-            else:
-                raise ArgumentError(f"unknown layer kind {kind!r} (use conv, fc or softmax)")
         except (IndexError, ValueError) as exc:
             raise ArgumentError(f"--layers: item {position + 1} {token!r}: {exc}") from None
         layers.append(layer)

@@ -109,12 +109,14 @@ class Trainer:
         self.eta = backend.shared(np.float32(self.state.eta), "eta")
         self.cost_sum = backend.shared(np.float32(0.0), "cost_sum")
         shapes = [p.type.shape for p in net.params]
-        starts = self.state.optimizer_state or optimizer.initial_state(shapes)
+        fresh = optimizer.initial_state(shapes)
+        starts = self.state.optimizer_state or fresh
         labels = optimizer.state_labels([p.name for p in net.params])
-        if len(starts) != len(labels):
+        if [np.shape(v) for v in starts] != [v.shape for v in fresh]:
             raise ArgumentError(
-                f"optimizer state: {optimizer.name} keeps {len(labels)} arrays. "
-                f"Received: {len(starts)} (a checkpoint of another optimizer?)."
+                f"optimizer state: {optimizer.name} keeps {len(labels)} arrays of shapes "
+                f"{[v.shape for v in fresh]}. Received: {len(starts)} of shapes "
+                f"{[np.shape(v) for v in starts]} (a checkpoint of another optimizer?)."
             )
         self.optimizer_state = [
             backend.shared(np.asarray(v, np.float32), f"opt_{label}")
@@ -126,6 +128,9 @@ class Trainer:
         self.micro_batch = micro_batch
 
         start = time.perf_counter()
+        self.say(
+            f"Compiling the training step on {backend.describe()} (cached after the first run)"
+        )
         limit = steps_per_call or backend.steps_per_call(self.num_batches * epochs)
         size = chunk_size(self.num_batches, limit)
         whole = self.num_batches - self.num_batches % size
@@ -137,9 +142,7 @@ class Trainer:
         for dataset in (validation, test):
             if dataset is not None:
                 net.evaluation_function(dataset)  # compiled now, so the timing line is honest
-        self.say(
-            f"Training on {backend.describe()}: compiled in {time.perf_counter() - start:.1f} s"
-        )
+        self.say(f"Compiled in {time.perf_counter() - start:.1f} s")
 
     def _step_function(self, steps: int) -> Any:
         """The compiled function that runs ``steps`` optimizer steps from a mini-batch index.
@@ -256,9 +259,12 @@ class Trainer:
         for callback in self.callbacks:
             getattr(callback, event)(self, *args)
 
-    def _evaluate(self, data: DeviceData | None) -> tuple[float | None, float | None]:
+    def _evaluate(
+        self, epoch: int, what: str, data: DeviceData | None
+    ) -> tuple[float | None, float | None]:
         if data is None:
             return None, None
+        self._notify("on_evaluate", epoch, what)
         accuracy, cost = self.net.evaluate(data, lmbda=self.lmbda, n_train=self.train.n)
         return accuracy, cost
 
@@ -269,8 +275,8 @@ class Trainer:
         with self.net.backend.threads():
             for epoch in range(state.epoch, self.epochs):
                 mean_cost, seconds = self.run_epoch(epoch)
-                val_acc, val_cost = self._evaluate(self.validation)
-                test_acc, _ = self._evaluate(self.test)
+                val_acc, val_cost = self._evaluate(epoch, "validation", self.validation)
+                test_acc, _ = self._evaluate(epoch, "test", self.test)
                 logs = {
                     "epoch": epoch,
                     "train_cost": mean_cost,

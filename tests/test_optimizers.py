@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytensor
 import pytensor.tensor as pt
 import pytest
 
-from convnet import FullyConnectedLayer, Network, SoftmaxLayer, optimizers
+from convnet import FullyConnectedLayer, Network, SoftmaxLayer, optimizers, records
 from convnet.book import layers_for
 from convnet.callbacks import Callback, CSVLogger, EarlyStopping, EtaSchedule
 from convnet.checkpoint import ModelCheckpoint
 from convnet.errors import ArgumentError
-from convnet.history import PER_EPOCH, History
+from convnet.history import PER_EPOCH
 from tests import reference
 
 
@@ -157,7 +159,7 @@ def test_callbacks_see_every_epoch_and_can_stop_the_run(rng, tmp_path):
 
 def test_old_histories_get_an_empty_validation_cost():
     old = {"epoch": [0, 1], "train_cost": [1.0, 0.5], "validation_accuracy": [0.5, 0.6]}
-    history = History.from_dict(old)
+    history = records.history(records.Fields(old, Path("history.json")))
     assert history.validation_cost == [None, None] and history.test_accuracy == [None, None]
 
 

@@ -52,7 +52,7 @@ def test_model_file_errors_name_the_file(tmp_path):
         load(tmp_path / "m.npz")
 
     (tmp_path / "m.json").write_text(json.dumps(dict(arch, format_version=99)))
-    with pytest.raises(ModelFileError, match="version 99"):
+    with pytest.raises(ModelFileError, match=r"format_version: expected 1.*Received: 99"):
         load(tmp_path / "m.npz")
 
     (tmp_path / "m.json").write_text(json.dumps(arch))
@@ -63,7 +63,7 @@ def test_model_file_errors_name_the_file(tmp_path):
         load(tmp_path / "m.npz")
 
     np.savez(tmp_path / "m.npz", **(arrays | {"layers.2.w": np.array([object()] * 3)}))
-    with pytest.raises(ModelFileError, match="not a readable"):
+    with pytest.raises(ModelFileError, match=r"m\.npz: damaged, or not an \.npz archive"):
         load(tmp_path / "m.npz")
 
     with pytest.raises(ModelFileError, match="no such model file"):

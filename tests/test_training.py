@@ -87,6 +87,7 @@ def test_momentum_matches_hand_computed_steps(rng):
         np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-6)
 
 
+@pytest.mark.filterwarnings("ignore::convnet.errors.DataWarning")  # huge inputs on purpose
 def test_divergence_names_epoch_and_batch_and_keeps_last_good_weights():
     x, y = _data()
     x[137] = 3e38  # one poisoned example (near float32 max) in mini-batch 13

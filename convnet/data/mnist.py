@@ -106,6 +106,27 @@ def _from_idx_folder(folder: Path) -> tuple[Split, Split, Split]:
     )
 
 
+def find_mnist(path: str | os.PathLike[str] | None = None) -> Path:
+    """The file or IDX folder :func:`load_mnist` reads for ``path`` (see there)."""
+    candidates = [Path(path).expanduser()] if path is not None else default_locations()
+    for place in candidates:
+        if place.is_file():
+            return place
+        if place.is_dir():
+            if any(_find_idx(place, stem) for stem in IDX_FILES.values()):
+                return place
+            for name in BOOK_PICKLES:
+                if (place / name).is_file():
+                    return place / name
+    if path is not None and "expanded" in Path(path).name:
+        raise DataNotFoundError(
+            f"{path}: no such file. Make the book's expanded training set there with: "
+            f"convnet expand-mnist --out {path}"
+        )
+    looked = ", ".join(str(p) for p in candidates)
+    raise DataNotFoundError(f"MNIST not found. Looked in: {looked}. {HOW_TO_GET}")
+
+
 def load_mnist(path: str | os.PathLike[str] | None = None) -> tuple[Split, Split, Split]:
     """``(training, validation, test)`` as numpy ``(x, y)`` pairs.
 
@@ -114,23 +135,8 @@ def load_mnist(path: str | os.PathLike[str] | None = None) -> tuple[Split, Split
     :mod:`convnet.data.book_format`). With no path: ``$CONVNET_DATA``, then
     ``~/.cache/convnet/mnist``.
     """
-    candidates = [Path(path).expanduser()] if path is not None else default_locations()
-    for place in candidates:
-        if place.is_file():
-            return _from_file(place)
-        if place.is_dir():
-            if any(_find_idx(place, stem) for stem in IDX_FILES.values()):
-                return _from_idx_folder(place)
-            for name in BOOK_PICKLES:
-                if (place / name).is_file():
-                    return _from_file(place / name)
-    if path is not None and "expanded" in Path(path).name:
-        raise DataNotFoundError(
-            f"{path}: no such file. Make the book's expanded training set there with: "
-            f"convnet expand-mnist --out {path}"
-        )
-    looked = ", ".join(str(p) for p in candidates)
-    raise DataNotFoundError(f"MNIST not found. Looked in: {looked}. {HOW_TO_GET}")
+    place = find_mnist(path)
+    return _from_file(place) if place.is_file() else _from_idx_folder(place)
 
 
 def _from_file(path: Path) -> tuple[Split, Split, Split]:

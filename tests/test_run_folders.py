@@ -1,0 +1,251 @@
+"""Damaged or hand-edited run folders: every reader checks what it reads.
+
+The fuzz test below corrupts a real run folder at random (truncations, flipped bytes,
+edited JSON values, edited arrays) and runs ``evaluate``, ``predict`` and ``--resume`` on
+it: each must end in a one-line convnet error or a correct result, never a traceback,
+and a command that fails must leave every file as it was.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import shutil
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from convnet import checkpoint, load
+from convnet.cli import main
+from convnet.data import book_format
+from convnet.errors import ModelFileError
+
+LAYERS = "fc:8:sigmoid,softmax"
+
+
+def _dataset(path: Path) -> Path:
+    """A small learnable dataset in the book's three-split layout (.npz)."""
+    rng = np.random.default_rng(0)
+
+    def split(n: int) -> tuple[np.ndarray, np.ndarray]:
+        y = rng.integers(0, 10, n).astype(np.int64)
+        x = rng.random((n, 784), dtype=np.float32) * 0.2
+        x[np.arange(n), y * 70] = 1.0  # one bright pixel per class
+        return x, y
+
+    return book_format.write(path, (split(200), split(50), split(50)))
+
+
+@pytest.fixture(scope="module")
+def pristine(tmp_path_factory) -> tuple[Path, Path, Path]:
+    """(finished run folder, dataset, a digit picture)."""
+    root = tmp_path_factory.mktemp("pristine")
+    data = _dataset(root / "data.npz")
+    run = root / "run"
+    argv = ["train", "--layers", LAYERS, "--epochs", "2", "--quiet", "--data", str(data)]
+    assert main([*argv, "--out", str(run)]) == 0
+    picture = root / "digit.png"
+    pixels = np.full((40, 30), 230, np.uint8)
+    pixels[8:32, 12:17] = 20
+    Image.fromarray(pixels).save(picture)
+    return run, data, picture
+
+
+def _fingerprint(folder: Path) -> dict[str, str]:
+    return {
+        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file() and p.name != ".convnet.lock"
+    }
+
+
+# -- corruptions --------------------------------------------------------------------------
+JSON_VALUES = [None, -1, 0, 1, 2.5, -0.5, 1e308, 2**70, "x", "", [], [1, 2], {}, True, False]
+
+
+def _edit_json(value, rng: np.random.Generator):
+    """``value`` with one random node deleted, replaced or resized."""
+    paths: list[tuple] = []
+
+    def walk(node, path):
+        paths.append(path)
+        if isinstance(node, dict):
+            for key, child in node.items():
+                walk(child, (*path, key))
+        elif isinstance(node, list):
+            for index, child in enumerate(node):
+                walk(child, (*path, index))
+
+    walk(value, ())
+    path = paths[int(rng.integers(1, len(paths)))] if len(paths) > 1 else ()
+    parent = value
+    for step in path[:-1]:
+        parent = parent[step]
+    action = rng.integers(3)
+    if action == 0 and isinstance(parent, dict):
+        del parent[path[-1]]
+    elif action == 1 and isinstance(parent[path[-1]], list) and parent[path[-1]]:
+        parent[path[-1]].pop()
+    else:
+        parent[path[-1]] = JSON_VALUES[int(rng.integers(len(JSON_VALUES)))]
+    return value
+
+
+def _rewrite_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
+    buffer = io.BytesIO()
+    np.savez(buffer, **arrays)
+    path.write_bytes(buffer.getvalue())
+
+
+def _edit_arrays(arrays: dict[str, np.ndarray], rng: np.random.Generator) -> None:
+    names = sorted(n for n in arrays if n != "meta")
+    name = names[int(rng.integers(len(names)))]
+    action = int(rng.integers(6))
+    if action == 0:
+        del arrays[name]
+    elif action == 1:
+        arrays[name] = arrays[name].astype(np.float64)
+    elif action == 2:
+        arrays[name] = arrays[name].ravel()[:-1]
+    elif action == 3:
+        arrays[name] = np.full_like(arrays[name], np.nan)
+    elif action == 4:
+        arrays[f"{name}.extra"] = arrays[name]
+    else:
+        arrays[name] = arrays[name].astype(np.int32)
+
+
+def corrupt(run: Path, rng: np.random.Generator) -> str:
+    """Damage one file of ``run`` at random; returns what was done (for failure reports)."""
+    target = run / ["model.json", "model.npz", "checkpoint.npz"][int(rng.integers(3))]
+    raw = target.read_bytes()
+    kind = ["truncate", "flip", "edit"][int(rng.integers(3))]
+    if kind == "truncate":
+        cut = int(rng.integers(0, len(raw)))
+        target.write_bytes(raw[:cut])
+        return f"{target.name}: truncated to {cut} of {len(raw)} bytes"
+    if kind == "flip":
+        damaged = bytearray(raw)
+        places = rng.integers(0, len(raw), int(rng.integers(1, 5)))
+        for place in places:
+            damaged[place] ^= int(rng.integers(1, 256))
+        target.write_bytes(bytes(damaged))
+        return f"{target.name}: bytes flipped at {sorted(places.tolist())}"
+    if target.suffix == ".json":
+        target.write_text(json.dumps(_edit_json(json.loads(raw), rng)))
+        return f"{target.name}: JSON edited"
+    with np.load(target) as stored:
+        arrays = {name: stored[name] for name in stored.files}
+    if "meta" in arrays and rng.random() < 0.6:
+        meta = _edit_json(json.loads(arrays["meta"].tobytes()), rng)
+        arrays["meta"] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
+        _rewrite_npz(target, arrays)
+        return f"{target.name}: its JSON record edited"
+    _edit_arrays(arrays, rng)
+    _rewrite_npz(target, arrays)
+    return f"{target.name}: arrays edited"
+
+
+def _run(argv: list[str], capsys) -> tuple[int, str, str]:
+    code = main(argv)  # anything but a convnet error propagates, failing the test
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def test_random_corruptions_end_in_a_clear_error_or_a_correct_result(pristine, tmp_path, capsys):
+    run, data, picture = pristine
+    rng = np.random.default_rng(2026)
+    outcomes = {"error": 0, "ok": 0, "trained": 0}
+    for trial in range(210):
+        folder = tmp_path / f"trial-{trial}"
+        shutil.copytree(run, folder)
+        what = corrupt(folder, rng)
+        damaged = "checkpoint" if "checkpoint" in what else "model"
+        commands = (
+            [["train", "--resume", str(folder), "--quiet", "--data", str(data)]]
+            if damaged == "checkpoint"
+            else [
+                ["evaluate", str(folder), "--data", str(data)],
+                ["predict", str(folder), str(picture)],
+            ]
+        )
+        for argv in commands:
+            before = _fingerprint(folder)
+            code, out, err = _run(argv, capsys)
+            case = f"trial {trial} ({what}), convnet {' '.join(argv[:1])}"
+            assert code in (0, 2), case
+            if code == 2:
+                lines = err.strip().splitlines()
+                assert len(lines) == 1 and lines[0].startswith(f"convnet {argv[0]}: error: "), (
+                    case,
+                    err,
+                )
+            trained = argv[0] == "train" and "Resuming" in out
+            if not trained:
+                assert _fingerprint(folder) == before, case
+            outcomes["trained" if trained else ("ok" if code == 0 else "error")] += 1
+            if code == 0 and argv[0] == "evaluate":
+                assert "test accuracy:" in out, case
+            if code == 0 and argv[0] == "predict":
+                assert out.startswith(f"{picture}: "), case
+        shutil.rmtree(folder)
+    assert outcomes["error"] >= 150, outcomes  # most corruptions must be caught
+    assert outcomes["ok"] >= 10, outcomes  # harmless edits still work
+
+
+def test_damaged_files_are_named_with_the_field(pristine, tmp_path, capsys):
+    run, data, picture = pristine
+    cases = {
+        "model.json": (
+            lambda a: a["layers"][0].update(n_in="784"),
+            'model.json: layers[0].n_in: expected an integer >= 1. Received: "784".',
+        ),
+        "history.json": (
+            lambda h: h.update(train_cost=[1.0]),
+            "history.json: train_cost: expected 2 entries (one per epoch). Received: 1.",
+        ),
+    }
+    for name, (edit, message) in cases.items():
+        folder = tmp_path / name.replace(".", "-")
+        shutil.copytree(run, folder)
+        value = json.loads((folder / name).read_text())
+        edit(value)
+        (folder / name).write_text(json.dumps(value))
+        command = ["plot", str(folder)] if name == "history.json" else ["evaluate", str(folder)]
+        code, _, err = _run([*command, "--data", str(data)], capsys)
+        assert code == 2 and message in err, err
+    folder = tmp_path / "zip"
+    shutil.copytree(run, folder)
+    raw = (folder / "model.npz").read_bytes()
+    (folder / "model.npz").write_bytes(raw[: len(raw) // 2])
+    code, _, err = _run(["predict", str(folder), str(picture)], capsys)
+    assert code == 2 and "model.npz: damaged, or not an .npz archive" in err
+    with zipfile.ZipFile(folder / "ok.npz", "w") as archive:
+        archive.writestr("meta.txt", "not numpy")
+    shutil.copy(folder / "ok.npz", folder / "checkpoint.npz")
+    code, _, err = _run(["train", "--resume", str(folder)], capsys)
+    assert code == 2 and "checkpoint.npz" in err, err
+
+
+def test_the_api_readers_raise_model_file_errors_for_the_same_damage(pristine, tmp_path):
+    """``convnet.load`` and ``checkpoint.load`` run the same checks as the commands."""
+    run, _, _ = pristine
+    rng = np.random.default_rng(11)
+    caught = 0
+    for trial in range(40):
+        folder = tmp_path / f"api-{trial}"
+        shutil.copytree(run, folder)
+        what = corrupt(folder, rng)
+        before = _fingerprint(folder)
+        reader = checkpoint.load if "checkpoint" in what else load
+        try:
+            reader(folder)
+        except ModelFileError as exc:
+            assert str(folder) in str(exc), (what, exc)
+            caught += 1
+        assert _fingerprint(folder) == before, what
+    assert caught >= 25
