@@ -288,6 +288,11 @@ def _training_data(args: argparse.Namespace, hyper: dict) -> tuple:
     training, validation, test = _data(args)
     if hyper["expanded"]:
         training = load_expanded(training)
+    if args.limit is not None and args.limit > len(training[0]):
+        raise ArgumentError(
+            f"--limit: expected at most {len(training[0]):,}, the training images there are. "
+            f"Received: {args.limit:,}."
+        )
     if args.limit is not None:
         training = (training[0][: args.limit], training[1][: args.limit])
     return training, validation, test
@@ -545,9 +550,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"convnet {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    def common(p: argparse.ArgumentParser) -> None:
+    def common(p: argparse.ArgumentParser, data: bool = True) -> None:
+        """--data (for commands that read MNIST), --backend, --device."""
         for flag in TRAIN_FLAGS:
-            if flag.name in ("data", "backend", "device"):
+            if flag.name in ("backend", "device") or (data and flag.name == "data"):
                 p.add_argument(_flag(flag.name), choices=flag.choices, help=flag.help)
 
     def member(p: argparse.ArgumentParser) -> None:
@@ -598,7 +604,7 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("model", help="run folder (or an ensemble's), or model.npz")
     predict.add_argument("images", nargs="+", help="PNG/JPEG/... pictures, one digit each")
     member(predict)
-    common(predict)
+    common(predict, data=False)
     predict.set_defaults(func=cmd_predict)
 
     plot = sub.add_parser("plot", help="redraw curves.png and errors.png of a run")

@@ -101,6 +101,13 @@ def test_a_misspelt_layers_option_is_refused_before_anything_runs(data, tmp_path
     assert not (tmp_path / "r").exists()
 
 
+def test_a_limit_beyond_the_training_set_is_refused_not_ignored(data, tmp_path, capsys):
+    assert _train(data, tmp_path / "run", "--limit", "5000") == 2
+    err = _error(capsys)
+    assert "--limit: expected at most 200, the training images there are. Received: 5,000." in err
+    assert not (tmp_path / "run" / "model.npz").exists()
+
+
 # -- --out ---------------------------------------------------------------------------------
 def test_an_out_that_cannot_be_a_run_folder_is_refused_before_training(data, tmp_path, capsys):
     a_file = tmp_path / "notes.txt"
