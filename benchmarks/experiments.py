@@ -15,6 +15,7 @@
     python benchmarks/experiments.py eval-limit          # what bounds the evaluation pass
     python benchmarks/experiments.py linker-conv         # C / Numba backends: slices vs Im2Col Op
     python benchmarks/experiments.py optimizers          # net A, 1 epoch: SGD, Adam, Nesterov
+    python benchmarks/experiments.py train-breakdown     # net C's conv layers: fused vs XLA, by pass
 
 Each prints its own table. They run on synthetic MNIST-shaped data except eval-batch and
 eval-limit (real test set: set CONVNET_DATA). Pinned to one core, as in bench.py.
@@ -563,7 +564,58 @@ def optimizers() -> None:
         print(f"| {seed} | " + " | ".join(row) + " |", flush=True)
 
 
+BREAKDOWN_CHILD = r"""
+import sys, time
+import numpy as np, pytensor, pytensor.tensor as pt
+from convnet import backend as backends, ops
+mbs, conv = int(sys.argv[1]), sys.argv[2]
+mode = backends.resolve("jax", "cpu").mode
+rng = np.random.default_rng(0)
+row = []
+for (c, h, w), (f, kh, kw) in [((1, 28, 28), (20, 5, 5)), ((20, 12, 12), (40, 5, 5))]:
+    x = pt.tensor4("x", dtype="float32", shape=(mbs, c, h, w))
+    filters = pt.tensor4("w", dtype="float32", shape=(f, c, kh, kw))
+    shapes = {"image_shape": (c, h, w), "filter_shape": (f, c, kh, kw)}
+    if conv == "fused":
+        out = ops.conv_pool_train(x, filters, poolsize=(2, 2), **shapes)
+    else:
+        oh, ow = h - kh + 1, w - kw + 1
+        out = ops.max_pool(ops.conv2d(x, filters, implementation="patches", **shapes),
+                           image_shape=(f, oh, ow), poolsize=(2, 2))
+    xv = rng.random((mbs, c, h, w), dtype=np.float32)
+    xv[:, :, :4] = 0.0  # MNIST's blank rows
+    wv = rng.normal(0, 0.1, (f, c, kh, kw)).astype(np.float32)
+    g = pt.constant(rng.normal(size=(mbs, f, (h - kh + 1) // 2, (w - kw + 1) // 2)).astype("float32"))
+    cost = (out * g).sum()
+    for outputs in ([out], pt.grad(cost, [filters]), pt.grad(cost, [x, filters])):
+        fn = pytensor.function([x, filters], outputs, mode=mode)
+        fn(xv, wv)
+        calls = max(20, 20_000 // mbs)
+        best = np.inf
+        for _ in range(3):
+            start = time.perf_counter()
+            for _ in range(calls):
+                fn(xv, wv)
+            best = min(best, (time.perf_counter() - start) / calls)
+        row.append(best / mbs * 1e6)
+print(*row)
+"""
+
+
+def train_breakdown() -> None:
+    """Microseconds per image of net C's two conv layers' training passes, fused kernel
+    against XLA's im2col formulation: the forward pass, + the weight gradient, + the image
+    gradient (needed below the first layer), each a compiled function on one core."""
+    print("| mini-batch | conv | layer 1 fwd | + dW | + dX | layer 2 fwd | + dW | + dX |")
+    print("|---|---|---|---|---|---|---|---|")
+    for mbs in (10, 64, 256):
+        for conv in ("fused", "patches"):
+            row = _child(BREAKDOWN_CHILD, mbs, conv)
+            print(f"| {mbs} | {conv} | " + " | ".join(f"{v:.1f}" for v in row) + " |", flush=True)
+
+
 COMMANDS = {
+    "train-breakdown": train_breakdown,
     "optimizers": optimizers,
     "linker-conv": linker_conv,
     "eval-limit": eval_limit,

@@ -203,6 +203,12 @@ class Backend:
         rewriter = graph_cache.CachedRewriter(mode.optimizer, graph_cache.folder(), "JAX")
         return mode.clone(optimizer=rewriter)
 
+    def register_ops(self) -> None:
+        """Give convnet's Ops this backend's implementations now, not at the first compile:
+        the book's code compiles a network's graphs itself, in PyTensor's own modes."""
+        if self.name == "jax":
+            jax_ops.register()
+
     def steps_per_call(self, total_steps: int) -> int:
         """SGD steps per compiled call, for a run of ``total_steps`` steps.
 
@@ -241,34 +247,20 @@ class Backend:
         the cache). The fused kernel keeps no buffers beyond one image, so a large batch
         costs it nothing and saves calls (one core: 1,000 -> 0.48 s, 50 -> 0.57 s;
         ``benchmarks/experiments.py eval-batch``). GPUs want large batches."""
-        if self.device == "gpu" or self.eval_conv_implementation == "fused":
+        if self.device == "gpu" or self.conv_implementation == "fused":
             return 1000
         return 50
 
     @cached_property
-    def eval_conv_implementation(self) -> str:
-        """How conv layers build their evaluation (deterministic) output: "fused" is
-        convnet's own CPU kernel (:mod:`convnet.kernel`, convolution and max-pooling in one
-        pass), used under JAX on a CPU when it can be compiled here; otherwise the same as
-        :attr:`conv_implementation`. Training keeps :attr:`conv_implementation`: its
-        backward pass needs the im2col columns anyway."""
-        chosen = self.conv_implementation
-        if (
-            self.name != "jax"
-            or self.device != "cpu"
-            or chosen != "patches"
-            or config.setting("CONVNET_CONV")
-        ):
-            return chosen
-        if not kernel.enabled():
-            return chosen
-        kernel.start_build()  # compiles beside PyTensor's graph building
-        return "fused"
-
-    @cached_property
     def conv_implementation(self) -> str:
-        """How conv layers are built (see ops.conv2d): "patches" (one Im2Col Op) on every
-        backend (its implementations: jax_ops.py, linkers.py for Numba, C code in ops.py).
+        """How conv layers build their training output: "fused" under JAX on a CPU where
+        convnet's kernel can be built (:mod:`convnet.kernel`: convolution and max-pooling
+        in one pass that also marks each window's maxima, and a backward pass that sends
+        the gradient straight there and reads the images in place; net C's step measured
+        13-20% faster than "patches", ``benchmarks/training_floor.py``). Otherwise
+        "patches" (one Im2Col Op) on every backend (its implementations: jax_ops.py,
+        linkers.py for Numba, C code in ops.py). The evaluation output uses the same
+        choice ("fused": the kernel's evaluation pass, without the marks).
 
         Measured under JAX on a CPU against the "im2col" graph of slices: training function
         rewritten in 0.62-0.67 s instead of 1.93-2.04 s, XLA 1.23-1.37 s instead of
@@ -280,9 +272,15 @@ class Backend:
         (C) and 30 s against 161 s (Numba), with faster steps (``benchmarks/experiments.py
         linker-conv``).
 
-        ``CONVNET_CONV`` (im2col | patches | native) overrides it, for measuring each.
+        ``CONVNET_CONV`` (im2col | patches | native | fused) overrides it, for measuring.
         """
-        return config.setting("CONVNET_CONV") or "patches"
+        chosen = config.setting("CONVNET_CONV")
+        if chosen:
+            return chosen
+        if self.name == "jax" and self.device == "cpu" and kernel.enabled():
+            kernel.start_build()  # compiles beside PyTensor's graph building
+            return "fused"
+        return "patches"
 
     @property
     def matmul_precision(self) -> str | None:

@@ -35,7 +35,9 @@ from convnet.spec import parse
 # the previous file is whole and the message says so.
 DISK_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EFBIG}
 DEFAULT_MOMENTUM = {"sgd": 0.0, "nesterov": 0.9, "adam": 0.0}
-DEFAULT_ETA = {"adam": 0.001}  # sgd and nesterov: the book's eta for the chosen net
+# Adam's own default; sgd and nesterov: the book's eta for the chosen net times
+# (1 - momentum), so that momentum's steady step eta / (1 - momentum) is the book's step.
+DEFAULT_ETA = {"adam": 0.001}
 
 
 @dataclass(frozen=True)
@@ -66,7 +68,12 @@ TRAIN_FLAGS = (
         on_resume=True,
     ),
     Flag("mini_batch_size", int, "examples per gradient step", 10, metavar="N"),
-    Flag("eta", float, "step size (default: the book's for --net; 0.001 for adam)"),
+    Flag(
+        "eta",
+        float,
+        "step size (default: the book's for --net, times 1 - momentum with momentum; "
+        "0.001 for adam)",
+    ),
     Flag("lmbda", float, "L2 regularization (default: the book's for --net; 0 for --layers)"),
     Flag(
         "optimizer", str, "the update rule (sgd is the book's)", "sgd", ("sgd", "nesterov", "adam")
@@ -273,7 +280,9 @@ def _hyper(args: argparse.Namespace) -> dict[str, Any]:
         "net": args.layers or args.net,
         "epochs": args.epochs if args.epochs is not None else (recipe.epochs if recipe else 10),
         "optimizer": args.optimizer,
-        "eta": args.eta if args.eta is not None else DEFAULT_ETA.get(args.optimizer, book_eta),
+        "eta": args.eta
+        if args.eta is not None
+        else DEFAULT_ETA.get(args.optimizer, book_eta * (1 - momentum)),
         "lmbda": args.lmbda if args.lmbda is not None else (recipe.lmbda if recipe else 0.0),
         "mini_batch_size": args.mini_batch_size,
         "momentum": momentum,

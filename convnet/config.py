@@ -31,7 +31,9 @@ VARIABLES = {
         Variable("CONVNET_DEVICE", "the device", ("cpu", "gpu", "auto")),
         Variable("CONVNET_PRECISION", "float32 products on GPUs", ("float32", "tf32", "auto")),
         Variable(
-            "CONVNET_CONV", "the convolution's form, for measuring", ("im2col", "patches", "native")
+            "CONVNET_CONV",
+            "the convolution's form, for measuring",
+            ("im2col", "patches", "native", "fused"),
         ),
         Variable("CONVNET_KERNEL", "convnet's C++ evaluation kernel: 0 off, 1 on", ("0", "1")),
         Variable("CONVNET_GRAPH_CACHE", "the cache of rewritten graphs: 0 off", ("0", "1")),

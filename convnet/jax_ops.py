@@ -67,6 +67,97 @@ def register() -> None:
 
         return with_kernel if target is not None else without_kernel
 
+    def flipped_weights(filters):
+        """(c*kh*kw, fpad): the kernel's layout, filters padded to whole 8-lane vectors."""
+        f = filters.shape[0]
+        weights = filters[:, :, ::-1, ::-1].reshape(f, -1).T
+        return jnp.pad(weights, ((0, 0), (0, -f % 8)))
+
+    def window(kh, kw, ph, pw):
+        return {"kh": np.int64(kh), "kw": np.int64(kw), "ph": np.int64(ph), "pw": np.int64(pw)}
+
+    def dense(ties, grad, conv_hw, poolsize):
+        """The pooled gradient spread onto the convolution, as (f, n*oh*ow)."""
+        spread = ops.unpool(ties, grad, conv_hw, poolsize, jnp)
+        return spread.transpose(1, 0, 2, 3).reshape(grad.shape[1], -1)
+
+    @jax_funcify.register(ops.ConvPoolTrain)
+    def _conv_pool_train(op, node=None, **kwargs):
+        ph, pw = op.poolsize
+        target = kernel.conv_pool_target()
+
+        def with_kernel(images, filters):
+            if images.dtype != jnp.float32 or filters.dtype != jnp.float32:
+                return without_kernel(images, filters)
+            n, _, h, w = images.shape
+            f, _, kh, kw = filters.shape
+            oh, ow = ops.conv_output_shape((h, w), (kh, kw))
+            shape = (n, f, oh // ph, ow // pw)
+            call = jax.ffi.ffi_call(
+                target + "_train",
+                (jax.ShapeDtypeStruct(shape, images.dtype), jax.ShapeDtypeStruct(shape, jnp.int32)),
+            )
+            return call(images, flipped_weights(filters), **window(kh, kw, ph, pw))
+
+        def without_kernel(images, filters):
+            n, _, h, w = images.shape
+            f, _, kh, kw = filters.shape
+            oh, ow = ops.conv_output_shape((h, w), (kh, kw))
+            columns = im2col(images, kh, kw)
+            conv = (filters[:, :, ::-1, ::-1].reshape(f, -1) @ columns).reshape(f, n, oh, ow)
+            return ops.pool_with_ties(conv.transpose(1, 0, 2, 3), op.poolsize, jnp)
+
+        return with_kernel if target is not None else without_kernel
+
+    @jax_funcify.register(ops.ConvPoolGradW)
+    def _conv_pool_grad_w(op, node=None, **kwargs):
+        kh, kw = op.filter_hw
+        ph, pw = op.poolsize
+        target = kernel.conv_pool_target()
+
+        def with_kernel(images, filters, ties, grad):
+            if images.dtype != jnp.float32 or grad.dtype != jnp.float32:
+                return without_kernel(images, filters, ties, grad)
+            _, c = images.shape[:2]
+            f = grad.shape[1]
+            out = jax.ShapeDtypeStruct((c * kh * kw, f + -f % 8), images.dtype)
+            call = jax.ffi.ffi_call(target + "_grad_w", out)
+            dw = call(images, ties, grad, **window(kh, kw, ph, pw))
+            return dw[:, :f].T.reshape(f, c, kh, kw)[:, :, ::-1, ::-1]
+
+        def without_kernel(images, filters, ties, grad):
+            _, c, h, w = images.shape
+            f = grad.shape[1]
+            conv_hw = ops.conv_output_shape((h, w), (kh, kw))
+            dflipped = dense(ties, grad, conv_hw, op.poolsize) @ im2col(images, kh, kw).T
+            return dflipped.reshape(f, c, kh, kw)[:, :, ::-1, ::-1]
+
+        return with_kernel if target is not None else without_kernel
+
+    @jax_funcify.register(ops.ConvPoolGradX)
+    def _conv_pool_grad_x(op, node=None, **kwargs):
+        c, h, w = op.image_shape
+        ph, pw = op.poolsize
+        target = kernel.conv_pool_target()
+
+        def with_kernel(images, filters, ties, grad):
+            if filters.dtype != jnp.float32 or grad.dtype != jnp.float32:
+                return without_kernel(images, filters, ties, grad)
+            _, _, kh, kw = filters.shape
+            out = jax.ShapeDtypeStruct((grad.shape[0], c, h, w), grad.dtype)
+            call = jax.ffi.ffi_call(target + "_grad_x", out)
+            return call(flipped_weights(filters), ties, grad, **window(kh, kw, ph, pw))
+
+        def without_kernel(images, filters, ties, grad):
+            f, _, kh, kw = filters.shape
+            conv_hw = ops.conv_output_shape((h, w), (kh, kw))
+            dconv = dense(ties, grad, conv_hw, op.poolsize)
+            dcolumns = filters[:, :, ::-1, ::-1].reshape(f, -1).T @ dconv
+            _, transpose = jax.vjp(lambda x: im2col(x, kh, kw), images)  # linear in x
+            return transpose(dcolumns)[0]
+
+        return with_kernel if target is not None else without_kernel
+
     @jax_funcify.register(ops.Col2Im)
     def _col2im(op, **kwargs):
         def col2im(columns, images):

@@ -377,7 +377,6 @@ class ConvPoolLayer(Layer):
         # How the convolution is built for training and for evaluation: set by the Network
         # from its backend and device (see Backend.conv_implementation).
         self.conv_implementation = "im2col"
-        self.eval_conv_implementation = "im2col"
         self.initialize(rng or np.random.default_rng())
 
     def initialize(self, rng: np.random.Generator) -> None:
@@ -401,12 +400,14 @@ class ConvPoolLayer(Layer):
     def get_output_for(self, inpt, *, deterministic, dropout=None):
         images = inpt.reshape((-1, *self.input_shape))
         shapes = {"image_shape": self.input_shape, "filter_shape": self.filter_shape}
-        implementation = (
-            self.eval_conv_implementation if deterministic else self.conv_implementation
-        )
-        if implementation == "fused":
+        implementation = self.conv_implementation
+        if implementation == "fused" and deterministic:
             pooled = ops.conv_pool(images, self.w, poolsize=self.poolsize, **shapes)
+        elif implementation == "fused" and prod(self.poolsize) <= ops.MAX_WINDOW:
+            pooled = ops.conv_pool_train(images, self.w, poolsize=self.poolsize, **shapes)
         else:
+            if implementation == "fused":  # windows too large to mark: the unfused graph
+                implementation = "patches"
             conv = ops.conv2d(images, self.w, implementation=implementation, **shapes)
             pooled = ops.max_pool(conv, image_shape=self._conv_shape, poolsize=self.poolsize)
         return self.activation_fn(pooled + self.b.dimshuffle("x", 0, "x", "x"))

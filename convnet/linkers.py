@@ -7,7 +7,8 @@ object mode: 7-18 s for one call over net C, and a first compile of minutes. Her
 
 * :class:`~convnet.ops.Im2Col` and :class:`~convnet.ops.Col2Im` get Numba loops (their
   C code lives on the Ops themselves);
-* :class:`~convnet.ops.ConvPool` and a statically shaped :class:`~convnet.ops.Conv2D`
+* :class:`~convnet.ops.ConvPool`, the kernel's training Ops (:class:`~convnet.ops.ConvPoolTrain`
+  and its gradients) and a statically shaped :class:`~convnet.ops.Conv2D`
   are lowered, in Numba and C modes only, to ``Im2Col`` + one ``dot`` (+ max-pooling),
   so that Numba's ``np.dot`` or C's BLAS ``gemm`` does the arithmetic;
 * ``Conv2D`` of unknown shapes (inside its own gradient) gets a Numba loop over images.
@@ -21,6 +22,7 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+import pytensor
 import pytensor.tensor as pt
 from pytensor.compile import optdb
 from pytensor.graph.rewriting.basic import in2out, node_rewriter
@@ -124,9 +126,55 @@ def lower_to_im2col(fgraph: Any, node: Any) -> list[Any] | None:
     return [pt.cast(conv, node.outputs[0].dtype)]
 
 
+def _unfused(images: Any, filters: Any, poolsize: tuple[int, int]) -> tuple[Any, Any]:
+    """(convolution, max-pooled) as ``Im2Col`` + ``dot`` + max-pooling."""
+    _, c, h, w = images.type.shape
+    f, _, kh, kw = filters.type.shape
+    conv = ops.conv2d(
+        images,
+        filters,
+        image_shape=(c, h, w),
+        filter_shape=(f, c, kh, kw),
+        implementation="patches",
+    )
+    conv_hw = ops.conv_output_shape((h, w), (kh, kw))
+    return conv, ops.max_pool(conv, image_shape=(f, *conv_hw), poolsize=poolsize)
+
+
+def _ties(conv: Any, poolsize: tuple[int, int]) -> Any:
+    """ConvPoolTrain's marks as a graph (left dead, and removed, once the gradient Ops are
+    lowered to the unfused graph's gradient, which does not read them)."""
+    _, f, oh, ow = conv.type.shape
+    (ph, pw), (qh, qw) = poolsize, (oh // poolsize[0], ow // poolsize[1])
+    windows = conv[:, :, : qh * ph, : qw * pw].reshape((-1, f, qh, ph, qw, pw))
+    places = windows.dimshuffle(0, 1, 2, 4, 3, 5).reshape((-1, f, qh, qw, ph * pw))
+    best = places.max(axis=-1, keepdims=True)
+    marks = pt.cast(pt.eq(places, best), "int32") * ops.window_bits(poolsize)
+    return pt.cast(marks.sum(axis=-1), "int32")
+
+
+@node_rewriter([ops.ConvPoolTrain, ops.ConvPoolGradW, ops.ConvPoolGradX])
+def lower_training(fgraph: Any, node: Any) -> list[Any] | None:
+    """The kernel's training Ops as the unfused graph: the pooled output and its marks
+    from ``Im2Col`` + ``dot`` + max-pooling, the gradients as that graph's own."""
+    images, filters = node.inputs[:2]
+    if None in images.type.shape[1:] or None in filters.type.shape:
+        return None
+    conv, pooled = _unfused(images, filters, node.op.poolsize)
+    if isinstance(node.op, ops.ConvPoolTrain):
+        return [pt.cast(pooled, node.outputs[0].dtype), _ties(conv, node.op.poolsize)]
+    wrt = filters if isinstance(node.op, ops.ConvPoolGradW) else images
+    result = pytensor.gradient.grad(None, wrt, known_grads={pooled: node.inputs[3]})
+    return [pt.cast(result, node.outputs[0].dtype)]
+
+
 # Before BlasOpt (1.7), so C mode turns the dot into a gemm. "cxx_only" keeps the C entry
 # out of JAX and Numba modes; the "numba" entry is only in Numba mode's query.
 optdb.register(
     "convnet_lower_to_im2col_c", in2out(lower_to_im2col), "fast_run", "cxx_only", position=1.55
 )
 optdb.register("convnet_lower_to_im2col_numba", in2out(lower_to_im2col), "numba", position=1.55)
+optdb.register(
+    "convnet_lower_training_c", in2out(lower_training), "fast_run", "cxx_only", position=1.54
+)
+optdb.register("convnet_lower_training_numba", in2out(lower_training), "numba", position=1.54)

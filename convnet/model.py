@@ -162,11 +162,11 @@ class Model:
         self._datasets: OrderedDict[str, DeviceData] = OrderedDict()
 
     def _wire(self) -> None:
+        self.backend.register_ops()
         inpt, inpt_dropout = self.x, self.x
         for index, layer in enumerate(self.layers):
             if isinstance(layer, ConvPoolLayer):
                 layer.conv_implementation = self.backend.conv_implementation
-                layer.eval_conv_implementation = self.backend.eval_conv_implementation
             source = DropoutSource(self.seed, index, self.step, self.mini_batch_size)
             layer.set_inpt(inpt, inpt_dropout, self.mini_batch_size, dropout=source)
             inpt, inpt_dropout = layer.output, layer.output_dropout

@@ -203,6 +203,153 @@ class ConvPool(Op):
         return pytensor.gradient.grad(None, [images, filters], known_grads={unfused: cotangents[0]})
 
 
+def conv_pool_train(
+    images: TensorVariable,
+    filters: TensorVariable,
+    *,
+    image_shape: tuple[int, int, int],
+    filter_shape: tuple[int, int, int, int],
+    poolsize: tuple[int, int],
+) -> TensorVariable:
+    """``max_pool(conv2d(images, filters))`` for the training path: one
+    :class:`ConvPoolTrain` Op, whose gradient is :class:`ConvPoolGradW` (and
+    :class:`ConvPoolGradX` where the images need one), each one call of convnet's kernel
+    under JAX on a CPU."""
+    images = pt.specify_shape(images, (None, *image_shape))
+    return ConvPoolTrain(tuple(poolsize))(images, pt.specify_shape(filters, filter_shape))[0]
+
+
+MAX_WINDOW = 31  # places in a pooling window ConvPoolTrain marks (one bit each of an int32)
+
+
+class ConvPoolTrain(Op):
+    """Convolution + max-pooling that also returns ``ties`` (int32): which places of each
+    window hold its maximum, bit ``a * pw + b``, so the backward pass sends the gradient
+    straight there. Every tied place gets it, as from Theano's pooling (the book's) and
+    PyTensor's max: MNIST's blank border and ReLU's zeros make ties common."""
+
+    __props__ = ("poolsize",)
+
+    def __init__(self, poolsize: tuple[int, int]) -> None:
+        self.poolsize = (int(poolsize[0]), int(poolsize[1]))
+        if self.poolsize[0] * self.poolsize[1] > MAX_WINDOW:
+            raise ValueError(f"ConvPoolTrain: pooling windows of at most {MAX_WINDOW} places.")
+
+    def make_node(self, images, filters):
+        node = ConvPool(self.poolsize).make_node(images, filters)
+        pooled = node.outputs[0]
+        where = pt.tensor(dtype="int32", shape=pooled.type.shape)
+        return Apply(self, node.inputs, [pooled.type(), where])
+
+    def perform(self, node, inputs, output_storage):
+        pooled, ties = _pool_with_ties_numpy(_convolve_numpy(*inputs), self.poolsize)
+        output_storage[0][0] = pooled.astype(node.outputs[0].dtype)
+        output_storage[1][0] = ties
+
+    def connection_pattern(self, node):
+        return [[True, False], [True, False]]  # ``ties`` are bits: no gradient
+
+    def pullback(self, inputs, outputs, cotangents):
+        images, filters = inputs
+        grad = cotangents[0]
+        ties = outputs[1]
+        _, c, h, w = images.type.shape
+        _, _, kh, kw = filters.type.shape
+        return [
+            ConvPoolGradX((c, h, w), self.poolsize)(images, filters, ties, grad),
+            ConvPoolGradW((kh, kw), self.poolsize)(images, filters, ties, grad),
+        ]
+
+
+class ConvPoolGradW(Op):
+    """The filters' gradient of :class:`ConvPoolTrain` from the pooled gradient. Both
+    gradient Ops take (images, filters, ties, grad): the kernel reads the ties, the
+    C and Numba modes' lowering (:mod:`convnet.linkers`) the images and filters."""
+
+    __props__ = ("filter_hw", "poolsize")
+
+    def __init__(self, filter_hw: tuple[int, int], poolsize: tuple[int, int]) -> None:
+        self.filter_hw = (int(filter_hw[0]), int(filter_hw[1]))
+        self.poolsize = (int(poolsize[0]), int(poolsize[1]))
+
+    def make_node(self, images, filters, ties, grad):
+        inputs = list(map(pt.as_tensor_variable, (images, filters, ties, grad)))
+        shape = (grad.type.shape[1], images.type.shape[1], *self.filter_hw)
+        return Apply(self, inputs, [pt.tensor(dtype=grad.type.dtype, shape=shape)])
+
+    def perform(self, node, inputs, output_storage):
+        images, _, ties, grad = inputs
+        conv_hw = conv_output_shape(images.shape[2:], self.filter_hw)
+        dconv = unpool(ties, grad, conv_hw, self.poolsize, np)
+        windows = np.lib.stride_tricks.sliding_window_view(images, self.filter_hw, axis=(2, 3))
+        dflipped = np.einsum("nfyx,ncyxab->fcab", dconv, windows, optimize=True)
+        output_storage[0][0] = dflipped[:, :, ::-1, ::-1].astype(node.outputs[0].dtype)
+
+
+class ConvPoolGradX(Op):
+    """The images' gradient of :class:`ConvPoolTrain` from the pooled gradient."""
+
+    __props__ = ("image_shape", "poolsize")
+
+    def __init__(self, image_shape: tuple[int, int, int], poolsize: tuple[int, int]) -> None:
+        self.image_shape = tuple(int(v) for v in image_shape)
+        self.poolsize = (int(poolsize[0]), int(poolsize[1]))
+
+    def make_node(self, images, filters, ties, grad):
+        inputs = list(map(pt.as_tensor_variable, (images, filters, ties, grad)))
+        shape = (grad.type.shape[0], *self.image_shape)
+        return Apply(self, inputs, [pt.tensor(dtype=grad.type.dtype, shape=shape)])
+
+    def perform(self, node, inputs, output_storage):
+        _, filters, ties, grad = inputs
+        _, h, w = self.image_shape
+        kh, kw = filters.shape[2:]
+        oh, ow = conv_output_shape((h, w), (kh, kw))
+        dconv = unpool(ties, grad, (oh, ow), self.poolsize, np)
+        flipped = filters[:, :, ::-1, ::-1]
+        dx = np.zeros((len(grad), *self.image_shape), dtype=np.float64)
+        for a in range(kh):
+            for b in range(kw):
+                dx[:, :, a : a + oh, b : b + ow] += np.einsum(
+                    "nfyx,fc->ncyx", dconv, flipped[:, :, a, b]
+                )
+        output_storage[0][0] = dx.astype(node.outputs[0].dtype)
+
+
+def _pool_with_ties_numpy(
+    conv: np.ndarray, poolsize: tuple[int, int]
+) -> tuple[np.ndarray, np.ndarray]:
+    pooled, ties = pool_with_ties(conv, poolsize, np)
+    return pooled, ties.astype(np.int32)
+
+
+def pool_with_ties(conv: Any, poolsize: tuple[int, int], xp: Any) -> tuple[Any, Any]:
+    """(pooled, ties) of (n, f, oh, ow) ``conv``, for NumPy and JAX alike (``xp``)."""
+    n, f, oh, ow = conv.shape
+    (ph, pw), (qh, qw) = poolsize, (oh // poolsize[0], ow // poolsize[1])
+    windows = conv[:, :, : qh * ph, : qw * pw].reshape(n, f, qh, ph, qw, pw)
+    places = windows.transpose(0, 1, 2, 4, 3, 5).reshape(n, f, qh, qw, ph * pw)
+    pooled = places.max(axis=-1)
+    bits = (places == pooled[..., None]).astype(xp.int32) * window_bits(poolsize)
+    return pooled, bits.sum(axis=-1, dtype=xp.int32)
+
+
+def window_bits(poolsize: tuple[int, int]) -> np.ndarray:
+    """The bit of each place a * pw + b of a pooling window in ``ties``."""
+    return np.left_shift(1, np.arange(poolsize[0] * poolsize[1], dtype=np.int32))
+
+
+def unpool(ties: Any, grad: Any, conv_hw: tuple[int, int], poolsize: tuple[int, int], xp: Any):
+    """The pooled gradient spread onto (n, f, oh, ow): at every place marked in ``ties``."""
+    n, f, qh, qw = grad.shape
+    ph, pw = poolsize
+    marked = (ties[..., None] // window_bits(poolsize)) % 2
+    spread = (grad[..., None] * marked).reshape(n, f, qh, qw, ph, pw)
+    spread = spread.transpose(0, 1, 2, 4, 3, 5).reshape(n, f, qh * ph, qw * pw)
+    pad = ((0, 0), (0, 0), (0, conv_hw[0] - qh * ph), (0, conv_hw[1] - qw * pw))
+    return xp.pad(spread, pad)
+
+
 def _convolve_numpy(images: np.ndarray, filters: np.ndarray) -> np.ndarray:
     windows = np.lib.stride_tricks.sliding_window_view(images, filters.shape[2:], axis=(2, 3))
     return np.einsum("nchwab,fcab->nfhw", windows, filters[:, :, ::-1, ::-1], optimize=True)

@@ -96,3 +96,28 @@ def convpool_softmax_sgd_step(x, y, wc, bc, ws, bs, poolsize, eta, lmbda, num_ba
         ws - eta * (flat.T @ delta_s + reg * ws),
         bs - eta * delta_s.sum(0),
     )
+
+
+def conv_pool_backward(x, w, p, grad_out):
+    """Gradients (dx, dw) of sum(max_pool(conv_valid(x, w)) * grad_out), as loops: every
+    place of a window that holds its maximum gets the window's gradient (Theano's pooling,
+    the book's, did the same)."""
+    conv = conv_valid(x, w)
+    dconv = np.zeros_like(conv)
+    h, wd = conv.shape[2:]
+    for a in range(h // p[0]):
+        for b in range(wd // p[1]):
+            rows, cols = slice(a * p[0], (a + 1) * p[0]), slice(b * p[1], (b + 1) * p[1])
+            window = conv[:, :, rows, cols]
+            tied = window == window.max(axis=(2, 3), keepdims=True)
+            dconv[:, :, rows, cols] += tied * grad_out[:, :, a, b][:, :, None, None]
+    kh, kw = w.shape[2:]
+    flipped = w[:, :, ::-1, ::-1]  # conv_valid is a true convolution
+    dx, dflipped = np.zeros_like(x, dtype=np.float64), np.zeros_like(w, dtype=np.float64)
+    for y in range(h):
+        for z in range(wd):
+            patch = x[:, :, y : y + kh, z : z + kw]
+            g = dconv[:, :, y, z]
+            dflipped += np.einsum("nf,ncab->fcab", g, patch)
+            dx[:, :, y : y + kh, z : z + kw] += np.einsum("nf,fcab->ncab", g, flipped)
+    return dx, dflipped[:, :, ::-1, ::-1]

@@ -1,11 +1,15 @@
-"""convnet's own CPU kernel (convnet.kernel) and the ConvPool Op it serves: against the
-loop/scipy reference, with and without the kernel, its gradient, its build, and a whole
-network's evaluation against the XLA formulation."""
+"""convnet's own CPU kernel (convnet.kernel) and the Ops it serves (ConvPool for
+evaluation; ConvPoolTrain and its gradient Ops for training): against the loop/scipy
+reference, with and without the kernel, their gradients numerically, the build, and whole
+networks' evaluation and training against the XLA formulation."""
 
 from __future__ import annotations
 
+import os
 import platform
 import shutil
+import subprocess
+import sys
 
 import numpy as np
 import pytensor
@@ -13,11 +17,11 @@ import pytensor.tensor as pt
 import pytest
 from pytensor.gradient import verify_grad
 
-from convnet import Network, kernel
+from convnet import ConvPoolLayer, Network, SoftmaxLayer, kernel
 from convnet import backend as backends
 from convnet.book import layers_for
 from convnet.errors import ArgumentError
-from convnet.ops import conv_pool
+from convnet.ops import conv_pool, conv_pool_train
 from tests import reference
 from tests.devices import device_for
 
@@ -114,8 +118,8 @@ def test_network_evaluation_is_the_same_with_and_without_the_kernel(rng, monkeyp
     monkeypatch.delenv("CONVNET_CONV")
     fused = Network(layers_for("relu", 10), 10, seed=3, backend="jax")
     expected = "fused" if kernel.enabled() else "patches"
-    assert fused.layers[0].eval_conv_implementation == expected
-    assert unfused.layers[0].eval_conv_implementation == "patches"
+    assert fused.layers[0].conv_implementation == expected
+    assert unfused.layers[0].conv_implementation == "patches"
     # network3 starts the softmax weights at zero (every class 0.1): give both nets the
     # same random weights, so that the convolutions decide the outputs.
     weights = [rng.normal(0, 0.5, w.shape).astype(np.float32) for w in fused.get_weights()]
@@ -144,3 +148,121 @@ def test_damaged_cached_kernel_is_rebuilt(tmp_path, fresh_build, monkeypatch):
     built.write_bytes(b"not a shared library")
     assert kernel.conv_pool_target() == kernel.TARGET, kernel.why_not()
     assert built.read_bytes()[:4] == b"\x7fELF"
+
+
+# -- the training pass: convolution + pooling that marks its maxima, and its gradients ----
+def _training_function(backend, image_shape, filter_shape, pool):
+    """(pooled, d/dx, d/dw) of sum(pooled * g) through ConvPoolTrain and its gradient Ops."""
+    mode = backends.resolve(backend, device_for(backend)).mode
+    x = pt.tensor4("x", dtype="float32")
+    w = pt.tensor4("w", dtype="float32")
+    g = pt.tensor4("g", dtype="float32")
+    out = conv_pool_train(x, w, image_shape=image_shape, filter_shape=filter_shape, poolsize=pool)
+    return pytensor.function([x, w, g], [out, *pt.grad((out * g).sum(), [x, w])], mode=mode)
+
+
+def _check_training_against_reference(backend, rng):
+    for (n, c, h, w), (f, kh, kw), pool in CASES:
+        fn = _training_function(backend, (c, h, w), (f, c, kh, kw), pool)
+        xv = rng.normal(size=(n, c, h, w)).astype(np.float32)
+        xv[:, :, : h // 3] = 0.0  # a blank band, as MNIST's border: windows with ties
+        wv = rng.normal(size=(f, c, kh, kw)).astype(np.float32)
+        conv = reference.conv_valid(xv, wv)
+        gv = rng.normal(size=reference.max_pool(conv, pool).shape).astype(np.float32)
+        pooled, dx, dw = fn(xv, wv, gv)
+        want_dx, want_dw = reference.conv_pool_backward(xv, wv, pool, gv)
+        np.testing.assert_allclose(pooled, reference.max_pool(conv, pool), rtol=1e-4, atol=1e-4)
+        np.testing.assert_allclose(dw, want_dw, rtol=1e-4, atol=1e-3)
+        np.testing.assert_allclose(dx, want_dx, rtol=1e-4, atol=1e-3)
+
+
+@pytest.mark.parametrize("backend", ["c", "jax"])
+def test_conv_pool_training_and_its_gradients_match_the_loop_reference(backend, rng):
+    """JAX: the kernel's training pass, weight and image gradients; C: NumPy perform."""
+    _check_training_against_reference(backend, rng)
+
+
+def test_conv_pool_training_without_the_kernel_matches_the_loop_reference(
+    rng, fresh_build, monkeypatch
+):
+    monkeypatch.setenv("CONVNET_KERNEL", "0")
+    _check_training_against_reference("jax", rng)
+
+
+def test_conv_pool_training_gradient_numerically():
+    rng = np.random.default_rng(6)
+    verify_grad(
+        lambda x, w: conv_pool_train(
+            x, w, image_shape=(2, 7, 6), filter_shape=(3, 2, 3, 2), poolsize=(2, 2)
+        ),
+        [rng.normal(size=(2, 2, 7, 6)), rng.normal(size=(3, 2, 3, 2))],
+        rng=rng,
+        mode=backends.resolve("c", "cpu").mode,
+    )
+
+
+@pytest.mark.parametrize("activation", ["sigmoid", "tanh", "ReLU", "linear"])
+def test_training_with_the_kernel_equals_the_xla_formulation(rng, monkeypatch, activation):
+    """Two conv layers (the second gets an image gradient), every book activation: the
+    same weights after SGD steps as the im2col graph, to float32 rounding."""
+    x = rng.random((40, 784), dtype=np.float32)
+    x[:, :200] = 0.0  # MNIST's blank top rows: ties in the pooling windows
+    y = rng.integers(0, 10, 40).astype(np.int32)
+
+    def layers():
+        return [
+            ConvPoolLayer(
+                image_shape=(10, 1, 28, 28), filter_shape=(6, 1, 5, 5), activation_fn=activation
+            ),
+            ConvPoolLayer(
+                image_shape=(10, 6, 12, 12), filter_shape=(9, 6, 5, 5), activation_fn=activation
+            ),
+            SoftmaxLayer(9 * 4 * 4, 10),
+        ]
+
+    monkeypatch.setenv("CONVNET_CONV", "patches")
+    unfused = Network(layers(), 10, seed=2, backend="jax")
+    monkeypatch.delenv("CONVNET_CONV")
+    fused = Network(layers(), 10, seed=2, backend="jax")
+    assert fused.layers[0].conv_implementation == ("fused" if kernel.enabled() else "patches")
+    weights = [rng.normal(0, 0.1, w.shape).astype(np.float32) for w in fused.get_weights()]
+    for net in (fused, unfused):
+        net.set_weights(weights)
+        net.SGD((x, y), 2, 10, 0.05, lmbda=0.1, verbose=False)
+    for a, b in zip(fused.get_weights(), unfused.get_weights(), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+    assert not np.allclose(fused.get_weights()[0], weights[0])  # it trained
+
+
+THREADS_CHILD = r"""
+import os, sys
+os.sched_setaffinity(0, {int(c) for c in sys.argv[2].split(",")})  # before JAX starts
+import numpy as np, pytensor, pytensor.tensor as pt
+from convnet import backend as backends
+from convnet.ops import conv_pool_train
+mode = backends.resolve("jax", "cpu").mode
+rng = np.random.default_rng(0)
+x = pt.tensor4("x", dtype="float32")
+w = pt.tensor4("w", dtype="float32")
+out = conv_pool_train(x, w, image_shape=(20, 12, 12), filter_shape=(40, 20, 5, 5), poolsize=(2, 2))
+g = rng.normal(size=(64, 40, 4, 4)).astype(np.float32)
+fn = pytensor.function([x, w], pt.grad((out * g).sum(), [x, w]), mode=mode)
+images = rng.random((64, 20, 12, 12), dtype=np.float32)
+dx, dw = fn(images, rng.normal(size=(40, 20, 5, 5)).astype(np.float32))
+np.save(sys.argv[1], np.concatenate([dx.ravel(), dw.ravel()]))
+"""
+
+
+@pytest.mark.skipif(
+    not HAS_COMPILER or len(os.sched_getaffinity(0)) < 2, reason="needs the kernel and 2 cores"
+)
+def test_the_kernels_gradients_do_not_depend_on_the_number_of_threads(tmp_path):
+    """Each image's weight gradient is summed in image order, whichever thread made it:
+    a run, and a resumed run, repeat bit for bit on one core or many."""
+    results = []
+    for cores in ({min(os.sched_getaffinity(0))}, os.sched_getaffinity(0)):
+        out = tmp_path / f"{len(cores)}.npy"
+        cores_arg = ",".join(map(str, sorted(cores)))
+        subprocess.run([sys.executable, "-c", THREADS_CHILD, str(out), cores_arg], check=True)
+        results.append(np.load(out))
+    np.testing.assert_array_equal(results[0], results[1])

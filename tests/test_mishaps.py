@@ -240,3 +240,17 @@ def test_a_training_run_says_what_it_is_doing_throughout(data, tmp_path, capsys)
     for stage in ["Compiling the training step on", "Compiled in", "Epoch 0:", "Saving the model"]:
         assert stage in out, stage
     assert runs.LOCK_FILE not in out
+
+
+def test_momentum_takes_the_books_step_unless_eta_is_given(data, tmp_path):
+    """With momentum mu, SGD's steady step is eta / (1 - mu): the default eta keeps it the
+    book's (0.1 for --layers), not ten times larger."""
+    for extra, want in [
+        (["--optimizer", "nesterov"], 0.01),
+        (["--momentum", "0.5"], 0.05),
+        (["--optimizer", "nesterov", "--eta", "0.2"], 0.2),
+    ]:
+        out = tmp_path / "-".join(extra)
+        assert _train(data, out, *extra) == 0
+        stored = json.loads((out / "model.json").read_text())["training"]
+        assert stored["eta"] == pytest.approx(want), extra

@@ -1,9 +1,13 @@
 """convnet's hand-written CPU kernel, compiled on first use and called by XLA (its FFI).
 
-Under JAX on a CPU a conv layer's evaluation output is one call of ``conv_pool.cc``
-(convolution + max-pooling, the image read in place) instead of XLA's im2col, GEMM and
-pooling passes. On the 2-core machine measured, net C's 10,000-image evaluation pass went
-from 0.70 s to 0.26 s (one core: 0.99 to 0.48 s; ``benchmarks/experiments.py eval-limit``).
+Under JAX on a CPU a conv layer is ``conv_pool.cc`` instead of XLA's im2col, GEMM and
+pooling passes: its evaluation output is one call (convolution + max-pooling, the image
+read in place); its training output is one call that also marks where each window's
+maxima are, and its gradients are one call each (the weights' as a GEMM that reads the
+images in place; the images' as a GEMM into columns added back onto the image). On the
+2-core machine measured, net C's 10,000-image evaluation pass went from 0.70 s to 0.26 s
+(one core: 0.99 to 0.48 s; ``benchmarks/experiments.py eval-limit``); its training step
+see ``benchmarks/training_floor.py``.
 
 The source is compiled with the system C++ compiler (``$CXX``, else ``c++``, ``g++`` or
 ``clang++``) for this CPU (``-march=native``), against the XLA FFI headers that jaxlib
@@ -31,6 +35,14 @@ from convnet import config
 
 SOURCE = Path(__file__).with_name("conv_pool.cc")
 TARGET = "convnet_conv_pool"  # the name XLA knows the kernel by
+# The kernel's entry points, registered as TARGET + suffix: the evaluation pass, and the
+# training pass with its two gradients (see conv_pool.cc).
+ENTRY_POINTS = {
+    "": "ConvnetConvPool",
+    "_train": "ConvnetConvPoolTrain",
+    "_grad_w": "ConvnetConvPoolGradW",
+    "_grad_x": "ConvnetConvPoolGradX",
+}
 FLAGS = ("-O3", "-march=native", "-std=c++17", "-shared", "-fPIC", "-w")
 BUILD_SECONDS = 300
 
@@ -82,7 +94,8 @@ def start_build() -> None:
 
 
 def conv_pool_target() -> str | None:
-    """The kernel's XLA target name, once built and registered; None if it can't be."""
+    """The kernel's XLA target name, once built and registered; None if it can't be.
+    The training pass and its gradients are this name + each suffix of ENTRY_POINTS."""
     start_build()
     if _build is not None:
         _build.join()
@@ -101,9 +114,11 @@ def _build_and_register() -> None:
         if why is None:
             import jax
 
-            function = _load(_library()).ConvnetConvPool
+            library = _load(_library())
             if not _registered:  # XLA takes one handler per name and process
-                jax.ffi.register_ffi_target(TARGET, jax.ffi.pycapsule(function), platform="cpu")
+                for suffix, symbol in ENTRY_POINTS.items():
+                    function = jax.ffi.pycapsule(getattr(library, symbol))
+                    jax.ffi.register_ffi_target(TARGET + suffix, function, platform="cpu")
                 _registered.append(TARGET)
     except Exception as exc:  # a speed-up must never break a run: report, fall back
         why = f"the kernel could not be built or loaded: {exc}"

@@ -16,6 +16,7 @@
 #include <atomic>
 #include <cstdint>
 #include <cstring>
+#include <functional>
 #include <memory>
 #include <thread>
 #include <vector>
@@ -88,57 +89,245 @@ struct Shape {
   int64_t c, h, w, kh, kw, ph, pw, f, fpad, oh, ow, qh, qw, K, P;
 };
 
-void OneImage(const Shape& s, const int64_t* tap, const float* x, const float* w, float* out,
-              float* conv) {
+// One image's convolution into conv[P][fpad] (all filter groups).
+void ConvolveImage(const Shape& s, const int64_t* tap, const float* x, const float* w,
+                   float* conv) {
   for (int64_t g = 0; g < s.fpad; g += kMaxVectors * kLanes) {
     const int64_t vectors = std::min<int64_t>(kMaxVectors, (s.fpad - g) / kLanes);
     kConvolve[vectors](x, s.w, s.oh, s.ow, tap, s.K, w + g, conv + g, s.fpad);
   }
-  // Max-pooling, vectorised over the filters of each position.
+}
+
+// Max-pooling of conv[P][fpad] into out (f, qh, qw), vectorised over the filters of each
+// position; with `ties`, also which places of each window hold its maximum (bit a*pw + b):
+// the backward pass sends the gradient to each of them, as Theano's pooling (the book's)
+// and PyTensor's max do, so flat regions (ReLU zeros, MNIST's blank border) train alike.
+void Pool(const Shape& s, float* conv, float* out, int32_t* ties) {
+  typedef int32_t ivec __attribute__((vector_size(4 * kLanes)));
   const int64_t vectors = s.fpad / kLanes;
+  float* best = conv + s.P * s.fpad;  // a spare row after the products
+  int32_t* bits = reinterpret_cast<int32_t*>(best + s.fpad);
   for (int64_t i = 0; i < s.qh; ++i)
     for (int64_t j = 0; j < s.qw; ++j) {
-      float* best = conv + s.P * s.fpad;  // a spare row after the products
+      const int64_t first = i * s.ph * s.ow + j * s.pw;
       for (int64_t v = 0; v < vectors; ++v) {
         vec m;
-        std::memcpy(&m, conv + (i * s.ph * s.ow + j * s.pw) * s.fpad + v * kLanes, sizeof(vec));
+        std::memcpy(&m, conv + first * s.fpad + v * kLanes, sizeof(vec));
         for (int64_t a = 0; a < s.ph; ++a)
           for (int64_t b = 0; b < s.pw; ++b) {
             vec e;
-            std::memcpy(&e, conv + ((i * s.ph + a) * s.ow + j * s.pw + b) * s.fpad + v * kLanes,
-                        sizeof(vec));
+            std::memcpy(&e, conv + (first + a * s.ow + b) * s.fpad + v * kLanes, sizeof(vec));
             m = m > e ? m : e;
           }
         std::memcpy(best + v * kLanes, &m, sizeof(vec));
+        if (ties == nullptr) continue;
+        ivec mask = ivec{};
+        for (int64_t a = 0; a < s.ph; ++a)
+          for (int64_t b = 0; b < s.pw; ++b) {
+            vec e;
+            std::memcpy(&e, conv + (first + a * s.ow + b) * s.fpad + v * kLanes, sizeof(vec));
+            mask |= (e == m) & static_cast<int32_t>(1u << (a * s.pw + b));
+          }
+        std::memcpy(bits + v * kLanes, &mask, sizeof(ivec));
       }
-      for (int64_t f = 0; f < s.f; ++f) out[(f * s.qh + i) * s.qw + j] = best[f];
+      for (int64_t f = 0; f < s.f; ++f) {
+        out[(f * s.qh + i) * s.qw + j] = best[f];
+        if (ties != nullptr) ties[(f * s.qh + i) * s.qw + j] = bits[f];
+      }
     }
+}
+
+// The position in the convolution of place `bit` of window cell q.
+inline int64_t Place(const Shape& s, int64_t q, int64_t bit) {
+  return (q / s.qw * s.ph + bit / s.pw) * s.ow + (q % s.qw) * s.pw + bit % s.pw;
+}
+
+// The pooled gradient spread back onto the convolution: dconv[P][fpad], zero except at
+// each window's maxima.
+void Unpool(const Shape& s, const int32_t* ties, const float* grad, float* dconv) {
+  std::memset(dconv, 0, sizeof(float) * s.P * s.fpad);
+  const int64_t cells = s.qh * s.qw;
+  for (int64_t f = 0; f < s.f; ++f)
+    for (int64_t q = 0; q < cells; ++q) {
+      uint32_t mask = static_cast<uint32_t>(ties[f * cells + q]);
+      const float g = grad[f * cells + q];
+      while (mask) {
+        const int bit = __builtin_ctz(mask);
+        mask &= mask - 1;
+        dconv[Place(s, q, bit) * s.fpad + f] += g;
+      }
+    }
+}
+
+// dw[k][f] += sum_p image[tap[k] + pos[p]] * dconv[p][f] for R taps and J vectors of
+// filters: the weight gradient as a GEMM that reads the image in place (no columns).
+template <int R, int J>
+inline void BlockW(const float* image, const int64_t* tap, const int64_t* pos, int64_t P,
+                   const float* dconv, float* dw, int64_t ld) {
+  vec acc[R][J];
+#pragma GCC unroll 32
+  for (int r = 0; r < R; ++r)
+#pragma GCC unroll 8
+    for (int j = 0; j < J; ++j) acc[r][j] = vec{};
+  const float* taps[R];
+#pragma GCC unroll 32
+  for (int r = 0; r < R; ++r) taps[r] = image + tap[r];
+  for (int64_t p = 0; p < P; ++p) {
+    vec dv[J];
+#pragma GCC unroll 8
+    for (int j = 0; j < J; ++j) std::memcpy(&dv[j], dconv + p * ld + j * kLanes, sizeof(vec));
+    const int64_t at = pos[p];
+#pragma GCC unroll 32
+    for (int r = 0; r < R; ++r) {
+      const float c = taps[r][at];
+#pragma GCC unroll 8
+      for (int j = 0; j < J; ++j) acc[r][j] += c * dv[j];
+    }
+  }
+#pragma GCC unroll 32
+  for (int r = 0; r < R; ++r)
+#pragma GCC unroll 8
+    for (int j = 0; j < J; ++j) {
+      vec old;
+      std::memcpy(&old, dw + r * ld + j * kLanes, sizeof(vec));
+      old += acc[r][j];
+      std::memcpy(dw + r * ld + j * kLanes, &old, sizeof(vec));
+    }
+}
+
+template <int J>
+__attribute__((noinline)) void WeightGradient(const float* image, const int64_t* tap, int64_t K,
+                                              const int64_t* pos, int64_t P, const float* dconv,
+                                              float* dw, int64_t ld) {
+  constexpr int R = kAccumulators / J;
+  int64_t k = 0;
+  for (; k + R <= K; k += R) BlockW<R, J>(image, tap + k, pos, P, dconv, dw + k * ld, ld);
+  for (; k < K; ++k) BlockW<1, J>(image, tap + k, pos, P, dconv, dw + k * ld, ld);
+}
+
+using WeightGradientFn = void (*)(const float*, const int64_t*, int64_t, const int64_t*,
+                                  int64_t, const float*, float*, int64_t);
+constexpr WeightGradientFn kWeightGradient[] = {
+    nullptr,           WeightGradient<1>, WeightGradient<2>, WeightGradient<3>,
+    WeightGradient<4>, WeightGradient<5>, WeightGradient<6>};
+
+void AddWeightGradient(const Shape& s, const int64_t* tap, const int64_t* pos, const float* x,
+                       const float* dconv, float* dw) {
+  for (int64_t g = 0; g < s.fpad; g += kMaxVectors * kLanes) {
+    const int64_t vectors = std::min<int64_t>(kMaxVectors, (s.fpad - g) / kLanes);
+    kWeightGradient[vectors](x, tap, s.K, pos, s.P, dconv + g, dw + g, s.fpad);
+  }
+}
+
+// The pooled gradient spread onto the convolution, transposed: dconv_t[f][ppad].
+void UnpoolTransposed(const Shape& s, int64_t ppad, const int32_t* ties, const float* grad,
+                      float* dconv_t) {
+  std::memset(dconv_t, 0, sizeof(float) * s.f * ppad);
+  const int64_t cells = s.qh * s.qw;
+  for (int64_t f = 0; f < s.f; ++f)
+    for (int64_t q = 0; q < cells; ++q) {
+      uint32_t mask = static_cast<uint32_t>(ties[f * cells + q]);
+      const float g = grad[f * cells + q];
+      while (mask) {
+        const int bit = __builtin_ctz(mask);
+        mask &= mask - 1;
+        dconv_t[f * ppad + Place(s, q, bit)] += g;
+      }
+    }
+}
+
+// columns[k][p] = sum_f w[k][f] * dconv_t[f][p] for R rows k and J vectors of positions:
+// the image gradient's columns (the transpose of im2col), one GEMM.
+template <int R, int J>
+inline void BlockX(const float* w, int64_t ldw, const float* dconv_t, int64_t ldp, int64_t F,
+                   float* columns) {
+  vec acc[R][J];
+#pragma GCC unroll 32
+  for (int r = 0; r < R; ++r)
+#pragma GCC unroll 8
+    for (int j = 0; j < J; ++j) acc[r][j] = vec{};
+  for (int64_t f = 0; f < F; ++f) {
+    vec dv[J];
+#pragma GCC unroll 8
+    for (int j = 0; j < J; ++j) std::memcpy(&dv[j], dconv_t + f * ldp + j * kLanes, sizeof(vec));
+#pragma GCC unroll 32
+    for (int r = 0; r < R; ++r) {
+      const float c = w[r * ldw + f];
+#pragma GCC unroll 8
+      for (int j = 0; j < J; ++j) acc[r][j] += c * dv[j];
+    }
+  }
+#pragma GCC unroll 32
+  for (int r = 0; r < R; ++r)
+#pragma GCC unroll 8
+    for (int j = 0; j < J; ++j) std::memcpy(columns + r * ldp + j * kLanes, &acc[r][j], sizeof(vec));
+}
+
+template <int J>
+__attribute__((noinline)) void ImageColumns(const float* w, int64_t ldw, int64_t K,
+                                            const float* dconv_t, int64_t ldp, int64_t F,
+                                            float* columns) {
+  constexpr int R = kAccumulators / J;
+  int64_t k = 0;
+  for (; k + R <= K; k += R) BlockX<R, J>(w + k * ldw, ldw, dconv_t, ldp, F, columns + k * ldp);
+  for (; k < K; ++k) BlockX<1, J>(w + k * ldw, ldw, dconv_t, ldp, F, columns + k * ldp);
+}
+
+using ImageColumnsFn = void (*)(const float*, int64_t, int64_t, const float*, int64_t, int64_t,
+                                float*);
+constexpr ImageColumnsFn kImageColumns[] = {nullptr,         ImageColumns<1>, ImageColumns<2>,
+                                            ImageColumns<3>, ImageColumns<4>, ImageColumns<5>,
+                                            ImageColumns<6>};
+
+// dx = col2im(columns): each tap's row of columns added onto the image, a run of ow
+// neighbouring pixels at a time.
+void AddImageGradient(const Shape& s, int64_t ppad, const float* w, const int32_t* ties,
+                      const float* grad, float* scratch, float* dx) {
+  float* dconv_t = scratch;
+  float* columns = scratch + s.f * ppad;
+  UnpoolTransposed(s, ppad, ties, grad, dconv_t);
+  for (int64_t g = 0; g < ppad; g += kMaxVectors * kLanes) {
+    const int64_t vectors = std::min<int64_t>(kMaxVectors, (ppad - g) / kLanes);
+    kImageColumns[vectors](w, s.fpad, s.K, dconv_t + g, ppad, s.f, columns + g);
+  }
+  std::memset(dx, 0, sizeof(float) * s.c * s.h * s.w);
+  int64_t k = 0;
+  for (int64_t ch = 0; ch < s.c; ++ch)
+    for (int64_t a = 0; a < s.kh; ++a)
+      for (int64_t b = 0; b < s.kw; ++b, ++k) {
+        const float* from = columns + k * ppad;
+        float* to = dx + (ch * s.h + a) * s.w + b;
+        for (int64_t y = 0; y < s.oh; ++y)
+          for (int64_t x = 0; x < s.ow; ++x) to[y * s.w + x] += from[y * s.ow + x];
+      }
 }
 
 // Images are claimed a chunk at a time by the calling thread and by helpers on XLA's
 // thread pool; the caller never waits on a helper that has not started, so a busy or
-// single-thread pool cannot deadlock it.
+// single-thread pool cannot deadlock it. `image(i, scratch)` does image i, writing only
+// image i's own outputs: results never depend on which thread did what.
 struct Work {
   Shape s;
-  const float* images;
-  const float* w;
-  float* out;
-  int64_t n, chunk;
+  int64_t n = 0, chunk = 1, scratch = 0;
+  std::function<void(int64_t, float*)> image;
   std::atomic<int64_t> next{0}, done{0};
 
   std::vector<int64_t> tap;  // offset of each kernel tap (c, a, b) in an image
+  std::vector<int64_t> pos;  // offset of each output position (y, x) in an image
 
   void Run() {
-    std::vector<float> conv((s.P + 1) * s.fpad);
+    std::vector<float> buffer(scratch);
     for (;;) {
       const int64_t start = next.fetch_add(chunk);
       if (start >= n) return;
       const int64_t stop = std::min(n, start + chunk);
-      for (int64_t i = start; i < stop; ++i)
-        OneImage(s, tap.data(), images + i * s.c * s.h * s.w, w, out + i * s.f * s.qh * s.qw,
-                 conv.data());
+      for (int64_t i = start; i < stop; ++i) image(i, buffer.data());
       done.fetch_add(stop - start);
     }
+  }
+
+  void Wait() {
+    while (done.load() < n) std::this_thread::yield();
   }
 };
 
@@ -184,58 +373,20 @@ void Help(void* data) {
   delete work;
 }
 
-}  // namespace
-
-// args: images (n, c, h, w), weights (c*kh*kw, fpad); result: pooled (n, f, qh, qw).
-extern "C" XLA_FFI_Error* ConvnetConvPool(XLA_FFI_CallFrame* frame) {
-  const XLA_FFI_Api* api = frame->api;
-  if (frame->extension_start != nullptr &&
-      frame->extension_start->type == XLA_FFI_Extension_Metadata) {
-    auto* metadata = reinterpret_cast<XLA_FFI_Metadata_Extension*>(frame->extension_start)->metadata;
-    metadata->api_version = {XLA_FFI_Api_Version_STRUCT_SIZE, nullptr, XLA_FFI_API_MAJOR,
-                             XLA_FFI_API_MINOR};
-    metadata->traits = 0;
-    metadata->state_type_id = XLA_FFI_UNKNOWN_TYPE_ID;
-    return nullptr;
-  }
-  if (frame->stage != XLA_FFI_ExecutionStage_EXECUTE) return nullptr;
-  if (frame->args.size != 2 || frame->rets.size != 1)
-    return Fail(api, "conv_pool: expected 2 arguments and 1 result");
-  const XLA_FFI_Buffer* images = Float32Buffer(frame->args.args[0], 4);
-  const XLA_FFI_Buffer* weights = Float32Buffer(frame->args.args[1], 2);
-  const XLA_FFI_Buffer* pooled = Float32Buffer(frame->rets.rets[0], 4);
-  int64_t kh, kw, ph, pw;
-  if (images == nullptr || weights == nullptr || pooled == nullptr)
-    return Fail(api, "conv_pool: expected float32 images (4-D), weights (2-D), result (4-D)");
-  if (frame->attrs.size != 4 || !Attribute(frame->attrs, 0, "kh", &kh) ||
-      !Attribute(frame->attrs, 1, "kw", &kw) || !Attribute(frame->attrs, 2, "ph", &ph) ||
-      !Attribute(frame->attrs, 3, "pw", &pw))
-    return Fail(api, "conv_pool: expected int64 attributes kh, kw, ph, pw");
-  const int64_t* d = images->dims;
-  const int64_t* od = pooled->dims;
-  Shape s{d[1], d[2], d[3], kh, kw, ph, pw, od[1], weights->dims[1], d[2] - kh + 1,
-          d[3] - kw + 1, od[2], od[3], weights->dims[0], 0};
-  s.P = s.oh * s.ow;
-  if (kh < 1 || kw < 1 || ph < 1 || pw < 1 || s.oh < 1 || s.ow < 1 || od[0] != d[0] ||
-      s.K != s.c * kh * kw || s.fpad % kLanes || s.fpad < s.f || s.qh != s.oh / ph ||
-      s.qw != s.ow / pw)
-    return Fail(api, "conv_pool: inconsistent shapes");
-
-  auto work = std::make_shared<Work>();
-  work->s = s;
-  work->images = static_cast<const float*>(images->data);
-  work->w = static_cast<const float*>(weights->data);
-  work->out = static_cast<float*>(pooled->data);
-  work->n = d[0];
+// Share the images out over XLA's thread pool, take part, and wait for all of them.
+void Launch(const XLA_FFI_Api* api, XLA_FFI_ExecutionContext* ctx, std::shared_ptr<Work> work) {
+  const Shape& s = work->s;
   for (int64_t ch = 0; ch < s.c; ++ch)
-    for (int64_t a = 0; a < kh; ++a)
-      for (int64_t b = 0; b < kw; ++b) work->tap.push_back((ch * s.h + a) * s.w + b);
-  const int64_t threads = Threads(api, frame->ctx);
+    for (int64_t a = 0; a < s.kh; ++a)
+      for (int64_t b = 0; b < s.kw; ++b) work->tap.push_back((ch * s.h + a) * s.w + b);
+  for (int64_t y = 0; y < s.oh; ++y)
+    for (int64_t x = 0; x < s.ow; ++x) work->pos.push_back(y * s.w + x);
+  const int64_t threads = Threads(api, ctx);
   work->chunk = std::max<int64_t>(1, work->n / (4 * threads));
   for (int64_t t = 1; t < std::min(threads, work->n); ++t) {
     auto* task = new std::shared_ptr<Work>(work);
     XLA_FFI_ThreadPool_Schedule_Args args = {XLA_FFI_ThreadPool_Schedule_Args_STRUCT_SIZE,
-                                             nullptr, frame->ctx, Help, task};
+                                             nullptr, ctx, Help, task};
     if (XLA_FFI_Error* error = api->XLA_FFI_ThreadPool_Schedule(&args)) {
       XLA_FFI_Error_Destroy_Args destroy = {XLA_FFI_Error_Destroy_Args_STRUCT_SIZE, nullptr,
                                             error};
@@ -244,6 +395,178 @@ extern "C" XLA_FFI_Error* ConvnetConvPool(XLA_FFI_CallFrame* frame) {
     }
   }
   work->Run();
-  while (work->done.load() < work->n) std::this_thread::yield();
+  work->Wait();
+}
+
+// The metadata query and the stages other than execution: nothing to do. Returns true
+// when the call is answered.
+bool Answered(XLA_FFI_CallFrame* frame) {
+  if (frame->extension_start != nullptr &&
+      frame->extension_start->type == XLA_FFI_Extension_Metadata) {
+    auto* metadata = reinterpret_cast<XLA_FFI_Metadata_Extension*>(frame->extension_start)->metadata;
+    metadata->api_version = {XLA_FFI_Api_Version_STRUCT_SIZE, nullptr, XLA_FFI_API_MAJOR,
+                             XLA_FFI_API_MINOR};
+    metadata->traits = 0;
+    metadata->state_type_id = XLA_FFI_UNKNOWN_TYPE_ID;
+    return true;
+  }
+  return frame->stage != XLA_FFI_ExecutionStage_EXECUTE;
+}
+
+const XLA_FFI_Buffer* Int32Buffer(void* buffer, int64_t rank) {
+  const auto* b = static_cast<const XLA_FFI_Buffer*>(buffer);
+  return b->dtype == XLA_FFI_DataType_S32 && b->rank == rank ? b : nullptr;
+}
+
+// The window attributes; a pooling window has at most 31 places (one bit each in `ties`).
+bool Window(const XLA_FFI_CallFrame* frame, int64_t* kh, int64_t* kw, int64_t* ph, int64_t* pw) {
+  return frame->attrs.size == 4 && Attribute(frame->attrs, 0, "kh", kh) &&
+         Attribute(frame->attrs, 1, "kw", kw) && Attribute(frame->attrs, 2, "ph", ph) &&
+         Attribute(frame->attrs, 3, "pw", pw) && *kh > 0 && *kw > 0 && *ph > 0 && *pw > 0 &&
+         *ph * *pw <= 31;
+}
+
+// The layer's shape from the image (n, c, h, w), the window and the pooled (n, f, qh, qw).
+bool Derive(const int64_t* image, const int64_t* pooled, int64_t kh, int64_t kw, int64_t ph,
+            int64_t pw, int64_t fpad, Shape* s) {
+  *s = Shape{image[1], image[2], image[3], kh, kw, ph, pw, pooled[1], fpad, image[2] - kh + 1,
+             image[3] - kw + 1, pooled[2], pooled[3], image[1] * kh * kw, 0};
+  s->P = s->oh * s->ow;
+  return s->oh >= 1 && s->ow >= 1 && pooled[0] == image[0] && s->fpad % kLanes == 0 &&
+         s->fpad >= s->f && s->qh == s->oh / ph && s->qw == s->ow / pw;
+}
+
+// Forward: pooled (and, for training, where each window's maxima are).
+XLA_FFI_Error* Forward(XLA_FFI_CallFrame* frame, bool train) {
+  const XLA_FFI_Api* api = frame->api;
+  if (Answered(frame)) return nullptr;
+  const int64_t results = train ? 2 : 1;
+  if (frame->args.size != 2 || frame->rets.size != results)
+    return Fail(api, "conv_pool: expected 2 arguments and 1 result (2 for training)");
+  const XLA_FFI_Buffer* images = Float32Buffer(frame->args.args[0], 4);
+  const XLA_FFI_Buffer* weights = Float32Buffer(frame->args.args[1], 2);
+  const XLA_FFI_Buffer* pooled = Float32Buffer(frame->rets.rets[0], 4);
+  const XLA_FFI_Buffer* where = train ? Int32Buffer(frame->rets.rets[1], 4) : nullptr;
+  if (images == nullptr || weights == nullptr || pooled == nullptr || (train && where == nullptr))
+    return Fail(api, "conv_pool: expected float32 images (4-D), weights (2-D), result (4-D)");
+  int64_t kh, kw, ph, pw;
+  if (!Window(frame, &kh, &kw, &ph, &pw))
+    return Fail(api, "conv_pool: expected int64 attributes kh, kw, ph, pw");
+  auto work = std::make_shared<Work>();
+  if (!Derive(images->dims, pooled->dims, kh, kw, ph, pw, weights->dims[1], &work->s) ||
+      weights->dims[0] != work->s.K)
+    return Fail(api, "conv_pool: inconsistent shapes");
+  const Shape& s = work->s;
+  const float* x = static_cast<const float*>(images->data);
+  const float* w = static_cast<const float*>(weights->data);
+  float* out = static_cast<float*>(pooled->data);
+  int32_t* at = train ? static_cast<int32_t*>(where->data) : nullptr;
+  const int64_t in = s.c * s.h * s.w, cells = s.f * s.qh * s.qw;
+  work->n = images->dims[0];
+  work->scratch = (s.P + 2) * s.fpad;  // products, the best row and its positions
+  Work* self = work.get();
+  work->image = [=](int64_t i, float* conv) {
+    ConvolveImage(s, self->tap.data(), x + i * in, w, conv);
+    Pool(s, conv, out + i * cells, at == nullptr ? nullptr : at + i * cells);
+  };
+  Launch(api, frame->ctx, work);
+  return nullptr;
+}
+
+}  // namespace
+
+// args: images (n, c, h, w), weights (c*kh*kw, fpad); result: pooled (n, f, qh, qw).
+extern "C" XLA_FFI_Error* ConvnetConvPool(XLA_FFI_CallFrame* frame) {
+  return Forward(frame, false);
+}
+
+// As ConvnetConvPool, and a second result: ties (n, f, qh, qw) int32, the places of each
+// window holding its maximum (bit a * pw + b).
+extern "C" XLA_FFI_Error* ConvnetConvPoolTrain(XLA_FFI_CallFrame* frame) {
+  return Forward(frame, true);
+}
+
+// args: images (n, c, h, w), ties (n, f, qh, qw) int32, grad (n, f, qh, qw) (of pooled);
+// result: dw (c*kh*kw, fpad), the gradient of the weights in ConvnetConvPool's layout.
+extern "C" XLA_FFI_Error* ConvnetConvPoolGradW(XLA_FFI_CallFrame* frame) {
+  const XLA_FFI_Api* api = frame->api;
+  if (Answered(frame)) return nullptr;
+  if (frame->args.size != 3 || frame->rets.size != 1)
+    return Fail(api, "conv_pool_grad_w: expected 3 arguments and 1 result");
+  const XLA_FFI_Buffer* images = Float32Buffer(frame->args.args[0], 4);
+  const XLA_FFI_Buffer* where = Int32Buffer(frame->args.args[1], 4);
+  const XLA_FFI_Buffer* grad = Float32Buffer(frame->args.args[2], 4);
+  const XLA_FFI_Buffer* dw = Float32Buffer(frame->rets.rets[0], 2);
+  if (images == nullptr || where == nullptr || grad == nullptr || dw == nullptr)
+    return Fail(api, "conv_pool_grad_w: expected float32 images, int32 where, float32 grad");
+  int64_t kh, kw, ph, pw;
+  if (!Window(frame, &kh, &kw, &ph, &pw))
+    return Fail(api, "conv_pool_grad_w: expected int64 attributes kh, kw, ph, pw");
+  auto work = std::make_shared<Work>();
+  if (!Derive(images->dims, grad->dims, kh, kw, ph, pw, dw->dims[1], &work->s) ||
+      dw->dims[0] != work->s.K || std::memcmp(where->dims, grad->dims, 4 * sizeof(int64_t)))
+    return Fail(api, "conv_pool_grad_w: inconsistent shapes");
+  const Shape& s = work->s;
+  const float* x = static_cast<const float*>(images->data);
+  const int32_t* at = static_cast<const int32_t*>(where->data);
+  const float* g = static_cast<const float*>(grad->data);
+  float* total = static_cast<float*>(dw->data);
+  const int64_t in = s.c * s.h * s.w, cells = s.f * s.qh * s.qw, size = s.K * s.fpad;
+  work->n = images->dims[0];
+  work->scratch = s.P * s.fpad;
+  // Each image's gradient on its own, then summed in image order: the same float sums
+  // whatever the number of threads, so runs (and resumed runs) repeat bit for bit.
+  std::vector<float> each(work->n * size);
+  float* own = each.data();
+  Work* self = work.get();
+  work->image = [=](int64_t i, float* dconv) {
+    std::memset(own + i * size, 0, sizeof(float) * size);
+    Unpool(s, at + i * cells, g + i * cells, dconv);
+    AddWeightGradient(s, self->tap.data(), self->pos.data(), x + i * in, dconv, own + i * size);
+  };
+  Launch(api, frame->ctx, work);
+  if (work->n == 0) {
+    std::memset(total, 0, sizeof(float) * size);
+    return nullptr;
+  }
+  std::memcpy(total, own, sizeof(float) * size);
+  for (int64_t i = 1; i < work->n; ++i)
+    for (int64_t k = 0; k < size; ++k) total[k] += own[i * size + k];
+  return nullptr;
+}
+
+// args: weights (c*kh*kw, fpad) as for ConvnetConvPool, ties and grad (n, f, qh, qw);
+// result: dx (n, c, h, w), the gradient of the images.
+extern "C" XLA_FFI_Error* ConvnetConvPoolGradX(XLA_FFI_CallFrame* frame) {
+  const XLA_FFI_Api* api = frame->api;
+  if (Answered(frame)) return nullptr;
+  if (frame->args.size != 3 || frame->rets.size != 1)
+    return Fail(api, "conv_pool_grad_x: expected 3 arguments and 1 result");
+  const XLA_FFI_Buffer* weights = Float32Buffer(frame->args.args[0], 2);
+  const XLA_FFI_Buffer* ties = Int32Buffer(frame->args.args[1], 4);
+  const XLA_FFI_Buffer* grad = Float32Buffer(frame->args.args[2], 4);
+  const XLA_FFI_Buffer* dx = Float32Buffer(frame->rets.rets[0], 4);
+  if (weights == nullptr || ties == nullptr || grad == nullptr || dx == nullptr)
+    return Fail(api, "conv_pool_grad_x: expected float32 weights, int32 ties, float32 grad");
+  int64_t kh, kw, ph, pw;
+  if (!Window(frame, &kh, &kw, &ph, &pw))
+    return Fail(api, "conv_pool_grad_x: expected int64 attributes kh, kw, ph, pw");
+  auto work = std::make_shared<Work>();
+  if (!Derive(dx->dims, grad->dims, kh, kw, ph, pw, weights->dims[1], &work->s) ||
+      weights->dims[0] != work->s.K || std::memcmp(ties->dims, grad->dims, 4 * sizeof(int64_t)))
+    return Fail(api, "conv_pool_grad_x: inconsistent shapes");
+  const Shape& s = work->s;
+  const float* w = static_cast<const float*>(weights->data);
+  const int32_t* at = static_cast<const int32_t*>(ties->data);
+  const float* g = static_cast<const float*>(grad->data);
+  float* out = static_cast<float*>(dx->data);
+  const int64_t in = s.c * s.h * s.w, cells = s.f * s.qh * s.qw;
+  const int64_t ppad = (s.P + kLanes - 1) / kLanes * kLanes;
+  work->n = dx->dims[0];
+  work->scratch = (s.f + s.K) * ppad;
+  work->image = [=](int64_t i, float* scratch) {
+    AddImageGradient(s, ppad, w, at + i * cells, g + i * cells, scratch, out + i * in);
+  };
+  Launch(api, frame->ctx, work);
   return nullptr;
 }

@@ -1,0 +1,145 @@
+#!/usr/bin/env python
+"""Net C's training speed against the core's own limit and against its peers, one run.
+
+The floor is net C's training arithmetic (forward, weight gradients, image gradients
+below the first layer: 9.2 MFLOP per image, counted from the layers) divided by this
+core's single-thread sgemm rate, measured here (OpenBLAS, 2048^3, best of 5). Each
+repeat trains 5,000 images (after a warm-up pass) in a new process per variant, pinned to
+the same core, alternating the order: convnet with its fused conv-pool kernel
+(``CONVNET_CONV=fused``) and with XLA's im2col formulation (``patches``), each with one
+SGD step per compiled call (a 1-epoch run) and with 100 (the book's 60-epoch runs); then
+PyTorch eager, torch.compile and hand-written JAX in this process. Medians.
+
+    env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE CONVNET_DATA=../shared/data/mnist \
+        python benchmarks/training_floor.py [--mbs 10] [--repeats 3] [--peers torch,jax]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from timing import one_core  # beside this script
+
+CORE = one_core()
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+import numpy as np  # noqa: E402 - after the pinning above
+from peers import jax_run, torch_run  # noqa: E402 - the peers live beside this script
+from threadpoolctl import threadpool_limits  # noqa: E402
+
+from convnet import Network, load_mnist  # noqa: E402
+from convnet.book import layers_for  # noqa: E402
+
+CHILD = r"""
+import sys
+from convnet import Network, load_mnist
+from convnet.book import layers_for
+images, mbs, steps = map(int, sys.argv[1:4])
+(x, y), _, _ = load_mnist()
+net = Network(layers_for("relu", mbs), mbs, seed=0)
+print(net.layers[0].conv_implementation)
+history = net.SGD((x[:images], y[:images]), 2, mbs, 0.03, lmbda=0.1, verbose=False,
+                  steps_per_call=steps)
+print(history.seconds[1], history.train_cost[1])
+"""
+
+
+def sgemm_gflops() -> float:
+    """This core's single-thread sgemm rate (GFLOP/s), best of 5."""
+    a = np.random.default_rng(0).random((2048, 2048), dtype=np.float32)
+    best = np.inf
+    with threadpool_limits(1):
+        a @ a
+        for _ in range(5):
+            start = time.perf_counter()
+            a @ a
+            best = min(best, time.perf_counter() - start)
+    return 2 * 2048**3 / best / 1e9
+
+
+def training_flops_per_image(mbs: int) -> float:
+    """Forward and weight-gradient multiply-adds of every layer, image gradients of all
+    but the first: net C's arithmetic per training image, as FLOPs."""
+    net = Network(layers_for("relu", mbs), mbs, seed=0)
+    adds = [layer.multiply_adds() for layer in net.layers]
+    return 2.0 * (2 * sum(adds) + sum(adds[1:]))
+
+
+def convnet_seconds(conv: str, images: int, mbs: int, steps: int) -> tuple[float, float]:
+    env = dict(os.environ, CONVNET_CONV=conv)
+    command = [sys.executable, "-c", CHILD, str(images), str(mbs), str(steps)]
+    out = subprocess.run(command, env=env, capture_output=True, text=True, check=True)
+    chosen, timing = out.stdout.strip().splitlines()[-2:]
+    if chosen != conv:
+        raise RuntimeError(f"asked for CONVNET_CONV={conv}, the network built {chosen}")
+    seconds, cost = map(float, timing.split())
+    return seconds, cost
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--mbs", type=int, default=10)
+    parser.add_argument("--images", type=int, default=5_000)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--peers", default="torch,torch-compile,jax")
+    args = parser.parse_args(argv)
+    peers = [p for p in args.peers.split(",") if p]
+
+    rate = sgemm_gflops()
+    per_image = training_flops_per_image(args.mbs)
+    floor = per_image * args.images / (rate * 1e9)
+    print(
+        f"# core {CORE}: single-thread sgemm {rate:.0f} GFLOP/s; net C trains "
+        f"{per_image / 1e6:.2f} MFLOP per image; floor {floor:.2f} s per {args.images:,} "
+        f"images; mini-batch {args.mbs}; {args.repeats} repeats"
+    )
+    variants = [(conv, steps) for steps in (1, 100) for conv in ("fused", "patches")]
+    times: dict[str, list[float]] = {}
+    costs: dict[str, float] = {}
+    for repeat in range(args.repeats):
+        order = variants if repeat % 2 == 0 else variants[::-1]
+        for conv, steps in order:
+            seconds, cost = convnet_seconds(conv, args.images, args.mbs, steps)
+            key = f"convnet {conv}, {steps} step{'s' if steps > 1 else ''}/call"
+            times.setdefault(key, []).append(seconds)
+            costs[key] = cost
+    if peers:
+        (x, y), _, _ = load_mnist()
+        data = (x[: args.images], y[: args.images])
+        net = Network(layers_for("relu", args.mbs), args.mbs, seed=0)
+        initial = [np.asarray(p.get_value()).copy() for p in net.params]
+        for _ in range(args.repeats):
+            for peer in peers:
+                if peer == "jax":
+                    seconds, cost = jax_run(net, initial, data, args.mbs, 0.03, 0.1)
+                else:
+                    compiled = peer == "torch-compile"
+                    seconds, cost = torch_run(net, initial, data, args.mbs, 0.03, 0.1, compiled)
+                times.setdefault(peer, []).append(seconds)
+                costs[peer] = cost
+    fastest_peer = min((statistics.median(times[p]) for p in peers), default=None)
+    print(
+        f"| variant | s per {args.images:,} images (median) | images/s | x floor "
+        "| x fastest peer | cost |"
+    )
+    print("|---|---|---|---|---|---|")
+    for key, values in times.items():
+        med = statistics.median(values)
+        versus = f"{med / fastest_peer:.2f}" if fastest_peer else "-"
+        print(
+            f"| {key} | {med:.3f} | {args.images / med:,.0f} | {med / floor:.2f} | {versus} "
+            f"| {costs[key]:.4f} |"
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
