@@ -47,7 +47,7 @@ def register() -> None:
             f, _, kh, kw = filters.shape
             # (c*kh*kw, f) flipped kernels, filters padded to whole 8-lane vectors.
             weights = filters[:, :, ::-1, ::-1].reshape(f, -1).T
-            weights = jnp.pad(weights, ((0, 0), (0, -f % 8)))
+            weights = jnp.pad(weights, ((0, 0), (0, -f % kernel.lanes())))
             (oh, ow) = ops.conv_output_shape((h, w), (kh, kw))
             out = jax.ShapeDtypeStruct((n, f, oh // ph, ow // pw), images.dtype)
             call = jax.ffi.ffi_call(target, out)
@@ -68,10 +68,10 @@ def register() -> None:
         return with_kernel if target is not None else without_kernel
 
     def flipped_weights(filters):
-        """(c*kh*kw, fpad): the kernel's layout, filters padded to whole 8-lane vectors."""
+        """(c*kh*kw, fpad): the kernel's layout, filters padded to whole vectors."""
         f = filters.shape[0]
         weights = filters[:, :, ::-1, ::-1].reshape(f, -1).T
-        return jnp.pad(weights, ((0, 0), (0, -f % 8)))
+        return jnp.pad(weights, ((0, 0), (0, -f % kernel.lanes())))
 
     def window(kh, kw, ph, pw):
         return {"kh": np.int64(kh), "kw": np.int64(kw), "ph": np.int64(ph), "pw": np.int64(pw)}
@@ -120,7 +120,7 @@ def register() -> None:
                 return without_kernel(images, filters, ties, grad)
             _, c = images.shape[:2]
             f = grad.shape[1]
-            out = jax.ShapeDtypeStruct((c * kh * kw, f + -f % 8), images.dtype)
+            out = jax.ShapeDtypeStruct((c * kh * kw, f + -f % kernel.lanes()), images.dtype)
             call = jax.ffi.ffi_call(target + "_grad_w", out)
             dw = call(images, ties, grad, **window(kh, kw, ph, pw))
             return dw[:, :f].T.reshape(f, c, kh, kw)[:, :, ::-1, ::-1]

@@ -49,7 +49,7 @@ BUILD_SECONDS = 300
 _lock = threading.Lock()
 _build: threading.Thread | None = None
 _result: dict[str, str | None] = {}  # "target" (TARGET or None) and "why" once built
-_registered: list[str] = []  # TARGET once XLA knows it (for the rest of the process)
+_registered: list[int] = []  # the kernel's lanes, once XLA knows it (for the whole process)
 
 
 def enabled() -> bool:
@@ -102,6 +102,13 @@ def conv_pool_target() -> str | None:
     return _result.get("target")
 
 
+def lanes() -> int:
+    """How many filters the registered kernel's vectors hold: the weights it is given are
+    padded to a multiple of it (16 with AVX-512, else 8)."""
+    conv_pool_target()
+    return _registered[0] if _registered else 8
+
+
 def why_not() -> str | None:
     """Why :func:`conv_pool_target` returned None (None if it did not)."""
     conv_pool_target()
@@ -119,7 +126,8 @@ def _build_and_register() -> None:
                 for suffix, symbol in ENTRY_POINTS.items():
                     function = jax.ffi.pycapsule(getattr(library, symbol))
                     jax.ffi.register_ffi_target(TARGET + suffix, function, platform="cpu")
-                _registered.append(TARGET)
+                library.ConvnetLanes.restype = ctypes.c_int64
+                _registered.append(int(library.ConvnetLanes()))
     except Exception as exc:  # a speed-up must never break a run: report, fall back
         why = f"the kernel could not be built or loaded: {exc}"
     _result.update(target=None if why else TARGET, why=why)

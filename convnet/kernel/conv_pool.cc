@@ -25,15 +25,16 @@
 
 namespace {
 
-// 8-lane (256-bit) vectors: as fast as 512-bit ones in the products measured here, and
-// available on every x86-64 CPU with AVX2 as well.
-constexpr int kLanes = 8;
-typedef float vec __attribute__((vector_size(4 * kLanes)));
+// Vectors as wide as the CPU's: 16 lanes (512-bit) with AVX-512, else 8 (AVX2). Filters
+// are padded to whole vectors; ConvnetLanes() tells the Python side how far.
 #ifdef __AVX512F__
+constexpr int kLanes = 16;
 constexpr int kAccumulators = 24;  // of 32 vector registers
 #else
+constexpr int kLanes = 8;
 constexpr int kAccumulators = 12;  // of 16
 #endif
+typedef float vec __attribute__((vector_size(4 * kLanes)));
 
 // conv[p][f] = sum_k image[tap[k] + p0 + r] * w[k][f] for R neighbouring positions of one
 // output row (p = p0 + r) and J vectors of filters: the image is read in place, no im2col.
@@ -570,3 +571,6 @@ extern "C" XLA_FFI_Error* ConvnetConvPoolGradX(XLA_FFI_CallFrame* frame) {
   Launch(api, frame->ctx, work);
   return nullptr;
 }
+
+// The lanes filters are padded to (the weights' second dimension is a multiple of it).
+extern "C" int64_t ConvnetLanes() { return kLanes; }
