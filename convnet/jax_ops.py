@@ -45,7 +45,7 @@ def register() -> None:
                 return without_kernel(images, filters)  # the kernel is float32 only
             n, _, h, w = images.shape
             f, _, kh, kw = filters.shape
-            # (c*kh*kw, f) flipped kernels, filters padded to whole 8-lane vectors.
+            # (c*kh*kw, f) flipped kernels, filters padded to whole vectors.
             weights = filters[:, :, ::-1, ::-1].reshape(f, -1).T
             weights = jnp.pad(weights, ((0, 0), (0, -f % kernel.lanes())))
             (oh, ow) = ops.conv_output_shape((h, w), (kh, kw))
