@@ -9,6 +9,7 @@ import platform
 import signal
 import sys
 import threading
+from concurrent.futures import as_completed
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,7 +17,17 @@ from typing import Any
 
 import numpy as np
 
-from convnet import __version__, checkpoint, config, kernel, optimizers, plots, records, runs
+from convnet import (
+    __version__,
+    checkpoint,
+    config,
+    kernel,
+    optimizers,
+    parallel,
+    plots,
+    records,
+    runs,
+)
 from convnet import backend as backends
 from convnet.book import RECIPES, layers_for
 from convnet.callbacks import Callback, EarlyStopping, EtaSchedule, Position
@@ -25,7 +36,7 @@ from convnet.data.download import download_mnist
 from convnet.data.expand import default_cache, load_expanded
 from convnet.data.mnist import find_mnist, load_mnist
 from convnet.ensemble import vote
-from convnet.errors import ArgumentError, ConvnetError
+from convnet.errors import ArgumentError, ConvnetError, check_number
 from convnet.images import load_image
 from convnet.network import Network, load
 from convnet.records import Fields
@@ -97,6 +108,13 @@ TRAIN_FLAGS = (
     Flag("expanded", bool, "train on the book's expanded training set (250,000 images)"),
     Flag(
         "ensemble", int, "train N nets with seeds seed..seed+N-1 and vote (default: 1)", metavar="N"
+    ),
+    Flag(
+        "workers",
+        int,
+        "with --ensemble: train N members at a time, each in a process of its own on a core "
+        "of its own (default: one after another)",
+        metavar="N",
     ),
     Flag("out", str, "the run folder to write", metavar="RUN_DIR"),
     Flag(
@@ -268,10 +286,14 @@ def _hyper(args: argparse.Namespace) -> dict[str, Any]:
     """The run's hyper-parameters: the flags, else the book's values for ``--net``."""
     for flag in TRAIN_FLAGS:
         value = getattr(args, flag.name)
-        if flag.kind is int and value is not None and not flag.low <= value <= flag.high:
-            bound = f">= {flag.low}" if value < flag.low else f"<= {flag.high:,}"
-            raise ArgumentError(
-                f"{_flag(flag.name)}: expected a whole number {bound}. Received: {value}."
+        if flag.kind is int and value is not None:
+            check_number(
+                value,
+                _flag(flag.name),
+                integer=True,
+                low=flag.low,
+                inclusive=True,
+                high=flag.high + 1,
             )
     recipe = RECIPES.get(args.net) if not args.layers else None
     book_eta = recipe.eta if recipe else 0.1
@@ -317,24 +339,63 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.layers:
         _layers(args, args.mini_batch_size)  # a misspelt --layers fails before any data is read
     run_dir = Path(args.out)
+    members = args.ensemble or 1
+    if args.workers is not None and members == 1:
+        raise ArgumentError("--workers: trains ensemble members at once; give --ensemble N too.")
     runs.prepare_out(run_dir, args.overwrite)
     with runs.locked(run_dir):
-        data = _training_data(args, hyper)
-        members = args.ensemble or 1
-        nets = []
-        for k in range(members):
-            folder = runs.member_dir(run_dir, k, members)
-            if members > 1 and not args.quiet:
-                print(f"\n== ensemble member {k + 1} of {members} (seed {args.seed + k}) ==")
-            nets.append(_train_one(args, folder, args.seed + k, data, hyper))
-            if not args.quiet:
-                print(f"Saved {folder}/model.npz, model.json, history, curves.png, errors.png")
+        if members > 1 and (args.workers or 1) > 1:
+            nets = _train_in_parallel(args, run_dir, members)
+            test = _data(args)[2]
+        else:
+            data = _training_data(args, hyper)
+            test = data[2]
+            nets = []
+            for k in range(members):
+                folder = runs.member_dir(run_dir, k, members)
+                if members > 1 and not args.quiet:
+                    print(f"\n== ensemble member {k + 1} of {members} (seed {args.seed + k}) ==")
+                nets.append(_train_one(args, folder, args.seed + k, data, hyper))
+                if not args.quiet:
+                    print(f"Saved {folder}/model.npz, model.json, history, curves.png, errors.png")
         if members > 1:
-            result = runs.write_ensemble(run_dir, nets, data[2])
+            result = runs.write_ensemble(run_dir, nets, test)
             for k, accuracy in enumerate(result["members"]):
                 print(f"member {k}: test accuracy {accuracy:.2%}")
             print(f"voted ({members} nets): test accuracy {result['voted']:.2%}")
     return 0
+
+
+def train_member(arguments: dict[str, Any], folder: str) -> float:
+    """One ensemble member, in a worker process: trains ``folder`` as ``convnet train``
+    trains a member in this process (the same seeds, data and code), quietly; returns its
+    final test accuracy."""
+    args = _with_defaults(arguments)
+    hyper = _hyper(args)
+    net = _train_one(args, Path(folder), args.seed, _training_data(args, hyper), hyper)
+    return float(net.history.test_accuracy[-1])
+
+
+def _train_in_parallel(args: argparse.Namespace, run_dir: Path, members: int) -> list[Network]:
+    """The members, ``--workers`` at a time, each in a pinned worker; then loaded here."""
+    shared = vars(args) | {"ensemble": members, "workers": None, "quiet": True}
+    folders = [runs.member_dir(run_dir, k, members) for k in range(members)]
+    with parallel.pinned_pool(args.workers) as pool:
+        futures = {
+            pool.submit(train_member, shared | {"seed": args.seed + k}, str(folder)): k
+            for k, folder in enumerate(folders)
+        }
+        if not args.quiet:
+            print(f"Training {members} members, {args.workers} at a time (one core each)")
+        for finished, future in enumerate(as_completed(futures), 1):
+            k = futures[future]
+            accuracy = future.result()  # a member's error ends the run here, as it would
+            if not args.quiet:
+                print(
+                    f"member {k} (seed {args.seed + k}): test accuracy {accuracy:.2%}; "
+                    f"{finished} of {members} done"
+                )
+    return [load(folder, backend=args.backend, device=args.device) for folder in folders]
 
 
 def _resume(run_dir: Path, given: dict[str, Any]) -> int:
@@ -463,8 +524,7 @@ def cmd_expand(args: argparse.Namespace) -> int:
         )
     training, validation, test = _data(args)
     if args.limit is not None:
-        if args.limit < 1:
-            raise ArgumentError(f"--limit: expected a positive integer. Received: {args.limit}.")
+        check_number(args.limit, "--limit", integer=True)
         training = (training[0][: args.limit], training[1][: args.limit])
     expanded = load_expanded(training)
     if out is None:

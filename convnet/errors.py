@@ -74,7 +74,7 @@ def check_number(
     ok = ok and (value >= low if inclusive else value > low) and value < high
     if not ok:
         noun = "an integer" if integer else "a number"
-        bound = f"{'>=' if inclusive else '>'} {low:g}" + (
-            f" and < {high:g}" if high < math.inf else ""
-        )
+        bound = f"{'>=' if inclusive else '>'} {low:g}"
+        if high < math.inf:  # an integer's bound reads as the largest one allowed
+            bound += f" and <= {math.ceil(high) - 1:,}" if integer else f" and < {high:g}"
         raise ArgumentError(f"{what}: expected {noun} {bound}. Received: {value!r}.")

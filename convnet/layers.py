@@ -25,7 +25,7 @@ from pytensor.tensor.variable import TensorVariable
 
 from convnet import activations, init, noise, ops
 from convnet.activations import Activation, sigmoid
-from convnet.errors import ArgumentError, ShapeError
+from convnet.errors import ArgumentError, ShapeError, check_number
 
 
 @dataclass(frozen=True)
@@ -55,9 +55,8 @@ class DropoutSource:
 
 
 def _positive_int(value: object, what: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value <= 0:
-        raise ArgumentError(f"{what}: expected a positive integer. Received: {value!r}.")
-    return int(value)
+    check_number(value, what, integer=True)
+    return int(value)  # type: ignore[call-overload]
 
 
 def _shape(value: object, length: int, what: str) -> tuple[int, ...]:
@@ -73,9 +72,8 @@ def _shape(value: object, length: int, what: str) -> tuple[int, ...]:
 
 
 def _dropout_probability(p: object, layer: str) -> float:
-    if not isinstance(p, int | float | np.floating) or not 0.0 <= float(p) < 1.0:
-        raise ArgumentError(f"{layer}: p_dropout: expected a number in [0, 1). Received: {p!r}.")
-    return float(p)
+    check_number(p, f"{layer}: p_dropout", inclusive=True, high=1.0)
+    return float(p)  # type: ignore[arg-type]
 
 
 class Layer:

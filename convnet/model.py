@@ -25,7 +25,7 @@ from pytensor.tensor.variable import TensorVariable
 from convnet import backend as backends
 from convnet.data import arrays
 from convnet.data.arrays import as_arrays
-from convnet.errors import ArgumentError, ShapeError
+from convnet.errors import ArgumentError, ShapeError, check_number
 from convnet.layers import ConvPoolLayer, DropoutSource, Layer, SoftmaxLayer
 
 if TYPE_CHECKING:
@@ -129,14 +129,7 @@ class Model:
                 f"layers: the last layer must be a SoftmaxLayer (it defines the cost). "
                 f"Received: {type(self.layers[-1]).__name__}."
             )
-        if (
-            isinstance(mini_batch_size, bool)
-            or not isinstance(mini_batch_size, int | np.integer)
-            or mini_batch_size < 1
-        ):
-            raise ArgumentError(
-                f"mini_batch_size: expected a positive integer. Received: {mini_batch_size!r}."
-            )
+        check_number(mini_batch_size, "mini_batch_size", integer=True)
         self.mini_batch_size = int(mini_batch_size)
         check_chain(self.layers, self.mini_batch_size)
         self.backend = backends.resolve(backend, device, precision)

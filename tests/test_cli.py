@@ -140,7 +140,10 @@ def test_train_never_overwrites_a_trained_model_unless_asked(run_dir, capsys):
 @pytest.mark.parametrize("flag", ["--epochs", "--limit", "--ensemble", "--checkpoint-every"])
 def test_zero_counts_are_refused_not_taken_as_defaults(tmp_path, capsys, flag):
     assert _train(tmp_path / "run", flag, "0") == 2
-    assert f"{flag}: expected a whole number >= 1. Received: 0." in capsys.readouterr().err
+    assert (
+        f"{flag}: expected an integer >= 1 and <= 2,147,483,647. Received: 0."
+        in capsys.readouterr().err
+    )
     assert not (tmp_path / "run").exists()
 
 

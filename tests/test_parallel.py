@@ -1,0 +1,58 @@
+"""Ensemble members trained at once, each in a pinned worker process of its own."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from convnet import parallel
+from convnet.cli import main
+from tests.test_run_folders import _dataset
+
+ARGV = [
+    "train",
+    "--layers",
+    "conv:4:5:relu,fc:10:relu:dropout=0.2,softmax",
+    "--epochs",
+    "2",
+    "--shuffle",
+    "--quiet",
+    "--ensemble",
+    "2",
+]
+
+
+@pytest.mark.skipif(len(parallel.cores()) < 2, reason="needs 2 cores")
+def test_members_trained_in_parallel_equal_the_sequential_ones_bit_for_bit(tmp_path):
+    data = _dataset(tmp_path / "data.npz")
+    argv = [*ARGV, "--data", str(data)]
+    assert main([*argv, "--out", str(tmp_path / "one-by-one")]) == 0
+    assert main([*argv, "--workers", "2", "--out", str(tmp_path / "at-once")]) == 0
+    for k in range(2):
+        with (
+            np.load(tmp_path / "one-by-one" / f"member-{k}" / "model.npz") as a,
+            np.load(tmp_path / "at-once" / f"member-{k}" / "model.npz") as b,
+        ):
+            assert sorted(a.files) == sorted(b.files)
+            for name in a.files:
+                np.testing.assert_array_equal(a[name], b[name], err_msg=f"member {k} {name}")
+    one, other = (
+        json.loads((tmp_path / f / "ensemble.json").read_text()) for f in ("one-by-one", "at-once")
+    )
+    assert one == other
+    # Each member's checkpoint resumes as a single run's does: finished, nothing to do.
+    assert main(["train", "--resume", str(tmp_path / "at-once" / "member-1")]) == 0
+
+
+def test_workers_without_an_ensemble_or_beyond_the_cores_are_refused(tmp_path, capsys):
+    data = _dataset(tmp_path / "data.npz")
+    base = ["train", "--layers", "fc:8:relu,softmax", "--data", str(data), "--out"]
+    assert main([*base, str(tmp_path / "a"), "--workers", "2"]) == 2
+    assert "--workers: trains ensemble members at once; give --ensemble N too." in (
+        capsys.readouterr().err
+    )
+    too_many = len(parallel.cores()) + 1
+    assert main([*base, str(tmp_path / "b"), "--ensemble", "2", "--workers", str(too_many)]) == 2
+    assert f"--workers: expected at most {too_many - 1}, the cores" in capsys.readouterr().err
