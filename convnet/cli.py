@@ -8,6 +8,7 @@ import errno
 import platform
 import signal
 import sys
+import tempfile
 import threading
 from concurrent.futures import as_completed
 from contextlib import nullcontext
@@ -21,6 +22,7 @@ from convnet import (
     __version__,
     checkpoint,
     config,
+    files,
     kernel,
     optimizers,
     parallel,
@@ -115,6 +117,13 @@ TRAIN_FLAGS = (
         "with --ensemble: train N members at a time, each in a process of its own on a core "
         "of its own (default: one after another)",
         metavar="N",
+    ),
+    Flag(
+        "cluster",
+        str,
+        "with --ensemble: train the members on the Dask cluster whose scheduler is at ADDR "
+        "(e.g. tcp://10.0.0.5:8786; pip install 'convnet[cluster]')",
+        metavar="ADDR",
     ),
     Flag("out", str, "the run folder to write", metavar="RUN_DIR"),
     Flag(
@@ -340,11 +349,14 @@ def cmd_train(args: argparse.Namespace) -> int:
         _layers(args, args.mini_batch_size)  # a misspelt --layers fails before any data is read
     run_dir = Path(args.out)
     members = args.ensemble or 1
-    if args.workers is not None and members == 1:
-        raise ArgumentError("--workers: trains ensemble members at once; give --ensemble N too.")
+    for name in ("workers", "cluster"):
+        if getattr(args, name) is not None and members == 1:
+            raise ArgumentError(
+                f"--{name}: trains ensemble members at once; give --ensemble N too."
+            )
     runs.prepare_out(run_dir, args.overwrite)
     with runs.locked(run_dir):
-        if members > 1 and (args.workers or 1) > 1:
+        if members > 1 and ((args.workers or 1) > 1 or args.cluster):
             nets = _train_in_parallel(args, run_dir, members)
             test = _data(args)[2]
         else:
@@ -366,35 +378,57 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def train_member(arguments: dict[str, Any], folder: str) -> float:
+def train_member(
+    arguments: dict[str, Any], folder: str, send_back: bool = False
+) -> tuple[float, dict[str, bytes]]:
     """One ensemble member, in a worker process: trains ``folder`` as ``convnet train``
-    trains a member in this process (the same seeds, data and code), quietly; returns its
-    final test accuracy."""
+    trains a member in this process (the same seeds, data and code), quietly. Returns its
+    final test accuracy and, with ``send_back`` (a cluster's worker, whose disk is not
+    the driver's), the run folder's files, trained in a temporary folder there."""
     args = _with_defaults(arguments)
     hyper = _hyper(args)
-    net = _train_one(args, Path(folder), args.seed, _training_data(args, hyper), hyper)
-    return float(net.history.test_accuracy[-1])
+    if not send_back:
+        net = _train_one(args, Path(folder), args.seed, _training_data(args, hyper), hyper)
+        return float(net.history.test_accuracy[-1]), {}
+    with tempfile.TemporaryDirectory() as scratch:
+        net = _train_one(args, Path(scratch), args.seed, _training_data(args, hyper), hyper)
+        made = {p.name: p.read_bytes() for p in Path(scratch).iterdir() if p.is_file()}
+    return float(net.history.test_accuracy[-1]), made
 
 
 def _train_in_parallel(args: argparse.Namespace, run_dir: Path, members: int) -> list[Network]:
-    """The members, ``--workers`` at a time, each in a pinned worker; then loaded here."""
-    shared = vars(args) | {"ensemble": members, "workers": None, "quiet": True}
+    """The members at once: ``--workers`` pinned local processes, or a ``--cluster``'s
+    workers (whose run folders come back and are written here); then loaded here."""
+    shared = vars(args) | {"ensemble": members, "workers": None, "cluster": None, "quiet": True}
     folders = [runs.member_dir(run_dir, k, members) for k in range(members)]
-    with parallel.pinned_pool(args.workers) as pool:
+    if args.cluster:
+        executor, close = parallel.cluster_executor(args.cluster)
+        where = f"on the Dask cluster at {args.cluster}"
+    else:
+        executor = parallel.pinned_pool(args.workers)
+        close, where = executor.shutdown, f"{args.workers} at a time (one core each)"
+    send_back = bool(args.cluster)
+    try:
         futures = {
-            pool.submit(train_member, shared | {"seed": args.seed + k}, str(folder)): k
+            executor.submit(
+                train_member, shared | {"seed": args.seed + k}, str(folder), send_back
+            ): k
             for k, folder in enumerate(folders)
         }
         if not args.quiet:
-            print(f"Training {members} members, {args.workers} at a time (one core each)")
+            print(f"Training {members} members {where}")
         for finished, future in enumerate(as_completed(futures), 1):
             k = futures[future]
-            accuracy = future.result()  # a member's error ends the run here, as it would
+            accuracy, made = future.result()  # a member's error ends the run here
+            for name, content in made.items():
+                files.atomic_write(folders[k] / name, lambda h, c=content: h.write(c))
             if not args.quiet:
                 print(
                     f"member {k} (seed {args.seed + k}): test accuracy {accuracy:.2%}; "
                     f"{finished} of {members} done"
                 )
+    finally:
+        close()
     return [load(folder, backend=args.backend, device=args.device) for folder in folders]
 
 

@@ -12,10 +12,14 @@ from __future__ import annotations
 
 import multiprocessing
 import os
-from concurrent.futures import ProcessPoolExecutor
+from collections.abc import Callable
+from concurrent.futures import Executor, ProcessPoolExecutor
 from typing import Any
 
+from convnet.config import VERSION
 from convnet.errors import ArgumentError, check_number
+
+CONNECT_SECONDS = 5  # how long a --cluster address may take to answer
 
 
 def cores() -> list[int]:
@@ -48,3 +52,40 @@ def _pin(queue: Any) -> None:
     """A worker's first act: take a core of its own, before anything starts threads."""
     if hasattr(os, "sched_setaffinity"):
         os.sched_setaffinity(0, {queue.get()})
+
+
+def cluster_executor(address: str) -> tuple[Executor, Callable[[], None]]:
+    """(an executor on the Dask cluster at ``address``, the function that closes it), once
+    every worker there has this convnet: a cluster that would fail every task is refused
+    before any work is sent."""
+    try:
+        from distributed import Client
+    except ImportError:
+        raise ArgumentError(
+            f"--cluster {address}: needs Dask's distributed scheduler; install it with "
+            "pip install 'convnet[cluster]'."
+        ) from None
+    try:
+        client = Client(address, timeout=f"{CONNECT_SECONDS}s")
+    except (OSError, TimeoutError, ValueError) as exc:
+        raise ArgumentError(
+            f"--cluster {address}: no Dask scheduler answered within {CONNECT_SECONDS} s ({exc})."
+        ) from None
+
+    def installed() -> str | None:  # runs on each worker, sent by value
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            return version("convnet")
+        except PackageNotFoundError:
+            return None
+
+    found = client.run(installed)
+    wrong = {worker: v for worker, v in found.items() if v != VERSION}
+    if not found or wrong:
+        client.close()
+        seen = ", ".join(f"{w}: {v or 'no convnet'}" for w, v in wrong.items()) or "no workers"
+        raise ArgumentError(
+            f"--cluster {address}: expected workers with convnet {VERSION}. Received: {seen}."
+        )
+    return client.get_executor(), client.close

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 
 import numpy as np
 import pytest
@@ -56,3 +57,65 @@ def test_workers_without_an_ensemble_or_beyond_the_cores_are_refused(tmp_path, c
     too_many = len(parallel.cores()) + 1
     assert main([*base, str(tmp_path / "b"), "--ensemble", "2", "--workers", str(too_many)]) == 2
     assert f"--workers: expected at most {too_many - 1}, the cores" in capsys.readouterr().err
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    """A real Dask cluster on 127.0.0.1: a scheduler and 2 worker processes, 1 thread each."""
+    distributed = pytest.importorskip("distributed")
+    with distributed.LocalCluster(
+        n_workers=2,
+        threads_per_worker=1,
+        processes=True,
+        host="127.0.0.1",
+        dashboard_address=None,
+    ) as local:
+        yield local.scheduler_address
+
+
+def test_members_trained_on_a_dask_cluster_equal_the_sequential_ones(cluster, tmp_path):
+    data = _dataset(tmp_path / "data.npz")
+    argv = [*ARGV, "--data", str(data)]
+    assert main([*argv, "--out", str(tmp_path / "one-by-one")]) == 0
+    assert main([*argv, "--cluster", cluster, "--out", str(tmp_path / "on-the-cluster")]) == 0
+    for k in range(2):
+        folder = tmp_path / "on-the-cluster" / f"member-{k}"
+        assert {"model.npz", "model.json", "history.json", "checkpoint.npz"} <= {
+            p.name for p in folder.iterdir()
+        }
+        with (
+            np.load(tmp_path / "one-by-one" / f"member-{k}" / "model.npz") as a,
+            np.load(folder / "model.npz") as b,
+        ):
+            for name in a.files:
+                np.testing.assert_array_equal(a[name], b[name], err_msg=f"member {k} {name}")
+    one, other = (
+        json.loads((tmp_path / f / "ensemble.json").read_text())
+        for f in ("one-by-one", "on-the-cluster")
+    )
+    assert one == other
+
+
+def test_an_unreachable_cluster_fails_fast_and_names_the_address(tmp_path, capsys):
+    data = _dataset(tmp_path / "data.npz")
+    address = "tcp://127.0.0.1:9"  # the discard port: nothing listens
+    started = time.perf_counter()
+    argv = [*ARGV, "--data", str(data), "--cluster", address, "--out", str(tmp_path / "r")]
+    assert main(argv) == 2
+    assert time.perf_counter() - started < 30
+    err = capsys.readouterr().err
+    assert f"--cluster {address}: no Dask scheduler answered within 5 s" in err
+    assert not (tmp_path / "r" / "member-0").exists()
+
+
+def test_a_cluster_with_another_convnet_is_refused_before_work_is_sent(
+    cluster, tmp_path, capsys, monkeypatch
+):
+    monkeypatch.setattr(parallel, "VERSION", "9.9")  # as if the workers ran an older convnet
+    data = _dataset(tmp_path / "data.npz")
+    argv = [*ARGV, "--data", str(data), "--cluster", cluster, "--out", str(tmp_path / "r")]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert f"--cluster {cluster}: expected workers with convnet 9.9. Received: " in err
+    assert ": 0.1.0" in err
+    assert not (tmp_path / "r" / "member-0").exists()
