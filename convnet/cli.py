@@ -10,8 +10,9 @@ import signal
 import sys
 import tempfile
 import threading
+from collections.abc import Iterator
 from concurrent.futures import as_completed
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -117,6 +118,7 @@ TRAIN_FLAGS = (
         "with --ensemble: train N members at a time, each in a process of its own on a core "
         "of its own (default: one after another)",
         metavar="N",
+        on_resume=True,
     ),
     Flag(
         "cluster",
@@ -124,6 +126,7 @@ TRAIN_FLAGS = (
         "with --ensemble: train the members on the Dask cluster whose scheduler is at ADDR "
         "(e.g. tcp://10.0.0.5:8786; pip install 'convnet[cluster]')",
         metavar="ADDR",
+        on_resume=True,
     ),
     Flag("out", str, "the run folder to write", metavar="RUN_DIR"),
     Flag(
@@ -159,7 +162,8 @@ TRAIN_FLAGS = (
 )
 
 
-PER_INVOCATION = ("quiet", "backend", "device")  # not taken from the run on --resume
+# How a command shows and runs, not what it trains: not taken from the run on --resume.
+PER_INVOCATION = ("quiet", "backend", "device", "workers", "cluster")
 
 
 def _given(args: argparse.Namespace) -> dict[str, Any]:
@@ -354,82 +358,182 @@ def cmd_train(args: argparse.Namespace) -> int:
             raise ArgumentError(
                 f"--{name}: trains ensemble members at once; give --ensemble N too."
             )
-    runs.prepare_out(run_dir, args.overwrite)
-    with runs.locked(run_dir):
-        if members > 1 and ((args.workers or 1) > 1 or args.cluster):
-            nets = _train_in_parallel(args, run_dir, members)
-            test = _data(args)[2]
-        else:
-            data = _training_data(args, hyper)
-            test = data[2]
-            nets = []
-            for k in range(members):
-                folder = runs.member_dir(run_dir, k, members)
-                if members > 1 and not args.quiet:
-                    print(f"\n== ensemble member {k + 1} of {members} (seed {args.seed + k}) ==")
-                nets.append(_train_one(args, folder, args.seed + k, data, hyper))
-                if not args.quiet:
-                    print(f"Saved {folder}/model.npz, model.json, history, curves.png, errors.png")
-        if members > 1:
-            result = runs.write_ensemble(run_dir, nets, test)
-            for k, accuracy in enumerate(result["members"]):
-                print(f"member {k}: test accuracy {accuracy:.2%}")
-            print(f"voted ({members} nets): test accuracy {result['voted']:.2%}")
+    with _executor(args, members) as pool:  # a bad --workers or --cluster writes nothing
+        runs.prepare_out(run_dir, args.overwrite)
+        with runs.locked(run_dir):
+            if members > 1:
+                runs.write_plan(run_dir, vars(args), members)
+            _train_members(args, run_dir, members, hyper, list(range(members)), set(), pool)
     return 0
 
 
+@contextmanager
+def _executor(args: argparse.Namespace, members: int) -> Iterator[Any]:
+    """Where members train at once (``--workers``' pinned pool or a ``--cluster``'s
+    executor), ready and checked before anything is written; None: one after another."""
+    if members < 2 or not (args.cluster or (args.workers or 1) > 1):
+        yield None
+        return
+    if args.cluster:
+        executor, close = parallel.cluster_executor(args.cluster)
+    else:
+        executor = parallel.pinned_pool(args.workers)
+        close = executor.shutdown
+    try:
+        yield executor
+    finally:
+        close()
+
+
+def _train_members(
+    args: argparse.Namespace,
+    run_dir: Path,
+    members: int,
+    hyper: dict[str, Any],
+    todo: list[int],
+    resumed: set[int],
+    pool: Any,
+) -> None:
+    """Train members ``todo`` (those in ``resumed`` from their checkpoints) on ``pool``, or
+    one after another without one; then take the vote of all of them."""
+    if pool is not None and todo:
+        _train_in_parallel(args, run_dir, members, todo, resumed, pool)
+    elif todo:
+        data = _training_data(args, hyper)
+        for k in todo:
+            folder = runs.member_dir(run_dir, k, members)
+            if members > 1 and not args.quiet:
+                print(f"\n== ensemble member {k + 1} of {members} (seed {args.seed + k}) ==")
+            state = None
+            if k in resumed:
+                net, training_state, _ = checkpoint.load(
+                    folder, backend=args.backend, device=args.device
+                )
+                state = (net, training_state)
+            _train_one(args, folder, args.seed + k, data, hyper, state)
+            if not args.quiet:
+                print(f"Saved {folder}/model.npz, model.json, history, curves.png, errors.png")
+    if members > 1:
+        folders = [runs.member_dir(run_dir, k, members) for k in range(members)]
+        nets = [load(folder, backend=args.backend, device=args.device) for folder in folders]
+        result = runs.write_ensemble(run_dir, nets, _data(args)[2])
+        for k, accuracy in enumerate(result["members"]):
+            print(f"member {k}: test accuracy {accuracy:.2%}")
+        print(f"voted ({members} nets): test accuracy {result['voted']:.2%}")
+
+
 def train_member(
-    arguments: dict[str, Any], folder: str, send_back: bool = False
+    arguments: dict[str, Any],
+    folder: str,
+    send_back: bool = False,
+    resume_from: bytes | None = None,
 ) -> tuple[float, dict[str, bytes]]:
     """One ensemble member, in a worker process: trains ``folder`` as ``convnet train``
-    trains a member in this process (the same seeds, data and code), quietly. Returns its
-    final test accuracy and, with ``send_back`` (a cluster's worker, whose disk is not
-    the driver's), the run folder's files, trained in a temporary folder there."""
+    trains a member in this process (the same seeds, data and code), quietly, from the
+    checkpoint there (or ``resume_from``, its bytes) when given one. With ``send_back`` (a
+    cluster's worker, whose disk is not the driver's) it trains in a temporary folder
+    there and returns the files. Returns the final test accuracy and those files."""
     args = _with_defaults(arguments)
     hyper = _hyper(args)
-    if not send_back:
-        net = _train_one(args, Path(folder), args.seed, _training_data(args, hyper), hyper)
-        return float(net.history.test_accuracy[-1]), {}
     with tempfile.TemporaryDirectory() as scratch:
-        net = _train_one(args, Path(scratch), args.seed, _training_data(args, hyper), hyper)
-        made = {p.name: p.read_bytes() for p in Path(scratch).iterdir() if p.is_file()}
+        target = Path(scratch) if send_back else Path(folder)
+        if resume_from is not None:
+            files.atomic_write(checkpoint.path_in(target), lambda h: h.write(resume_from))
+        state = None
+        if resume_from is not None or (not send_back and arguments.get("resume_member")):
+            net, training_state, _ = checkpoint.load(
+                target, backend=args.backend, device=args.device
+            )
+            state = (net, training_state)
+        net = _train_one(args, target, args.seed, _training_data(args, hyper), hyper, state)
+        made = (
+            {p.name: p.read_bytes() for p in target.iterdir() if p.is_file()} if send_back else {}
+        )
     return float(net.history.test_accuracy[-1]), made
 
 
-def _train_in_parallel(args: argparse.Namespace, run_dir: Path, members: int) -> list[Network]:
-    """The members at once: ``--workers`` pinned local processes, or a ``--cluster``'s
-    workers (whose run folders come back and are written here); then loaded here."""
+def _train_in_parallel(
+    args: argparse.Namespace,
+    run_dir: Path,
+    members: int,
+    todo: list[int],
+    resumed: set[int],
+    pool: Any,
+) -> None:
+    """Members ``todo`` at once on ``pool``: ``--workers`` pinned local processes, or a
+    ``--cluster``'s workers (whose run folders come back and are written here)."""
     shared = vars(args) | {"ensemble": members, "workers": None, "cluster": None, "quiet": True}
-    folders = [runs.member_dir(run_dir, k, members) for k in range(members)]
-    if args.cluster:
-        executor, close = parallel.cluster_executor(args.cluster)
-        where = f"on the Dask cluster at {args.cluster}"
-    else:
-        executor = parallel.pinned_pool(args.workers)
-        close, where = executor.shutdown, f"{args.workers} at a time (one core each)"
+    folders = {k: runs.member_dir(run_dir, k, members) for k in todo}
     send_back = bool(args.cluster)
-    try:
-        futures = {
-            executor.submit(
-                train_member, shared | {"seed": args.seed + k}, str(folder), send_back
-            ): k
-            for k, folder in enumerate(folders)
-        }
+    futures = {}
+    for k, folder in folders.items():
+        member = shared | {"seed": args.seed + k}
+        resume_from = None
+        if k in resumed and send_back:
+            resume_from = checkpoint.path_in(folder).read_bytes()
+        elif k in resumed:
+            member |= {"resume_member": True}
+        futures[pool.submit(train_member, member, str(folder), send_back, resume_from)] = k
+    if not args.quiet:
+        where = (
+            f"on the Dask cluster at {args.cluster}"
+            if send_back
+            else (f"{args.workers} at a time (one core each)")
+        )
+        print(f"Training {len(todo)} of {members} members {where}")
+    for finished, future in enumerate(as_completed(futures), 1):
+        k = futures[future]
+        accuracy, made = future.result()  # a member's error ends the run here
+        for name, content in made.items():
+            files.atomic_write(folders[k] / name, lambda h, c=content: h.write(c))
         if not args.quiet:
-            print(f"Training {members} members {where}")
-        for finished, future in enumerate(as_completed(futures), 1):
-            k = futures[future]
-            accuracy, made = future.result()  # a member's error ends the run here
-            for name, content in made.items():
-                files.atomic_write(folders[k] / name, lambda h, c=content: h.write(c))
-            if not args.quiet:
-                print(
-                    f"member {k} (seed {args.seed + k}): test accuracy {accuracy:.2%}; "
-                    f"{finished} of {members} done"
-                )
-    finally:
-        close()
-    return [load(folder, backend=args.backend, device=args.device) for folder in folders]
+            print(
+                f"member {k} (seed {args.seed + k}): test accuracy {accuracy:.2%}; "
+                f"{finished} of {len(todo)} done"
+            )
+
+
+def _resume_ensemble(run_dir: Path, given: dict[str, Any]) -> int:
+    """``--resume`` of an ensemble's folder: the members not yet trained, the unfinished
+    ones from their checkpoints, then the vote; finished members are left as they are."""
+    members, stored = runs.read_plan(run_dir)
+    values = _stored_arguments(stored)
+    for name in PER_INVOCATION:
+        values[name] = given.get(name)
+    values |= given | {"out": str(run_dir), "ensemble": members, "overwrite": False}
+    args = _with_defaults(values)
+    hyper = _hyper(args)
+    todo, resumed = [], set()
+    for k in range(members):
+        folder = runs.member_dir(run_dir, k, members)
+        if not checkpoint.path_in(folder).exists():
+            todo.append(k)
+            continue
+        _, state, _ = checkpoint.load(folder, backend=args.backend, device=args.device)
+        if "epochs" in given and given["epochs"] < state.epoch:
+            raise ArgumentError(
+                f"--epochs: member {k} has already trained {_epochs(state.epoch)}; expected "
+                f"--epochs >= {state.epoch}. Received: {given['epochs']}."
+            )
+        if state.epoch < hyper["epochs"] and not state.history.stopped:
+            todo.append(k)
+            resumed.add(k)
+    if not todo and (run_dir / runs.ENSEMBLE_FILE).exists():
+        print(
+            f"{run_dir}: finished (all {members} members trained, the vote taken). Nothing "
+            f"was changed. To train further: convnet train --resume {run_dir} --epochs N."
+        )
+        return 0
+    if not args.quiet:
+        fresh = [k for k in todo if k not in resumed]
+        print(
+            f"Resuming the ensemble {run_dir}: members {sorted(resumed) or 'none'} from their "
+            f"checkpoints, {fresh or 'none'} from the start, "
+            f"{[k for k in range(members) if k not in todo] or 'none'} done."
+        )
+    with _executor(args, members) as pool, runs.locked(run_dir):
+        _train_members(args, run_dir, members, hyper, todo, resumed, pool)
+    return 0
 
 
 def _resume(run_dir: Path, given: dict[str, Any]) -> int:
@@ -445,10 +549,7 @@ def _resume(run_dir: Path, given: dict[str, Any]) -> int:
             f"given with it. Received: {typed}. Drop them, or start a new run with --out."
         )
     if runs.is_ensemble(run_dir):
-        raise ArgumentError(
-            f"--resume {run_dir}: an ensemble is resumed member by member "
-            f"(--resume {run_dir / 'member-0'}, ...)."
-        )
+        return _resume_ensemble(run_dir, given)
     with runs.locked(run_dir) if run_dir.is_dir() else nullcontext():
         net, state, stored = checkpoint.load(
             run_dir, backend=given.get("backend"), device=given.get("device")

@@ -29,9 +29,10 @@ from convnet.optimizers import Optimizer
 from convnet.trainer import TrainingState
 
 Split = tuple[np.ndarray, np.ndarray]
-KEPT_FILES = ("model.npz", "checkpoint.npz", "ensemble.json")  # what a new run never replaces
 LOCK_FILE = ".convnet.lock"
-ENSEMBLE_FILE = "ensemble.json"
+ENSEMBLE_FILE = "ensemble.json"  # the vote, written when every member is trained
+PLAN_FILE = "ensemble-plan.json"  # the ensemble's arguments, written before any member
+KEPT_FILES = ("model.npz", "checkpoint.npz", ENSEMBLE_FILE, PLAN_FILE)  # never replaced
 
 
 def member_dir(run_dir: Path, index: int, members: int) -> Path:
@@ -159,7 +160,21 @@ def write_ensemble(run_dir: Path, nets: Sequence[Network], test: Split) -> dict[
 
 
 def is_ensemble(path: Path) -> bool:
-    return (path / ENSEMBLE_FILE).is_file() and not (path / "model.json").exists()
+    marked = (path / ENSEMBLE_FILE).is_file() or (path / PLAN_FILE).is_file()
+    return marked and not (path / "model.json").exists()
+
+
+def write_plan(run_dir: Path, arguments: dict[str, Any], members: int) -> None:
+    """What ``--resume`` needs to finish an ensemble interrupted before its vote."""
+    files.write_json(run_dir / PLAN_FILE, {"members": members, "arguments": arguments})
+
+
+def read_plan(run_dir: Path) -> tuple[int, records.Fields]:
+    """(members, the arguments the ensemble was started with), checked."""
+    plan = records.read_json(
+        run_dir / PLAN_FILE, "ensemble plan", hint=" Only ensembles started by this convnet resume."
+    )
+    return plan.integer("members", low=2, high=10_000), plan.record("arguments")
 
 
 def load_models(

@@ -341,7 +341,7 @@ def cli_cases(at: dict[str, Path]) -> list[tuple[str, Callable[[], list[str]], s
         ),
         (
             "A misspelt option inside `--layers`",
-            lambda: [*train, "--layers", "fc:8:relu:dropuot=0.5,softmax", "--out", "x"],
+            lambda: [*train, "--layers", "fc:8:relu:dropuot=0.5,softmax", "--out", str(TMP / "x")],
             test + "test_a_misspelt_layers_option_is_refused_before_anything_runs",
         ),
         (
@@ -413,6 +413,24 @@ def cli_cases(at: dict[str, Path]) -> list[tuple[str, Callable[[], list[str]], s
             "A huge picture for `predict`",
             lambda: ["predict", run, str(big)],
             "test_images.py::test_huge_pictures_are_refused_before_they_are_decoded",
+        ),
+        (
+            "`--cluster` address where no scheduler answers",
+            lambda: [
+                *train,
+                "--ensemble",
+                "2",
+                "--cluster",
+                "tcp://127.0.0.1:9",
+                "--out",
+                str(TMP / "y"),
+            ],
+            "test_parallel.py::test_an_unreachable_cluster_fails_fast_and_names_the_address",
+        ),
+        (
+            "`--workers` beyond the cores",
+            lambda: [*train, "--ensemble", "2", "--workers", "64", "--out", str(TMP / "z")],
+            "test_parallel.py::test_workers_without_an_ensemble_or_beyond_the_cores_are_refused",
         ),
         (
             "A full disk while saving",
@@ -532,6 +550,11 @@ DIVERGENCE_AND_FILES = """
 * **One writer per run folder.** `convnet train` holds an `flock` on `RUN_DIR/.convnet.lock`
   (holding its pid) while it writes; the kernel drops it when the process ends, even by
   `kill -9`.
+* **Ensembles resume** member by member: `--resume` of an ensemble's folder trains the
+  members never started, continues the unfinished ones from their checkpoints and leaves
+  the finished ones alone; the result equals an uninterrupted ensemble bit for bit, one
+  after another, with `--workers 2` and on a Dask cluster
+  (`tests/test_parallel.py::test_an_interrupted_ensemble_resumes_only_what_is_missing`).
 * **`--resume`** takes the run's stored arguments, each checked as the parser checks it;
   `--epochs N` trains the run on to N epochs; flags it would otherwise ignore are refused;
   a finished run says so and changes nothing; a resumed run says where it stands (epoch E

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import time
 
 import numpy as np
@@ -105,7 +106,7 @@ def test_an_unreachable_cluster_fails_fast_and_names_the_address(tmp_path, capsy
     assert time.perf_counter() - started < 30
     err = capsys.readouterr().err
     assert f"--cluster {address}: no Dask scheduler answered within 5 s" in err
-    assert not (tmp_path / "r" / "member-0").exists()
+    assert not (tmp_path / "r").exists()  # nothing written: the retry starts afresh
 
 
 def test_a_cluster_with_another_convnet_is_refused_before_work_is_sent(
@@ -118,4 +119,47 @@ def test_a_cluster_with_another_convnet_is_refused_before_work_is_sent(
     err = capsys.readouterr().err
     assert f"--cluster {cluster}: expected workers with convnet 9.9. Received: " in err
     assert ": 0.1.0" in err
-    assert not (tmp_path / "r" / "member-0").exists()
+    assert not (tmp_path / "r").exists()
+
+
+def _members_equal(a, b, members):
+    for k in range(members):
+        with (
+            np.load(a / f"member-{k}" / "model.npz") as x,
+            np.load(b / f"member-{k}" / "model.npz") as y,
+        ):
+            for name in x.files:
+                np.testing.assert_array_equal(x[name], y[name], err_msg=f"member {k} {name}")
+    assert json.loads((a / "ensemble.json").read_text()) == json.loads(
+        (b / "ensemble.json").read_text()
+    )
+
+
+@pytest.mark.parametrize("workers", [None, "2", "cluster"], ids=["one-by-one", "two", "dask"])
+def test_an_interrupted_ensemble_resumes_only_what_is_missing(tmp_path, capsys, workers, request):
+    """Member 0 finished, member 1 stopped after its first epoch, member 2 never started
+    and no vote yet: --resume trains what is missing, and the ensemble equals one
+    trained without a stop, bit for bit."""
+    if workers == "2" and len(parallel.cores()) < 2:
+        pytest.skip("needs 2 cores")
+    data = _dataset(tmp_path / "data.npz")
+    argv = [*ARGV[:-1], "3", "--data", str(data)]  # --ensemble 3
+    whole, short, stopped = tmp_path / "whole", tmp_path / "short", tmp_path / "stopped"
+    assert main([*argv, "--out", str(whole)]) == 0
+    assert main([*[a if a != "2" else "1" for a in argv], "--out", str(short)]) == 0  # 1 epoch
+    shutil.copytree(whole, stopped)
+    shutil.rmtree(stopped / "member-2")
+    (stopped / "ensemble.json").unlink()
+    shutil.copy(short / "member-1" / "checkpoint.npz", stopped / "member-1" / "checkpoint.npz")
+    finished = (stopped / "member-0" / "model.npz").stat().st_mtime_ns
+    capsys.readouterr()
+    extra = ["--workers", workers] if workers == "2" else []
+    if workers == "cluster":  # the checkpoint goes to the worker, the folder comes back
+        extra = ["--cluster", request.getfixturevalue("cluster")]
+    assert main(["train", "--resume", str(stopped), *extra]) == 0
+    out = capsys.readouterr().out
+    assert "members [1] from their checkpoints, [2] from the start, [0] done" in out
+    assert (stopped / "member-0" / "model.npz").stat().st_mtime_ns == finished  # left alone
+    _members_equal(whole, stopped, 3)
+    assert main(["train", "--resume", str(stopped)]) == 0
+    assert "finished (all 3 members trained, the vote taken)" in capsys.readouterr().out
