@@ -20,8 +20,8 @@ import numpy as np
 
 from convnet import files, records, serialization
 from convnet.callbacks import Callback
-from convnet.errors import ArgumentError, ModelFileError, ShapeError, check_number
-from convnet.network import Network
+from convnet.errors import ModelFileError, check_number
+from convnet.network import Network, from_architecture
 from convnet.records import Fields
 from convnet.trainer import TrainingState
 
@@ -117,18 +117,9 @@ def load(
     serialization.check_format(
         arch, serialization.FORMAT, serialization.FORMAT_VERSION, "format_version"
     )
-    mbs = arch.integer("mini_batch_size", low=1)
-    layers = serialization.build_layers(arch, mbs)
-    try:
-        net = Network(
-            layers,
-            mbs,
-            backend=backend,
-            device=device,
-            seed=arch.integer("seed", low=0, high=serialization.SEED_MAX),
-        )
-    except (ShapeError, ArgumentError) as exc:
-        raise ModelFileError(f"{target}: the saved layers don't form a network: {exc}") from None
+    net = from_architecture(
+        arch, arch.integer("mini_batch_size", low=1), backend=backend, device=device
+    )
     names = serialization.weight_names(net)
     shapes = [tuple(p.type.shape) for p in net.params]
 

@@ -14,6 +14,7 @@ from convnet.errors import ArgumentError, ModelFileError, ShapeError, check_numb
 from convnet.history import History
 from convnet.model import Model
 from convnet.optimizers import Optimizer
+from convnet.records import Fields
 from convnet.trainer import Trainer, TrainingState
 
 
@@ -171,6 +172,26 @@ SGD_OPTIONS = {
 }
 
 
+def from_architecture(
+    arch: Fields, mini_batch_size: int, *, backend: str | None, device: str | None
+) -> Network:
+    """The network a checked model description (model.json, or a checkpoint's) describes,
+    with fresh weights; layers that don't chain name the file."""
+    layers = serialization.build_layers(arch, mini_batch_size)
+    try:
+        return Network(
+            layers,
+            mini_batch_size,
+            backend=backend,
+            device=device,
+            seed=arch.integer("seed", low=0, high=serialization.SEED_MAX),
+        )
+    except (ShapeError, ArgumentError) as exc:
+        raise ModelFileError(
+            f"{arch.source}: the saved layers don't form a network: {exc}"
+        ) from None
+
+
 def load(
     path: str | os.PathLike[str],
     *,
@@ -183,17 +204,7 @@ def load(
     weights_path, json_path = serialization.model_paths(path)
     arch = serialization.read_architecture(json_path)
     mbs = mini_batch_size or arch.integer("mini_batch_size", low=1)
-    layers = serialization.build_layers(arch, mbs)
-    try:
-        net = Network(
-            layers,
-            mbs,
-            backend=backend,
-            device=device,
-            seed=arch.integer("seed", low=0, high=serialization.SEED_MAX),
-        )
-    except (ShapeError, ArgumentError) as exc:
-        raise ModelFileError(f"{json_path}: the saved layers don't form a network: {exc}") from None
+    net = from_architecture(arch, mbs, backend=backend, device=device)
     shapes = [tuple(p.type.shape) for p in net.params]
     names = serialization.weight_names(net)
     net.set_weights(serialization.read_weights(weights_path, json_path, names, shapes))

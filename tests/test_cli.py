@@ -162,6 +162,13 @@ def test_info_names_backend_and_blas():
         [sys.executable, "-m", "convnet.cli", "info"], capture_output=True, text=True, check=True
     )
     assert "backend:" in result.stdout and "pytensor" in result.stdout
+    lines = result.stdout.splitlines()
+    assert any(line.startswith("data: MNIST in ") for line in lines), result.stdout
+    assert any(
+        line.startswith("cache: ") and (" MB" in line or "not created yet" in line)
+        for line in lines
+    )
+    assert any(line.startswith("C++ conv-pool kernel: ") for line in lines), result.stdout
 
 
 def test_train_with_adam_and_info_prints_the_networks_summary(tmp_path, capsys):

@@ -19,8 +19,9 @@ import pytest
 from PIL import Image
 
 from convnet import FullyConnectedLayer, Network, SoftmaxLayer, files, runs
-from convnet.cli import TRAIN_FLAGS, main
+from convnet.cli import main
 from convnet.errors import DataError, DataWarning
+from convnet.launch import TRAIN_FLAGS
 from tests.test_run_folders import LAYERS, _dataset, _fingerprint
 
 
@@ -77,7 +78,8 @@ def test_resume_refuses_flags_it_would_ignore_and_fewer_epochs(data, tmp_path, c
     before = _fingerprint(run)
     assert main(["train", "--resume", str(run), "--eta", "0.5", "--shuffle"]) == 2
     err = _error(capsys)
-    assert "only --epochs, --checkpoint-every, --quiet, --data, --backend, --device" in err
+    allowed = "--epochs, --workers, --cluster, --checkpoint-every, --quiet, --data, --backend"
+    assert f"only {allowed}, --device may be given" in err
     assert "Received: --eta 0.5 --shuffle" in err
     assert main(["train", "--resume", str(run), "--epochs", "1"]) == 2
     assert (

@@ -1,0 +1,574 @@
+"""What ``convnet train`` does with its flags: one run, an ensemble's members one after
+another or at once (:mod:`convnet.parallel`), and ``--resume`` of either.
+
+The flags are a table (:data:`TRAIN_FLAGS`) that the command's parser, ``--help``, the
+check of the arguments a checkpoint stored and ``--resume``'s rules all read; every run
+folder it writes is :mod:`convnet.runs`'.
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+from collections.abc import Iterator
+from concurrent.futures import as_completed
+from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from convnet import checkpoint, files, optimizers, parallel, runs
+from convnet.book import RECIPES, layers_for
+from convnet.callbacks import Callback, EarlyStopping, EtaSchedule, Position
+from convnet.data.expand import load_expanded
+from convnet.data.mnist import load_mnist
+from convnet.errors import ArgumentError, check_number
+from convnet.network import Network, load
+from convnet.records import Fields
+from convnet.spec import parse
+
+DEFAULT_MOMENTUM = {"sgd": 0.0, "nesterov": 0.9, "adam": 0.0}
+# Adam's own default; sgd and nesterov: the book's eta for the chosen net times
+# (1 - momentum), so that momentum's steady step eta / (1 - momentum) is the book's step.
+DEFAULT_ETA = {"adam": 0.001}
+
+
+@dataclass(frozen=True)
+class Flag:
+    """One ``convnet train`` option: the parser, ``--help``, the check of the arguments a
+    checkpoint stored, and what ``--resume`` may change are all read from this table."""
+
+    name: str
+    kind: type
+    help: str
+    default: Any = None  # applied when the flag is not given (None: decided in cmd_train)
+    choices: tuple[str, ...] | None = None
+    low: int = 1  # the whole numbers accepted (int flags)
+    high: int = 2**31 - 1
+    metavar: str | None = None
+    on_resume: bool = False  # may be given with --resume
+
+
+TRAIN_FLAGS = (
+    Flag("net", str, "a chapter-6 network of the book", "relu", tuple(RECIPES)),
+    Flag("layers", str, "your own network instead, e.g. conv:20:5:relu,fc:100:relu,softmax"),
+    Flag(
+        "epochs",
+        int,
+        "epochs to train (default: the book's for --net, e.g. 60; 10 for --layers); "
+        "with --resume: train the run on to this many",
+        metavar="N",
+        on_resume=True,
+    ),
+    Flag("mini_batch_size", int, "examples per gradient step", 10, metavar="N"),
+    Flag(
+        "eta",
+        float,
+        "step size (default: the book's for --net, times 1 - momentum with momentum; "
+        "0.001 for adam)",
+    ),
+    Flag("lmbda", float, "L2 regularization (default: the book's for --net; 0 for --layers)"),
+    Flag(
+        "optimizer", str, "the update rule (sgd is the book's)", "sgd", ("sgd", "nesterov", "adam")
+    ),
+    Flag("momentum", float, "momentum (default: 0 for sgd, 0.9 for nesterov)"),
+    Flag(
+        "patience",
+        int,
+        "stop early after N epochs without a better validation accuracy (default: never)",
+        metavar="N",
+    ),
+    Flag(
+        "eta_schedule",
+        int,
+        "halve eta after N epochs without improvement, stop at eta/128 (default: fixed eta)",
+        metavar="N",
+    ),
+    Flag("shuffle", bool, "reshuffle the training set every epoch (the book did not)"),
+    Flag("seed", int, "seed of the weights, dropout and shuffling", 0, low=0, high=2**63 - 1),
+    Flag("limit", int, "train on the first N training images (default: all 50,000)", metavar="N"),
+    Flag("expanded", bool, "train on the book's expanded training set (250,000 images)"),
+    Flag(
+        "ensemble", int, "train N nets with seeds seed..seed+N-1 and vote (default: 1)", metavar="N"
+    ),
+    Flag(
+        "workers",
+        int,
+        "with --ensemble: train N members at a time, each in a process of its own on a core "
+        "of its own (default: one after another)",
+        metavar="N",
+        on_resume=True,
+    ),
+    Flag(
+        "cluster",
+        str,
+        "with --ensemble: train the members on the Dask cluster whose scheduler is at ADDR "
+        "(e.g. tcp://10.0.0.5:8786; pip install 'convnet[cluster]')",
+        metavar="ADDR",
+        on_resume=True,
+    ),
+    Flag("out", str, "the run folder to write", metavar="RUN_DIR"),
+    Flag(
+        "checkpoint_every",
+        int,
+        "write RUN_DIR/checkpoint.npz every N epochs",
+        1,
+        metavar="N",
+        on_resume=True,
+    ),
+    Flag("overwrite", bool, "replace the model in an --out folder that already has one"),
+    Flag("quiet", bool, "print only errors and results", on_resume=True),
+    Flag(
+        "data",
+        str,
+        "MNIST folder or mnist.pkl.gz (default: $CONVNET_DATA, then the cache)",
+        on_resume=True,
+    ),
+    Flag(
+        "backend",
+        str,
+        "PyTensor backend (default: $CONVNET_BACKEND, else auto)",
+        choices=("auto", "c", "numba", "jax"),
+        on_resume=True,
+    ),
+    Flag(
+        "device",
+        str,
+        "cpu or gpu (default: $CONVNET_DEVICE, else cpu)",
+        choices=("cpu", "gpu"),
+        on_resume=True,
+    ),
+)
+
+
+# How a command shows and runs, not what it trains: not taken from the run on --resume.
+PER_INVOCATION = ("quiet", "backend", "device", "workers", "cluster")
+
+
+def typed_flags(args: argparse.Namespace) -> dict[str, Any]:
+    """The train flags typed on this command line (every flag's parser default is None)."""
+    values = {f.name: getattr(args, f.name) for f in TRAIN_FLAGS}
+    return {
+        name: value for name, value in values.items() if value is not None and value is not False
+    }
+
+
+def _with_defaults(values: dict[str, Any]) -> argparse.Namespace:
+    return argparse.Namespace(
+        **{
+            f.name: values.get(f.name) if values.get(f.name) is not None else f.default
+            for f in TRAIN_FLAGS
+        }
+    )
+
+
+def _epochs(n: int) -> str:
+    return f"{n} epoch" if n == 1 else f"{n} epochs"
+
+
+def flag_name(name: str) -> str:
+    """``mini_batch_size`` -> ``--mini-batch-size``."""
+    return "--" + name.replace("_", "-")
+
+
+def _stored_arguments(stored: Fields) -> dict[str, Any]:
+    """The arguments a checkpoint holds, each checked as the parser checks it."""
+    values: dict[str, Any] = {}
+    for flag in TRAIN_FLAGS:
+        if flag.kind is bool:
+            values[flag.name] = bool(stored.flag(flag.name, optional=True))
+        elif flag.kind is int:
+            values[flag.name] = stored.integer(
+                flag.name, low=flag.low, high=flag.high, optional=True
+            )
+        elif flag.kind is float:
+            values[flag.name] = stored.number(flag.name, optional=True)
+        else:
+            values[flag.name] = stored.text(flag.name, choices=flag.choices, optional=True)
+    return values
+
+
+def _data(args: argparse.Namespace):
+    return load_mnist(args.data)
+
+
+# -- train --------------------------------------------------------------------------------
+def _layers(args: argparse.Namespace, mbs: int):
+    if args.layers:
+        return parse(args.layers, mbs)
+    return layers_for(args.net, mbs)
+
+
+class RunInterruptedError(Exception):
+    """Ctrl-C (or SIGTERM) during training; says where, and how to continue."""
+
+    def __init__(self, run_dir: Path, position: Position) -> None:
+        where = (
+            f"at epoch {position.epoch}, mini-batch {position.batches}"
+            if position.epoch is not None
+            else "before the first epoch"
+        )
+        saved = checkpoint.path_in(run_dir)
+        if saved.exists() and position.finished is not None:
+            kept = f"checkpoint of epoch {position.finished} kept in {saved}"
+        elif saved.exists():
+            kept = f"the checkpoint in {saved} is as it was"
+        else:
+            kept = "no checkpoint yet"
+        super().__init__(
+            f"Interrupted {where}; {kept}. Resume with: convnet train --resume {run_dir}"
+        )
+
+
+def _train_one(
+    args,
+    run_dir: Path,
+    seed: int,
+    data: tuple,
+    hyper: dict,
+    resume: tuple | None = None,
+) -> Network:
+    mbs = args.mini_batch_size
+    if resume is not None:
+        net, state = resume
+    else:
+        net = Network(_layers(args, mbs), mbs, backend=args.backend, device=args.device, seed=seed)
+        state = None
+    if not args.quiet:
+        net.summary()
+    position = Position()
+    callbacks: list[Callback] = [position]
+    if args.eta_schedule is not None:
+        callbacks.append(EtaSchedule(args.eta_schedule))
+    if args.patience is not None:
+        callbacks.append(EarlyStopping(args.patience))
+    try:
+        runs.train(
+            net,
+            run_dir,
+            *data,
+            epochs=hyper["epochs"],
+            optimizer=_optimizer(hyper),
+            lmbda=hyper["lmbda"],
+            callbacks=callbacks,
+            shuffle=args.shuffle,
+            verbose=not args.quiet,
+            state=state,
+            arguments=vars(args) | {"out": str(run_dir)},
+            checkpoint_every=args.checkpoint_every,
+            details=hyper | {"seed": seed},
+        )
+    except KeyboardInterrupt:
+        raise RunInterruptedError(run_dir, position) from None
+    return net
+
+
+def _optimizer(hyper: dict) -> optimizers.Optimizer:
+    """``--optimizer sgd|nesterov|adam`` with ``--eta`` and ``--momentum``."""
+    if hyper["optimizer"] == "adam":
+        if hyper["momentum"]:
+            raise ArgumentError(
+                f"--momentum: Adam keeps its own moments; --momentum is for sgd and nesterov. "
+                f"Received: --optimizer adam --momentum {hyper['momentum']}."
+            )
+        return optimizers.Adam(hyper["eta"])
+    return optimizers.SGD(hyper["eta"], hyper["momentum"], hyper["optimizer"] == "nesterov")
+
+
+def _hyper(args: argparse.Namespace) -> dict[str, Any]:
+    """The run's hyper-parameters: the flags, else the book's values for ``--net``."""
+    for flag in TRAIN_FLAGS:
+        value = getattr(args, flag.name)
+        if flag.kind is int and value is not None:
+            check_number(
+                value,
+                flag_name(flag.name),
+                integer=True,
+                low=flag.low,
+                inclusive=True,
+                high=flag.high + 1,
+            )
+    recipe = RECIPES.get(args.net) if not args.layers else None
+    book_eta = recipe.eta if recipe else 0.1
+    momentum = args.momentum if args.momentum is not None else DEFAULT_MOMENTUM[args.optimizer]
+    hyper = {
+        "net": args.layers or args.net,
+        "epochs": args.epochs if args.epochs is not None else (recipe.epochs if recipe else 10),
+        "optimizer": args.optimizer,
+        "eta": args.eta
+        if args.eta is not None
+        else DEFAULT_ETA.get(args.optimizer, book_eta * (1 - momentum)),
+        "lmbda": args.lmbda if args.lmbda is not None else (recipe.lmbda if recipe else 0.0),
+        "mini_batch_size": args.mini_batch_size,
+        "momentum": momentum,
+        "limit": args.limit,
+        "expanded": bool(args.expanded or (recipe and recipe.expanded)),
+    }
+    _optimizer(hyper)  # a bad --optimizer/--eta/--momentum fails before any data is read
+    return hyper
+
+
+def _training_data(args: argparse.Namespace, hyper: dict) -> tuple:
+    training, validation, test = _data(args)
+    if hyper["expanded"]:
+        training = load_expanded(training)
+    if args.limit is not None and args.limit > len(training[0]):
+        raise ArgumentError(
+            f"--limit: expected at most {len(training[0]):,}, the training images there are. "
+            f"Received: {args.limit:,}."
+        )
+    if args.limit is not None:
+        training = (training[0][: args.limit], training[1][: args.limit])
+    return training, validation, test
+
+
+def train(given: dict[str, Any], resume: str | None = None) -> int:
+    """``convnet train`` with the flags typed (``given``), or ``--resume`` of a run folder."""
+    if resume:
+        return _resume(Path(resume), given)
+    if not given.get("out"):
+        raise ArgumentError("train: expected --out RUN_DIR (or --resume RUN_DIR).")
+    args = _with_defaults(given)
+    hyper = _hyper(args)
+    if args.layers:
+        _layers(args, args.mini_batch_size)  # a misspelt --layers fails before any data is read
+    run_dir = Path(args.out)
+    members = args.ensemble or 1
+    for name in ("workers", "cluster"):
+        if getattr(args, name) is not None and members == 1:
+            raise ArgumentError(
+                f"--{name}: trains ensemble members at once; give --ensemble N too."
+            )
+    with _executor(args, members) as pool:  # a bad --workers or --cluster writes nothing
+        runs.prepare_out(run_dir, args.overwrite)
+        with runs.locked(run_dir):
+            if members > 1:
+                runs.write_plan(run_dir, vars(args), members)
+            _train_members(args, run_dir, members, hyper, list(range(members)), set(), pool)
+    return 0
+
+
+@contextmanager
+def _executor(args: argparse.Namespace, members: int) -> Iterator[Any]:
+    """Where members train at once (``--workers``' pinned pool or a ``--cluster``'s
+    executor), ready and checked before anything is written; None: one after another."""
+    if members < 2 or not (args.cluster or (args.workers or 1) > 1):
+        yield None
+        return
+    if args.cluster:
+        executor, close = parallel.cluster_executor(args.cluster)
+    else:
+        executor = parallel.pinned_pool(args.workers)
+        close = executor.shutdown
+    try:
+        yield executor
+    finally:
+        close()
+
+
+def _train_members(
+    args: argparse.Namespace,
+    run_dir: Path,
+    members: int,
+    hyper: dict[str, Any],
+    todo: list[int],
+    resumed: set[int],
+    pool: Any,
+) -> None:
+    """Train members ``todo`` (those in ``resumed`` from their checkpoints) on ``pool``, or
+    one after another without one; then take the vote of all of them."""
+    if pool is not None and todo:
+        _train_in_parallel(args, run_dir, members, todo, resumed, pool)
+    elif todo:
+        data = _training_data(args, hyper)
+        for k in todo:
+            folder = runs.member_dir(run_dir, k, members)
+            if members > 1 and not args.quiet:
+                print(f"\n== ensemble member {k + 1} of {members} (seed {args.seed + k}) ==")
+            state = None
+            if k in resumed:
+                net, training_state, _ = checkpoint.load(
+                    folder, backend=args.backend, device=args.device
+                )
+                state = (net, training_state)
+            _train_one(args, folder, args.seed + k, data, hyper, state)
+            if not args.quiet:
+                print(f"Saved {folder}/model.npz, model.json, history, curves.png, errors.png")
+    if members > 1:
+        folders = [runs.member_dir(run_dir, k, members) for k in range(members)]
+        nets = [load(folder, backend=args.backend, device=args.device) for folder in folders]
+        result = runs.write_ensemble(run_dir, nets, _data(args)[2])
+        for k, accuracy in enumerate(result["members"]):
+            print(f"member {k}: test accuracy {accuracy:.2%}")
+        print(f"voted ({members} nets): test accuracy {result['voted']:.2%}")
+
+
+def train_member(
+    arguments: dict[str, Any],
+    folder: str,
+    send_back: bool = False,
+    resume_from: bytes | None = None,
+) -> tuple[float, dict[str, bytes]]:
+    """One ensemble member, in a worker process: trains ``folder`` as ``convnet train``
+    trains a member in this process (the same seeds, data and code), quietly, from the
+    checkpoint there (or ``resume_from``, its bytes) when given one. With ``send_back`` (a
+    cluster's worker, whose disk is not the driver's) it trains in a temporary folder
+    there and returns the files. Returns the final test accuracy and those files."""
+    args = _with_defaults(arguments)
+    hyper = _hyper(args)
+    with tempfile.TemporaryDirectory() as scratch:
+        target = Path(scratch) if send_back else Path(folder)
+        if resume_from is not None:
+            files.atomic_write(checkpoint.path_in(target), lambda h: h.write(resume_from))
+        state = None
+        if resume_from is not None or (not send_back and arguments.get("resume_member")):
+            net, training_state, _ = checkpoint.load(
+                target, backend=args.backend, device=args.device
+            )
+            state = (net, training_state)
+        net = _train_one(args, target, args.seed, _training_data(args, hyper), hyper, state)
+        made = (
+            {p.name: p.read_bytes() for p in target.iterdir() if p.is_file()} if send_back else {}
+        )
+    return float(net.history.test_accuracy[-1]), made
+
+
+def _train_in_parallel(
+    args: argparse.Namespace,
+    run_dir: Path,
+    members: int,
+    todo: list[int],
+    resumed: set[int],
+    pool: Any,
+) -> None:
+    """Members ``todo`` at once on ``pool``: ``--workers`` pinned local processes, or a
+    ``--cluster``'s workers (whose run folders come back and are written here)."""
+    shared = vars(args) | {"ensemble": members, "workers": None, "cluster": None, "quiet": True}
+    folders = {k: runs.member_dir(run_dir, k, members) for k in todo}
+    send_back = bool(args.cluster)
+    futures = {}
+    for k, folder in folders.items():
+        member = shared | {"seed": args.seed + k}
+        resume_from = None
+        if k in resumed and send_back:
+            resume_from = checkpoint.path_in(folder).read_bytes()
+        elif k in resumed:
+            member |= {"resume_member": True}
+        futures[pool.submit(train_member, member, str(folder), send_back, resume_from)] = k
+    if not args.quiet:
+        where = (
+            f"on the Dask cluster at {args.cluster}"
+            if send_back
+            else (f"{args.workers} at a time (one core each)")
+        )
+        print(f"Training {len(todo)} of {members} members {where}")
+    for finished, future in enumerate(as_completed(futures), 1):
+        k = futures[future]
+        accuracy, made = future.result()  # a member's error ends the run here
+        for name, content in made.items():
+            files.atomic_write(folders[k] / name, lambda h, c=content: h.write(c))
+        if not args.quiet:
+            print(
+                f"member {k} (seed {args.seed + k}): test accuracy {accuracy:.2%}; "
+                f"{finished} of {len(todo)} done"
+            )
+
+
+def _resume_ensemble(run_dir: Path, given: dict[str, Any]) -> int:
+    """``--resume`` of an ensemble's folder: the members not yet trained, the unfinished
+    ones from their checkpoints, then the vote; finished members are left as they are."""
+    members, stored = runs.read_plan(run_dir)
+    values = _stored_arguments(stored)
+    for name in PER_INVOCATION:
+        values[name] = given.get(name)
+    values |= given | {"out": str(run_dir), "ensemble": members, "overwrite": False}
+    args = _with_defaults(values)
+    hyper = _hyper(args)
+    todo, resumed = [], set()
+    for k in range(members):
+        folder = runs.member_dir(run_dir, k, members)
+        if not checkpoint.path_in(folder).exists():
+            todo.append(k)
+            continue
+        _, state, _ = checkpoint.load(folder, backend=args.backend, device=args.device)
+        if "epochs" in given and given["epochs"] < state.epoch:
+            raise ArgumentError(
+                f"--epochs: member {k} has already trained {_epochs(state.epoch)}; expected "
+                f"--epochs >= {state.epoch}. Received: {given['epochs']}."
+            )
+        if state.epoch < hyper["epochs"] and not state.history.stopped:
+            todo.append(k)
+            resumed.add(k)
+    if not todo and (run_dir / runs.ENSEMBLE_FILE).exists():
+        print(
+            f"{run_dir}: finished (all {members} members trained, the vote taken). Nothing "
+            f"was changed. To train further: convnet train --resume {run_dir} --epochs N."
+        )
+        return 0
+    if not args.quiet:
+        fresh = [k for k in todo if k not in resumed]
+        print(
+            f"Resuming the ensemble {run_dir}: members {sorted(resumed) or 'none'} from their "
+            f"checkpoints, {fresh or 'none'} from the start, "
+            f"{[k for k in range(members) if k not in todo] or 'none'} done."
+        )
+    with _executor(args, members) as pool, runs.locked(run_dir):
+        _train_members(args, run_dir, members, hyper, todo, resumed, pool)
+    return 0
+
+
+def _resume(run_dir: Path, given: dict[str, Any]) -> int:
+    """``--resume RUN_DIR``: the run's own arguments; ``--epochs`` trains it on further."""
+    refused = [f for f in TRAIN_FLAGS if f.name in given and not f.on_resume]
+    if refused:
+        typed = " ".join(
+            f"{flag_name(f.name)}" + ("" if f.kind is bool else f" {given[f.name]}")
+            for f in refused
+        )
+        raise ArgumentError(
+            f"--resume {run_dir}: continues the run with the arguments it was started with, "
+            f"so only {', '.join(flag_name(f.name) for f in TRAIN_FLAGS if f.on_resume)} may be "
+            f"given with it. Received: {typed}. Drop them, or start a new run with --out."
+        )
+    if runs.is_ensemble(run_dir):
+        return _resume_ensemble(run_dir, given)
+    with runs.locked(run_dir) if run_dir.is_dir() else nullcontext():
+        net, state, stored = checkpoint.load(
+            run_dir, backend=given.get("backend"), device=given.get("device")
+        )
+        values = _stored_arguments(stored)
+        for name in PER_INVOCATION:  # how this command shows and runs, not what it trains
+            values[name] = given.get(name)
+        values.update(given)
+        values |= {"out": str(run_dir), "ensemble": None, "overwrite": False}
+        args = _with_defaults(values)
+        hyper = _hyper(args)
+        done, history = state.epoch, state.history
+        best = (
+            f"best validation accuracy {history.best_validation_accuracy:.2%} "
+            f"(epoch {history.best_epoch})"
+            if history.best_validation_accuracy is not None
+            else "no validation accuracy yet"
+        )
+        if "epochs" in given and given["epochs"] < done:
+            raise ArgumentError(
+                f"--epochs: {run_dir} has already trained {_epochs(done)}; expected "
+                f"--epochs >= {done} to train it on. Received: {given['epochs']}."
+            )
+        if done >= hyper["epochs"] or history.stopped:
+            why = f"stopped early: {history.stopped}" if history.stopped else "all epochs done"
+            print(
+                f"{run_dir}: finished ({done} of {_epochs(hyper['epochs'])}, {why}; {best}). "
+                f"Nothing was changed. To train it further: convnet train --resume {run_dir} "
+                f"--epochs N."
+            )
+            return 0
+        if not args.quiet:
+            print(
+                f"Resuming {run_dir}: {done} of {_epochs(hyper['epochs'])} done, "
+                f"eta {state.eta:g}, {best}."
+            )
+        _train_one(args, run_dir, net.seed, _training_data(args, hyper), hyper, (net, state))
+        if not args.quiet:
+            print(f"Saved {run_dir}/model.npz, model.json, history, curves.png, errors.png")
+    return 0
