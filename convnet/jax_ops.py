@@ -35,6 +35,24 @@ def register() -> None:
     def _im2col(op, **kwargs):
         return lambda images: im2col(images, op.kh, op.kw)
 
+    def convolution(images, filters):
+        """(n, f, oh, ow): the im2col formulation, where the kernel is not built."""
+        n, _, h, w = images.shape
+        f, _, kh, kw = filters.shape
+        oh, ow = ops.conv_output_shape((h, w), (kh, kw))
+        columns = im2col(images, kh, kw)
+        conv = (filters[:, :, ::-1, ::-1].reshape(f, -1) @ columns).reshape(f, n, oh, ow)
+        return conv.transpose(1, 0, 2, 3)
+
+    def flipped_weights(filters):
+        """(c*kh*kw, fpad): the kernel's layout, filters padded to whole vectors."""
+        f = filters.shape[0]
+        weights = filters[:, :, ::-1, ::-1].reshape(f, -1).T
+        return jnp.pad(weights, ((0, 0), (0, -f % kernel.lanes())))
+
+    def window(kh, kw, ph, pw):
+        return {"kh": np.int64(kh), "kw": np.int64(kw), "ph": np.int64(ph), "pw": np.int64(pw)}
+
     @jax_funcify.register(ops.ConvPool)
     def _conv_pool(op, node=None, **kwargs):
         ph, pw = op.poolsize
@@ -45,36 +63,15 @@ def register() -> None:
                 return without_kernel(images, filters)  # the kernel is float32 only
             n, _, h, w = images.shape
             f, _, kh, kw = filters.shape
-            # (c*kh*kw, f) flipped kernels, filters padded to whole vectors.
-            weights = filters[:, :, ::-1, ::-1].reshape(f, -1).T
-            weights = jnp.pad(weights, ((0, 0), (0, -f % kernel.lanes())))
-            (oh, ow) = ops.conv_output_shape((h, w), (kh, kw))
+            oh, ow = ops.conv_output_shape((h, w), (kh, kw))
             out = jax.ShapeDtypeStruct((n, f, oh // ph, ow // pw), images.dtype)
             call = jax.ffi.ffi_call(target, out)
-            return call(
-                images, weights, kh=np.int64(kh), kw=np.int64(kw), ph=np.int64(ph), pw=np.int64(pw)
-            )
+            return call(images, flipped_weights(filters), **window(kh, kw, ph, pw))
 
         def without_kernel(images, filters):
-            n, _, h, w = images.shape
-            f, _, kh, kw = filters.shape
-            oh, ow = ops.conv_output_shape((h, w), (kh, kw))
-            columns = im2col(images, kh, kw)
-            conv = (filters[:, :, ::-1, ::-1].reshape(f, -1) @ columns).reshape(f, n, oh, ow)
-            windows = conv[:, :, : oh // ph * ph, : ow // pw * pw]
-            pooled = windows.reshape(f, n, oh // ph, ph, ow // pw, pw).max(axis=(3, 5))
-            return pooled.transpose(1, 0, 2, 3)
+            return ops.pool_with_ties(convolution(images, filters), op.poolsize, jnp)[0]
 
         return with_kernel if target is not None else without_kernel
-
-    def flipped_weights(filters):
-        """(c*kh*kw, fpad): the kernel's layout, filters padded to whole vectors."""
-        f = filters.shape[0]
-        weights = filters[:, :, ::-1, ::-1].reshape(f, -1).T
-        return jnp.pad(weights, ((0, 0), (0, -f % kernel.lanes())))
-
-    def window(kh, kw, ph, pw):
-        return {"kh": np.int64(kh), "kw": np.int64(kw), "ph": np.int64(ph), "pw": np.int64(pw)}
 
     def dense(ties, grad, conv_hw, poolsize):
         """The pooled gradient spread onto the convolution, as (f, n*oh*ow)."""
@@ -100,12 +97,7 @@ def register() -> None:
             return call(images, flipped_weights(filters), **window(kh, kw, ph, pw))
 
         def without_kernel(images, filters):
-            n, _, h, w = images.shape
-            f, _, kh, kw = filters.shape
-            oh, ow = ops.conv_output_shape((h, w), (kh, kw))
-            columns = im2col(images, kh, kw)
-            conv = (filters[:, :, ::-1, ::-1].reshape(f, -1) @ columns).reshape(f, n, oh, ow)
-            return ops.pool_with_ties(conv.transpose(1, 0, 2, 3), op.poolsize, jnp)
+            return ops.pool_with_ties(convolution(images, filters), op.poolsize, jnp)
 
         return with_kernel if target is not None else without_kernel
 

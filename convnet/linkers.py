@@ -109,21 +109,11 @@ def _numba_conv2d(op: ops.Conv2D, node: Any = None, **kwargs: Any) -> Any:
 def lower_to_im2col(fgraph: Any, node: Any) -> list[Any] | None:
     """``ConvPool`` / ``Conv2D`` as ``Im2Col`` + ``dot`` (+ max-pooling), shapes permitting."""
     images, filters = node.inputs
-    _, c, h, w = images.type.shape
-    f, _, kh, kw = filters.type.shape
-    if None in (c, h, w, f, kh, kw):
+    if None in images.type.shape[1:] or None in filters.type.shape:
         return None
-    conv = ops.conv2d(
-        images,
-        filters,
-        image_shape=(c, h, w),
-        filter_shape=(f, c, kh, kw),
-        implementation="patches",
-    )
-    if isinstance(node.op, ops.ConvPool):
-        conv_hw = ops.conv_output_shape((h, w), (kh, kw))
-        conv = ops.max_pool(conv, image_shape=(f, *conv_hw), poolsize=node.op.poolsize)
-    return [pt.cast(conv, node.outputs[0].dtype)]
+    poolsize = node.op.poolsize if isinstance(node.op, ops.ConvPool) else (1, 1)
+    conv, pooled = _unfused(images, filters, poolsize)
+    return [pt.cast(pooled if isinstance(node.op, ops.ConvPool) else conv, node.outputs[0].dtype)]
 
 
 def _unfused(images: Any, filters: Any, poolsize: tuple[int, int]) -> tuple[Any, Any]:

@@ -159,8 +159,12 @@ def conv_pool(
 ) -> TensorVariable:
     """``max_pool(conv2d(images, filters))`` as one :class:`ConvPool` Op (same shapes and
     arguments as those two): under JAX on a CPU, one call of convnet's own kernel."""
-    images = pt.specify_shape(images, (None, *image_shape))
-    return ConvPool(tuple(poolsize))(images, pt.specify_shape(filters, filter_shape))
+    return ConvPool(tuple(poolsize))(*_static(images, filters, image_shape, filter_shape))
+
+
+def _static(images: Any, filters: Any, image_shape: tuple, filter_shape: tuple) -> tuple:
+    """The Ops' inputs with the static shapes they need (any batch size)."""
+    return pt.specify_shape(images, (None, *image_shape)), pt.specify_shape(filters, filter_shape)
 
 
 class ConvPool(Op):
@@ -215,8 +219,7 @@ def conv_pool_train(
     :class:`ConvPoolTrain` Op, whose gradient is :class:`ConvPoolGradW` (and
     :class:`ConvPoolGradX` where the images need one), each one call of convnet's kernel
     under JAX on a CPU."""
-    images = pt.specify_shape(images, (None, *image_shape))
-    return ConvPoolTrain(tuple(poolsize))(images, pt.specify_shape(filters, filter_shape))[0]
+    return ConvPoolTrain(tuple(poolsize))(*_static(images, filters, image_shape, filter_shape))[0]
 
 
 MAX_WINDOW = 31  # places in a pooling window ConvPoolTrain marks (one bit each of an int32)
