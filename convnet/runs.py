@@ -2,8 +2,9 @@
 
 A run folder holds ``model.npz`` + ``model.json`` (the model), ``history.json`` /
 ``history.csv``, ``checkpoint.npz`` (for ``--resume``) and two pictures; an ensemble's
-folder holds one run folder per member (``member-K``) and ``ensemble.json`` (each member's
-test accuracy and the vote's). Every file is written atomically, and a folder that already
+folder holds one run folder per member (``member-K``), ``ensemble-plan.json`` (its
+arguments, written before the first member, for ``--resume``) and ``ensemble.json`` (each
+member's test accuracy and the vote's). Every file is written atomically, and a folder that already
 holds a trained model is never reused unless asked.
 """
 
