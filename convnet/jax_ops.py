@@ -53,8 +53,8 @@ def register() -> None:
     def window(kh, kw, ph, pw):
         return {"kh": np.int64(kh), "kw": np.int64(kw), "ph": np.int64(ph), "pw": np.int64(pw)}
 
-    @jax_funcify.register(ops.ConvPool)
-    def _conv_pool(op, node=None, **kwargs):
+    def forward(op, train: bool):
+        """ConvPool (the pooled output) or ConvPoolTrain (and where its maxima are)."""
         ph, pw = op.poolsize
         target = kernel.conv_pool_target()
 
@@ -64,42 +64,26 @@ def register() -> None:
             n, _, h, w = images.shape
             f, _, kh, kw = filters.shape
             oh, ow = ops.conv_output_shape((h, w), (kh, kw))
-            out = jax.ShapeDtypeStruct((n, f, oh // ph, ow // pw), images.dtype)
-            call = jax.ffi.ffi_call(target, out)
+            pooled = jax.ShapeDtypeStruct((n, f, oh // ph, ow // pw), images.dtype)
+            ties = jax.ShapeDtypeStruct(pooled.shape, jnp.int32)
+            call = jax.ffi.ffi_call(
+                target + ("_train" if train else ""), (pooled, ties) if train else pooled
+            )
             return call(images, flipped_weights(filters), **window(kh, kw, ph, pw))
 
         def without_kernel(images, filters):
-            return ops.pool_with_ties(convolution(images, filters), op.poolsize, jnp)[0]
+            pooled = ops.pool_with_ties(convolution(images, filters), op.poolsize, jnp)
+            return pooled if train else pooled[0]
 
         return with_kernel if target is not None else without_kernel
+
+    jax_funcify.register(ops.ConvPool)(lambda op, **kwargs: forward(op, train=False))
+    jax_funcify.register(ops.ConvPoolTrain)(lambda op, **kwargs: forward(op, train=True))
 
     def dense(ties, grad, conv_hw, poolsize):
         """The pooled gradient spread onto the convolution, as (f, n*oh*ow)."""
         spread = ops.unpool(ties, grad, conv_hw, poolsize, jnp)
         return spread.transpose(1, 0, 2, 3).reshape(grad.shape[1], -1)
-
-    @jax_funcify.register(ops.ConvPoolTrain)
-    def _conv_pool_train(op, node=None, **kwargs):
-        ph, pw = op.poolsize
-        target = kernel.conv_pool_target()
-
-        def with_kernel(images, filters):
-            if images.dtype != jnp.float32 or filters.dtype != jnp.float32:
-                return without_kernel(images, filters)
-            n, _, h, w = images.shape
-            f, _, kh, kw = filters.shape
-            oh, ow = ops.conv_output_shape((h, w), (kh, kw))
-            shape = (n, f, oh // ph, ow // pw)
-            call = jax.ffi.ffi_call(
-                target + "_train",
-                (jax.ShapeDtypeStruct(shape, images.dtype), jax.ShapeDtypeStruct(shape, jnp.int32)),
-            )
-            return call(images, flipped_weights(filters), **window(kh, kw, ph, pw))
-
-        def without_kernel(images, filters):
-            return ops.pool_with_ties(convolution(images, filters), op.poolsize, jnp)
-
-        return with_kernel if target is not None else without_kernel
 
     @jax_funcify.register(ops.ConvPoolGradW)
     def _conv_pool_grad_w(op, node=None, **kwargs):

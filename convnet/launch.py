@@ -47,6 +47,7 @@ class Flag:
     high: int = 2**31 - 1
     metavar: str | None = None
     on_resume: bool = False  # may be given with --resume
+    per_invocation: bool = False  # how a command shows and runs: never taken from a stored run
 
 
 TRAIN_FLAGS = (
@@ -98,6 +99,7 @@ TRAIN_FLAGS = (
         "of its own (default: one after another)",
         metavar="N",
         on_resume=True,
+        per_invocation=True,
     ),
     Flag(
         "cluster",
@@ -106,6 +108,7 @@ TRAIN_FLAGS = (
         "(e.g. tcp://10.0.0.5:8786; pip install 'convnet[cluster]')",
         metavar="ADDR",
         on_resume=True,
+        per_invocation=True,
     ),
     Flag("out", str, "the run folder to write", metavar="RUN_DIR"),
     Flag(
@@ -117,7 +120,7 @@ TRAIN_FLAGS = (
         on_resume=True,
     ),
     Flag("overwrite", bool, "replace the model in an --out folder that already has one"),
-    Flag("quiet", bool, "print only errors and results", on_resume=True),
+    Flag("quiet", bool, "print only errors and results", on_resume=True, per_invocation=True),
     Flag(
         "data",
         str,
@@ -130,6 +133,7 @@ TRAIN_FLAGS = (
         "PyTensor backend (default: $CONVNET_BACKEND, else auto)",
         choices=("auto", "c", "numba", "jax"),
         on_resume=True,
+        per_invocation=True,
     ),
     Flag(
         "device",
@@ -137,12 +141,12 @@ TRAIN_FLAGS = (
         "cpu or gpu (default: $CONVNET_DEVICE, else cpu)",
         choices=("cpu", "gpu"),
         on_resume=True,
+        per_invocation=True,
     ),
 )
 
 
-# How a command shows and runs, not what it trains: not taken from the run on --resume.
-PER_INVOCATION = ("quiet", "backend", "device", "workers", "cluster")
+PER_INVOCATION = tuple(f.name for f in TRAIN_FLAGS if f.per_invocation)
 
 
 def typed_flags(args: argparse.Namespace) -> dict[str, Any]:
@@ -190,6 +194,13 @@ def _stored_arguments(stored: Fields) -> dict[str, Any]:
 
 def _data(args: argparse.Namespace):
     return load_mnist(args.data)
+
+
+def _resumed_arguments(stored: Fields, given: dict[str, Any], **fixed: Any) -> argparse.Namespace:
+    """A stored run's arguments, checked, with this command's per-invocation flags and the
+    flags typed on it (those --resume allows), and ``fixed`` (where it lives, its size)."""
+    values = _stored_arguments(stored) | {name: None for name in PER_INVOCATION}
+    return _with_defaults(values | given | fixed | {"overwrite": False})
 
 
 # -- train --------------------------------------------------------------------------------
@@ -478,11 +489,7 @@ def _resume_ensemble(run_dir: Path, given: dict[str, Any]) -> int:
     """``--resume`` of an ensemble's folder: the members not yet trained, the unfinished
     ones from their checkpoints, then the vote; finished members are left as they are."""
     members, stored = runs.read_plan(run_dir)
-    values = _stored_arguments(stored)
-    for name in PER_INVOCATION:
-        values[name] = given.get(name)
-    values |= given | {"out": str(run_dir), "ensemble": members, "overwrite": False}
-    args = _with_defaults(values)
+    args = _resumed_arguments(stored, given, out=str(run_dir), ensemble=members)
     hyper = _hyper(args)
     todo, resumed = [], set()
     for k in range(members):
@@ -536,12 +543,7 @@ def _resume(run_dir: Path, given: dict[str, Any]) -> int:
         net, state, stored = checkpoint.load(
             run_dir, backend=given.get("backend"), device=given.get("device")
         )
-        values = _stored_arguments(stored)
-        for name in PER_INVOCATION:  # how this command shows and runs, not what it trains
-            values[name] = given.get(name)
-        values.update(given)
-        values |= {"out": str(run_dir), "ensemble": None, "overwrite": False}
-        args = _with_defaults(values)
+        args = _resumed_arguments(stored, given, out=str(run_dir), ensemble=None)
         hyper = _hyper(args)
         done, history = state.epoch, state.history
         best = (

@@ -245,7 +245,7 @@ class ConvPoolTrain(Op):
         return Apply(self, node.inputs, [pooled.type(), where])
 
     def perform(self, node, inputs, output_storage):
-        pooled, ties = _pool_with_ties_numpy(_convolve_numpy(*inputs), self.poolsize)
+        pooled, ties = pool_with_ties(_convolve_numpy(*inputs), self.poolsize, np)
         output_storage[0][0] = pooled.astype(node.outputs[0].dtype)
         output_storage[1][0] = ties
 
@@ -317,13 +317,6 @@ class ConvPoolGradX(Op):
                     "nfyx,fc->ncyx", dconv, flipped[:, :, a, b]
                 )
         output_storage[0][0] = dx.astype(node.outputs[0].dtype)
-
-
-def _pool_with_ties_numpy(
-    conv: np.ndarray, poolsize: tuple[int, int]
-) -> tuple[np.ndarray, np.ndarray]:
-    pooled, ties = pool_with_ties(conv, poolsize, np)
-    return pooled, ties.astype(np.int32)
 
 
 def pool_with_ties(conv: Any, poolsize: tuple[int, int], xp: Any) -> tuple[Any, Any]:

@@ -67,7 +67,11 @@ def cluster_executor(address: str) -> tuple[Executor, Callable[[], None]]:
         ) from None
     try:
         client = Client(address, timeout=f"{CONNECT_SECONDS}s")
-    except (OSError, TimeoutError, ValueError) as exc:
+    except ValueError as exc:
+        raise ArgumentError(
+            f"--cluster {address}: expected a scheduler address such as tcp://HOST:8786 ({exc})."
+        ) from None
+    except (OSError, TimeoutError) as exc:
         raise ArgumentError(
             f"--cluster {address}: no Dask scheduler answered within {CONNECT_SECONDS} s ({exc})."
         ) from None

@@ -189,9 +189,10 @@ def load_models(
     ensemble's answer), or member ``member`` alone."""
     path = Path(path)
     if not is_ensemble(path):
+        net = load(path, backend=backend, device=device)  # names a missing or damaged file
         if member is not None:
             raise ArgumentError(f"--member {member}: {path} is a single model, not an ensemble.")
-        return [load(path, backend=backend, device=device)]
+        return [net]
     result = records.read_json(path / ENSEMBLE_FILE, "ensemble record")
     count = len(result.column("members", nullable=False))
     result.number("voted", low=0, high=1)

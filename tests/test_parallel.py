@@ -107,6 +107,10 @@ def test_an_unreachable_cluster_fails_fast_and_names_the_address(tmp_path, capsy
     err = capsys.readouterr().err
     assert f"--cluster {address}: no Dask scheduler answered within 5 s" in err
     assert not (tmp_path / "r").exists()  # nothing written: the retry starts afresh
+    assert main([*argv[:-4], "--cluster", "no-port-here", "--out", str(tmp_path / "r")]) == 2
+    assert "--cluster no-port-here: expected a scheduler address such as tcp://HOST:8786" in (
+        capsys.readouterr().err
+    )
 
 
 def test_a_cluster_with_another_convnet_is_refused_before_work_is_sent(
