@@ -22,6 +22,7 @@ from convnet.ensemble import vote
 from convnet.history import History
 from convnet.layers import ConvPoolLayer, FullyConnectedLayer, Layer, SoftmaxLayer
 from convnet.network import Network, load
+from convnet.sweeps import sweep
 
 __version__ = VERSION
 
@@ -47,6 +48,7 @@ __all__ = [
     "load_mnist",
     "sigmoid",
     "size",
+    "sweep",
     "tanh",
     "vote",
 ]

@@ -21,6 +21,7 @@ import numpy as np
 from convnet import files, records, serialization
 from convnet.callbacks import Callback
 from convnet.errors import ModelFileError, check_number
+from convnet.history import History
 from convnet.network import Network, from_architecture
 from convnet.records import Fields
 from convnet.trainer import TrainingState
@@ -66,6 +67,24 @@ def save(
     return target
 
 
+def _read(target: Path) -> tuple[dict[str, np.ndarray], Fields]:
+    """(the checkpoint's arrays, its JSON record), the record's format checked."""
+    arrays = records.read_npz(
+        target, "checkpoint file", hint=" Only a run that wrote a checkpoint can resume."
+    )
+    if "meta" not in arrays or arrays["meta"].dtype != np.uint8 or arrays["meta"].ndim != 1:
+        raise ModelFileError(f"{target}: not a convnet checkpoint (its 'meta' record is missing).")
+    meta = records.parse_json(arrays.pop("meta").tobytes(), target, "checkpoint record")
+    serialization.check_format(meta, FORMAT, VERSION, "version")
+    return arrays, meta
+
+
+def progress(run_dir: str | os.PathLike[str]) -> History:
+    """The history of the epochs a checkpoint holds, read without building its network
+    (how far an unfinished run has got)."""
+    return records.history(_read(path_in(run_dir))[1].record("history"))
+
+
 def _optimizer_state(
     arrays: dict[str, np.ndarray], group: Any, target: Path
 ) -> list[np.ndarray] | None:
@@ -106,13 +125,7 @@ def load(
     """(network with its weights, training state, the arguments the run was started with),
     every field and array checked first."""
     target = path_in(run_dir)
-    arrays = records.read_npz(
-        target, "checkpoint file", hint=" Only a run that wrote a checkpoint can resume."
-    )
-    if "meta" not in arrays or arrays["meta"].dtype != np.uint8 or arrays["meta"].ndim != 1:
-        raise ModelFileError(f"{target}: not a convnet checkpoint (its 'meta' record is missing).")
-    meta = records.parse_json(arrays.pop("meta").tobytes(), target, "checkpoint record")
-    serialization.check_format(meta, FORMAT, VERSION, "version")
+    arrays, meta = _read(target)
     arch = meta.record("architecture")
     serialization.check_format(
         arch, serialization.FORMAT, serialization.FORMAT_VERSION, "format_version"

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from convnet import __version__, config, kernel, launch, plots, records, runs
+from convnet import __version__, config, kernel, launch, plots, records, runs, sweeps
 from convnet import backend as backends
 from convnet.data import book_format
 from convnet.data.download import download_mnist
@@ -31,6 +31,44 @@ DISK_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPER
 
 def cmd_train(args: argparse.Namespace) -> int:
     return launch.train(launch.typed_flags(args), args.resume)
+
+
+SWEEP_OWN = ("workers", "cluster", "out", "quiet")  # how and where a sweep runs
+NOT_SWEPT = ("ensemble", "overwrite")  # a sweep's trials are single runs, in new folders
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    typed = launch.typed_flags(args)
+    fixed = {name: value for name, value in typed.items() if name not in SWEEP_OWN}
+    if args.resume:
+        given = [launch.flag_name(n) for n in fixed] + [
+            f for f, v in (("--grid", args.grid), ("--repeats", args.repeats)) if v is not None
+        ]
+        if given:
+            raise ArgumentError(
+                f"--resume {args.resume}: runs the trials planned there, so only --workers, "
+                f"--cluster and --quiet may be given with it. Received: {' '.join(given)}."
+            )
+        sweeps.sweep(
+            args.resume,
+            resume=True,
+            workers=args.workers,
+            cluster=args.cluster,
+            verbose=not args.quiet,
+        )
+        return 0
+    if not args.out:
+        raise ArgumentError("sweep: expected --out DIR (or --resume DIR).")
+    sweeps.sweep(
+        args.out,
+        sweeps.parse_grid(args.grid or []),
+        repeats=args.repeats or 1,
+        workers=args.workers,
+        cluster=args.cluster,
+        verbose=not args.quiet,
+        **fixed,
+    )
+    return 0
 
 
 # -- the other commands -------------------------------------------------------------------
@@ -188,6 +226,35 @@ def _size_of(folder: Path) -> str:
 
 
 # -- parser -------------------------------------------------------------------------------
+def _add_train_flags(
+    parser: argparse.ArgumentParser,
+    *,
+    skip: tuple[str, ...] = (),
+    helps: dict[str, str] | None = None,
+    metavars: dict[str, str] | None = None,
+    with_defaults: bool = False,
+) -> None:
+    """``convnet train``'s flags (:data:`launch.TRAIN_FLAGS`), --net and --layers exclusive."""
+    choice = parser.add_mutually_exclusive_group()
+    for flag in launch.TRAIN_FLAGS:
+        if flag.name in skip:
+            continue
+        where = choice if flag.name in ("net", "layers") else parser
+        help_text = (helps or {}).get(flag.name, flag.help)
+        if with_defaults and flag.default is not None:
+            help_text += f" (default: {flag.default})"
+        if flag.kind is bool:
+            where.add_argument(launch.flag_name(flag.name), action="store_true", help=help_text)
+        else:
+            where.add_argument(
+                launch.flag_name(flag.name),
+                type=flag.kind,
+                choices=flag.choices,
+                metavar=(metavars or {}).get(flag.name, flag.metavar),
+                help=help_text,
+            )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="convnet", description="Train and use the book's networks."
@@ -215,20 +282,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Train one of the book's networks (or your own) into a run folder: "
         "model, checkpoint, history and two pictures.",
     )
-    choice = train.add_mutually_exclusive_group()
-    for flag in launch.TRAIN_FLAGS:
-        where = choice if flag.name in ("net", "layers") else train
-        help_text = flag.help + (f" (default: {flag.default})" if flag.default is not None else "")
-        if flag.kind is bool:
-            where.add_argument(launch.flag_name(flag.name), action="store_true", help=help_text)
-        else:
-            where.add_argument(
-                launch.flag_name(flag.name),
-                type=flag.kind,
-                choices=flag.choices,
-                metavar=flag.metavar,
-                help=help_text,
-            )
+    _add_train_flags(train, with_defaults=True)
     train.add_argument(
         "--resume",
         metavar="RUN_DIR",
@@ -236,6 +290,37 @@ def build_parser() -> argparse.ArgumentParser:
         "(only --epochs, --checkpoint-every, --quiet, --data, --backend, --device may change)",
     )
     train.set_defaults(func=cmd_train)
+
+    sweep = sub.add_parser(
+        "sweep",
+        help="train a network at every point of a grid of hyper-parameters",
+        description="Train one network at every point of a grid (each --grid NAME=V1,V2 "
+        "multiplies the trials), --repeats seeds each, one run folder per trial, with "
+        "DIR/sweep.csv and DIR/sweep.png. A trial that fails is recorded and the sweep goes "
+        "on; --resume DIR trains the trials not yet finished.",
+    )
+    sweep.add_argument(
+        "--grid",
+        action="append",
+        metavar="NAME=V1,V2",
+        help=f"a swept parameter and its values; NAME is one of {', '.join(sweeps.SWEPT)}",
+    )
+    sweep.add_argument("--repeats", type=int, metavar="R", help="seeds per grid point (default: 1)")
+    sweep_help = {
+        "workers": "train N trials at a time, each in a process of its own on a core of its own",
+        "cluster": "train the trials on the Dask cluster whose scheduler is at ADDR "
+        "(e.g. tcp://10.0.0.5:8786; pip install 'convnet[cluster]')",
+        "out": "the sweep folder to write",
+        "seed": "the first trial's seed; repeats take the next ones (default: 0)",
+    }
+    _add_train_flags(sweep, skip=NOT_SWEPT, helps=sweep_help, metavars={"out": "DIR"})
+    sweep.add_argument(
+        "--resume",
+        metavar="DIR",
+        help="train the trials of the sweep in DIR not yet finished (with --workers or "
+        "--cluster only)",
+    )
+    sweep.set_defaults(func=cmd_sweep)
 
     evaluate = sub.add_parser(
         "evaluate", help="test accuracy and confusion matrix of a saved model"

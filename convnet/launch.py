@@ -150,8 +150,9 @@ PER_INVOCATION = tuple(f.name for f in TRAIN_FLAGS if f.per_invocation)
 
 
 def typed_flags(args: argparse.Namespace) -> dict[str, Any]:
-    """The train flags typed on this command line (every flag's parser default is None)."""
-    values = {f.name: getattr(args, f.name) for f in TRAIN_FLAGS}
+    """The train flags typed on this command line (every flag's parser default is None;
+    a command without a flag has it as None)."""
+    values = {f.name: getattr(args, f.name, None) for f in TRAIN_FLAGS}
     return {
         name: value for name, value in values.items() if value is not None and value is not False
     }
@@ -316,6 +317,16 @@ def _hyper(args: argparse.Namespace) -> dict[str, Any]:
         "expanded": bool(args.expanded or (recipe and recipe.expanded)),
     }
     _optimizer(hyper)  # a bad --optimizer/--eta/--momentum fails before any data is read
+    return hyper
+
+
+def check_arguments(arguments: dict[str, Any]) -> dict[str, Any]:
+    """The hyper-parameters a run with these ``convnet train`` flags trains with; a bad flag
+    or a misspelt ``layers`` fails here, before any data is read."""
+    args = _with_defaults(arguments)
+    hyper = _hyper(args)
+    if args.layers:
+        _layers(args, args.mini_batch_size)
     return hyper
 
 

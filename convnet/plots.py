@@ -1,8 +1,11 @@
-"""The two pictures a run leaves behind: learning curves and misclassified digits."""
+"""The pictures convnet draws: a run's learning curves and misclassified digits, and a
+sweep's accuracy against its parameters."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -75,3 +78,44 @@ def errors(
     fig.savefig(path)
     plt.close(fig)
     return path
+
+
+def sweep(rows: Sequence[dict[str, Any]], swept: Sequence[str], path: Path) -> Path:
+    """Best validation accuracy against each swept parameter (one panel each), a line per
+    setting of the others, the mean over repeats with their min-max spread as bars."""
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, len(swept), figsize=(5 * len(swept), 4), dpi=100, squeeze=False)
+    for ax, name in zip(axes.flat, swept, strict=True):
+        others = [n for n in swept if n != name]
+        lines: dict[tuple, dict[Any, list[float]]] = {}
+        for row in rows:
+            if row["best_validation_accuracy"] is None:
+                continue
+            line = lines.setdefault(tuple(row[n] for n in others), {})
+            line.setdefault(row[name], []).append(100 * row["best_validation_accuracy"])
+        values = sorted({v for line in lines.values() for v in line}, key=_order)
+        numeric = all(isinstance(v, (int, float)) for v in values)
+        for key, line in lines.items():
+            xs = [v for v in values if v in line]
+            means = [float(np.mean(line[v])) for v in xs]
+            low = [m - min(line[v]) for m, v in zip(means, xs, strict=True)]
+            high = [max(line[v]) - m for m, v in zip(means, xs, strict=True)]
+            label = ", ".join(f"{n}={v}" for n, v in zip(others, key, strict=True)) or None
+            positions = xs if numeric else [values.index(v) for v in xs]
+            ax.errorbar(positions, means, yerr=[low, high], marker="o", capsize=3, label=label)
+        if numeric and values and min(values) > 0 and max(values) >= 10 * min(values):
+            ax.set_xscale("log")
+        if not numeric:
+            ax.set_xticks(range(len(values)), [str(v) for v in values])
+        ax.set(xlabel=name, ylabel="best validation accuracy (%)", title=f"Sweep over {name}")
+        ax.grid(alpha=0.3)
+        if others and len(lines) <= 12:
+            ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def _order(value: Any) -> tuple:
+    return (0, value, "") if isinstance(value, (int, float)) else (1, 0, str(value))
