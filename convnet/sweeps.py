@@ -157,11 +157,11 @@ def sweep(
 
             try:
                 trials.run(planned, out, pool, report)
-            finally:
+            finally:  # an interrupted sweep's table still has every finished trial
                 rows = write_table(out, grid, planned)
-                finished = [r for r in rows if r["status"] == "finished"]
-                if finished:
-                    plots.sweep(finished, list(grid), out / FIGURE_FILE)
+            finished = [r for r in rows if r["status"] == "finished"]
+            if finished:
+                plots.sweep(finished, list(grid), out / FIGURE_FILE)
     if verbose:
         failed = [r for r in rows if r["status"] != "finished"]
         print(
@@ -179,9 +179,16 @@ def read_plan(out: Path) -> tuple[dict[str, list[Any]], list[trials.Trial]]:
     )
     grid_record = stored.record("grid")
     assert grid_record is not None
-    grid = {name: grid_record.column(name, nullable=False) for name in grid_record.value}
+    grid = {}
+    for name, values in grid_record.value.items():
+        if name not in SWEPT or not isinstance(values, list) or not values:
+            grid_record.fail(name, "the values of a swept parameter", values)
+        grid[name] = values
+    entries = stored.raw("trials")
+    if not isinstance(entries, list) or not entries:
+        stored.fail("trials", "a list of trials", entries)
     planned = []
-    for index, entry in enumerate(stored.column("trials", nullable=False)):
+    for index, entry in enumerate(entries):
         if not isinstance(entry, dict) or not isinstance(entry.get("arguments"), dict):
             stored.fail(f"trials[{index}]", "a trial's name and arguments", entry)
         name = str(entry.get("name"))

@@ -60,20 +60,6 @@ def test_workers_without_an_ensemble_or_beyond_the_cores_are_refused(tmp_path, c
     assert f"--workers: expected at most {too_many - 1}, the cores" in capsys.readouterr().err
 
 
-@pytest.fixture(scope="module")
-def cluster():
-    """A real Dask cluster on 127.0.0.1: a scheduler and 2 worker processes, 1 thread each."""
-    distributed = pytest.importorskip("distributed")
-    with distributed.LocalCluster(
-        n_workers=2,
-        threads_per_worker=1,
-        processes=True,
-        host="127.0.0.1",
-        dashboard_address=None,
-    ) as local:
-        yield local.scheduler_address
-
-
 def test_members_trained_on_a_dask_cluster_equal_the_sequential_ones(cluster, tmp_path):
     data = _dataset(tmp_path / "data.npz")
     argv = [*ARGV, "--data", str(data)]
