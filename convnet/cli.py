@@ -6,9 +6,7 @@ from __future__ import annotations
 import argparse
 import errno
 import platform
-import signal
 import sys
-import threading
 from pathlib import Path
 
 import numpy as np
@@ -368,17 +366,11 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _terminate(signum: int, frame: object) -> None:
-    raise KeyboardInterrupt  # SIGTERM ends a run the way Ctrl-C does
-
-
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    terminated = signal.getsignal(signal.SIGTERM)
-    if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGTERM, _terminate)
     try:
-        return int(args.func(args) or 0)
+        with launch.sigterm_as_interrupt():
+            return int(args.func(args) or 0)
     except ConvnetError as exc:  # our errors already say what is wrong: no traceback
         print(f"convnet {args.command}: error: {exc}", file=sys.stderr)
         return 2
@@ -395,9 +387,6 @@ def main(argv: list[str] | None = None) -> int:
         message = str(exc) if isinstance(exc, launch.RunInterruptedError) else "Interrupted."
         print(f"\nconvnet {args.command}: {message}", file=sys.stderr)
         return 130  # 128 + SIGINT, as shells report an interrupted program
-    finally:
-        if threading.current_thread() is threading.main_thread():
-            signal.signal(signal.SIGTERM, terminated)
 
 
 if __name__ == "__main__":

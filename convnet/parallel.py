@@ -10,8 +10,11 @@ code that submits trainings does not change when a Dask cluster's executor
 
 from __future__ import annotations
 
+import ctypes
 import multiprocessing
 import os
+import signal
+import sys
 from collections.abc import Callable
 from concurrent.futures import Executor, ProcessPoolExecutor
 from typing import Any
@@ -45,13 +48,29 @@ def pinned_pool(workers: int) -> ProcessPoolExecutor:
     queue: Any = context.Queue()
     for core in available[:workers]:
         queue.put(core)
-    return ProcessPoolExecutor(workers, mp_context=context, initializer=_pin, initargs=(queue,))
+    return ProcessPoolExecutor(
+        workers, mp_context=context, initializer=_pin, initargs=(queue, os.getpid())
+    )
 
 
-def _pin(queue: Any) -> None:
-    """A worker's first act: take a core of its own, before anything starts threads."""
+def _pin(queue: Any, parent: int) -> None:
+    """A worker's first act: take a core of its own, before anything starts threads; and
+    end with the process that started it, even one killed with SIGKILL (Linux), rather than
+    train on with nobody to hand the result to, into a folder a new run may take over."""
     if hasattr(os, "sched_setaffinity"):
         os.sched_setaffinity(0, {queue.get()})
+    _end_with_parent(parent)
+
+
+PR_SET_PDEATHSIG = 1  # prctl(2)
+
+
+def _end_with_parent(parent: int) -> None:
+    if not sys.platform.startswith("linux"):
+        return
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    if os.getppid() != parent:  # it died before the request was made
+        os.kill(os.getpid(), signal.SIGTERM)
 
 
 def cluster_executor(address: str) -> tuple[Executor, Callable[[], None]]:

@@ -11,9 +11,10 @@ python scripts/chapter6.py park                         # keep unfinished runs i
 epoch; run it again and it goes on where it stopped; finished runs are never trained
 again) and rewrites the report as each run ends: ``docs/CHAPTER6.md``, with
 ``docs/runs/chapter6/`` holding each finished run's history, test-set probabilities (the
-ensemble votes with them) and ``results.json``. ``park`` copies the checkpoints of
-unfinished runs there too, so that a machine that goes away loses nothing: ``table``
-on another machine starts from them.
+ensemble votes with them) and ``results.json``. Every ``--park-every`` minutes, and when
+it stops, ``table`` copies the checkpoints of unfinished runs there too (``park`` does it
+by hand), so that a machine that goes away loses at most those minutes: ``table`` on
+another machine starts from them.
 """
 
 from __future__ import annotations
@@ -25,13 +26,25 @@ import platform
 import shutil
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from convnet import Network, checkpoint, files, load, load_mnist, plots, records, trials, vote
+from convnet import (
+    Network,
+    checkpoint,
+    files,
+    launch,
+    load,
+    load_mnist,
+    plots,
+    records,
+    trials,
+    vote,
+)
 from convnet.book import ENSEMBLE_BOOK_ACCURACY, ENSEMBLE_MEMBERS, RECIPES, layers_for
 from convnet.data.expand import load_expanded
 from convnet.errors import ArgumentError, ConvnetError
@@ -117,6 +130,13 @@ def table_parser(command: str) -> argparse.ArgumentParser:
     parser.add_argument("--backend", choices=["auto", "c", "numba", "jax"])
     parser.add_argument("--epochs", type=int, help="fewer epochs than the book's (a trial run)")
     parser.add_argument("--limit", type=int, help="train on the first N images (a trial run)")
+    parser.add_argument(
+        "--park-every",
+        type=float,
+        default=10.0,
+        metavar="MINUTES",
+        help="copy unfinished checkpoints into docs/ this often (default: 10; 0: only at the end)",
+    )
     return parser
 
 
@@ -176,6 +196,8 @@ def table(argv: list[str]) -> int:
             _unpark(docs, out / trial.name)
             if trials.status(out / trial.name) == "finished":  # trained, never published
                 _publish(out / trial.name, trial, docs, args.data)
+        if not args.cluster and any(RECIPES[t.arguments["net"]].expanded for t in left):
+            _expanded_cache(args)
         print(
             f"chapter 6: {len(todo)} runs, {len(todo) - len(left)} published already; "
             f"training {len(left)} {workers.describe()} into {out}",
@@ -198,12 +220,43 @@ def table(argv: list[str]) -> int:
             print(f"{trial.name}: {what}; {count} of {len(left)} ended", flush=True)
             write_report(out, docs, args.data)
 
+        parking = _Parking(out, docs, args.park_every)
         try:
             trials.run(left, out, workers, ended)
         finally:
+            parking.stop()
             write_report(out, docs, args.data)
     print(f"Wrote {docs / 'CHAPTER6.md'}")
     return 0
+
+
+def _expanded_cache(args: argparse.Namespace) -> None:
+    """The expanded training set built here, once, before the local workers all need it."""
+    training, _, _ = load_mnist(args.data)
+    load_expanded(training)
+
+
+class _Parking:
+    """Parks the unfinished checkpoints every few minutes on a daemon thread, and once more
+    when stopped. Checkpoints are replaced atomically, so a copy is never half-written."""
+
+    def __init__(self, out: Path, docs: Path, minutes: float) -> None:
+        self.out, self.docs = out, docs
+        self._stopped = threading.Event()
+        self._thread = None
+        if minutes > 0:
+            self._thread = threading.Thread(target=self._loop, args=(60 * minutes,), daemon=True)
+            self._thread.start()
+
+    def _loop(self, seconds: float) -> None:
+        while not self._stopped.wait(seconds):
+            park_unfinished(self.out, self.docs)
+
+    def stop(self) -> None:
+        self._stopped.set()
+        if self._thread is not None:
+            self._thread.join()
+        park_unfinished(self.out, self.docs)
 
 
 # -- what is kept in docs/ ----------------------------------------------------------------
@@ -284,21 +337,30 @@ def _commit() -> str | None:
 
 
 def park(argv: list[str]) -> int:
-    """Copy each unfinished run's checkpoint into docs/runs/chapter6/unfinished/."""
     args = table_parser("park").parse_args(argv)
-    out, docs = Path(args.out), Path(args.docs)
+    docs = Path(args.docs)
+    count = park_unfinished(Path(args.out), docs)
+    print(f"Parked {_count(count, 'unfinished run')} in {_runs_dir(docs) / 'unfinished'}")
+    return 0
+
+
+def park_unfinished(out: Path, docs: Path) -> int:
+    """Copy each unfinished run's checkpoint into docs/runs/chapter6/unfinished/, and drop
+    the parked copies of runs since published. Returns how many were parked."""
     parked = _runs_dir(docs) / "unfinished"
     count = 0
     for folder in sorted(p for p in out.glob("*-seed*") if p.is_dir()):
         if trials.status(folder) == "unfinished":
-            parked.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(checkpoint.path_in(folder), parked / f"{folder.name}.npz")
+            try:
+                saved = checkpoint.path_in(folder).read_bytes()
+            except FileNotFoundError:  # it finished since
+                continue
+            files.atomic_write(parked / f"{folder.name}.npz", lambda h, b=saved: h.write(b))
             count += 1
     for stale in parked.glob("*.npz") if parked.is_dir() else []:
         if stale.stem in _published(docs):
             stale.unlink()
-    print(f"Parked {count} unfinished runs in {parked}")
-    return 0
+    return count
 
 
 def _unpark(docs: Path, folder: Path) -> None:
@@ -476,12 +538,22 @@ COMMANDS = {"table": table, "report": report, "park": park}
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     try:
-        if argv and argv[0] in COMMANDS:
-            return COMMANDS[argv[0]](argv[1:])
-        return train_one(argv)
+        with launch.sigterm_as_interrupt():
+            if argv and argv[0] in COMMANDS:
+                return COMMANDS[argv[0]](argv[1:])
+            return train_one(argv)
     except ConvnetError as exc:
         print(f"chapter6.py: error: {exc}", file=sys.stderr)
         return 2
+    except (KeyboardInterrupt, launch.RunInterruptedError):
+        kept = (
+            "; each run's checkpoint is kept, and parked in docs/runs/chapter6/unfinished/. "
+            "The same command goes on from them."
+            if argv[:1] == ["table"]
+            else "."
+        )
+        print(f"\nchapter6.py: interrupted{kept}", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -1,16 +1,18 @@
 """``scripts/chapter6.py table``: the chapter's rows as run folders, published to docs/
-(results.json, CHAPTER6.md), resumable, and carried between machines by ``park``."""
+(results.json, CHAPTER6.md), resumable, and carried between machines by parking."""
 
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
 
-from convnet import load, load_mnist, vote
+from convnet import checkpoint, load, load_mnist, vote
 from convnet.cli import main
 from tests.conftest import REPO
 
@@ -69,7 +71,7 @@ def test_a_parked_run_goes_on_on_another_machine(tmp_path):
     (out / "shallow-seed1" / "checkpoint.npz").write_bytes(
         (started / "checkpoint.npz").read_bytes()
     )
-    assert "Parked 1 unfinished runs" in _chapter6("park", "--out", str(out), "--docs", str(docs))
+    assert "Parked 1 unfinished run in" in _chapter6("park", "--out", str(out), "--docs", str(docs))
     parked = docs / "runs" / "chapter6" / "unfinished" / "shallow-seed1.npz"
     assert parked.exists()
     report = _chapter6("report", "--out", str(out), "--docs", str(docs))
@@ -118,3 +120,32 @@ def test_the_ensemble_row_is_the_vote_of_five_dropout_nets(tmp_path):
     assert f"| ensemble | 99.67 | {run['test_voted']:.2f} (vote of" in (
         (docs / "CHAPTER6.md").read_text()
     )
+
+
+def test_the_table_parks_as_it_goes_and_ends_cleanly_on_sigterm(tmp_path):
+    """A machine that goes away mid-run loses at most ``--park-every`` minutes."""
+    out, docs = tmp_path / "runs", tmp_path / "docs"
+    argv = ["--rows", "shallow", "--seeds", "0", "--epochs", "5000", "--limit", "1000"]
+    where = ["--out", str(out), "--docs", str(docs)]
+    table = subprocess.Popen(
+        [sys.executable, str(SCRIPT), "table", *argv, "--park-every", "0.01", *where],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=REPO,
+    )
+    parked = docs / "runs" / "chapter6" / "unfinished" / "shallow-seed0.npz"
+    deadline = time.monotonic() + 120
+    while not parked.exists() and time.monotonic() < deadline and table.poll() is None:
+        time.sleep(0.1)
+    assert parked.exists()  # while it still runs
+    table.send_signal(signal.SIGTERM)
+    _, err = table.communicate(timeout=120)
+    assert table.returncode == 130
+    assert "interrupted; each run's checkpoint is kept, and parked" in err
+    assert "Traceback" not in err
+    copy = tmp_path / "copy"
+    copy.mkdir()
+    (copy / "checkpoint.npz").write_bytes(parked.read_bytes())
+    assert len(checkpoint.progress(copy).epoch) >= 1
+    assert parked.read_bytes() == (out / "shallow-seed0" / "checkpoint.npz").read_bytes()

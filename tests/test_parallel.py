@@ -3,8 +3,14 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import signal
+import subprocess
+import sys
+import textwrap
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -153,3 +159,35 @@ def test_an_interrupted_ensemble_resumes_only_what_is_missing(tmp_path, capsys, 
     _members_equal(whole, stopped, 3)
     assert main(["train", "--resume", str(stopped)]) == 0
     assert "finished (all 3 members trained, the vote taken)" in capsys.readouterr().out
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux's")
+def test_a_worker_ends_with_its_parent_even_one_killed_with_sigkill():
+    """Else a killed ``table`` or ``sweep`` leaves workers training on into folders that
+    the next run takes over."""
+    parent = textwrap.dedent("""
+        import os, time
+        from convnet import parallel
+        pool = parallel.pinned_pool(1)
+        print(pool.submit(os.getpid).result(), flush=True)
+        pool.submit(time.sleep, 600)
+        time.sleep(600)
+    """)
+    process = subprocess.Popen([sys.executable, "-c", parent], stdout=subprocess.PIPE, text=True)
+    worker = int(process.stdout.readline())
+    assert _running(worker)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    deadline = time.monotonic() + 30
+    while _running(worker) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not _running(worker)
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    state = Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0]
+    return state != "Z"  # a zombie has ended, waiting for its parent to be told

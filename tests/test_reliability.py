@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from convnet import FullyConnectedLayer, Network, SoftmaxLayer, checkpoint
+from convnet import FullyConnectedLayer, Network, SoftmaxLayer, checkpoint, files
 from convnet.cli import main
 from convnet.errors import ModelFileError
 
@@ -189,3 +189,40 @@ def test_an_interrupted_run_says_where_and_keeps_its_checkpoint(tmp_path, mnist_
     assert "Interrupted at epoch" in text and f"convnet train --resume {run}" in text
     _, state, _ = checkpoint.load(run)  # the checkpoint is whole
     assert state.epoch >= 1 and f"checkpoint of epoch {state.epoch - 1} kept" in text
+
+
+def test_a_writer_never_removes_the_file_another_is_still_writing(tmp_path):
+    """Two processes writing one path (two workers building the same cache) both finish;
+    only the leftovers of a killed writer are cleared."""
+    target = tmp_path / "cache.npz"
+    child = textwrap.dedent(f"""
+        import sys, time
+        from pathlib import Path
+        from convnet import files
+        def slow(handle):
+            handle.write(b"theirs")
+            handle.flush()
+            print("writing", flush=True)
+            sys.stdin.readline()  # until the test says go on
+        files.atomic_write(Path({str(target)!r}), slow)
+    """)
+    other = subprocess.Popen(
+        [sys.executable, "-c", child], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
+    assert other.stdout.readline() == "writing\n"
+    killed = tmp_path / f".cache.npz.{files.HOST}-{_dead_pid()}.abc.tmp"
+    killed.write_bytes(b"half")
+    files.atomic_write(target, lambda h: h.write(b"ours"))
+    assert not killed.exists()
+    assert target.read_bytes() == b"ours"
+    other.stdin.write("\n")
+    other.stdin.close()
+    assert other.wait(timeout=60) == 0  # its temporary file was still there to rename
+    assert target.read_bytes() == b"theirs"
+    assert not list(tmp_path.glob(".*.tmp"))
+
+
+def _dead_pid() -> int:
+    ended = subprocess.Popen([sys.executable, "-c", "pass"])
+    ended.wait()
+    return ended.pid
