@@ -543,7 +543,10 @@ def linker_conv() -> None:
 
 def optimizers() -> None:
     """Test accuracy of the book's net A after one epoch on real MNIST (CONVNET_DATA) with
-    the book's SGD (eta 0.1), Adam (0.001) and Nesterov (0.01, momentum 0.9), seeds 0-2."""
+    the book's SGD (eta 0.1), Adam (0.001) and Nesterov (0.01, momentum 0.9), seeds 0-2;
+    and, with PyTorch installed (the bench extra), torch.optim.SGD's plain and Nesterov
+    rules from the same initial weights on the same mini-batches: whether the gap between
+    Nesterov and SGD is the method's or convnet's."""
     from convnet import Network, load_mnist
     from convnet import optimizers as rules
     from convnet.book import layers_for
@@ -554,14 +557,48 @@ def optimizers() -> None:
         "adam 0.001": rules.Adam(0.001),
         "nesterov 0.01/0.9": rules.SGD(0.01, momentum=0.9, nesterov=True),
     }
-    print("| seed | " + " | ".join(choices) + " |")
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        peers = {}
+    else:
+        peers = {
+            "torch sgd 0.1": {"lr": 0.1},
+            "torch nesterov 0.01/0.9": {"lr": 0.01, "momentum": 0.9, "nesterov": True},
+        }
+    print("| seed | " + " | ".join([*choices, *peers]) + " |")
+    print("|---" * (1 + len(choices) + len(peers)) + "|")
     for seed in range(3):
         row = []
         for optimizer in choices.values():
             net = Network(layers_for("shallow", 10), 10, seed=seed)
             history = net.fit(training, 1, optimizer=optimizer, test_data=test, verbose=False)
             row.append(f"{history.test_accuracy[0]:.2%}")
+        for settings in peers.values():
+            net = Network(layers_for("shallow", 10), 10, seed=seed)
+            row.append(f"{_torch_one_epoch(net, training, test, 10, settings):.2%}")
         print(f"| {seed} | " + " | ".join(row) + " |", flush=True)
+
+
+def _torch_one_epoch(net, training, test, mbs: int, settings: dict) -> float:
+    """PyTorch's test accuracy after one epoch from ``net``'s initial weights, the same
+    mini-batches in the same order, network3's cost (no L2 here)."""
+    import torch
+    from peers import torch_model
+
+    torch.set_num_threads(1)
+    model = torch_model(net, net.get_weights())
+    optimizer = torch.optim.SGD(model.parameters(), **settings)
+    x = torch.from_numpy(training[0])
+    y = torch.from_numpy(training[1].astype(np.int64))
+    for start in range(0, len(x) - mbs + 1, mbs):
+        optimizer.zero_grad(set_to_none=True)
+        logits = model(x[start : start + mbs])
+        torch.nn.functional.cross_entropy(logits, y[start : start + mbs]).backward()
+        optimizer.step()
+    with torch.no_grad():
+        predicted = model(torch.from_numpy(test[0])).argmax(1).numpy()
+    return float(np.mean(predicted == test[1]))
 
 
 BREAKDOWN_CHILD = r"""
