@@ -293,7 +293,8 @@ def build_parser() -> argparse.ArgumentParser:
         "sweep",
         help="train a network at every point of a grid of hyper-parameters",
         description="Train one network at every point of a grid (each --grid NAME=V1,V2 "
-        "multiplies the trials), --repeats seeds each, one run folder per trial, with "
+        "multiplies the trials), --repeats seeds each (--repeats alone: one network's "
+        "spread over seeds), one run folder per trial, with "
         "DIR/sweep.csv and DIR/sweep.png. A trial that fails is recorded and the sweep goes "
         "on; --resume DIR trains the trials not yet finished.",
     )

@@ -102,14 +102,20 @@ def sweep(rows: Sequence[dict[str, Any]], swept: Sequence[str], path: Path) -> P
             high = [max(line[v]) - m for m, v in zip(means, xs, strict=True)]
             label = ", ".join(f"{n}={v}" for n, v in zip(others, key, strict=True)) or None
             positions = xs if numeric else [values.index(v) for v in xs]
-            ax.errorbar(positions, means, yerr=[low, high], marker="o", capsize=3, label=label)
+            style = "none" if name == "seed" else "-"  # seeds have no order to join
+            ax.errorbar(
+                positions, means, yerr=[low, high], marker="o", capsize=3, ls=style, label=label
+            )
+            if name == "seed":
+                mean = float(np.mean(means))
+                ax.axhline(mean, color="grey", ls="--", lw=0.8, label=f"mean {mean:.2f}%")
         if numeric and values and min(values) > 0 and max(values) >= 10 * min(values):
             ax.set_xscale("log")
         if not numeric:
             ax.set_xticks(range(len(values)), [str(v) for v in values])
         ax.set(xlabel=name, ylabel="best validation accuracy (%)", title=f"Sweep over {name}")
         ax.grid(alpha=0.3)
-        if others and len(lines) <= 12:
+        if (others and len(lines) <= 12) or name == "seed":
             ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path)

@@ -117,9 +117,12 @@ def sweep(
             )
         grid, planned = read_plan(out)
     else:
-        if not grid:
-            raise ArgumentError("sweep: expected at least one --grid NAME=V1,V2,...")
-        grid = {name: list(values) for name, values in grid.items()}
+        if not grid and repeats < 2:
+            raise ArgumentError(
+                "sweep: expected at least one --grid NAME=V1,V2,... or --repeats R (R >= 2: "
+                "the same network at R seeds)."
+            )
+        grid = {name: list(values) for name, values in (grid or {}).items()}
         planned = plan(grid, repeats, fixed)
         if (out / PLAN_FILE).exists():
             raise ArgumentError(
@@ -161,7 +164,7 @@ def sweep(
                 rows = write_table(out, grid, planned)
             finished = [r for r in rows if r["status"] == "finished"]
             if finished:
-                plots.sweep(finished, list(grid), out / FIGURE_FILE)
+                plots.sweep(finished, list(grid) or ["seed"], out / FIGURE_FILE)
     if verbose:
         failed = [r for r in rows if r["status"] != "finished"]
         print(

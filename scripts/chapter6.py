@@ -474,9 +474,9 @@ def _markdown(results: dict[str, Any], docs: Path) -> str:
         "from `docs/runs/chapter6/`; do not edit by hand. Test accuracy is read at the "
         "epoch of best validation accuracy (the book's rule), and at the last epoch.",
         "",
-        "| row | book | convnet (best validation epoch) | last epoch | seeds | epochs | "
-        "wall (s, each) | device | state |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| row | book | convnet (best validation epoch) | last epoch | mean − book (pp) | "
+        "seeds | epochs | wall (s, each) | device | state |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for row, entry in results["rows"].items():
         runs = entry["runs"]
@@ -485,12 +485,13 @@ def _markdown(results: dict[str, Any], docs: Path) -> str:
                 run = runs[0]
                 lines.append(
                     f"| ensemble | {entry['book']:.2f} | {run['test_voted']:.2f} (vote of "
-                    f"dropout seeds {run['members']}) | | | {run['epochs']} each | "
+                    f"dropout seeds {run['members']}) | | "
+                    f"{run['test_voted'] - entry['book']:+.2f} | | {run['epochs']} each | "
                     f"{run['seconds']:.0f} (all) | {run['device']} | finished |"
                 )
             else:
                 lines.append(
-                    f"| ensemble | {entry['book']:.2f} | | | | | | | waiting for "
+                    f"| ensemble | {entry['book']:.2f} | | | | | | | | waiting for "
                     f"{', '.join(entry['waiting_for'])} |"
                 )
             continue
@@ -499,8 +500,15 @@ def _markdown(results: dict[str, Any], docs: Path) -> str:
         state = ", ".join(f"{r['run']} at epoch {r['epochs_done']}" for r in entry["running"]) or (
             "finished" if runs else "not started"
         )
+        gap = (
+            format(
+                float(np.mean([r["test_at_best_validation"] for r in runs])) - entry["book"], "+.2f"
+            )
+            if runs
+            else ""
+        )
         lines.append(
-            f"| {row} | {entry['book']:.2f} | {best} | {last} | "
+            f"| {row} | {entry['book']:.2f} | {best} | {last} | {gap} | "
             f"{', '.join(str(r['seed']) for r in runs)} | "
             f"{', '.join(sorted({str(r['epochs']) for r in runs}))} | "
             f"{' / '.join(format(r['seconds'], '.0f') for r in runs)} | "

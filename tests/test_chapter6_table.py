@@ -53,6 +53,8 @@ def test_a_row_is_trained_published_and_never_trained_again(tmp_path):
     assert results["rows"]["ensemble"]["waiting_for"][0] == "dropout-seed0"
     report = (docs / "CHAPTER6.md").read_text()
     assert f"| shallow | 97.80 | {run['test_at_best_validation']:.2f} |" in report
+    gap = run["test_at_best_validation"] - 97.80
+    assert f"| {run['test_last']:.2f} | {gap:+.2f} | 0 | 2 |" in report
     assert "| conv | 98.78 |" in report and "not started" in report
     assert (docs / "img" / "chapter6-curves.png").stat().st_size > 10_000
     stamp = (out / "shallow-seed0" / "model.npz").stat().st_mtime_ns

@@ -169,6 +169,23 @@ def test_the_sweep_api_returns_the_rows_of_sweep_csv(tmp_path):
         convnet.sweep(tmp_path / "other", {}, layers=LAYERS)
 
 
+def test_repeats_alone_give_one_networks_spread_over_seeds(tmp_path):
+    data = _dataset(tmp_path / "data.npz")
+    rows = convnet.sweep(
+        tmp_path / "spread", repeats=3, layers=LAYERS, epochs=1, data=str(data), verbose=False
+    )
+    assert [(r["seed"], r["status"]) for r in rows] == [
+        (0, "finished"),
+        (1, "finished"),
+        (2, "finished"),
+    ]
+    first, second = (_weights(tmp_path / "spread" / f"trial-00{k}") for k in (0, 1))
+    assert any(not np.array_equal(first[n], second[n]) for n in first)  # two seeds, two nets
+    assert (tmp_path / "spread" / "sweep.png").stat().st_size > 5_000
+    with pytest.raises(ArgumentError, match="or --repeats R"):
+        convnet.sweep(tmp_path / "one", repeats=1, layers=LAYERS)
+
+
 @pytest.mark.skipif(len(parallel.cores()) < 2, reason="needs 2 cores")
 def test_a_sweep_on_two_workers_equals_the_one_after_another_sweep(tmp_path):
     data = _dataset(tmp_path / "data.npz")
