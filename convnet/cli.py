@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from convnet import __version__, config, kernel, launch, plots, records, runs, sweeps
+from convnet import __version__, config, interrupts, kernel, launch, plots, records, runs, sweeps
 from convnet import backend as backends
 from convnet.data import book_format
 from convnet.data.download import download_mnist
@@ -370,7 +370,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        with launch.sigterm_as_interrupt():
+        with interrupts.interruptible():
             return int(args.func(args) or 0)
     except ConvnetError as exc:  # our errors already say what is wrong: no traceback
         print(f"convnet {args.command}: error: {exc}", file=sys.stderr)
@@ -384,8 +384,8 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 2
-    except (launch.RunInterruptedError, KeyboardInterrupt) as exc:
-        message = str(exc) if isinstance(exc, launch.RunInterruptedError) else "Interrupted."
+    except (launch.RunInterruptedError, KeyboardInterrupt) as exc:  # a sweep's says more
+        message = str(exc) or "Interrupted."
         print(f"\nconvnet {args.command}: {message}", file=sys.stderr)
         return 130  # 128 + SIGINT, as shells report an interrupted program
 

@@ -9,9 +9,7 @@ folder it writes is :mod:`convnet.runs`'.
 from __future__ import annotations
 
 import argparse
-import signal
 import tempfile
-import threading
 from collections.abc import Iterator
 from concurrent.futures import as_completed
 from contextlib import contextmanager, nullcontext
@@ -211,24 +209,6 @@ def _layers(args: argparse.Namespace, mbs: int):
     if args.layers:
         return parse(args.layers, mbs)
     return layers_for(args.net, mbs)
-
-
-@contextmanager
-def sigterm_as_interrupt() -> Iterator[None]:
-    """SIGTERM (``kill``, a scheduler ending a job) ends the work the way Ctrl-C does, so
-    its clean-up runs: checkpoints kept, worker processes stopped, a one-line message."""
-    if threading.current_thread() is not threading.main_thread():  # signals: main thread only
-        yield
-        return
-
-    def interrupt(signum: int, frame: object) -> None:
-        raise KeyboardInterrupt
-
-    before = signal.signal(signal.SIGTERM, interrupt)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, before)
 
 
 class RunInterruptedError(Exception):

@@ -129,42 +129,12 @@ def sweep(
                 f"--out {out}: already holds a sweep. Continue it with --resume {out}, "
                 "or choose another --out."
             )
-    with trials.Workers(workers, cluster) as pool:  # a bad --workers or --cluster writes nothing
-        if not resume:
-            runs.prepare_out(out, overwrite=False)
-        with runs.locked(out):
-            if not resume:
-                files.write_json(
-                    out / PLAN_FILE,
-                    {
-                        "grid": grid,
-                        "trials": [{"name": t.name, "arguments": t.arguments} for t in planned],
-                    },
-                )
-            left = [t for t in planned if trials.status(out / t.name) != "finished"]
-            if verbose:
-                print(
-                    f"Sweep {out}: {len(planned)} trials, {len(planned) - len(left)} done "
-                    f"already; training {len(left)} {pool.describe()}",
-                    flush=True,
-                )
-            ended = 0
-
-            def report(trial: trials.Trial, result: dict[str, Any]) -> None:
-                nonlocal ended
-                ended += 1
-                write_table(out, grid, planned)
-                if verbose:
-                    summary = _describe(trial, grid, result)
-                    print(f"{summary}; {ended} of {len(left)} ended", flush=True)
-
-            try:
-                trials.run(planned, out, pool, report)
-            finally:  # an interrupted sweep's table still has every finished trial
-                rows = write_table(out, grid, planned)
-            finished = [r for r in rows if r["status"] == "finished"]
-            if finished:
-                plots.sweep(finished, list(grid) or ["seed"], out / FIGURE_FILE)
+    try:
+        with trials.Workers(workers, cluster) as pool:  # a bad --workers/--cluster writes nothing
+            rows = _train(out, grid, planned, pool, resume, verbose)
+    except (KeyboardInterrupt, launch.RunInterruptedError):
+        finished = sum(trials.status(out / t.name) == "finished" for t in planned)
+        raise SweepInterruptedError(out, finished, len(planned)) from None
     if verbose:
         failed = [r for r in rows if r["status"] != "finished"]
         print(
@@ -173,6 +143,61 @@ def sweep(
             + (f" ({', '.join(r['trial'] for r in failed)})" if failed else "")
         )
     return rows
+
+
+class SweepInterruptedError(KeyboardInterrupt):
+    """Ctrl-C (or SIGTERM) during a sweep: what is kept, and the command that goes on (still
+    an interruption, so ``except Exception`` does not swallow it)."""
+
+    def __init__(self, out: Path, finished: int, total: int) -> None:
+        super().__init__(
+            f"Interrupted with {finished} of {total} trials finished; the others keep their "
+            f"checkpoints. Resume with: convnet sweep --resume {out}"
+        )
+
+
+def _train(
+    out: Path,
+    grid: dict[str, list[Any]],
+    planned: list[trials.Trial],
+    pool: trials.Workers,
+    resume: bool,
+    verbose: bool,
+) -> list[dict[str, Any]]:
+    """The sweep's trials trained into ``out``, its table rewritten as each one ends."""
+    if not resume:
+        runs.prepare_out(out, overwrite=False)
+    with runs.locked(out):
+        if not resume:
+            files.write_json(
+                out / PLAN_FILE,
+                {
+                    "grid": grid,
+                    "trials": [{"name": t.name, "arguments": t.arguments} for t in planned],
+                },
+            )
+        done = ("finished", "diverged")  # a diverged trial is not tried again
+        left = [t for t in planned if trials.status(out / t.name) not in done]
+        if verbose:
+            print(
+                f"Sweep {out}: {len(planned)} trials, {len(planned) - len(left)} done "
+                f"already; training {len(left)} {pool.describe()}",
+                flush=True,
+            )
+
+        def report(trial: trials.Trial, result: dict[str, Any], progress: str) -> None:
+            write_table(out, grid, planned)
+            if verbose:
+                print(f"{_describe(trial, grid, result)}; {progress}", flush=True)
+
+        try:
+            trials.run(planned, out, pool, report)
+        finally:  # an interrupted sweep's table still has every finished trial
+            rows = write_table(out, grid, planned)
+        finished = [r for r in rows if r["status"] == "finished"]
+        if finished:
+            plots.sweep(finished, list(grid) or ["seed"], out / FIGURE_FILE)
+        return rows
 
 
 def read_plan(out: Path) -> tuple[dict[str, list[Any]], list[trials.Trial]]:

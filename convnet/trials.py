@@ -154,11 +154,19 @@ def run(
     trials: Sequence[Trial],
     parent: Path,
     workers: Workers,
-    on_done: Callable[[Trial, dict[str, Any]], None],
+    on_done: Callable[[Trial, dict[str, Any], str], None],
 ) -> None:
     """Train each trial of ``trials`` not yet finished (nor diverged) into
-    ``parent/name``; ``on_done(trial, summary)`` as each one ends, finished or failed."""
+    ``parent/name``; ``on_done(trial, summary, "K of N ended")`` as each one ends,
+    finished or failed."""
     todo = [t for t in trials if status(parent / t.name) not in ("finished", "diverged")]
+    total, ended = len(todo), 0
+
+    def done(trial: Trial) -> None:
+        nonlocal ended
+        ended += 1
+        on_done(trial, summary(parent / trial.name), f"{ended} of {total} ended")
+
     for trial in todo:
         (parent / trial.name).mkdir(parents=True, exist_ok=True)
     if workers.executor is None:
@@ -167,7 +175,7 @@ def run(
             with _recording(folder):
                 _start(folder)
                 _finish(folder, train_trial(*_task(trial, folder, send_back=False)))
-            on_done(trial, summary(folder))
+            done(trial)
         return
     deaths = dict.fromkeys((t.name for t in todo), 0)
     while todo:
@@ -192,7 +200,7 @@ def run(
                         continue
                     raise RuntimeError(f"its worker process died {ATTEMPTS} times") from None
                 _finish(folder, result)
-            on_done(trial, summary(folder))
+            done(trial)
         if todo:
             workers.renew()
 

@@ -37,6 +37,7 @@ from convnet import (
     Network,
     checkpoint,
     files,
+    interrupts,
     launch,
     load,
     load_mnist,
@@ -203,11 +204,8 @@ def table(argv: list[str]) -> int:
             f"training {len(left)} {workers.describe()} into {out}",
             flush=True,
         )
-        count = 0
 
-        def ended(trial: trials.Trial, result: dict[str, Any]) -> None:
-            nonlocal count
-            count += 1
+        def ended(trial: trials.Trial, result: dict[str, Any], progress: str) -> None:
             if result["status"] == "finished":
                 _publish(out / trial.name, trial, docs, args.data)
                 what = (
@@ -217,7 +215,7 @@ def table(argv: list[str]) -> int:
                 )
             else:
                 what = f"{result['status']}: {result['reason']}"
-            print(f"{trial.name}: {what}; {count} of {len(left)} ended", flush=True)
+            print(f"{trial.name}: {what}; {progress}", flush=True)
             write_report(out, docs, args.data)
 
         parking = _Parking(out, docs, args.park_every)
@@ -345,15 +343,16 @@ def park(argv: list[str]) -> int:
 
 
 def park_unfinished(out: Path, docs: Path) -> int:
-    """Copy each unfinished run's checkpoint into docs/runs/chapter6/unfinished/, and drop
-    the parked copies of runs since published. Returns how many were parked."""
+    """Copy each unfinished run's checkpoint into docs/runs/chapter6/unfinished/ (a failed
+    run's too: ``table`` tries it again), and drop the parked copies of runs since
+    published. Returns how many were parked."""
     parked = _runs_dir(docs) / "unfinished"
     count = 0
     for folder in sorted(p for p in out.glob("*-seed*") if p.is_dir()):
-        if trials.status(folder) == "unfinished":
+        if trials.status(folder) in ("unfinished", "failed"):
             try:
                 saved = checkpoint.path_in(folder).read_bytes()
-            except FileNotFoundError:  # it finished since
+            except FileNotFoundError:  # it finished since, or failed before its first epoch
                 continue
             files.atomic_write(parked / f"{folder.name}.npz", lambda h, b=saved: h.write(b))
             count += 1
@@ -397,14 +396,20 @@ def write_report(out: Path, docs: Path, data: str | None) -> None:
 
 
 def _running(out: Path, row: str) -> list[dict[str, Any]]:
+    """The row's runs started and not finished: epochs done, and why one failed."""
     running = []
     for folder in sorted(out.glob(f"{row}-seed*")):
-        if trials.status(folder) == "unfinished":
-            try:
-                done = len(checkpoint.progress(folder).epoch)
-            except ConvnetError:
-                continue
-            running.append({"run": folder.name, "epochs_done": done})
+        state = trials.status(folder)
+        if state not in ("unfinished", "failed"):
+            continue
+        try:
+            done = len(checkpoint.progress(folder).epoch)
+        except ConvnetError:  # no checkpoint yet
+            done = 0
+        entry: dict[str, Any] = {"run": folder.name, "epochs_done": done}
+        if state == "failed":
+            entry["failed"] = trials.summary(folder)["reason"]
+        running.append(entry)
     return running
 
 
@@ -466,6 +471,14 @@ def _curves(docs: Path, published: dict[str, dict]) -> None:
     plt.close(fig)
 
 
+def _where(run: dict[str, Any]) -> str:
+    where = f"{run['run']} at epoch {run['epochs_done']}"
+    if "failed" in run:
+        reason = run["failed"].replace("|", "\\|")
+        return f"{where}, failed ({reason}); `table` tries it again"
+    return where
+
+
 def _markdown(results: dict[str, Any], docs: Path) -> str:
     lines = [
         "# The book's chapter-6 table, reproduced",
@@ -497,7 +510,7 @@ def _markdown(results: dict[str, Any], docs: Path) -> str:
             continue
         best = " / ".join(f"{r['test_at_best_validation']:.2f}" for r in runs)
         last = " / ".join(f"{r['test_last']:.2f}" for r in runs)
-        state = ", ".join(f"{r['run']} at epoch {r['epochs_done']}" for r in entry["running"]) or (
+        state = ", ".join(_where(r) for r in entry["running"]) or (
             "finished" if runs else "not started"
         )
         gap = (
@@ -546,7 +559,7 @@ COMMANDS = {"table": table, "report": report, "park": park}
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     try:
-        with launch.sigterm_as_interrupt():
+        with interrupts.interruptible():
             if argv and argv[0] in COMMANDS:
                 return COMMANDS[argv[0]](argv[1:])
             return train_one(argv)

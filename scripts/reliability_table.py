@@ -433,6 +433,32 @@ def cli_cases(at: dict[str, Path]) -> list[tuple[str, Callable[[], list[str]], s
             "test_parallel.py::test_workers_without_an_ensemble_or_beyond_the_cores_are_refused",
         ),
         (
+            "A sweep grid value of the wrong type",
+            lambda: [
+                "sweep",
+                "--layers",
+                LAYERS,
+                "--grid",
+                "eta=0.1,fast",
+                "--out",
+                str(TMP / "s"),
+            ],
+            "test_sweeps.py::test_a_bad_grid_is_refused_before_anything_is_written",
+        ),
+        (
+            "A sweep parameter both swept and fixed",
+            lambda: [
+                *["sweep", "--layers", LAYERS, "--grid", "eta=0.1,0.2", "--eta", "0.3"],
+                *["--out", str(TMP / "s")],
+            ],
+            "test_sweeps.py::test_a_parameter_both_swept_and_fixed_is_refused",
+        ),
+        (
+            "A sweep with nothing to sweep",
+            lambda: ["sweep", "--layers", LAYERS, "--out", str(TMP / "s")],
+            "test_sweeps.py::test_repeats_alone_give_one_networks_spread_over_seeds",
+        ),
+        (
             "A full disk while saving",
             lambda: full_disk([*train, "--out", run, "--overwrite"]),
             test + "test_a_full_disk_is_named_and_the_previous_model_is_kept",
@@ -534,6 +560,21 @@ DIVERGENCE_AND_FILES = """
   (`tests/test_reliability.py::test_an_interrupted_run_says_where_and_keeps_its_checkpoint`).
   Checkpoints hold the same weight checks as model files (dtype, shape, finite)
   (`tests/test_reliability.py::test_a_checkpoint_gets_the_same_checks_as_a_model_file`).
+  A Ctrl-C that lands where Python would drop it (a garbage-collector callback such as
+  JAX's, a weak reference's callback, a `__del__`) is delivered again a moment later
+  (`tests/test_reliability.py::test_an_interruption_that_lands_in_a_gc_callback_is_not_lost`).
+  `convnet sweep` says how many trials finished and gives its own `--resume` command
+  (`tests/test_sweeps.py::test_ctrl_c_on_the_driver_keeps_every_finished_trial`);
+  `scripts/chapter6.py table` parks every unfinished checkpoint in `docs/` first, as it also
+  does every 10 minutes
+  (`tests/test_chapter6_table.py::test_the_table_parks_as_it_goes_and_ends_cleanly_on_sigterm`).
+* **Worker processes never outlive their driver.** A pool worker ends with the process that
+  started it, even one killed with SIGKILL, rather than train on into a folder the next run
+  takes over
+  (`tests/test_parallel.py::test_a_worker_ends_with_its_parent_even_one_killed_with_sigkill`);
+  two processes writing the same file (two workers building the expanded set's cache) both
+  succeed, and only a killed writer's leftovers are cleared
+  (`tests/test_reliability.py::test_a_writer_never_removes_the_file_another_is_still_writing`).
 * **A new run never overwrites a trained model.** `convnet train --out DIR` refuses a folder
   that already holds a model or checkpoint (use `--resume`, another folder, or
   `--overwrite`) (`tests/test_cli.py::test_train_never_overwrites_a_trained_model_unless_asked`).

@@ -73,12 +73,23 @@ def test_a_parked_run_goes_on_on_another_machine(tmp_path):
     (out / "shallow-seed1" / "checkpoint.npz").write_bytes(
         (started / "checkpoint.npz").read_bytes()
     )
-    assert "Parked 1 unfinished run in" in _chapter6("park", "--out", str(out), "--docs", str(docs))
+    failed = out / "conv-seed0"  # a run that failed after its first epoch: tried again
+    failed.mkdir()
+    (failed / "checkpoint.npz").write_bytes((started / "checkpoint.npz").read_bytes())
+    (failed / "failed.json").write_text('{"reason": "OSError: disk | gone", "retry": true}')
+    assert "Parked 2 unfinished runs in" in _chapter6(
+        "park", "--out", str(out), "--docs", str(docs)
+    )
     parked = docs / "runs" / "chapter6" / "unfinished" / "shallow-seed1.npz"
-    assert parked.exists()
+    assert parked.exists() and parked.with_name("conv-seed0.npz").exists()
     report = _chapter6("report", "--out", str(out), "--docs", str(docs))
     assert "CHAPTER6.md" in report
-    assert "shallow-seed1 at epoch 1" in (docs / "CHAPTER6.md").read_text()
+    written = (docs / "CHAPTER6.md").read_text()
+    assert "shallow-seed1 at epoch 1 |" in written
+    assert (
+        "conv-seed0 at epoch 1, failed (OSError: disk \\| gone); `table` tries it again" in written
+    )
+    parked.with_name("conv-seed0.npz").unlink()
 
     elsewhere = tmp_path / "elsewhere"  # a machine without the run folder: only docs/
     table = ["table", "--rows", "shallow", "--seeds", "1", "--epochs", "2", "--limit", "1000"]

@@ -226,3 +226,35 @@ def _dead_pid() -> int:
     ended = subprocess.Popen([sys.executable, "-c", "pass"])
     ended.wait()
     return ended.pid
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_an_interruption_that_lands_in_a_gc_callback_is_not_lost(signum):
+    """Python drops an exception raised inside a garbage-collector callback (JAX has one):
+    a Ctrl-C that lands there must still end the work."""
+    child = textwrap.dedent("""
+        import gc, time
+        from convnet import interrupts
+        def callback(phase, info):
+            if phase == "start" and not calls:
+                calls.append(phase)
+                print("in the callback", flush=True)
+                time.sleep(1)
+        calls = []
+        try:
+            with interrupts.interruptible():
+                gc.callbacks.append(callback)
+                gc.collect()
+                time.sleep(10)
+            print("trained on")
+        except KeyboardInterrupt:
+            print("interrupted")
+    """)
+    process = subprocess.Popen(
+        [sys.executable, "-c", child], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    assert process.stdout.readline() == "in the callback\n"
+    process.send_signal(signum)
+    out, err = process.communicate(timeout=60)
+    assert out == "interrupted\n", err
+    assert "Exception ignored" not in err

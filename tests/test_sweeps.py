@@ -302,6 +302,11 @@ def test_ctrl_c_on_the_driver_keeps_every_finished_trial(tmp_path):
     rows = _rows(out)
     assert rows[0]["status"] == "finished"
     finished = [r["trial"] for r in rows if r["status"] == "finished"]
+    assert (
+        f"convnet sweep: Interrupted with {len(finished)} of 3 trials finished; the others "
+        in stderr
+    )
+    assert stderr.rstrip().endswith(f"Resume with: convnet sweep --resume {out}")
     stamps = {n: (out / n / "model.npz").stat().st_mtime_ns for n in finished}
     assert main(["sweep", "--resume", str(out), "--quiet"]) == 0
     assert [r["status"] for r in _rows(out)] == ["finished"] * 3
