@@ -189,6 +189,7 @@ def table(argv: list[str]) -> int:
     args = table_parser("table").parse_args(argv)
     out, docs = Path(args.out), Path(args.docs)
     todo = planned(args)
+    commit = _commit()
     published = _published(docs)
     left = [t for t in todo if t.name not in published]
     with trials.Workers(args.workers, args.cluster) as workers:
@@ -196,7 +197,7 @@ def table(argv: list[str]) -> int:
         for trial in left:
             _unpark(docs, out / trial.name)
             if trials.status(out / trial.name) == "finished":  # trained, never published
-                _publish(out / trial.name, trial, docs, args.data)
+                _publish(out / trial.name, trial, docs, args.data, commit)
         if not args.cluster and any(RECIPES[t.arguments["net"]].expanded for t in left):
             _expanded_cache(args)
         print(
@@ -207,7 +208,7 @@ def table(argv: list[str]) -> int:
 
         def ended(trial: trials.Trial, result: dict[str, Any], progress: str) -> None:
             if result["status"] == "finished":
-                _publish(out / trial.name, trial, docs, args.data)
+                _publish(out / trial.name, trial, docs, args.data, commit)
                 what = (
                     f"test accuracy {result['test_accuracy_at_best']:.2%} at the best "
                     f"validation epoch ({result['best_epoch']}), "
@@ -271,7 +272,9 @@ def _published(docs: Path) -> dict[str, dict[str, Any]]:
     return found
 
 
-def _publish(folder: Path, trial: trials.Trial, docs: Path, data: str | None) -> None:
+def _publish(
+    folder: Path, trial: trials.Trial, docs: Path, data: str | None, commit: str | None
+) -> None:
     """A finished run's record, history and test-set probabilities, into docs/."""
     target = _runs_dir(docs)
     target.mkdir(parents=True, exist_ok=True)
@@ -299,7 +302,7 @@ def _publish(folder: Path, trial: trials.Trial, docs: Path, data: str | None) ->
         "host": result["host"],
         "machine": machine(),
         "limit": trial.arguments.get("limit"),
-        "commit": _commit(),
+        "commit": commit,
         "command": "python scripts/chapter6.py table " + " ".join(sys.argv[2:]),
         "finished": True,
     }
@@ -323,15 +326,25 @@ def machine() -> str:
 
 
 def _commit() -> str | None:
+    """The commit the code that trains comes from, read when ``table`` starts (later
+    commits do not change what a running table trains with); ``+changes`` when convnet's
+    or the script's files differ from it."""
     try:
-        return subprocess.run(
-            ["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"],
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout.strip()
+        head, changed = (
+            subprocess.run(
+                ["git", "-C", str(ROOT), *command],
+                capture_output=True,
+                text=True,
+                check=True,
+            ).stdout.strip()
+            for command in (
+                ["rev-parse", "--short", "HEAD"],
+                ["status", "--porcelain", "--untracked-files=no", "--", "convnet", "scripts"],
+            )
+        )
     except (OSError, subprocess.CalledProcessError):
         return None
+    return f"{head}+changes" if changed else head
 
 
 def park(argv: list[str]) -> int:
