@@ -48,7 +48,8 @@ def test_a_row_is_trained_published_and_never_trained_again(tmp_path):
     assert run["test_at_best_validation"] == round(100 * history["test_accuracy_at_best"], 2)
     assert run["test_last"] == round(100 * history["test_accuracy"][-1], 2)
     assert run["device"] == "cpu" and run["seconds"] > 0
-    assert re.fullmatch(r"[0-9a-f]{7,}(\+changes)?", run["commit"]), run["commit"]
+    if (REPO / ".git").exists():  # the commit the table started at
+        assert re.fullmatch(r"[0-9a-f]{7,}(\+changes)?", run["commit"]), run["commit"]
     _, _, (images, labels) = load_mnist()
     stored = np.load(docs / "runs" / "chapter6" / "shallow-seed0.probabilities.npz")["test"]
     np.testing.assert_allclose(stored, load(out / "shallow-seed0").predict_proba(images), 1e-6)
