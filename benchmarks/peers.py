@@ -1,4 +1,5 @@
-"""The peers convnet is measured against: PyTorch (eager, torch.compile) and hand-written JAX.
+"""The peers convnet is measured against: PyTorch (eager, torch.compile, torch.compile with
+CUDA graphs) and hand-written JAX (one jitted step per call, or ``lax.scan`` over many).
 
 Each builds the same network as a convnet ``Network`` from the same initial weights (conv
 kernels flipped: convnet convolves, PyTorch and lax correlate), trains it on the same
@@ -63,8 +64,12 @@ def _act(layer):
     return layer.describe()["activation_fn"]
 
 
-def torch_run(net, initial, data, mbs, eta, lmbda, compiled, device="cpu"):
-    """Train one pass; on "cuda" data and weights live on the GPU and timing synchronises."""
+def torch_run(net, initial, data, mbs, eta, lmbda, compiled, device="cpu", mode=None):
+    """Train one pass; on "cuda" data and weights live on the GPU and timing synchronises.
+
+    ``mode`` is torch.compile's: "reduce-overhead" records CUDA graphs, what a GPU user
+    picks for small steps. A graph's outputs are overwritten by its next replay, so each
+    step's loss is copied out before the next one runs."""
     import torch
 
     if device == "cpu":
@@ -90,8 +95,17 @@ def torch_run(net, initial, data, mbs, eta, lmbda, compiled, device="cpu"):
 
     if compiled:
         torch._dynamo.reset()  # a fresh model per repeat would otherwise hit the recompile limit
-    run = torch.compile(step) if compiled else step
-    run(x_all[:mbs], y_all[:mbs])  # warm-up (compiles under torch.compile)
+    run = torch.compile(step, mode=mode) if compiled else step
+    graphs = compiled and mode == "reduce-overhead"
+
+    def call(x, y):
+        if graphs:
+            torch.compiler.cudagraph_mark_step_begin()
+            return run(x, y).clone()
+        return run(x, y)
+
+    for _ in range(3 if graphs else 1):  # warm-up: compiles; CUDA graphs record on a later call
+        call(x_all[:mbs], y_all[:mbs])
     model2 = torch_model(net, initial).to(device)  # restart from the same weights
     for a, b in zip(model.steps, model2.steps, strict=True):
         a.weight.data.copy_(b.weight.data)
@@ -101,20 +115,19 @@ def torch_run(net, initial, data, mbs, eta, lmbda, compiled, device="cpu"):
         torch.cuda.synchronize()
     start = time.perf_counter()
     for i in range(n_batches):
-        losses.append(run(x_all[i * mbs : (i + 1) * mbs], y_all[i * mbs : (i + 1) * mbs]))
+        losses.append(call(x_all[i * mbs : (i + 1) * mbs], y_all[i * mbs : (i + 1) * mbs]))
     if device != "cpu":
         torch.cuda.synchronize()
     seconds = time.perf_counter() - start
     return seconds, float(torch.stack(losses).mean())
 
 
-def jax_run(net, initial, data, mbs, eta, lmbda):
-    """Hand-written JAX: one jitted SGD step per call, data and weights on the device."""
+def _jax_model(net, initial, mbs, lmbda, n_batches):
+    """(params, cost(params, x, y)) of ``net`` in plain JAX, from convnet's weights."""
     import jax
     import jax.numpy as jnp
 
     acts = {"relu": jax.nn.relu, "sigmoid": jax.nn.sigmoid, "tanh": jnp.tanh, "linear": lambda z: z}
-    n_batches = len(data[0]) // mbs
     params = []
     for layer, (w, b) in zip(
         net.layers, zip(initial[::2], initial[1::2], strict=True), strict=True
@@ -144,22 +157,76 @@ def jax_run(net, initial, data, mbs, eta, lmbda):
         l2 = sum((w * w).sum() for w, _ in params)
         return -logp[jnp.arange(mbs), y].mean() + 0.5 * lmbda / n_batches * l2
 
-    x_all, y_all = jnp.asarray(data[0]), jnp.asarray(data[1])
+    return params, cost
 
-    @jax.jit
-    def step(params, i, x_all, y_all):
-        # Data passed as arguments: captured arrays would be baked into the program.
-        x = jax.lax.dynamic_slice_in_dim(x_all, i * mbs, mbs)
-        y = jax.lax.dynamic_slice_in_dim(y_all, i * mbs, mbs)
-        loss, grads = jax.value_and_grad(cost)(params, x, y)
-        return jax.tree.map(lambda p, g: p - eta * g, params, grads), loss
 
-    jax.block_until_ready(step(params, 0, x_all, y_all))  # compile
-    losses = []
-    start = time.perf_counter()
-    for i in range(n_batches):
-        params, loss = step(params, i, x_all, y_all)
-        losses.append(loss)
-    jax.block_until_ready(params)
-    seconds = time.perf_counter() - start
-    return seconds, float(jnp.stack(losses).mean())
+def _jax_device(device):
+    import jax
+
+    return jax.default_device(jax.devices("gpu" if device in ("gpu", "cuda") else "cpu")[0])
+
+
+def jax_run(net, initial, data, mbs, eta, lmbda, device="cpu"):
+    """Hand-written JAX: one jitted SGD step per call, data and weights on the device."""
+    import jax
+    import jax.numpy as jnp
+
+    n_batches = len(data[0]) // mbs
+    with _jax_device(device):
+        params, cost = _jax_model(net, initial, mbs, lmbda, n_batches)
+        x_all, y_all = jnp.asarray(data[0]), jnp.asarray(data[1])
+
+        @jax.jit
+        def step(params, i, x_all, y_all):
+            # Data passed as arguments: captured arrays would be baked into the program.
+            x = jax.lax.dynamic_slice_in_dim(x_all, i * mbs, mbs)
+            y = jax.lax.dynamic_slice_in_dim(y_all, i * mbs, mbs)
+            loss, grads = jax.value_and_grad(cost)(params, x, y)
+            return jax.tree.map(lambda p, g: p - eta * g, params, grads), loss
+
+        jax.block_until_ready(step(params, 0, x_all, y_all))  # compile
+        losses = []
+        start = time.perf_counter()
+        for i in range(n_batches):
+            params, loss = step(params, i, x_all, y_all)
+            losses.append(loss)
+        jax.block_until_ready(params)
+        seconds = time.perf_counter() - start
+        return seconds, float(jnp.stack(losses).mean())
+
+
+def jax_scan_run(net, initial, data, mbs, eta, lmbda, device="cpu", steps=100):
+    """Hand-written JAX as a GPU user tunes it: ``lax.scan`` over ``steps`` SGD steps per
+    call (and one shorter call for the remainder), so the host launches once per chunk."""
+    import jax
+    import jax.numpy as jnp
+
+    n_batches = len(data[0]) // mbs
+    steps = min(steps, n_batches)
+    with _jax_device(device):
+        params, cost = _jax_model(net, initial, mbs, lmbda, n_batches)
+        x_all, y_all = jnp.asarray(data[0]), jnp.asarray(data[1])
+
+        def chunk(params, first, x_all, y_all, count):
+            def one(params, i):
+                x = jax.lax.dynamic_slice_in_dim(x_all, i * mbs, mbs)
+                y = jax.lax.dynamic_slice_in_dim(y_all, i * mbs, mbs)
+                loss, grads = jax.value_and_grad(cost)(params, x, y)
+                return jax.tree.map(lambda p, g: p - eta * g, params, grads), loss
+
+            return jax.lax.scan(one, params, first + jnp.arange(count))
+
+        run = jax.jit(chunk, static_argnums=4)
+        calls = [(first, steps) for first in range(0, n_batches - steps + 1, steps)]
+        if n_batches % steps:
+            calls.append((n_batches - n_batches % steps, n_batches % steps))
+        for count in {count for _, count in calls}:  # compile each length once
+            jax.block_until_ready(run(params, 0, x_all, y_all, count))
+        losses = []
+        start = time.perf_counter()
+        for first, count in calls:
+            params, chunk_losses = run(params, first, x_all, y_all, count)
+            losses.append(chunk_losses)
+        jax.block_until_ready(params)
+        seconds = time.perf_counter() - start
+        return seconds, float(jnp.concatenate(losses).mean())
