@@ -23,7 +23,7 @@ from convnet.callbacks import Callback, EarlyStopping, EtaSchedule, Position
 from convnet.data.expand import load_expanded
 from convnet.data.mnist import load_mnist
 from convnet.errors import ArgumentError, check_number
-from convnet.network import Network, load
+from convnet.network import Network
 from convnet.records import Fields
 from convnet.spec import parse
 
@@ -417,9 +417,10 @@ def _train_members(
             if not args.quiet:
                 print(f"Saved {folder}/model.npz, model.json, history, curves.png, errors.png")
     if members > 1:
-        folders = [runs.member_dir(run_dir, k, members) for k in range(members)]
-        nets = [load(folder, backend=args.backend, device=args.device) for folder in folders]
-        result = runs.write_ensemble(run_dir, nets, _data(args)[2])
+        test = _data(args)[2]
+        result = runs.write_ensemble(
+            run_dir, members, test, backend=args.backend, device=args.device
+        )
         for k, accuracy in enumerate(result["members"]):
             print(f"member {k}: test accuracy {accuracy:.2%}")
         print(f"voted ({members} nets): test accuracy {result['voted']:.2%}")

@@ -60,21 +60,34 @@ def curves(history: History, path: Path) -> Path:
 def errors(
     images: np.ndarray, truth: np.ndarray, predicted: np.ndarray, path: Path, limit: int = 36
 ) -> Path:
-    """A grid of misclassified digits, each titled "true -> predicted" (600x600 px)."""
+    """A grid of misclassified digits, each titled "true -> predicted" (600 px wide, 100 px
+    a row). The digits are one mosaic in one axes: a subplot per digit took ~1.3 s."""
     plt = _pyplot()
     wrong = np.flatnonzero(truth != predicted)[:limit]
-    cols = 6
+    cols, cell, title = 6, 28, 12  # a cell: a title band above a 28 x 28 digit, in pixels
     rows = max(1, -(-len(wrong) // cols))
-    fig, axes = plt.subplots(rows, cols, figsize=(6, max(1, rows)), dpi=100, squeeze=False)
-    for ax in axes.flat:
-        ax.axis("off")
-    for ax, index in zip(axes.flat, wrong, strict=False):
-        ax.imshow(images[index].reshape(28, 28), cmap="gray_r")
-        ax.set_title(f"{truth[index]} → {predicted[index]}", fontsize=8)
+    height, width = cell + title, cell + 8
+    mosaic = np.zeros((rows * height, cols * width), np.float32)
+    for k, index in enumerate(wrong):
+        top, left = (k // cols) * height + title, (k % cols) * width + 4
+        mosaic[top : top + cell, left : left + cell] = images[index].reshape(cell, cell)
+    fig = plt.figure(figsize=(6, max(1, rows)), dpi=100)
+    ax = fig.add_axes((0.02, 0.0, 0.96, 0.94 if rows > 1 else 0.8))
+    ax.imshow(
+        mosaic,
+        cmap="gray_r",
+        vmin=0.0,
+        vmax=max(1.0, float(mosaic.max())),
+        interpolation="antialiased",
+        aspect="auto",
+    )
+    ax.axis("off")
+    for k, index in enumerate(wrong):
+        x, y = (k % cols) * width + width / 2, (k // cols) * height + title - 2
+        ax.text(x, y, f"{truth[index]} → {predicted[index]}", ha="center", va="bottom", fontsize=8)
     if not len(wrong):
-        axes.flat[0].text(0.5, 0.5, "no errors", ha="center", va="center")
+        ax.text(cols * width / 2, height / 2, "no errors", ha="center", va="center")
     fig.suptitle("Misclassified test digits (true → predicted)", fontsize=9)
-    fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
     return path

@@ -1,7 +1,9 @@
 """Run folders: what a training run, or an ensemble of them, leaves on disk.
 
 A run folder holds ``model.npz`` + ``model.json`` (the model), ``history.json`` /
-``history.csv``, ``checkpoint.npz`` (for ``--resume``) and two pictures; an ensemble's
+``history.csv``, ``checkpoint.npz`` (for ``--resume``), two pictures and
+``test-probabilities.npz`` (the trained model's answers on the test set, for the vote
+without rebuilding the model); an ensemble's
 folder holds one run folder per member (``member-K``), ``ensemble-plan.json`` (its
 arguments, written before the first member, for ``--resume``) and ``ensemble.json`` (each
 member's test accuracy and the vote's). Every file is written atomically, and a folder that already
@@ -11,6 +13,8 @@ holds a trained model is never reused unless asked.
 from __future__ import annotations
 
 import fcntl
+import hashlib
+import io
 import os
 import tempfile
 from collections.abc import Iterator, Sequence
@@ -33,6 +37,7 @@ Split = tuple[np.ndarray, np.ndarray]
 LOCK_FILE = ".convnet.lock"
 ENSEMBLE_FILE = "ensemble.json"  # the vote, written when every member is trained
 PLAN_FILE = "ensemble-plan.json"  # the ensemble's arguments, written before any member
+PROBABILITIES_FILE = "test-probabilities.npz"  # with the sha256 of the model.npz they are of
 KEPT_FILES = ("model.npz", "checkpoint.npz", ENSEMBLE_FILE, PLAN_FILE)  # never replaced
 
 
@@ -142,8 +147,44 @@ def train(
     write_history(run_dir, history)
     plots.curves(history, run_dir / "curves.png")
     if test is not None:
-        plots.errors(test[0], test[1], net.predict(test[0]), run_dir / "errors.png")
+        probabilities = net.predict_proba(test[0])
+        write_probabilities(run_dir, probabilities)
+        plots.errors(test[0], test[1], probabilities.argmax(1), run_dir / "errors.png")
     return history
+
+
+def _model_digest(run_dir: Path) -> str:
+    return hashlib.sha256(serialization.model_paths(run_dir)[0].read_bytes()).hexdigest()
+
+
+def write_probabilities(run_dir: Path, probabilities: np.ndarray) -> None:
+    """The test set's class probabilities beside the model they came from (its digest)."""
+    digest = np.array(_model_digest(run_dir))
+    buffer = io.BytesIO()
+    np.savez(buffer, test=probabilities.astype(np.float32), model_sha256=digest)
+    files.atomic_write(run_dir / PROBABILITIES_FILE, lambda h: h.write(buffer.getvalue()))
+
+
+def test_probabilities(
+    run_dir: Path, test: Split, *, backend: str | None = None, device: str | None = None
+) -> np.ndarray:
+    """The model's class probabilities on ``test``: read back when ``run_dir`` holds them
+    for exactly this model and test set, else computed from the model (a folder from an
+    older convnet, or one whose model changed after them)."""
+    try:
+        stored = records.read_npz(run_dir / PROBABILITIES_FILE, "test-set probabilities")
+        kept, digest = stored["test"], str(stored["model_sha256"])
+        if (
+            kept.ndim == 2
+            and kept.dtype == np.float32
+            and len(kept) == len(test[1])
+            and np.isfinite(kept).all()
+            and digest == _model_digest(run_dir)
+        ):
+            return kept
+    except (ModelFileError, KeyError, OSError):
+        pass
+    return load(run_dir, backend=backend, device=device).predict_proba(test[0])
 
 
 def write_history(run_dir: Path, history: History) -> None:
@@ -151,9 +192,19 @@ def write_history(run_dir: Path, history: History) -> None:
     files.atomic_write(run_dir / "history.csv", lambda h: h.write(history.to_csv().encode()))
 
 
-def write_ensemble(run_dir: Path, nets: Sequence[Network], test: Split) -> dict[str, Any]:
+def write_ensemble(
+    run_dir: Path,
+    members: int,
+    test: Split,
+    *,
+    backend: str | None = None,
+    device: str | None = None,
+) -> dict[str, Any]:
     """Each member's test accuracy and the vote's, into ``run_dir/ensemble.json``."""
-    probabilities = [net.predict_proba(test[0]) for net in nets]
+    probabilities = [
+        test_probabilities(member_dir(run_dir, k, members), test, backend=backend, device=device)
+        for k in range(members)
+    ]
     accuracies = [float(np.mean(p.argmax(1) == test[1])) for p in probabilities]
     result = {"members": accuracies, "voted": float(np.mean(vote(probabilities) == test[1]))}
     files.write_json(run_dir / ENSEMBLE_FILE, result)

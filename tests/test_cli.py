@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from convnet import load, load_mnist
+from convnet import load, load_mnist, runs
 from convnet.cli import main
 from tests.test_data import _write_fake_mnist
 
@@ -112,6 +112,34 @@ def test_ensemble_reports_members_and_vote(tmp_path, capsys):
     assert len(result["members"]) == 3 and 0.7 < result["voted"] <= 1.0
     assert (tmp_path / "member-2" / "model.npz").is_file()
     assert "voted (3 nets)" in capsys.readouterr().out
+
+
+def test_the_vote_reads_each_members_probabilities_only_while_they_match_its_model(
+    tmp_path, monkeypatch
+):
+    assert _train(tmp_path, "--ensemble", "2") == 0
+    test = load_mnist()[2]
+    members = [tmp_path / "member-0", tmp_path / "member-1"]
+    computed = [load(m).predict_proba(test[0]) for m in members]
+    for member, fresh in zip(members, computed, strict=True):
+        kept = np.load(member / runs.PROBABILITIES_FILE)["test"]
+        np.testing.assert_allclose(kept, fresh, atol=1e-6)
+    # Stale answers (the model changed after them) and damaged ones are recomputed.
+    stale = np.load(members[0] / runs.PROBABILITIES_FILE)
+    np.savez(
+        members[0] / runs.PROBABILITIES_FILE,
+        test=stale["test"][:, ::-1].copy(),
+        model_sha256=np.array("0" * 64),
+    )
+    (members[1] / runs.PROBABILITIES_FILE).write_bytes(b"not an npz")
+    first = json.loads((tmp_path / "ensemble.json").read_text())
+    again = runs.write_ensemble(tmp_path, 2, test)
+    assert again == first
+    # While they match, the vote never rebuilds a member.
+    for member, fresh in zip(members, computed, strict=True):
+        runs.write_probabilities(member, fresh)
+    monkeypatch.setattr(runs, "load", lambda *a, **k: pytest.fail("rebuilt a member"))
+    assert runs.write_ensemble(tmp_path, 2, test) == first
 
 
 def test_expand_mnist_caches_the_expansion(tmp_path, monkeypatch, capsys):
