@@ -16,6 +16,7 @@
     python benchmarks/experiments.py linker-conv         # C / Numba backends: slices vs Im2Col Op
     python benchmarks/experiments.py optimizers          # net A, 1 epoch: SGD, Adam, Nesterov
     python benchmarks/experiments.py train-breakdown     # net C's conv layers: fused vs XLA, by pass
+    python benchmarks/experiments.py ensemble-bound      # what 5 nets as one program could gain here
 
 Each prints its own table. They run on synthetic MNIST-shaped data except eval-batch and
 eval-limit (real test set: set CONVNET_DATA). Pinned to one core, as in bench.py.
@@ -651,8 +652,71 @@ def train_breakdown() -> None:
             print(f"| {mbs} | {conv} | " + " | ".join(f"{v:.1f}" for v in row) + " |", flush=True)
 
 
+STEP_CHILD = r"""
+import sys
+import numpy as np
+from convnet import Network
+from convnet.book import layers_for
+net_name, mbs = sys.argv[1], int(sys.argv[2])
+rng = np.random.default_rng(0)
+x = rng.random((2000, 784), dtype=np.float32)
+y = rng.integers(0, 10, 2000).astype(np.int32)
+net = Network(layers_for(net_name, mbs), mbs, seed=0)
+best = min(
+    net.SGD((x, y), 2, mbs, 0.03, verbose=False, steps_per_call=100).seconds[1]
+    for _ in range(3)
+)
+print(best / 2000 * 1e6)
+"""
+
+FIRST_LAYER_CHILD = r"""
+import sys, time
+import numpy as np, pytensor, pytensor.tensor as pt
+from convnet import backend as backends, ops
+mbs, f = int(sys.argv[1]), int(sys.argv[2])
+mode = backends.resolve("jax", "cpu").mode
+rng = np.random.default_rng(0)
+x = pt.tensor4("x", dtype="float32", shape=(mbs, 1, 28, 28))
+filters = pt.tensor4("w", dtype="float32", shape=(f, 1, 5, 5))
+out = ops.conv_pool_train(x, filters, poolsize=(2, 2), image_shape=(1, 28, 28),
+                          filter_shape=(f, 1, 5, 5))
+xv = rng.random((mbs, 1, 28, 28), dtype=np.float32)
+xv[:, :, :4] = 0.0
+wv = rng.normal(0, 0.1, (f, 1, 5, 5)).astype(np.float32)
+g = pt.constant(rng.normal(size=(mbs, f, 12, 12)).astype("float32"))
+fn = pytensor.function([x, filters], pt.grad((out * g).sum(), [filters]), mode=mode)
+fn(xv, wv)
+calls, best = max(20, 20_000 // mbs), np.inf
+for _ in range(3):
+    start = time.perf_counter()
+    for _ in range(calls):
+        fn(xv, wv)
+    best = min(best, (time.perf_counter() - start) / calls)
+print(best / mbs * 1e6)
+"""
+
+
+def ensemble_bound() -> None:
+    """What training 5 members as one program could save on this core, at most: only the
+    first conv layer reads the same input in every member, so its 5 x 20 filters can be one
+    100-filter pass; every later layer (and the update) has 5 members' own weights and
+    inputs, the same arithmetic and memory traffic however it is batched. Bound: 5 members'
+    step over (5 steps less 5 first layers plus one 100-filter first layer)."""
+    print(
+        "| net | step (us/image) | first layer, 20 filters (fwd + dW) | 100 filters | "
+        "5 apart / 5 as one program, at best |"
+    )
+    print("|---|---|---|---|---|")
+    first, first_100 = (_child(FIRST_LAYER_CHILD, 10, f)[0] for f in (20, 100))
+    for name in ("relu", "dropout"):
+        step = _child(STEP_CHILD, name, 10)[0]
+        bound = 5 * step / (5 * (step - first) + first_100)
+        print(f"| {name} | {step:.1f} | {first:.1f} | {first_100:.1f} | {bound:.2f} |", flush=True)
+
+
 COMMANDS = {
     "train-breakdown": train_breakdown,
+    "ensemble-bound": ensemble_bound,
     "optimizers": optimizers,
     "linker-conv": linker_conv,
     "eval-limit": eval_limit,
