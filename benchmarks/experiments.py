@@ -17,6 +17,7 @@
     python benchmarks/experiments.py optimizers          # net A, 1 epoch: SGD, Adam, Nesterov
     python benchmarks/experiments.py train-breakdown     # net C's conv layers: fused vs XLA, by pass
     python benchmarks/experiments.py ensemble-bound      # what 5 nets as one program could gain here
+    python benchmarks/experiments.py fc-profile          # the dropout net's FC1000 passes under XLA
 
 Each prints its own table. They run on synthetic MNIST-shaped data except eval-batch and
 eval-limit (real test set: set CONVNET_DATA). Pinned to one core, as in bench.py.
@@ -714,9 +715,60 @@ def ensemble_bound() -> None:
         print(f"| {name} | {step:.1f} | {first:.1f} | {first_100:.1f} | {bound:.2f} |", flush=True)
 
 
+def fc_profile() -> None:
+    """Microseconds per mini-batch of 10 for each pass over the book's dropout net's two FC
+    layers' weights (640 x 1000, 1000 x 1000) under XLA on one core, each a jitted
+    function, best of 3 x 200 calls; and the weight update as a GEMM plus an elementwise
+    pass against the same update written as 10 rank-one products that XLA fuses into one
+    pass over the donated weights."""
+    import jax
+    import jax.numpy as jnp
+
+    def micros(function: Any, *args: Any, donate: bool = False) -> float:
+        weights, rest = args[0], args[1:]
+        out = function(weights, *rest)
+        weights = out if donate else weights
+        jax.block_until_ready(out)
+        best = np.inf
+        for _ in range(3):
+            start = time.perf_counter()
+            for _ in range(200):
+                out = function(weights, *rest)
+                weights = out if donate else weights
+            jax.block_until_ready(out)
+            best = min(best, (time.perf_counter() - start) / 200)
+        return best * 1e6
+
+    rng = np.random.default_rng(0)
+    print(
+        "| weights | forward h W | dX = d W^T | dW = h^T d | update W - eta dW | "
+        "dW + update, one GEMM then add (donated) | as 10 rank-one products (donated) |"
+    )
+    print("|---|---|---|---|---|---|---|")
+    for k, n in ((640, 1000), (1000, 1000)):
+        w = jnp.asarray(rng.random((k, n), dtype=np.float32))
+        h = jnp.asarray(rng.random((10, k), dtype=np.float32))
+        d = jnp.asarray(rng.random((10, n), dtype=np.float32))
+        gemm = jax.jit(lambda w, h, d: w - 0.03 * (h.T @ d), donate_argnums=0)
+        outer = jax.jit(
+            lambda w, h, d: w - 0.03 * sum(h[m][:, None] * d[m][None, :] for m in range(10)),
+            donate_argnums=0,
+        )
+        row = [
+            micros(jax.jit(lambda w, h: h @ w), w, h),
+            micros(jax.jit(lambda w, d: d @ w.T), w, d),
+            micros(jax.jit(lambda h, d: h.T @ d), h, d),
+            micros(jax.jit(lambda w, g: w - 0.03 * g), w, w),
+            micros(gemm, w.copy(), h, d, donate=True),
+            micros(outer, w.copy(), h, d, donate=True),
+        ]
+        print(f"| {k} x {n} | " + " | ".join(f"{v:.0f}" for v in row) + " |", flush=True)
+
+
 COMMANDS = {
     "train-breakdown": train_breakdown,
     "ensemble-bound": ensemble_bound,
+    "fc-profile": fc_profile,
     "optimizers": optimizers,
     "linker-conv": linker_conv,
     "eval-limit": eval_limit,
