@@ -220,6 +220,67 @@ void AddWeightGradient(const Shape& s, const int64_t* tap, const int64_t* pos, c
   }
 }
 
+// A one-channel layer's weight gradient straight from the pooled gradient, for layers
+// whose kernel rows fit a vector (kw <= kLanes) and whose kernel has at most kMaxRows rows
+// (the book's first layer): dw[(a, b)][f] += grad[f][q] * image[place + (a, b)] for each
+// window q and each place of it holding its maximum. With one channel the dense GEMM over
+// every position wastes most of its lanes and its work (3 of 4 positions are not a
+// maximum); here each maximum costs kh vector FMAs on rows of the image, and windows whose
+// gradient is zero (ReLU's) cost nothing. `padded` holds the image with kLanes zeros after
+// each row, so a row's vector never reads past the image.
+constexpr int64_t kMaxRows = 8;
+
+bool OneChannel(const Shape& s) { return s.c == 1 && s.kw <= kLanes && s.kh <= kMaxRows; }
+
+// For KH kernel rows (a template parameter, so that the KH accumulators live in registers).
+template <int KH>
+__attribute__((noinline)) void OneChannelGradient(const Shape& s, const float* padded,
+                                                  int64_t stride, const int32_t* ties,
+                                                  const float* grad, float* dw) {
+  const int64_t cells = s.qh * s.qw;
+  for (int64_t f = 0; f < s.f; ++f) {
+    vec acc[KH];
+#pragma GCC unroll 8
+    for (int a = 0; a < KH; ++a) acc[a] = vec{};
+    for (int64_t q = 0; q < cells; ++q) {
+      const float g = grad[f * cells + q];
+      if (g == 0.0f) continue;
+      uint32_t mask = static_cast<uint32_t>(ties[f * cells + q]);
+      while (mask) {
+        const int bit = __builtin_ctz(mask);
+        mask &= mask - 1;
+        const int64_t y = q / s.qw * s.ph + bit / s.pw, x = q % s.qw * s.pw + bit % s.pw;
+        const float* row = padded + y * stride + x;
+#pragma GCC unroll 8
+        for (int a = 0; a < KH; ++a) {
+          vec pixels;
+          std::memcpy(&pixels, row + a * stride, sizeof(vec));
+          acc[a] += g * pixels;
+        }
+      }
+    }
+    for (int a = 0; a < KH; ++a)
+      for (int64_t b = 0; b < s.kw; ++b) dw[(a * s.kw + b) * s.fpad + f] += acc[a][b];
+  }
+}
+
+using OneChannelGradientFn = void (*)(const Shape&, const float*, int64_t, const int32_t*,
+                                      const float*, float*);
+constexpr OneChannelGradientFn kOneChannelGradient[] = {
+    nullptr, OneChannelGradient<1>, OneChannelGradient<2>, OneChannelGradient<3>,
+    OneChannelGradient<4>, OneChannelGradient<5>, OneChannelGradient<6>, OneChannelGradient<7>,
+    OneChannelGradient<8>};
+
+void AddWeightGradientOneChannel(const Shape& s, const float* image, const int32_t* ties,
+                                 const float* grad, float* padded, float* dw) {
+  const int64_t stride = s.w + kLanes;
+  for (int64_t y = 0; y < s.h; ++y) {
+    std::memcpy(padded + y * stride, image + y * s.w, sizeof(float) * s.w);
+    std::memset(padded + y * stride + s.w, 0, sizeof(float) * kLanes);
+  }
+  kOneChannelGradient[s.kh](s, padded, stride, ties, grad, dw);
+}
+
 // The pooled gradient spread onto the convolution, transposed: dconv_t[f][ppad].
 void UnpoolTransposed(const Shape& s, int64_t ppad, const int32_t* ties, const float* grad,
                       float* dconv_t) {
@@ -514,16 +575,23 @@ extern "C" XLA_FFI_Error* ConvnetConvPoolGradW(XLA_FFI_CallFrame* frame) {
   float* total = static_cast<float*>(dw->data);
   const int64_t in = s.c * s.h * s.w, cells = s.f * s.qh * s.qw, size = s.K * s.fpad;
   work->n = images->dims[0];
-  work->scratch = s.P * s.fpad;
+  const bool one_channel = OneChannel(s);
+  work->scratch = one_channel ? s.h * (s.w + kLanes) : s.P * s.fpad;
   // Each image's gradient on its own, then summed in image order: the same float sums
   // whatever the number of threads, so runs (and resumed runs) repeat bit for bit.
   std::vector<float> each(work->n * size);
   float* own = each.data();
   Work* self = work.get();
-  work->image = [=](int64_t i, float* dconv) {
+  work->image = [=](int64_t i, float* scratch) {
     std::memset(own + i * size, 0, sizeof(float) * size);
-    Unpool(s, at + i * cells, g + i * cells, dconv);
-    AddWeightGradient(s, self->tap.data(), self->pos.data(), x + i * in, dconv, own + i * size);
+    if (one_channel) {
+      AddWeightGradientOneChannel(s, x + i * in, at + i * cells, g + i * cells, scratch,
+                                  own + i * size);
+      return;
+    }
+    Unpool(s, at + i * cells, g + i * cells, scratch);
+    AddWeightGradient(s, self->tap.data(), self->pos.data(), x + i * in, scratch,
+                      own + i * size);
   };
   Launch(api, frame->ctx, work);
   if (work->n == 0) {
