@@ -30,12 +30,20 @@ CASES = [  # (N, C, H, W), (F, kh, kw), pool: net C's layers, ragged borders, > 
     ((2, 20, 12, 12), (40, 5, 5), (2, 2)),
     ((2, 3, 9, 11), (50, 4, 3), (3, 2)),
     ((1, 2, 6, 6), (5, 6, 6), (1, 1)),
-    # One channel: the weight gradient read off the maxima (kw <= the vector width, kh <=
-    # 8), with ragged borders and a row as wide as an AVX2 vector; then kh 9 and kw 17,
-    # beyond it, where the dense GEMM takes over.
+    # The weight gradient read off the maxima (kw <= the vector width): one channel with
+    # ragged borders and a row as wide as an AVX2 vector; 9 and 12 kernel rows (more
+    # than one block of 8). Then kw 17, wider than any vector, where the dense GEMM takes over.
     ((2, 1, 11, 13), (7, 3, 8), (3, 2)),
     ((1, 1, 12, 10), (3, 9, 2), (1, 1)),
+    ((2, 3, 9, 9), (10, 4, 3), (2, 2)),
     ((1, 1, 20, 20), (4, 3, 17), (2, 2)),
+    ((2, 3, 7, 19), (9, 2, 17), (1, 2)),
+    # The images' gradient gathered per cell over the channels (at least half a vector of
+    # them, at most 6 vectors): 5 and 9 channels with ragged pooling, then 50 (7 AVX2
+    # vectors: the GEMM into columns again).
+    ((2, 5, 9, 10), (7, 3, 2), (2, 3)),
+    ((1, 9, 8, 8), (3, 2, 4), (3, 3)),
+    ((1, 50, 6, 6), (4, 2, 2), (2, 2)),
 ]
 HAS_COMPILER = platform.machine().lower() in ("x86_64", "amd64") and any(
     shutil.which(name) for name in ("c++", "g++", "clang++")

@@ -220,65 +220,96 @@ void AddWeightGradient(const Shape& s, const int64_t* tap, const int64_t* pos, c
   }
 }
 
-// A one-channel layer's weight gradient straight from the pooled gradient, for layers
-// whose kernel rows fit a vector (kw <= kLanes) and whose kernel has at most kMaxRows rows
-// (the book's first layer): dw[(a, b)][f] += grad[f][q] * image[place + (a, b)] for each
-// window q and each place of it holding its maximum. With one channel the dense GEMM over
-// every position wastes most of its lanes and its work (3 of 4 positions are not a
-// maximum); here each maximum costs kh vector FMAs on rows of the image, and windows whose
-// gradient is zero (ReLU's) cost nothing. `padded` holds the image with kLanes zeros after
-// each row, so a row's vector never reads past the image.
-constexpr int64_t kMaxRows = 8;
-
-bool OneChannel(const Shape& s) { return s.c == 1 && s.kw <= kLanes && s.kh <= kMaxRows; }
-
-// For KH kernel rows (a template parameter, so that the KH accumulators live in registers).
-template <int KH>
-__attribute__((noinline)) void OneChannelGradient(const Shape& s, const float* padded,
-                                                  int64_t stride, const int32_t* ties,
-                                                  const float* grad, float* dw) {
-  const int64_t cells = s.qh * s.qw;
-  for (int64_t f = 0; f < s.f; ++f) {
-    vec acc[KH];
-#pragma GCC unroll 8
-    for (int a = 0; a < KH; ++a) acc[a] = vec{};
-    for (int64_t q = 0; q < cells; ++q) {
-      const float g = grad[f * cells + q];
-      if (g == 0.0f) continue;
-      uint32_t mask = static_cast<uint32_t>(ties[f * cells + q]);
-      while (mask) {
-        const int bit = __builtin_ctz(mask);
-        mask &= mask - 1;
-        const int64_t y = q / s.qw * s.ph + bit / s.pw, x = q % s.qw * s.pw + bit % s.pw;
-        const float* row = padded + y * stride + x;
-#pragma GCC unroll 8
-        for (int a = 0; a < KH; ++a) {
-          vec pixels;
-          std::memcpy(&pixels, row + a * stride, sizeof(vec));
-          acc[a] += g * pixels;
-        }
-      }
-    }
-    for (int a = 0; a < KH; ++a)
-      for (int64_t b = 0; b < s.kw; ++b) dw[(a * s.kw + b) * s.fpad + f] += acc[a][b];
-  }
+// The weight gradient straight from the pooled gradient, for layers whose kernel rows
+// fit a vector (kw <= kLanes, as the book's 5 x 5 kernels do): dw[(c, a, b)][f] +=
+// grad[f][q] * image[c][y + a][x + b] for each window q and each place (y, x) of it holding
+// its maximum. The dense GEMM over every conv position spends 3 of 4 of its products on
+// places that are not a maximum (dconv is zero there), and with one channel most of its
+// lanes on padding; here each maximum costs one vector FMA per kernel row (c, a), and
+// windows whose gradient is zero (ReLU's) cost nothing.
+bool RowsFitVector(const Shape& s) {
+  return s.kw <= kLanes && s.c * s.h * (s.w + kLanes) < (int64_t{1} << 31);  // int32 places
 }
 
-using OneChannelGradientFn = void (*)(const Shape&, const float*, int64_t, const int32_t*,
-                                      const float*, float*);
-constexpr OneChannelGradientFn kOneChannelGradient[] = {
-    nullptr, OneChannelGradient<1>, OneChannelGradient<2>, OneChannelGradient<3>,
-    OneChannelGradient<4>, OneChannelGradient<5>, OneChannelGradient<6>, OneChannelGradient<7>,
-    OneChannelGradient<8>};
+// For R kernel rows at once (a template parameter, so that the R accumulators live in
+// registers): the rows start at padded + offset[r], and the maxima of one filter are
+// (gain[i], place[i]). Each row's sum is stored as a whole vector, rows[r][kLanes].
+constexpr int kMaxRows = 8;
 
-void AddWeightGradientOneChannel(const Shape& s, const float* image, const int32_t* ties,
-                                 const float* grad, float* padded, float* dw) {
-  const int64_t stride = s.w + kLanes;
-  for (int64_t y = 0; y < s.h; ++y) {
+template <int R>
+__attribute__((noinline)) void SparseRows(const float* padded, const int32_t* offset,
+                                          const float* gain, const int32_t* place,
+                                          int64_t count, float* rows) {
+  vec acc[R];
+#pragma GCC unroll 8
+  for (int r = 0; r < R; ++r) acc[r] = vec{};
+  for (int64_t i = 0; i < count; ++i) {
+    const float* corner = padded + place[i];
+    const float g = gain[i];
+#pragma GCC unroll 8
+    for (int r = 0; r < R; ++r) {
+      vec pixels;
+      std::memcpy(&pixels, corner + offset[r], sizeof(vec));
+      acc[r] += g * pixels;
+    }
+  }
+  std::memcpy(rows, acc, sizeof(acc));
+}
+
+using SparseRowsFn = void (*)(const float*, const int32_t*, const float*, const int32_t*,
+                              int64_t, float*);
+constexpr SparseRowsFn kSparseRows[] = {nullptr,       SparseRows<1>, SparseRows<2>,
+                                        SparseRows<3>, SparseRows<4>, SparseRows<5>,
+                                        SparseRows<6>, SparseRows<7>, SparseRows<8>};
+
+// The scratch it needs: the image with kLanes zeros after each row (so that a row's vector
+// never reads past its channel), each kernel row's offset in it, and one filter's maxima.
+int64_t SparseScratch(const Shape& s) {
+  return s.c * s.h * (s.w + kLanes) + s.c * s.kh + 2 * s.qh * s.qw * s.ph * s.pw;
+}
+
+// One image's weight gradient as dw_rows[f][(c, a)][kLanes] (lanes past kw hold products
+// with the padding; they are dropped when the sum over images is laid out as weights).
+int64_t SparseGradientSize(const Shape& s) { return s.f * s.c * s.kh * kLanes; }
+
+void WeightGradientSparse(const Shape& s, const float* image, const int32_t* ties,
+                          const float* grad, float* scratch, float* dw_rows) {
+  const int64_t stride = s.w + kLanes, rows = s.c * s.kh, cells = s.qh * s.qw;
+  float* padded = scratch;
+  for (int64_t y = 0; y < s.c * s.h; ++y) {
     std::memcpy(padded + y * stride, image + y * s.w, sizeof(float) * s.w);
     std::memset(padded + y * stride + s.w, 0, sizeof(float) * kLanes);
   }
-  kOneChannelGradient[s.kh](s, padded, stride, ties, grad, dw);
+  auto* offset = reinterpret_cast<int32_t*>(padded + s.c * s.h * stride);
+  for (int64_t ch = 0; ch < s.c; ++ch)
+    for (int64_t a = 0; a < s.kh; ++a) offset[ch * s.kh + a] = (ch * s.h + a) * stride;
+  float* gain = reinterpret_cast<float*>(offset + rows);
+  auto* place = reinterpret_cast<int32_t*>(gain + cells * s.ph * s.pw);
+  for (int64_t f = 0; f < s.f; ++f) {
+    int64_t count = 0;
+    for (int64_t q = 0; q < cells; ++q) {
+      const float g = grad[f * cells + q];
+      if (g == 0.0f) continue;
+      for (uint32_t mask = ties[f * cells + q]; mask; mask &= mask - 1) {
+        const int bit = __builtin_ctz(mask);
+        gain[count] = g;
+        place[count++] = (q / s.qw * s.ph + bit / s.pw) * stride + q % s.qw * s.pw + bit % s.pw;
+      }
+    }
+    for (int64_t r = 0; r < rows; r += kMaxRows)
+      kSparseRows[std::min<int64_t>(kMaxRows, rows - r)](padded, offset + r, gain, place, count,
+                                                          dw_rows + (f * rows + r) * kLanes);
+  }
+}
+
+// dw[(c, a, b)][fpad] from dw_rows[f][(c, a)][kLanes], zero for the padding filters.
+void LayOutWeightGradient(const Shape& s, const float* dw_rows, float* dw) {
+  const int64_t rows = s.c * s.kh;
+  std::memset(dw, 0, sizeof(float) * s.K * s.fpad);
+  for (int64_t f = 0; f < s.f; ++f)
+    for (int64_t r = 0; r < rows; ++r)
+      for (int64_t b = 0; b < s.kw; ++b)
+        dw[(r * s.kw + b) * s.fpad + f] = dw_rows[(f * rows + r) * kLanes + b];
 }
 
 // The pooled gradient spread onto the convolution, transposed: dconv_t[f][ppad].
@@ -362,6 +393,109 @@ void AddImageGradient(const Shape& s, int64_t ppad, const float* w, const int32_
         for (int64_t y = 0; y < s.oh; ++y)
           for (int64_t x = 0; x < s.ow; ++x) to[y * s.w + x] += from[y * s.ow + x];
       }
+}
+
+// The images' gradient straight from the pooled gradient, vectorised over the channels:
+// dx[c][y][x] = sum over taps (a, b), and over the filters whose window maximum is at
+// (y - a, x - b), of grad * w[(c, a, b)][f]. Each image cell's channels are summed in
+// registers and stored once; only maxima contribute, where the GEMM into columns spends 3
+// of 4 of its products on zeros and col2im adds every column back onto the image. For
+// layers with at least half a vector of channels (the book's second layer: 20).
+constexpr int64_t kMaxChannelVectors = 6;
+
+int64_t ChannelVectors(const Shape& s) { return (s.c + kLanes - 1) / kLanes; }
+
+bool ChannelsFitVectors(const Shape& s) {
+  return 2 * s.c >= kLanes && ChannelVectors(s) <= kMaxChannelVectors &&
+         s.f * s.qh * s.qw * s.ph * s.pw < (int64_t{1} << 31);
+}
+
+// The weights as wt[(a, b)][f][cpad], the layout the loop below reads: for one tap, the
+// filters' channel vectors side by side. Made once per call.
+std::vector<float> TapMajorWeights(const Shape& s, const float* w) {
+  const int64_t cpad = ChannelVectors(s) * kLanes, taps = s.kh * s.kw;
+  std::vector<float> wt(taps * s.f * cpad, 0.0f);
+  for (int64_t ch = 0; ch < s.c; ++ch)
+    for (int64_t t = 0; t < taps; ++t)
+      for (int64_t f = 0; f < s.f; ++f)
+        wt[(t * s.f + f) * cpad + ch] = w[(ch * taps + t) * s.fpad + f];
+  return wt;
+}
+
+// Its scratch: the gradient as cells[y][x][cpad], and each conv position's maxima.
+int64_t SparseImageScratch(const Shape& s) {
+  const int64_t entries = s.f * s.qh * s.qw * s.ph * s.pw;
+  return s.h * s.w * ChannelVectors(s) * kLanes + 2 * s.P + 1 + 2 * entries;
+}
+
+template <int J>
+__attribute__((noinline)) void GatherImageGradient(const Shape& s, const float* wt,
+                                                   const int32_t* start, const int32_t* filter,
+                                                   const float* gain, float* cells) {
+  constexpr int64_t cpad = J * kLanes;
+  for (int64_t y = 0; y < s.h; ++y)
+    for (int64_t x = 0; x < s.w; ++x) {
+      vec acc[J];
+#pragma GCC unroll 8
+      for (int j = 0; j < J; ++j) acc[j] = vec{};
+      const int64_t a0 = std::max<int64_t>(0, y - s.oh + 1), a1 = std::min(s.kh, y + 1);
+      const int64_t b0 = std::max<int64_t>(0, x - s.ow + 1), b1 = std::min(s.kw, x + 1);
+      for (int64_t a = a0; a < a1; ++a)
+        for (int64_t b = b0; b < b1; ++b) {
+          const int64_t p = (y - a) * s.ow + (x - b);
+          const float* tap = wt + (a * s.kw + b) * s.f * cpad;
+          for (int32_t e = start[p]; e < start[p + 1]; ++e) {
+            const float* wf = tap + filter[e] * cpad;
+            const float g = gain[e];
+#pragma GCC unroll 8
+            for (int j = 0; j < J; ++j) {
+              vec wv;
+              std::memcpy(&wv, wf + j * kLanes, sizeof(vec));
+              acc[j] += g * wv;
+            }
+          }
+        }
+      std::memcpy(cells + (y * s.w + x) * cpad, acc, sizeof(acc));
+    }
+}
+
+using GatherImageGradientFn = void (*)(const Shape&, const float*, const int32_t*,
+                                       const int32_t*, const float*, float*);
+constexpr GatherImageGradientFn kGatherImageGradient[] = {
+    nullptr, GatherImageGradient<1>, GatherImageGradient<2>, GatherImageGradient<3>,
+    GatherImageGradient<4>, GatherImageGradient<5>, GatherImageGradient<6>};
+
+void ImageGradientSparse(const Shape& s, const float* wt, const int32_t* ties,
+                         const float* grad, float* scratch, float* dx) {
+  const int64_t vectors = ChannelVectors(s), cpad = vectors * kLanes, cells = s.qh * s.qw;
+  float* gathered = scratch;
+  auto* start = reinterpret_cast<int32_t*>(gathered + s.h * s.w * cpad);
+  int32_t* next = start + s.P + 1;
+  int32_t* filter = next + s.P;
+  auto* gain = reinterpret_cast<float*>(filter + s.f * cells * s.ph * s.pw);
+  // Each conv position's maxima (filter, gradient), in filter order: counted, then placed.
+  std::memset(start, 0, sizeof(int32_t) * (s.P + 1));
+  for (int64_t f = 0; f < s.f; ++f)
+    for (int64_t q = 0; q < cells; ++q) {
+      if (grad[f * cells + q] == 0.0f) continue;
+      for (uint32_t mask = ties[f * cells + q]; mask; mask &= mask - 1)
+        ++start[Place(s, q, __builtin_ctz(mask)) + 1];
+    }
+  for (int64_t p = 0; p < s.P; ++p) start[p + 1] += start[p];
+  std::memcpy(next, start, sizeof(int32_t) * s.P);
+  for (int64_t f = 0; f < s.f; ++f)
+    for (int64_t q = 0; q < cells; ++q) {
+      const float g = grad[f * cells + q];
+      if (g == 0.0f) continue;
+      for (uint32_t mask = ties[f * cells + q]; mask; mask &= mask - 1) {
+        const int32_t e = next[Place(s, q, __builtin_ctz(mask))]++;
+        filter[e] = static_cast<int32_t>(f);
+        gain[e] = g;
+      }
+    }
+  kGatherImageGradient[vectors](s, wt, start, filter, gain, gathered);
+  for (int64_t ch = 0; ch < s.c; ++ch)
+    for (int64_t yx = 0; yx < s.h * s.w; ++yx) dx[ch * s.h * s.w + yx] = gathered[yx * cpad + ch];
 }
 
 // Images are claimed a chunk at a time by the calling thread and by helpers on XLA's
@@ -573,34 +707,33 @@ extern "C" XLA_FFI_Error* ConvnetConvPoolGradW(XLA_FFI_CallFrame* frame) {
   const int32_t* at = static_cast<const int32_t*>(where->data);
   const float* g = static_cast<const float*>(grad->data);
   float* total = static_cast<float*>(dw->data);
-  const int64_t in = s.c * s.h * s.w, cells = s.f * s.qh * s.qw, size = s.K * s.fpad;
+  const int64_t in = s.c * s.h * s.w, cells = s.f * s.qh * s.qw;
   work->n = images->dims[0];
-  const bool one_channel = OneChannel(s);
-  work->scratch = one_channel ? s.h * (s.w + kLanes) : s.P * s.fpad;
+  const bool sparse = RowsFitVector(s);
+  const int64_t size = sparse ? SparseGradientSize(s) : s.K * s.fpad;
+  work->scratch = sparse ? SparseScratch(s) : s.P * s.fpad;
   // Each image's gradient on its own, then summed in image order: the same float sums
   // whatever the number of threads, so runs (and resumed runs) repeat bit for bit.
-  std::vector<float> each(work->n * size);
+  std::vector<float> each(std::max<int64_t>(1, work->n) * size, 0.0f);
   float* own = each.data();
   Work* self = work.get();
   work->image = [=](int64_t i, float* scratch) {
-    std::memset(own + i * size, 0, sizeof(float) * size);
-    if (one_channel) {
-      AddWeightGradientOneChannel(s, x + i * in, at + i * cells, g + i * cells, scratch,
-                                  own + i * size);
+    if (sparse) {
+      WeightGradientSparse(s, x + i * in, at + i * cells, g + i * cells, scratch, own + i * size);
       return;
     }
+    std::memset(own + i * size, 0, sizeof(float) * size);
     Unpool(s, at + i * cells, g + i * cells, scratch);
     AddWeightGradient(s, self->tap.data(), self->pos.data(), x + i * in, scratch,
                       own + i * size);
   };
   Launch(api, frame->ctx, work);
-  if (work->n == 0) {
-    std::memset(total, 0, sizeof(float) * size);
-    return nullptr;
-  }
-  std::memcpy(total, own, sizeof(float) * size);
   for (int64_t i = 1; i < work->n; ++i)
-    for (int64_t k = 0; k < size; ++k) total[k] += own[i * size + k];
+    for (int64_t k = 0; k < size; ++k) own[k] += own[i * size + k];
+  if (sparse)
+    LayOutWeightGradient(s, own, total);
+  else
+    std::memcpy(total, own, sizeof(float) * size);
   return nullptr;
 }
 
@@ -632,6 +765,16 @@ extern "C" XLA_FFI_Error* ConvnetConvPoolGradX(XLA_FFI_CallFrame* frame) {
   const int64_t in = s.c * s.h * s.w, cells = s.f * s.qh * s.qw;
   const int64_t ppad = (s.P + kLanes - 1) / kLanes * kLanes;
   work->n = dx->dims[0];
+  if (ChannelsFitVectors(s)) {
+    const std::vector<float> wt = TapMajorWeights(s, w);
+    const float* tap_major = wt.data();
+    work->scratch = SparseImageScratch(s);
+    work->image = [=](int64_t i, float* scratch) {
+      ImageGradientSparse(s, tap_major, at + i * cells, g + i * cells, scratch, out + i * in);
+    };
+    Launch(api, frame->ctx, work);
+    return nullptr;
+  }
   work->scratch = (s.f + s.K) * ppad;
   work->image = [=](int64_t i, float* scratch) {
     AddImageGradient(s, ppad, w, at + i * cells, g + i * cells, scratch, out + i * in);
