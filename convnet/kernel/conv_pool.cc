@@ -138,10 +138,13 @@ void Pool(const Shape& s, float* conv, float* out, int32_t* ties) {
     }
 }
 
-// The position in the convolution of place `bit` of window cell q.
-inline int64_t Place(const Shape& s, int64_t q, int64_t bit) {
-  return (q / s.qw * s.ph + bit / s.pw) * s.ow + (q % s.qw) * s.pw + bit % s.pw;
+// The position of place `bit` of window cell q in an image of `stride` floats a row; in the
+// convolution itself (stride s.ow) by default.
+inline int64_t Place(const Shape& s, int64_t q, int64_t bit, int64_t stride) {
+  return (q / s.qw * s.ph + bit / s.pw) * stride + (q % s.qw) * s.pw + bit % s.pw;
 }
+
+inline int64_t Place(const Shape& s, int64_t q, int64_t bit) { return Place(s, q, bit, s.ow); }
 
 // The pooled gradient spread back onto the convolution: dconv[P][fpad], zero except at
 // each window's maxima.
@@ -269,7 +272,8 @@ int64_t SparseScratch(const Shape& s) {
 }
 
 // One image's weight gradient as dw_rows[f][(c, a)][kLanes] (lanes past kw hold products
-// with the padding; they are dropped when the sum over images is laid out as weights).
+// with pixels beyond the kernel's width; they are dropped when the sum over images is laid
+// out as weights).
 int64_t SparseGradientSize(const Shape& s) { return s.f * s.c * s.kh * kLanes; }
 
 void WeightGradientSparse(const Shape& s, const float* image, const int32_t* ties,
@@ -293,7 +297,7 @@ void WeightGradientSparse(const Shape& s, const float* image, const int32_t* tie
       for (uint32_t mask = ties[f * cells + q]; mask; mask &= mask - 1) {
         const int bit = __builtin_ctz(mask);
         gain[count] = g;
-        place[count++] = (q / s.qw * s.ph + bit / s.pw) * stride + q % s.qw * s.pw + bit % s.pw;
+        place[count++] = static_cast<int32_t>(Place(s, q, bit, stride));
       }
     }
     for (int64_t r = 0; r < rows; r += kMaxRows)
