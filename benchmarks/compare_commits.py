@@ -23,16 +23,9 @@ import tempfile
 from collections.abc import Iterator
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from training_floor import CHILD  # beside this script; importing it pins this process
+from training_floor import convnet_seconds  # beside this script; importing it pins this process
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-# Refuse to time a convnet other than the checkout's (argv[1]), then hand on the rest.
-CHECK = """
-import os, sys, convnet
-tree = sys.argv.pop(1)
-if not os.path.abspath(convnet.__file__).startswith(os.path.abspath(tree) + os.sep):
-    sys.exit(f"imported {convnet.__file__}, not the convnet in {tree}")
-"""
 
 
 @contextlib.contextmanager
@@ -41,6 +34,12 @@ def checkout(rev: str | None) -> Iterator[str]:
     if rev is None:
         yield ROOT
         return
+    known = subprocess.run(
+        ["git", "-C", ROOT, "rev-parse", "--verify", "--quiet", f"{rev}^{{commit}}"],
+        capture_output=True,
+    )
+    if known.returncode != 0:
+        raise SystemExit(f"compare_commits.py: {rev!r} is not a commit of {ROOT}")
     with tempfile.TemporaryDirectory() as folder:
         tree = os.path.join(folder, "tree")
         subprocess.run(
@@ -50,19 +49,6 @@ def checkout(rev: str | None) -> Iterator[str]:
             yield tree
         finally:
             subprocess.run(["git", "-C", ROOT, "worktree", "remove", "--force", tree], check=True)
-
-
-def step_seconds(tree: str, images: int, mbs: int, steps: int) -> tuple[float, float]:
-    """Seconds of the second of two passes over ``images`` images, and the first's cost
-    (run from this folder, so that relative paths such as CONVNET_DATA's still hold)."""
-    env = dict(os.environ, PYTHONPATH=tree, CONVNET_CONV="fused")
-    # -P: no current folder ahead of PYTHONPATH, which would import this folder's convnet
-    command = [sys.executable, "-P", "-c", CHECK + CHILD, tree, str(images), str(mbs), str(steps)]
-    out = subprocess.run(command, env=env, capture_output=True, text=True)
-    if out.returncode != 0:
-        raise SystemExit(f"the run in {tree} failed:\n{out.stderr[-2000:]}")
-    seconds, cost = map(float, out.stdout.strip().splitlines()[-1].split())
-    return seconds, cost
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -83,7 +69,9 @@ def main(argv: list[str] | None = None) -> int:
         for repeat in range(args.repeats):
             for side in ("before", "after") if repeat % 2 == 0 else ("after", "before"):
                 for steps in (1, 100):
-                    seconds, cost = step_seconds(trees[side], args.images, args.mbs, steps)
+                    seconds, cost = convnet_seconds(
+                        "fused", args.images, args.mbs, steps, trees[side]
+                    )
                     times.setdefault((side, steps), []).append(seconds)
                     costs[side] = cost
     print(

@@ -73,10 +73,32 @@ def training_flops_per_image(mbs: int) -> float:
     return 2.0 * (2 * sum(adds) + sum(adds[1:]))
 
 
-def convnet_seconds(conv: str, images: int, mbs: int, steps: int) -> tuple[float, float]:
+# Refuse to time a convnet other than the checkout's (argv[1]), then hand on the rest.
+CHECK_CHECKOUT = """
+import os, sys, convnet
+tree = sys.argv.pop(1)
+if not os.path.abspath(convnet.__file__).startswith(os.path.abspath(tree) + os.sep):
+    sys.exit(f"imported {convnet.__file__}, not the convnet in {tree}")
+"""
+
+
+def convnet_seconds(
+    conv: str, images: int, mbs: int, steps: int, checkout: str | None = None
+) -> tuple[float, float]:
+    """Seconds of the child's second pass and its first pass's cost; with ``checkout``, of
+    the convnet in that folder (``-P``: no current folder ahead of PYTHONPATH, which would
+    import this folder's convnet; run from here, so relative paths such as CONVNET_DATA's
+    still hold)."""
     env = dict(os.environ, CONVNET_CONV=conv)
     command = [sys.executable, "-c", CHILD, str(images), str(mbs), str(steps)]
-    out = subprocess.run(command, env=env, capture_output=True, text=True, check=True)
+    if checkout is not None:
+        env["PYTHONPATH"] = checkout
+        command[1:3] = ["-P", "-c", CHECK_CHECKOUT + CHILD, checkout]
+    out = subprocess.run(command, env=env, capture_output=True, text=True)
+    if out.returncode != 0:
+        raise SystemExit(
+            f"the convnet run failed ({checkout or 'this checkout'}):\n{out.stderr[-2000:]}"
+        )
     chosen, timing = out.stdout.strip().splitlines()[-2:]
     if chosen != conv:
         raise RuntimeError(f"asked for CONVNET_CONV={conv}, the network built {chosen}")
