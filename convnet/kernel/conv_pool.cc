@@ -25,8 +25,8 @@
 
 namespace {
 
-// Vectors as wide as the CPU's: 16 lanes (512-bit) with AVX-512, else 8 (AVX2). Filters
-// are padded to whole vectors; ConvnetLanes() tells the Python side how far.
+// Vectors over the filters as wide as the CPU's: 16 lanes (512-bit) with AVX-512, else 8
+// (AVX2). Filters are padded to whole vectors; ConvnetLanes() tells the Python side how far.
 #ifdef __AVX512F__
 constexpr int kLanes = 16;
 constexpr int kAccumulators = 24;  // of 32 vector registers
@@ -35,6 +35,11 @@ constexpr int kLanes = 8;
 constexpr int kAccumulators = 12;  // of 16
 #endif
 typedef float vec __attribute__((vector_size(4 * kLanes)));
+
+// The sparse gradients' vectors hold one kernel row, or one pixel's channels: 8 lanes even
+// with AVX-512, which the book's 5-wide kernels and 20 channels fill twice as well as 16.
+constexpr int kRowLanes = 8;
+typedef float row_vec __attribute__((vector_size(4 * kRowLanes)));
 
 // conv[p][f] = sum_k image[tap[k] + p0 + r] * w[k][f] for R neighbouring positions of one
 // output row (p = p0 + r) and J vectors of filters: the image is read in place, no im2col.
@@ -138,19 +143,29 @@ void Pool(const Shape& s, float* conv, float* out, int32_t* ties) {
     }
 }
 
-// The position of place `bit` of window cell q in an image of `stride` floats a row; in the
-// convolution itself (stride s.ow) by default.
-inline int64_t Place(const Shape& s, int64_t q, int64_t bit, int64_t stride) {
-  return (q / s.qw * s.ph + bit / s.pw) * stride + (q % s.qw) * s.pw + bit % s.pw;
-}
+// The position of place `bit` of window cell q in an image of `stride` floats a row (in
+// the convolution itself, stride s.ow, by default), as corner[q] + within[bit]: tables made
+// once, so that the loops over the maxima divide nothing (four divisions a maximum were a
+// tenth of the training step).
+struct Places {
+  std::vector<int64_t> corner, within;
 
-inline int64_t Place(const Shape& s, int64_t q, int64_t bit) { return Place(s, q, bit, s.ow); }
+  explicit Places(const Shape& s) : Places(s, s.ow) {}
+  Places(const Shape& s, int64_t stride) : corner(s.qh * s.qw), within(s.ph * s.pw) {
+    for (int64_t q = 0; q < s.qh * s.qw; ++q)
+      corner[q] = q / s.qw * s.ph * stride + q % s.qw * s.pw;
+    for (int64_t bit = 0; bit < s.ph * s.pw; ++bit)
+      within[bit] = bit / s.pw * stride + bit % s.pw;
+  }
+  int64_t operator()(int64_t q, int bit) const { return corner[q] + within[bit]; }
+};
 
 // The pooled gradient spread back onto the convolution: dconv[P][fpad], zero except at
 // each window's maxima.
 void Unpool(const Shape& s, const int32_t* ties, const float* grad, float* dconv) {
   std::memset(dconv, 0, sizeof(float) * s.P * s.fpad);
   const int64_t cells = s.qh * s.qw;
+  const Places place(s);
   for (int64_t f = 0; f < s.f; ++f)
     for (int64_t q = 0; q < cells; ++q) {
       uint32_t mask = static_cast<uint32_t>(ties[f * cells + q]);
@@ -158,7 +173,7 @@ void Unpool(const Shape& s, const int32_t* ties, const float* grad, float* dconv
       while (mask) {
         const int bit = __builtin_ctz(mask);
         mask &= mask - 1;
-        dconv[Place(s, q, bit) * s.fpad + f] += g;
+        dconv[place(q, bit) * s.fpad + f] += g;
       }
     }
 }
@@ -224,35 +239,35 @@ void AddWeightGradient(const Shape& s, const int64_t* tap, const int64_t* pos, c
 }
 
 // The weight gradient straight from the pooled gradient, for layers whose kernel rows
-// fit a vector (kw <= kLanes, as the book's 5 x 5 kernels do): dw[(c, a, b)][f] +=
+// fit a vector (kw <= kRowLanes, as the book's 5 x 5 kernels do): dw[(c, a, b)][f] +=
 // grad[f][q] * image[c][y + a][x + b] for each window q and each place (y, x) of it holding
 // its maximum. The dense GEMM over every conv position spends 3 of 4 of its products on
 // places that are not a maximum (dconv is zero there), and with one channel most of its
 // lanes on padding; here each maximum costs one vector FMA per kernel row (c, a), and
 // windows whose gradient is zero (ReLU's) cost nothing.
 bool RowsFitVector(const Shape& s) {
-  return s.kw <= kLanes && s.c * s.h * (s.w + kLanes) < (int64_t{1} << 31);  // int32 places
+  return s.kw <= kRowLanes && s.c * s.h * (s.w + kRowLanes) < (int64_t{1} << 31);  // int32 places
 }
 
 // For R kernel rows at once (a template parameter, so that the R accumulators live in
 // registers): the rows start at padded + offset[r], and the maxima of one filter are
-// (gain[i], place[i]). Each row's sum is stored as a whole vector, rows[r][kLanes].
+// (gain[i], place[i]). Each row's sum is stored as a whole vector, rows[r][kRowLanes].
 constexpr int kMaxRows = 8;
 
 template <int R>
 __attribute__((noinline)) void SparseRows(const float* padded, const int32_t* offset,
                                           const float* gain, const int32_t* place,
                                           int64_t count, float* rows) {
-  vec acc[R];
+  row_vec acc[R];
 #pragma GCC unroll 8
-  for (int r = 0; r < R; ++r) acc[r] = vec{};
+  for (int r = 0; r < R; ++r) acc[r] = row_vec{};
   for (int64_t i = 0; i < count; ++i) {
     const float* corner = padded + place[i];
     const float g = gain[i];
 #pragma GCC unroll 8
     for (int r = 0; r < R; ++r) {
-      vec pixels;
-      std::memcpy(&pixels, corner + offset[r], sizeof(vec));
+      row_vec pixels;
+      std::memcpy(&pixels, corner + offset[r], sizeof(row_vec));
       acc[r] += g * pixels;
     }
   }
@@ -265,24 +280,25 @@ constexpr SparseRowsFn kSparseRows[] = {nullptr,       SparseRows<1>, SparseRows
                                         SparseRows<3>, SparseRows<4>, SparseRows<5>,
                                         SparseRows<6>, SparseRows<7>, SparseRows<8>};
 
-// The scratch it needs: the image with kLanes zeros after each row (so that a row's vector
+// The scratch it needs: the image with kRowLanes zeros after each row (so that a row's vector
 // never reads past its channel), each kernel row's offset in it, and one filter's maxima.
 int64_t SparseScratch(const Shape& s) {
-  return s.c * s.h * (s.w + kLanes) + s.c * s.kh + 2 * s.qh * s.qw * s.ph * s.pw;
+  return s.c * s.h * (s.w + kRowLanes) + s.c * s.kh + 2 * s.qh * s.qw * s.ph * s.pw;
 }
 
-// One image's weight gradient as dw_rows[f][(c, a)][kLanes] (lanes past kw hold products
+// One image's weight gradient as dw_rows[f][(c, a)][kRowLanes] (lanes past kw hold products
 // with pixels beyond the kernel's width; they are dropped when the sum over images is laid
 // out as weights).
-int64_t SparseGradientSize(const Shape& s) { return s.f * s.c * s.kh * kLanes; }
+int64_t SparseGradientSize(const Shape& s) { return s.f * s.c * s.kh * kRowLanes; }
 
 void WeightGradientSparse(const Shape& s, const float* image, const int32_t* ties,
                           const float* grad, float* scratch, float* dw_rows) {
-  const int64_t stride = s.w + kLanes, rows = s.c * s.kh, cells = s.qh * s.qw;
+  const int64_t stride = s.w + kRowLanes, rows = s.c * s.kh, cells = s.qh * s.qw;
+  const Places in_padded(s, stride);
   float* padded = scratch;
   for (int64_t y = 0; y < s.c * s.h; ++y) {
     std::memcpy(padded + y * stride, image + y * s.w, sizeof(float) * s.w);
-    std::memset(padded + y * stride + s.w, 0, sizeof(float) * kLanes);
+    std::memset(padded + y * stride + s.w, 0, sizeof(float) * kRowLanes);
   }
   auto* offset = reinterpret_cast<int32_t*>(padded + s.c * s.h * stride);
   for (int64_t ch = 0; ch < s.c; ++ch)
@@ -297,23 +313,23 @@ void WeightGradientSparse(const Shape& s, const float* image, const int32_t* tie
       for (uint32_t mask = ties[f * cells + q]; mask; mask &= mask - 1) {
         const int bit = __builtin_ctz(mask);
         gain[count] = g;
-        place[count++] = static_cast<int32_t>(Place(s, q, bit, stride));
+        place[count++] = static_cast<int32_t>(in_padded(q, bit));
       }
     }
     for (int64_t r = 0; r < rows; r += kMaxRows)
       kSparseRows[std::min<int64_t>(kMaxRows, rows - r)](padded, offset + r, gain, place, count,
-                                                          dw_rows + (f * rows + r) * kLanes);
+                                                          dw_rows + (f * rows + r) * kRowLanes);
   }
 }
 
-// dw[(c, a, b)][fpad] from dw_rows[f][(c, a)][kLanes], zero for the padding filters.
+// dw[(c, a, b)][fpad] from dw_rows[f][(c, a)][kRowLanes], zero for the padding filters.
 void LayOutWeightGradient(const Shape& s, const float* dw_rows, float* dw) {
   const int64_t rows = s.c * s.kh;
   std::memset(dw, 0, sizeof(float) * s.K * s.fpad);
   for (int64_t f = 0; f < s.f; ++f)
     for (int64_t r = 0; r < rows; ++r)
       for (int64_t b = 0; b < s.kw; ++b)
-        dw[(r * s.kw + b) * s.fpad + f] = dw_rows[(f * rows + r) * kLanes + b];
+        dw[(r * s.kw + b) * s.fpad + f] = dw_rows[(f * rows + r) * kRowLanes + b];
 }
 
 // The pooled gradient spread onto the convolution, transposed: dconv_t[f][ppad].
@@ -321,6 +337,7 @@ void UnpoolTransposed(const Shape& s, int64_t ppad, const int32_t* ties, const f
                       float* dconv_t) {
   std::memset(dconv_t, 0, sizeof(float) * s.f * ppad);
   const int64_t cells = s.qh * s.qw;
+  const Places place(s);
   for (int64_t f = 0; f < s.f; ++f)
     for (int64_t q = 0; q < cells; ++q) {
       uint32_t mask = static_cast<uint32_t>(ties[f * cells + q]);
@@ -328,7 +345,7 @@ void UnpoolTransposed(const Shape& s, int64_t ppad, const int32_t* ties, const f
       while (mask) {
         const int bit = __builtin_ctz(mask);
         mask &= mask - 1;
-        dconv_t[f * ppad + Place(s, q, bit)] += g;
+        dconv_t[f * ppad + place(q, bit)] += g;
       }
     }
 }
@@ -407,17 +424,17 @@ void AddImageGradient(const Shape& s, int64_t ppad, const float* w, const int32_
 // layers with at least half a vector of channels (the book's second layer: 20).
 constexpr int64_t kMaxChannelVectors = 6;
 
-int64_t ChannelVectors(const Shape& s) { return (s.c + kLanes - 1) / kLanes; }
+int64_t ChannelVectors(const Shape& s) { return (s.c + kRowLanes - 1) / kRowLanes; }
 
 bool ChannelsFitVectors(const Shape& s) {
-  return 2 * s.c >= kLanes && ChannelVectors(s) <= kMaxChannelVectors &&
+  return 2 * s.c >= kRowLanes && ChannelVectors(s) <= kMaxChannelVectors &&
          s.f * s.qh * s.qw * s.ph * s.pw < (int64_t{1} << 31);
 }
 
 // The weights as wt[(a, b)][f][cpad], the layout the loop below reads: for one tap, the
 // filters' channel vectors side by side. Made once per call.
 std::vector<float> TapMajorWeights(const Shape& s, const float* w) {
-  const int64_t cpad = ChannelVectors(s) * kLanes, taps = s.kh * s.kw;
+  const int64_t cpad = ChannelVectors(s) * kRowLanes, taps = s.kh * s.kw;
   std::vector<float> wt(taps * s.f * cpad, 0.0f);
   for (int64_t ch = 0; ch < s.c; ++ch)
     for (int64_t t = 0; t < taps; ++t)
@@ -429,19 +446,19 @@ std::vector<float> TapMajorWeights(const Shape& s, const float* w) {
 // Its scratch: the gradient as cells[y][x][cpad], and each conv position's maxima.
 int64_t SparseImageScratch(const Shape& s) {
   const int64_t entries = s.f * s.qh * s.qw * s.ph * s.pw;
-  return s.h * s.w * ChannelVectors(s) * kLanes + 2 * s.P + 1 + 2 * entries;
+  return s.h * s.w * ChannelVectors(s) * kRowLanes + 2 * s.P + 1 + 2 * entries;
 }
 
 template <int J>
 __attribute__((noinline)) void GatherImageGradient(const Shape& s, const float* wt,
                                                    const int32_t* start, const int32_t* filter,
                                                    const float* gain, float* cells) {
-  constexpr int64_t cpad = J * kLanes;
+  constexpr int64_t cpad = J * kRowLanes;
   for (int64_t y = 0; y < s.h; ++y)
     for (int64_t x = 0; x < s.w; ++x) {
-      vec acc[J];
+      row_vec acc[J];
 #pragma GCC unroll 8
-      for (int j = 0; j < J; ++j) acc[j] = vec{};
+      for (int j = 0; j < J; ++j) acc[j] = row_vec{};
       const int64_t a0 = std::max<int64_t>(0, y - s.oh + 1), a1 = std::min(s.kh, y + 1);
       const int64_t b0 = std::max<int64_t>(0, x - s.ow + 1), b1 = std::min(s.kw, x + 1);
       for (int64_t a = a0; a < a1; ++a)
@@ -453,8 +470,8 @@ __attribute__((noinline)) void GatherImageGradient(const Shape& s, const float* 
             const float g = gain[e];
 #pragma GCC unroll 8
             for (int j = 0; j < J; ++j) {
-              vec wv;
-              std::memcpy(&wv, wf + j * kLanes, sizeof(vec));
+              row_vec wv;
+              std::memcpy(&wv, wf + j * kRowLanes, sizeof(row_vec));
               acc[j] += g * wv;
             }
           }
@@ -471,7 +488,8 @@ constexpr GatherImageGradientFn kGatherImageGradient[] = {
 
 void ImageGradientSparse(const Shape& s, const float* wt, const int32_t* ties,
                          const float* grad, float* scratch, float* dx) {
-  const int64_t vectors = ChannelVectors(s), cpad = vectors * kLanes, cells = s.qh * s.qw;
+  const int64_t vectors = ChannelVectors(s), cpad = vectors * kRowLanes, cells = s.qh * s.qw;
+  const Places place(s);
   float* gathered = scratch;
   auto* start = reinterpret_cast<int32_t*>(gathered + s.h * s.w * cpad);
   int32_t* next = start + s.P + 1;
@@ -483,7 +501,7 @@ void ImageGradientSparse(const Shape& s, const float* wt, const int32_t* ties,
     for (int64_t q = 0; q < cells; ++q) {
       if (grad[f * cells + q] == 0.0f) continue;
       for (uint32_t mask = ties[f * cells + q]; mask; mask &= mask - 1)
-        ++start[Place(s, q, __builtin_ctz(mask)) + 1];
+        ++start[place(q, __builtin_ctz(mask)) + 1];
     }
   for (int64_t p = 0; p < s.P; ++p) start[p + 1] += start[p];
   std::memcpy(next, start, sizeof(int32_t) * s.P);
@@ -492,7 +510,7 @@ void ImageGradientSparse(const Shape& s, const float* wt, const int32_t* ties,
       const float g = grad[f * cells + q];
       if (g == 0.0f) continue;
       for (uint32_t mask = ties[f * cells + q]; mask; mask &= mask - 1) {
-        const int32_t e = next[Place(s, q, __builtin_ctz(mask))]++;
+        const int32_t e = next[place(q, __builtin_ctz(mask))]++;
         filter[e] = static_cast<int32_t>(f);
         gain[e] = g;
       }
@@ -718,8 +736,9 @@ extern "C" XLA_FFI_Error* ConvnetConvPoolGradW(XLA_FFI_CallFrame* frame) {
   work->scratch = sparse ? SparseScratch(s) : s.P * s.fpad;
   // Each image's gradient on its own, then summed in image order: the same float sums
   // whatever the number of threads, so runs (and resumed runs) repeat bit for bit.
-  std::vector<float> each(std::max<int64_t>(1, work->n) * size, 0.0f);
-  float* own = each.data();
+  std::unique_ptr<float[]> each(new float[std::max<int64_t>(1, work->n) * size]);
+  float* own = each.get();  // each image's part is written whole by its pass
+  if (work->n == 0) std::memset(own, 0, sizeof(float) * size);
   Work* self = work.get();
   work->image = [=](int64_t i, float* scratch) {
     if (sparse) {
