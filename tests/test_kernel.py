@@ -38,11 +38,15 @@ CASES = [  # (N, C, H, W), (F, kh, kw), pool: net C's layers, ragged borders, > 
     ((2, 3, 9, 9), (10, 4, 3), (2, 2)),
     ((1, 1, 20, 20), (4, 3, 17), (2, 2)),
     ((2, 3, 7, 19), (9, 2, 17), (1, 2)),
-    # The images' gradient gathered per cell over the channels (at least half a vector of
-    # them, at most 6 vectors): 5 and 9 channels with ragged pooling, then 50 (7 AVX2
-    # vectors: the GEMM into columns again).
+    # The images' gradient spread from each conv position over the channels (at least half
+    # a vector of them, at most 6 vectors), a group of taps at a time: 5 and 9 channels
+    # with ragged pooling; 4 channels with 7 taps, 30 with 9, 44 with 6 (taps that don't
+    # fill the last group); then 50 (7 vectors of 8: the GEMM into columns again).
     ((2, 5, 9, 10), (7, 3, 2), (2, 3)),
     ((1, 9, 8, 8), (3, 2, 4), (3, 3)),
+    ((2, 4, 9, 8), (6, 7, 1), (1, 2)),
+    ((2, 30, 7, 7), (11, 3, 3), (2, 2)),
+    ((1, 44, 6, 7), (5, 3, 2), (2, 2)),
     ((1, 50, 6, 6), (4, 2, 2), (2, 2)),
 ]
 HAS_COMPILER = platform.machine().lower() in ("x86_64", "amd64") and any(

@@ -417,11 +417,12 @@ void AddImageGradient(const Shape& s, int64_t ppad, const float* w, const int32_
 }
 
 // The images' gradient straight from the pooled gradient, vectorised over the channels:
-// dx[c][y][x] = sum over taps (a, b), and over the filters whose window maximum is at
-// (y - a, x - b), of grad * w[(c, a, b)][f]. Each image cell's channels are summed in
-// registers and stored once; only maxima contribute, where the GEMM into columns spends 3
-// of 4 of its products on zeros and col2im adds every column back onto the image. For
-// layers with at least half a vector of channels (the book's second layer: 20).
+// dx[c][y + a][x + b] += grad * w[(c, a, b)][f] for each filter f whose window maximum is
+// at conv position (y, x), and each tap (a, b). A position's maxima are summed in
+// registers, a group of taps at a time, and added onto the image cells once per tap; only
+// maxima contribute, where the GEMM into columns spends 3 of 4 of its products on zeros
+// and col2im adds every column back onto the image. For layers with at least half a
+// vector of channels (the book's second layer: 20).
 constexpr int64_t kMaxChannelVectors = 6;
 
 int64_t ChannelVectors(const Shape& s) { return (s.c + kRowLanes - 1) / kRowLanes; }
@@ -431,16 +432,33 @@ bool ChannelsFitVectors(const Shape& s) {
          s.f * s.qh * s.qw * s.ph * s.pw < (int64_t{1} << 31);
 }
 
-// The weights as wt[(a, b)][f][cpad], the layout the loop below reads: for one tap, the
-// filters' channel vectors side by side. Made once per call.
-std::vector<float> TapMajorWeights(const Shape& s, const float* w) {
-  const int64_t cpad = ChannelVectors(s) * kRowLanes, taps = s.kh * s.kw;
-  std::vector<float> wt(taps * s.f * cpad, 0.0f);
+// Taps summed at once: as many channel vectors as there are accumulator registers.
+int64_t TapGroup(const Shape& s) { return kAccumulators / ChannelVectors(s); }
+
+int64_t PaddedTaps(const Shape& s) {
+  const int64_t group = TapGroup(s);
+  return (s.kh * s.kw + group - 1) / group * group;
+}
+
+// The weights as wt[f][t][cpad], taps t = (a, b) padded with zeros to whole groups: one
+// filter's taps side by side, the layout the loop below reads. Made once per call.
+std::vector<float> FilterMajorWeights(const Shape& s, const float* w) {
+  const int64_t cpad = ChannelVectors(s) * kRowLanes, taps = s.kh * s.kw, tpad = PaddedTaps(s);
+  std::vector<float> wt(s.f * tpad * cpad, 0.0f);
   for (int64_t ch = 0; ch < s.c; ++ch)
     for (int64_t t = 0; t < taps; ++t)
       for (int64_t f = 0; f < s.f; ++f)
-        wt[(t * s.f + f) * cpad + ch] = w[(ch * taps + t) * s.fpad + f];
+        wt[(f * tpad + t) * cpad + ch] = w[(ch * taps + t) * s.fpad + f];
   return wt;
+}
+
+// Where tap t = (a, b) of conv position (0, 0) lands in cells[y][x][cpad].
+std::vector<int64_t> TapCells(const Shape& s) {
+  std::vector<int64_t> cell(s.kh * s.kw);
+  for (int64_t a = 0; a < s.kh; ++a)
+    for (int64_t b = 0; b < s.kw; ++b)
+      cell[a * s.kw + b] = (a * s.w + b) * ChannelVectors(s) * kRowLanes;
+  return cell;
 }
 
 // Its scratch: the gradient as cells[y][x][cpad], and each conv position's maxima.
@@ -450,44 +468,59 @@ int64_t SparseImageScratch(const Shape& s) {
 }
 
 template <int J>
-__attribute__((noinline)) void GatherImageGradient(const Shape& s, const float* wt,
+__attribute__((noinline)) void SpreadImageGradient(const Shape& s, const float* wt,
+                                                   const int64_t* tap_cell,
                                                    const int32_t* start, const int32_t* filter,
                                                    const float* gain, float* cells) {
   constexpr int64_t cpad = J * kRowLanes;
-  for (int64_t y = 0; y < s.h; ++y)
-    for (int64_t x = 0; x < s.w; ++x) {
-      row_vec acc[J];
+  constexpr int T = kAccumulators / J;
+  const int64_t taps = s.kh * s.kw, tpad = PaddedTaps(s);
+  std::memset(cells, 0, sizeof(float) * s.h * s.w * cpad);
+  for (int64_t y = 0; y < s.oh; ++y)
+    for (int64_t x = 0; x < s.ow; ++x) {
+      const int64_t p = y * s.ow + x;
+      if (start[p] == start[p + 1]) continue;
+      float* corner = cells + (y * s.w + x) * cpad;
+      for (int64_t t0 = 0; t0 < taps; t0 += T) {
+        row_vec acc[T][J];
+#pragma GCC unroll 24
+        for (int t = 0; t < T; ++t)
 #pragma GCC unroll 8
-      for (int j = 0; j < J; ++j) acc[j] = row_vec{};
-      const int64_t a0 = std::max<int64_t>(0, y - s.oh + 1), a1 = std::min(s.kh, y + 1);
-      const int64_t b0 = std::max<int64_t>(0, x - s.ow + 1), b1 = std::min(s.kw, x + 1);
-      for (int64_t a = a0; a < a1; ++a)
-        for (int64_t b = b0; b < b1; ++b) {
-          const int64_t p = (y - a) * s.ow + (x - b);
-          const float* tap = wt + (a * s.kw + b) * s.f * cpad;
-          for (int32_t e = start[p]; e < start[p + 1]; ++e) {
-            const float* wf = tap + filter[e] * cpad;
-            const float g = gain[e];
+          for (int j = 0; j < J; ++j) acc[t][j] = row_vec{};
+        for (int32_t e = start[p]; e < start[p + 1]; ++e) {
+          const float* wf = wt + (filter[e] * tpad + t0) * cpad;
+          const float g = gain[e];
+#pragma GCC unroll 24
+          for (int t = 0; t < T; ++t)
 #pragma GCC unroll 8
             for (int j = 0; j < J; ++j) {
               row_vec wv;
-              std::memcpy(&wv, wf + j * kRowLanes, sizeof(row_vec));
-              acc[j] += g * wv;
+              std::memcpy(&wv, wf + t * cpad + j * kRowLanes, sizeof(row_vec));
+              acc[t][j] += g * wv;
             }
+        }
+        for (int t = 0; t < T && t0 + t < taps; ++t) {
+          float* cell = corner + tap_cell[t0 + t];
+#pragma GCC unroll 8
+          for (int j = 0; j < J; ++j) {
+            row_vec old;
+            std::memcpy(&old, cell + j * kRowLanes, sizeof(row_vec));
+            old += acc[t][j];
+            std::memcpy(cell + j * kRowLanes, &old, sizeof(row_vec));
           }
         }
-      std::memcpy(cells + (y * s.w + x) * cpad, acc, sizeof(acc));
+      }
     }
 }
 
-using GatherImageGradientFn = void (*)(const Shape&, const float*, const int32_t*,
-                                       const int32_t*, const float*, float*);
-constexpr GatherImageGradientFn kGatherImageGradient[] = {
-    nullptr, GatherImageGradient<1>, GatherImageGradient<2>, GatherImageGradient<3>,
-    GatherImageGradient<4>, GatherImageGradient<5>, GatherImageGradient<6>};
+using SpreadImageGradientFn = void (*)(const Shape&, const float*, const int64_t*,
+                                       const int32_t*, const int32_t*, const float*, float*);
+constexpr SpreadImageGradientFn kSpreadImageGradient[] = {
+    nullptr, SpreadImageGradient<1>, SpreadImageGradient<2>, SpreadImageGradient<3>,
+    SpreadImageGradient<4>, SpreadImageGradient<5>, SpreadImageGradient<6>};
 
-void ImageGradientSparse(const Shape& s, const float* wt, const int32_t* ties,
-                         const float* grad, float* scratch, float* dx) {
+void ImageGradientSparse(const Shape& s, const float* wt, const int64_t* tap_cell,
+                         const int32_t* ties, const float* grad, float* scratch, float* dx) {
   const int64_t vectors = ChannelVectors(s), cpad = vectors * kRowLanes, cells = s.qh * s.qw;
   const Places place(s);
   float* gathered = scratch;
@@ -515,7 +548,7 @@ void ImageGradientSparse(const Shape& s, const float* wt, const int32_t* ties,
         gain[e] = g;
       }
     }
-  kGatherImageGradient[vectors](s, wt, start, filter, gain, gathered);
+  kSpreadImageGradient[vectors](s, wt, tap_cell, start, filter, gain, gathered);
   for (int64_t ch = 0; ch < s.c; ++ch)
     for (int64_t yx = 0; yx < s.h * s.w; ++yx) dx[ch * s.h * s.w + yx] = gathered[yx * cpad + ch];
 }
@@ -789,11 +822,14 @@ extern "C" XLA_FFI_Error* ConvnetConvPoolGradX(XLA_FFI_CallFrame* frame) {
   const int64_t ppad = (s.P + kLanes - 1) / kLanes * kLanes;
   work->n = dx->dims[0];
   if (ChannelsFitVectors(s)) {
-    const std::vector<float> wt = TapMajorWeights(s, w);
-    const float* tap_major = wt.data();
+    const std::vector<float> wt = FilterMajorWeights(s, w);
+    const std::vector<int64_t> taps = TapCells(s);
+    const float* filter_major = wt.data();
+    const int64_t* tap_cell = taps.data();
     work->scratch = SparseImageScratch(s);
     work->image = [=](int64_t i, float* scratch) {
-      ImageGradientSparse(s, tap_major, at + i * cells, g + i * cells, scratch, out + i * in);
+      ImageGradientSparse(s, filter_major, tap_cell, at + i * cells, g + i * cells, scratch,
+                          out + i * in);
     };
     Launch(api, frame->ctx, work);
     return nullptr;
