@@ -244,10 +244,8 @@ void AddWeightGradient(const Shape& s, const int64_t* tap, const int64_t* pos, c
 // its maximum. The dense GEMM over every conv position spends 3 of 4 of its products on
 // places that are not a maximum (dconv is zero there), and with one channel most of its
 // lanes on padding; here each maximum costs one vector FMA per kernel row (c, a), and
-// windows whose gradient is zero (ReLU's) cost nothing.
-bool RowsFitVector(const Shape& s) {
-  return s.kw <= kRowLanes && s.c * s.h * (s.w + kRowLanes) < (int64_t{1} << 31);  // int32 places
-}
+// windows whose gradient is zero (ReLU's) cost nothing. (WeightGradientSparse, below the
+// thread pool's code, puts these pieces together.)
 
 // For R kernel rows at once (a template parameter, so that the R accumulators live in
 // registers): the rows start at padded + offset[r], and the maxima of one filter are
@@ -280,56 +278,22 @@ constexpr SparseRowsFn kSparseRows[] = {nullptr,       SparseRows<1>, SparseRows
                                         SparseRows<3>, SparseRows<4>, SparseRows<5>,
                                         SparseRows<6>, SparseRows<7>, SparseRows<8>};
 
-// The scratch it needs: the image with kRowLanes zeros after each row (so that a row's vector
-// never reads past its channel), each kernel row's offset in it, and one filter's maxima.
-int64_t SparseScratch(const Shape& s) {
-  return s.c * s.h * (s.w + kRowLanes) + s.c * s.kh + 2 * s.qh * s.qw * s.ph * s.pw;
+// The image with kRowLanes zeros after each row, so that a row's vector never reads past
+// its channel.
+int64_t PaddedImageSize(const Shape& s) { return s.c * s.h * (s.w + kRowLanes); }
+
+// Whether n images' weight gradient can be read off the maxima (places are int32 offsets
+// into all n padded images).
+bool RowsFitVector(const Shape& s, int64_t n) {
+  return s.kw <= kRowLanes && n * PaddedImageSize(s) < (int64_t{1} << 31);
 }
 
-// One image's weight gradient as dw_rows[f][(c, a)][kRowLanes] (lanes past kw hold products
-// with pixels beyond the kernel's width; they are dropped when the sum over images is laid
-// out as weights).
-int64_t SparseGradientSize(const Shape& s) { return s.f * s.c * s.kh * kRowLanes; }
-
-void WeightGradientSparse(const Shape& s, const float* image, const int32_t* ties,
-                          const float* grad, float* scratch, float* dw_rows) {
-  const int64_t stride = s.w + kRowLanes, rows = s.c * s.kh, cells = s.qh * s.qw;
-  const Places in_padded(s, stride);
-  float* padded = scratch;
+void PadRows(const Shape& s, const float* image, float* padded) {
+  const int64_t stride = s.w + kRowLanes;
   for (int64_t y = 0; y < s.c * s.h; ++y) {
     std::memcpy(padded + y * stride, image + y * s.w, sizeof(float) * s.w);
     std::memset(padded + y * stride + s.w, 0, sizeof(float) * kRowLanes);
   }
-  auto* offset = reinterpret_cast<int32_t*>(padded + s.c * s.h * stride);
-  for (int64_t ch = 0; ch < s.c; ++ch)
-    for (int64_t a = 0; a < s.kh; ++a) offset[ch * s.kh + a] = (ch * s.h + a) * stride;
-  float* gain = reinterpret_cast<float*>(offset + rows);
-  auto* place = reinterpret_cast<int32_t*>(gain + cells * s.ph * s.pw);
-  for (int64_t f = 0; f < s.f; ++f) {
-    int64_t count = 0;
-    for (int64_t q = 0; q < cells; ++q) {
-      const float g = grad[f * cells + q];
-      if (g == 0.0f) continue;
-      for (uint32_t mask = ties[f * cells + q]; mask; mask &= mask - 1) {
-        const int bit = __builtin_ctz(mask);
-        gain[count] = g;
-        place[count++] = static_cast<int32_t>(in_padded(q, bit));
-      }
-    }
-    for (int64_t r = 0; r < rows; r += kMaxRows)
-      kSparseRows[std::min<int64_t>(kMaxRows, rows - r)](padded, offset + r, gain, place, count,
-                                                          dw_rows + (f * rows + r) * kRowLanes);
-  }
-}
-
-// dw[(c, a, b)][fpad] from dw_rows[f][(c, a)][kRowLanes], zero for the padding filters.
-void LayOutWeightGradient(const Shape& s, const float* dw_rows, float* dw) {
-  const int64_t rows = s.c * s.kh;
-  std::memset(dw, 0, sizeof(float) * s.K * s.fpad);
-  for (int64_t f = 0; f < s.f; ++f)
-    for (int64_t r = 0; r < rows; ++r)
-      for (int64_t b = 0; b < s.kw; ++b)
-        dw[(r * s.kw + b) * s.fpad + f] = dw_rows[(f * rows + r) * kRowLanes + b];
 }
 
 // The pooled gradient spread onto the convolution, transposed: dconv_t[f][ppad].
@@ -737,6 +701,57 @@ extern "C" XLA_FFI_Error* ConvnetConvPoolTrain(XLA_FFI_CallFrame* frame) {
   return Forward(frame, true);
 }
 
+// The batch's weight gradient read off the maxima, a filter at a time: each filter's sums
+// run over the images in order, whatever thread takes the filter, so runs repeat bit for
+// bit; and no per-image sums are stored and added up.
+void WeightGradientSparse(const XLA_FFI_Api* api, XLA_FFI_ExecutionContext* ctx,
+                          const Shape& s, int64_t n, const float* images, const int32_t* ties,
+                          const float* grad, float* dw) {
+  const int64_t in = s.c * s.h * s.w, padded_in = PaddedImageSize(s);
+  const int64_t rows = s.c * s.kh, cells = s.qh * s.qw, most = n * cells * s.ph * s.pw;
+  std::unique_ptr<float[]> padded_images(new float[std::max<int64_t>(1, n * padded_in)]);
+  float* padded = padded_images.get();
+  auto pad = std::make_shared<Work>();
+  pad->s = s;
+  pad->n = n;
+  pad->image = [=](int64_t i, float*) { PadRows(s, images + i * in, padded + i * padded_in); };
+  Launch(api, ctx, pad);
+
+  std::vector<int32_t> offsets(rows);  // each kernel row (c, a) in a padded image
+  for (int64_t ch = 0; ch < s.c; ++ch)
+    for (int64_t a = 0; a < s.kh; ++a) offsets[ch * s.kh + a] = (ch * s.h + a) * (s.w + kRowLanes);
+  const int32_t* offset = offsets.data();
+  const Places in_padded(s, s.w + kRowLanes);
+  std::memset(dw, 0, sizeof(float) * s.K * s.fpad);
+  auto sums = std::make_shared<Work>();
+  sums->s = s;
+  sums->n = s.f;
+  sums->scratch = rows * kRowLanes + 2 * most;
+  sums->image = [=](int64_t f, float* scratch) {
+    float* sum = scratch;  // sum[(c, a)][kRowLanes]: lanes past kw are dropped below
+    float* gain = sum + rows * kRowLanes;
+    auto* place = reinterpret_cast<int32_t*>(gain + most);
+    int64_t count = 0;
+    for (int64_t i = 0; i < n; ++i) {
+      const float* g = grad + (i * s.f + f) * cells;
+      const int32_t* at = ties + (i * s.f + f) * cells;
+      for (int64_t q = 0; q < cells; ++q) {
+        if (g[q] == 0.0f) continue;
+        for (uint32_t mask = at[q]; mask; mask &= mask - 1) {
+          gain[count] = g[q];
+          place[count++] = static_cast<int32_t>(i * padded_in + in_padded(q, __builtin_ctz(mask)));
+        }
+      }
+    }
+    for (int64_t r = 0; r < rows; r += kMaxRows)
+      kSparseRows[std::min<int64_t>(kMaxRows, rows - r)](padded, offset + r, gain, place, count,
+                                                          sum + r * kRowLanes);
+    for (int64_t r = 0; r < rows; ++r)
+      for (int64_t b = 0; b < s.kw; ++b) dw[(r * s.kw + b) * s.fpad + f] = sum[r * kRowLanes + b];
+  };
+  Launch(api, ctx, sums);
+}
+
 // args: images (n, c, h, w), ties (n, f, qh, qw) int32, grad (n, f, qh, qw) (of pooled);
 // result: dw (c*kh*kw, fpad), the gradient of the weights in ConvnetConvPool's layout.
 extern "C" XLA_FFI_Error* ConvnetConvPoolGradW(XLA_FFI_CallFrame* frame) {
@@ -764,21 +779,18 @@ extern "C" XLA_FFI_Error* ConvnetConvPoolGradW(XLA_FFI_CallFrame* frame) {
   float* total = static_cast<float*>(dw->data);
   const int64_t in = s.c * s.h * s.w, cells = s.f * s.qh * s.qw;
   work->n = images->dims[0];
-  const bool sparse = RowsFitVector(s);
-  const int64_t size = sparse ? SparseGradientSize(s) : s.K * s.fpad;
-  work->scratch = sparse ? SparseScratch(s) : s.P * s.fpad;
+  if (RowsFitVector(s, work->n)) {
+    WeightGradientSparse(api, frame->ctx, s, work->n, x, at, g, total);
+    return nullptr;
+  }
   // Each image's gradient on its own, then summed in image order: the same float sums
   // whatever the number of threads, so runs (and resumed runs) repeat bit for bit.
-  std::unique_ptr<float[]> each(new float[std::max<int64_t>(1, work->n) * size]);
-  float* own = each.get();  // each image's part is written whole by its pass
-  if (work->n == 0) std::memset(own, 0, sizeof(float) * size);
+  const int64_t size = s.K * s.fpad;
+  work->scratch = s.P * s.fpad;
+  std::vector<float> each(std::max<int64_t>(1, work->n) * size, 0.0f);
+  float* own = each.data();
   Work* self = work.get();
   work->image = [=](int64_t i, float* scratch) {
-    if (sparse) {
-      WeightGradientSparse(s, x + i * in, at + i * cells, g + i * cells, scratch, own + i * size);
-      return;
-    }
-    std::memset(own + i * size, 0, sizeof(float) * size);
     Unpool(s, at + i * cells, g + i * cells, scratch);
     AddWeightGradient(s, self->tap.data(), self->pos.data(), x + i * in, scratch,
                       own + i * size);
@@ -786,10 +798,7 @@ extern "C" XLA_FFI_Error* ConvnetConvPoolGradW(XLA_FFI_CallFrame* frame) {
   Launch(api, frame->ctx, work);
   for (int64_t i = 1; i < work->n; ++i)
     for (int64_t k = 0; k < size; ++k) own[k] += own[i * size + k];
-  if (sparse)
-    LayOutWeightGradient(s, own, total);
-  else
-    std::memcpy(total, own, sizeof(float) * size);
+  std::memcpy(total, own, sizeof(float) * size);
   return nullptr;
 }
 
