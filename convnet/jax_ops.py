@@ -12,6 +12,10 @@ import numpy as np
 
 from convnet import kernel, ops
 
+# Networks trained as one program (convnet.lockstep) reach the kernel through ``vmap``:
+# it then runs once per network, as it would for networks trained one after another.
+ONE_CALL_PER_MEMBER = "sequential"
+
 
 def register() -> None:
     """Give convnet's Ops their JAX implementations (idempotent; imports JAX)."""
@@ -67,7 +71,9 @@ def register() -> None:
             pooled = jax.ShapeDtypeStruct((n, f, oh // ph, ow // pw), images.dtype)
             ties = jax.ShapeDtypeStruct(pooled.shape, jnp.int32)
             call = jax.ffi.ffi_call(
-                target + ("_train" if train else ""), (pooled, ties) if train else pooled
+                target + ("_train" if train else ""),
+                (pooled, ties) if train else pooled,
+                vmap_method=ONE_CALL_PER_MEMBER,
             )
             return call(images, flipped_weights(filters), **window(kh, kw, ph, pw))
 
@@ -97,7 +103,7 @@ def register() -> None:
             _, c = images.shape[:2]
             f = grad.shape[1]
             out = jax.ShapeDtypeStruct((c * kh * kw, f + -f % kernel.lanes()), images.dtype)
-            call = jax.ffi.ffi_call(target + "_grad_w", out)
+            call = jax.ffi.ffi_call(target + "_grad_w", out, vmap_method=ONE_CALL_PER_MEMBER)
             dw = call(images, ties, grad, **window(kh, kw, ph, pw))
             return dw[:, :f].T.reshape(f, c, kh, kw)[:, :, ::-1, ::-1]
 
@@ -121,7 +127,7 @@ def register() -> None:
                 return without_kernel(images, filters, ties, grad)
             _, _, kh, kw = filters.shape
             out = jax.ShapeDtypeStruct((grad.shape[0], c, h, w), grad.dtype)
-            call = jax.ffi.ffi_call(target + "_grad_x", out)
+            call = jax.ffi.ffi_call(target + "_grad_x", out, vmap_method=ONE_CALL_PER_MEMBER)
             return call(flipped_weights(filters), ties, grad, **window(kh, kw, ph, pw))
 
         def without_kernel(images, filters, ties, grad):

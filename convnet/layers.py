@@ -36,7 +36,7 @@ class DropoutSource:
     mask is exactly those rows of the whole mini-batch's mask.
     """
 
-    seed: int
+    seed: int | TensorVariable
     salt: int
     step: TensorVariable
     batch_size: int

@@ -264,9 +264,7 @@ class Model:
         summed: the same step, to float32 rounding, with buffers that fit the CPU's caches.
         """
         mbs = self.mini_batch_size
-        num_batches = -(-data.n // mbs)
-        weights = [w for layer in self.layers for w in layer.get_params(regularizable=True)]
-        l2 = np.float32(0.5 * lmbda / num_batches) * sum((w**2).sum() for w in weights)
+        l2 = self.l2_cost(lmbda, data.n)
         part = self.backend.micro_batch(mbs) if micro_batch is None else micro_batch
         if part < 1 or mbs % part:
             raise ArgumentError(
@@ -305,13 +303,33 @@ class Model:
             after = [trace[-1] for trace in traces]
         return self._compile([i], [], updates=list(zip(state, after, strict=True)))
 
-    def _micro_cost(
-        self, x: TensorVariable, y: TensorVariable, size: int, first_row: TensorVariable
+    def l2_cost(self, lmbda: float, n_train: int) -> TensorVariable:
+        """network3's L2 term: ``0.5*lmbda*sum(w**2)/num_training_batches`` over the
+        weights (not the biases)."""
+        num_batches = -(-n_train // self.mini_batch_size)
+        weights = [w for layer in self.layers for w in layer.get_params(regularizable=True)]
+        return np.float32(0.5 * lmbda / num_batches) * sum((w**2).sum() for w in weights)
+
+    def training_cost(
+        self,
+        x: TensorVariable,
+        y: TensorVariable,
+        size: int,
+        first_row: TensorVariable | int = 0,
+        *,
+        seed: TensorVariable | None = None,
+        step: TensorVariable | None = None,
     ) -> TensorVariable:
-        """The training cost (no L2) of ``size`` rows starting at ``first_row`` of a batch."""
+        """The training cost (no L2) of ``size`` rows starting at ``first_row`` of a batch.
+
+        ``seed`` and ``step`` (default: this model's) may be symbolic, so that one graph
+        draws the dropout masks of several networks (:mod:`convnet.lockstep`).
+        """
         out = x
+        seed = self.seed if seed is None else seed
+        step = self.step if step is None else step
         for index, layer in enumerate(self.layers):
-            source = DropoutSource(self.seed, index, self.step, size, first_row)
+            source = DropoutSource(seed, index, step, size, first_row)
             if layer is self.layers[-1]:
                 return layer.cost_for(out, y, dropout=source)
             out = layer.get_output_for(out, deterministic=False, dropout=source)
@@ -327,7 +345,7 @@ class Model:
         x_part = pt.matrix("x_part", dtype="float32", shape=(part, self.n_in))
         y_part = pt.vector("y_part", dtype="int32", shape=(part,))
         first_row = pt.scalar("first_row", dtype="int64")
-        part_cost = self._micro_cost(x_part, y_part, part, first_row)
+        part_cost = self.training_cost(x_part, y_part, part, first_row)
         part_grads = pt.grad(part_cost, self.params)
         n_params = len(self.params)
 

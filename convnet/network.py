@@ -5,17 +5,21 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
+
 from convnet import optimizers, serialization
 from convnet.callbacks import Callback, EarlyStopping, EpochEndFunction, EtaSchedule, ProgressBar
-from convnet.errors import ArgumentError, ModelFileError, ShapeError, check_number
+from convnet.errors import ArgumentError, DivergenceError, ModelFileError, ShapeError, check_number
 from convnet.history import History
-from convnet.model import Model
+from convnet.lockstep import Lockstep
+from convnet.model import DeviceData, Model
 from convnet.optimizers import Optimizer
 from convnet.records import Fields
-from convnet.trainer import Trainer, TrainingState
+from convnet.trainer import Trainer, TrainingState, epoch_calls
 
 
 class Network(Model):
@@ -61,23 +65,9 @@ class Network(Model):
         resumes a checkpointed run; ``steps_per_call`` and ``micro_batch`` override the
         backend's measured choices.
         """
-        check_number(epochs, "epochs", integer=True)
-        check_number(lmbda, "lmbda", inclusive=True)
-        for value, what in ((steps_per_call, "steps_per_call"), (micro_batch, "micro_batch")):
-            if value is not None:
-                check_number(value, what, integer=True)
-        train = self.to_device(training_data, "training_data", keep=False)
-        if train.n < self.mini_batch_size:
-            raise ArgumentError(
-                f"training_data: expected at least one mini-batch ({self.mini_batch_size} "
-                f"examples). Received: {train.n}."
-            )
-        validation = (
-            self.to_device(validation_data, "validation_data")
-            if validation_data is not None
-            else None
-        )
-        test = self.to_device(test_data, "test_data") if test_data is not None else None
+        _check_fit(epochs, lmbda, steps_per_call, micro_batch)
+        train = self._training_set(training_data)
+        validation, test = self._evaluation_sets(validation_data, test_data)
         show = progress if progress is not None else verbose and sys.stdout.isatty()
         trainer = Trainer(
             self,
@@ -95,6 +85,25 @@ class Network(Model):
             micro_batch=micro_batch,
         )
         return trainer.run()
+
+    def _training_set(self, training_data: Any) -> DeviceData:
+        train = self.to_device(training_data, "training_data", keep=False)
+        if train.n < self.mini_batch_size:
+            raise ArgumentError(
+                f"training_data: expected at least one mini-batch ({self.mini_batch_size} "
+                f"examples). Received: {train.n}."
+            )
+        return train
+
+    def _evaluation_sets(
+        self, validation_data: Any, test_data: Any
+    ) -> tuple[DeviceData | None, DeviceData | None]:
+        return (
+            self.to_device(validation_data, "validation_data")
+            if validation_data is not None
+            else None,
+            self.to_device(test_data, "test_data") if test_data is not None else None,
+        )
 
     def SGD(  # noqa: N802 - the book's name
         self,
@@ -152,6 +161,181 @@ class Network(Model):
             callbacks=callbacks,
             **options,
         )
+
+
+def _check_fit(
+    epochs: int, lmbda: float, steps_per_call: int | None, micro_batch: int | None
+) -> None:
+    check_number(epochs, "epochs", integer=True)
+    check_number(lmbda, "lmbda", inclusive=True)
+    for value, what in ((steps_per_call, "steps_per_call"), (micro_batch, "micro_batch")):
+        if value is not None:
+            check_number(value, what, integer=True)
+
+
+def fit_together(
+    nets: Sequence[Network],
+    training_data: Any,
+    epochs: int,
+    *,
+    optimizer: Optimizer,
+    validation_data: Any = None,
+    test_data: Any = None,
+    lmbda: float = 0.0,
+    callbacks: Sequence[Sequence[Callback]] | None = None,
+    shuffle: bool = False,
+    verbose: bool = True,
+    states: Sequence[TrainingState | None] | None = None,
+    steps_per_call: int | None = None,
+) -> list[History]:
+    """Train ``nets`` (one architecture: an ensemble's members) as one compiled program,
+    as :meth:`Network.fit` would train each of them; returns their Histories.
+
+    Every step trains all members at once (:mod:`convnet.lockstep`): member k ends with
+    the weights, history and callbacks' effects that ``nets[k].fit(...)`` gives, to
+    float32 rounding. ``callbacks`` and ``states`` hold one entry per network. A member
+    that a callback stops keeps the weights it stopped with while the others train on.
+    The JAX backend only; whole mini-batches (no micro-batches).
+    """
+    nets = list(nets)
+    program = Lockstep(nets)
+    template, count = nets[0], len(nets)
+    if template.backend.name != "jax":
+        raise ArgumentError(
+            f"fit_together: networks train as one program on the JAX backend only. "
+            f"Received: backend {template.backend.name!r}; train them one after another."
+        )
+    _check_fit(epochs, lmbda, steps_per_call, None)
+    for what, given in (("callbacks", callbacks), ("states", states)):
+        if given is not None and len(given) != count:
+            raise ArgumentError(
+                f"{what}: expected one entry per network ({count}). Received: {len(given)}."
+            )
+    train = template._training_set(training_data)
+    trainers = []
+    for k, net in enumerate(nets):
+        validation, test = net._evaluation_sets(validation_data, test_data)
+        trainers.append(
+            Trainer(
+                net,
+                train,
+                validation,
+                test,
+                epochs,
+                optimizer,
+                float(lmbda),
+                callbacks=callbacks[k] if callbacks is not None else (),
+                shuffle=shuffle,
+                verbose=verbose,
+                state=states[k] if states is not None else None,
+                own_steps=False,
+                label=f"[net {k}] " if count > 1 else "",
+            )
+        )
+    return _Together(program, trainers, train, steps_per_call).run()
+
+
+class _Together:
+    """The epoch loop of :func:`fit_together`: one program's steps, then each member's
+    own trainer (evaluation, history, callbacks) as after its own epoch."""
+
+    def __init__(
+        self,
+        program: Lockstep,
+        trainers: list[Trainer],
+        train: DeviceData,
+        steps_per_call: int | None,
+    ) -> None:
+        first = trainers[0]
+        where = {(t.state.epoch, t.state.step) for t in trainers}
+        if len(where) > 1:
+            raise ArgumentError(
+                "states: networks trained as one program must stand at the same epoch and "
+                f"step. Received (epoch, step): {[(t.state.epoch, t.state.step) for t in trainers]}."
+            )
+        self.program, self.trainers = program, trainers
+        program.push()  # the members' weights, resumed ones included
+        backend = program.backend
+        self.orders = program.stacked([t.order.get_value(borrow=True) for t in trainers], "orders")
+        self.etas = program.stacked([np.float32(t.state.eta) for t in trainers], "etas")
+        self.cost_sums = program.stacked([np.float32(0.0)] * len(trainers), "cost_sums")
+        self.optimizer_state = [
+            program.stacked([t.optimizer_state[j].get_value(borrow=True) for t in trainers], name)
+            for j, name in enumerate(v.name for v in first.optimizer_state)
+        ]
+        self.step = backend.shared(np.int64(first.state.step), "step")
+        limit = steps_per_call or backend.steps_per_call(first.num_batches * first.epochs)
+        start = time.perf_counter()
+        first.say(f"Compiling the training step of {len(trainers)} networks as one program")
+
+        def compile_steps(steps: int) -> Any:
+            return program.train_function(
+                train,
+                self.orders,
+                self.etas,
+                first.lmbda,
+                self.cost_sums,
+                self.step,
+                first.optimizer,
+                self.optimizer_state,
+                steps,
+            )
+
+        self.calls = epoch_calls(first.num_batches, limit, compile_steps)
+        first.say(f"Compiled in {time.perf_counter() - start:.1f} s")
+
+    def _set(self, variable: Any, values: Sequence[Any]) -> None:
+        variable.set_value(np.stack([np.asarray(v) for v in values]))
+        self.program.backend.place(variable)
+
+    def _run_steps(self, active: list[int]) -> float:
+        """The epoch's steps for every member; the active members get their results."""
+        trainers, mbs = self.trainers, self.trainers[0].net.mini_batch_size
+        self._set(self.orders, [t.order.get_value(borrow=True) for t in trainers])
+        self._set(self.etas, [np.float32(t.state.eta) for t in trainers])
+        self._set(self.cost_sums, [np.float32(0.0)] * len(trainers))
+        tick, done = time.perf_counter(), 0
+        try:
+            for function, index, steps in self.calls:
+                function(index)
+                done += steps * mbs
+                for k in active:
+                    trainers[k].batches_done(done)
+        finally:  # interrupted too: each member's network holds the weights it has
+            self._hand_back(active)
+        return time.perf_counter() - tick
+
+    def _hand_back(self, active: list[int]) -> None:
+        step = np.int64(np.asarray(self.step.get_value(borrow=True)))
+        sums = np.asarray(self.cost_sums.get_value(borrow=True))
+        state = [np.asarray(v.get_value(borrow=True)) for v in self.optimizer_state]
+        for k in active:
+            trainer = self.trainers[k]
+            trainer.net.step.set_value(step)
+            trainer.net.set_weights(self.program.member_weights(k))
+            for variable, values in zip(trainer.optimizer_state, state, strict=True):
+                trainer._set(variable, np.array(values[k]))
+            trainer._set(trainer.cost_sum, np.float32(sums[k]))
+
+    def run(self) -> list[History]:
+        trainers = self.trainers
+        active = list(range(len(trainers)))
+        for trainer in trainers:
+            trainer.begin()
+        with self.program.backend.threads():
+            for epoch in range(trainers[0].state.epoch, trainers[0].epochs):
+                before = {k: trainers[k].start_epoch(epoch) for k in active}
+                seconds = self._run_steps(active)
+                for k in active:
+                    try:
+                        mean_cost = trainers[k].epoch_cost(epoch, before[k])
+                    except DivergenceError as exc:
+                        raise DivergenceError(f"nets[{k}]: {exc}") from None
+                    trainers[k].end_epoch(epoch, mean_cost, seconds)
+                active = [k for k in active if not trainers[k].stopping]
+                if not active:
+                    break
+        return [trainer.end() for trainer in trainers]
 
 
 SGD_OPTIONS = {

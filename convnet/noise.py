@@ -51,10 +51,20 @@ def hash32_numpy(x: np.ndarray | int) -> np.ndarray:
         return x ^ (x >> np.uint32(16))
 
 
+def layer_key(seed: int | TensorVariable, salt: int) -> TensorVariable:
+    """The key of one layer of one network: ``seed`` may be symbolic (a uint64 scalar),
+    so that one graph can draw the masks of several networks (see convnet.lockstep)."""
+    salt_key = hash32_numpy(salt)
+    if isinstance(seed, (int, np.integer)):
+        return pt.constant(np.uint64(hash32_numpy(np.uint32(seed & 0xFFFFFFFF) ^ salt_key)))
+    low = pt.bitwise_and(pt.cast(seed, "uint64"), pt.constant(_LOW_32))
+    return hash32(pt.bitwise_xor(low, pt.constant(np.uint64(salt_key))))
+
+
 def uniform(
     shape: tuple[int, ...],
     *,
-    seed: int,
+    seed: int | TensorVariable,
     salt: int,
     step: TensorVariable,
     first_element: TensorVariable | int = 0,
@@ -64,9 +74,8 @@ def uniform(
     ``first_element`` numbers the elements from there: a slice of rows of a larger batch
     draws exactly the numbers the whole batch would draw for those rows.
     """
-    layer_key = int(hash32_numpy(np.uint32(seed & 0xFFFFFFFF) ^ hash32_numpy(salt)))
     step_key = hash32(_mul_low32(pt.cast(step, "uint64"), _GOLDEN))
-    key = pt.bitwise_xor(step_key, pt.constant(np.uint64(layer_key)))
+    key = pt.bitwise_xor(step_key, layer_key(seed, salt))
     index = pt.arange(int(np.prod(shape)), dtype="uint64")
     if not (isinstance(first_element, int) and first_element == 0):
         index = index + pt.cast(first_element, "uint64")
@@ -82,7 +91,7 @@ def dropout(
     p_drop: float,
     *,
     shape: tuple[int, ...],
-    seed: int,
+    seed: int | TensorVariable,
     salt: int,
     step: TensorVariable,
     first_element: TensorVariable | int = 0,

@@ -63,6 +63,22 @@ def chunk_size(num_batches: int, limit: int) -> int:
     return limit
 
 
+def epoch_calls(num_batches: int, limit: int, compile_steps: Any) -> list[tuple[Any, Any, int]]:
+    """(function, first mini-batch, steps) for each compiled call of an epoch: steps of
+    :func:`chunk_size`, and one call for the rest; ``compile_steps(n)`` compiles n steps.
+
+    (0-d int64 arrays are passed to the functions: compiled functions trust their input.)
+    """
+    size = chunk_size(num_batches, limit)
+    whole = num_batches - num_batches % size
+    chunk = compile_steps(size)
+    calls = [(chunk, np.array(i, dtype=np.int64), size) for i in range(0, whole, size)]
+    if whole < num_batches:
+        rest = num_batches - whole
+        calls.append((compile_steps(rest), np.array(whole, dtype=np.int64), rest))
+    return calls
+
+
 class Trainer:
     """One training run: compiled functions, device state, the epoch loop, callbacks."""
 
@@ -82,7 +98,12 @@ class Trainer:
         state: TrainingState | None = None,
         steps_per_call: int | None = None,
         micro_batch: int | None = None,
+        own_steps: bool = True,
+        label: str = "",
     ) -> None:
+        """``own_steps=False``: the steps are run by another program (one that trains
+        several networks at once, :func:`convnet.network.fit_together`), so none is
+        compiled here. ``label`` starts every line this trainer prints."""
         if not isinstance(optimizer, Optimizer):
             raise ArgumentError(
                 "optimizer: expected a convnet.optimizers optimizer, e.g. "
@@ -97,7 +118,7 @@ class Trainer:
         self.net, self.train, self.validation, self.test = net, train, validation, test
         self.epochs, self.optimizer, self.lmbda = epochs, optimizer, lmbda
         self.eta0 = float(optimizer.eta)  # type: ignore[attr-defined]
-        self.callbacks, self.verbose = list(callbacks), verbose
+        self.callbacks, self.verbose, self.label = list(callbacks), verbose, label
         self.keep_best_weights = False  # callbacks that restore the best epoch set it
         self.stopping = False
         backend, mbs = net.backend, net.mini_batch_size
@@ -128,27 +149,17 @@ class Trainer:
         self.micro_batch = micro_batch
 
         start = time.perf_counter()
-        self.say(
-            f"Compiling the training step on {backend.describe()} (cached after the first run)"
-        )
+        what = "training step" if own_steps else "evaluation"
+        self.say(f"Compiling the {what} on {backend.describe()} (cached after the first run)")
         limit = steps_per_call or backend.steps_per_call(self.num_batches * epochs)
-        size = chunk_size(self.num_batches, limit)
-        whole = self.num_batches - self.num_batches % size
-        chunk = self._step_function(size)
-        self.calls = [(chunk, np.array(i, dtype=np.int64), size) for i in range(0, whole, size)]
-        if whole < self.num_batches:
-            rest = self.num_batches - whole
-            self.calls.append((self._step_function(rest), np.array(whole, dtype=np.int64), rest))
+        self.calls = epoch_calls(self.num_batches, limit, self._step_function) if own_steps else []
         for dataset in (validation, test):
             if dataset is not None:
                 net.evaluation_function(dataset)  # compiled now, so the timing line is honest
         self.say(f"Compiled in {time.perf_counter() - start:.1f} s")
 
     def _step_function(self, steps: int) -> Any:
-        """The compiled function that runs ``steps`` optimizer steps from a mini-batch index.
-
-        (0-d int64 arrays are passed to it: compiled functions trust their input.)
-        """
+        """The compiled function that runs ``steps`` optimizer steps from a mini-batch index."""
         return self.net.train_function(
             self.train,
             self.order,
@@ -164,7 +175,7 @@ class Trainer:
     # -- what callbacks use -----------------------------------------------------------
     def say(self, line: str) -> None:
         if self.verbose:
-            print(line, flush=True)
+            print(f"{self.label}{line}", flush=True)
 
     def stop(self, reason: str = "stopped by a callback") -> None:
         """End the run after the current epoch; ``reason`` goes to ``history.stopped``."""
@@ -206,12 +217,27 @@ class Trainer:
         self.state.shuffle_rng = self.rng.bit_generator.state if self.rng is not None else None
 
     # -- the loop ---------------------------------------------------------------------
-    def run_epoch(self, epoch: int) -> tuple[float, float]:
+    def start_epoch(self, epoch: int) -> Any:
+        """The epoch's order and cost sum set; returns the state to roll back to."""
         if self.rng is not None:
             self._set(self.order, batch_order(self.train.n, self.net.mini_batch_size, self.rng))
         self._set(self.cost_sum, np.float32(0.0))
         before = self.snapshot()
         self._notify("on_epoch_begin", epoch)
+        return before
+
+    def batches_done(self, images: int) -> None:
+        self._notify("on_batches", images)
+
+    def epoch_cost(self, epoch: int, before: Any) -> float:
+        """The epoch's mean training cost; a cost that is not finite ends the run."""
+        total = float(np.asarray(self.cost_sum.get_value(borrow=True)))
+        if not math.isfinite(total):
+            self._diverged(epoch, before)
+        return total / self.num_batches
+
+    def run_epoch(self, epoch: int) -> tuple[float, float]:
+        before = self.start_epoch(epoch)
         tick = time.perf_counter()
         done = 0
         self.net.device_copies.push()
@@ -219,14 +245,11 @@ class Trainer:
             for function, index, steps in self.calls:
                 function(index)
                 done += steps * self.net.mini_batch_size
-                self._notify("on_batches", done)
+                self.batches_done(done)
         finally:  # interrupted too: the user then sees the weights convnet has
             self.net.device_copies.pull()
-        total = float(np.asarray(self.cost_sum.get_value(borrow=True)))
         seconds = time.perf_counter() - tick
-        if not math.isfinite(total):
-            self._diverged(epoch, before)
-        return total / self.num_batches, seconds
+        return self.epoch_cost(epoch, before), seconds
 
     def _diverged(self, epoch: int, before: Any) -> None:
         """Replay the epoch one step at a time to name the mini-batch, then roll back.
@@ -268,41 +291,51 @@ class Trainer:
         accuracy, cost = self.net.evaluate(data, lmbda=self.lmbda, n_train=self.train.n)
         return accuracy, cost
 
-    def run(self) -> History:
-        state, history = self.state, self.state.history
-        self.net.history = history
+    def begin(self) -> None:
+        self.net.history = self.state.history
         self._notify("on_train_begin")
-        with self.net.backend.threads():
-            for epoch in range(state.epoch, self.epochs):
-                mean_cost, seconds = self.run_epoch(epoch)
-                val_acc, val_cost = self._evaluate(epoch, "validation", self.validation)
-                test_acc, _ = self._evaluate(epoch, "test", self.test)
-                logs = {
-                    "epoch": epoch,
-                    "train_cost": mean_cost,
-                    "validation_cost": val_cost,
-                    "validation_accuracy": val_acc,
-                    "test_accuracy": test_acc,
-                    "eta": state.eta,
-                    "seconds": seconds,
-                }
-                history.record(logs)
-                if val_acc is not None:
-                    self.say(
-                        f"Epoch {epoch}: validation accuracy {val_acc:.2%} "
-                        f"(cost {mean_cost:.4f}, {seconds:.1f} s)"
-                    )
-                else:
-                    self.say(f"Epoch {epoch}: training cost {mean_cost:.4f} ({seconds:.1f} s)")
-                logs["improved"] = self._track_best(epoch, val_acc, test_acc, mean_cost)
-                state.epoch = epoch + 1
-                self._sync_state()
-                self._notify("on_epoch_end", epoch, logs)
-                if self.stopping:
-                    break
+
+    def end_epoch(self, epoch: int, mean_cost: float, seconds: float) -> None:
+        """After the epoch's steps: evaluation, the history, the callbacks."""
+        state, history = self.state, self.state.history
+        val_acc, val_cost = self._evaluate(epoch, "validation", self.validation)
+        test_acc, _ = self._evaluate(epoch, "test", self.test)
+        logs = {
+            "epoch": epoch,
+            "train_cost": mean_cost,
+            "validation_cost": val_cost,
+            "validation_accuracy": val_acc,
+            "test_accuracy": test_acc,
+            "eta": state.eta,
+            "seconds": seconds,
+        }
+        history.record(logs)
+        if val_acc is not None:
+            self.say(
+                f"Epoch {epoch}: validation accuracy {val_acc:.2%} "
+                f"(cost {mean_cost:.4f}, {seconds:.1f} s)"
+            )
+        else:
+            self.say(f"Epoch {epoch}: training cost {mean_cost:.4f} ({seconds:.1f} s)")
+        logs["improved"] = self._track_best(epoch, val_acc, test_acc, mean_cost)
+        state.epoch = epoch + 1
+        self._sync_state()
+        self._notify("on_epoch_end", epoch, logs)
+
+    def end(self) -> History:
         self._notify("on_train_end")
         self._finish()
-        return history
+        return self.state.history
+
+    def run(self) -> History:
+        self.begin()
+        with self.net.backend.threads():
+            for epoch in range(self.state.epoch, self.epochs):
+                mean_cost, seconds = self.run_epoch(epoch)
+                self.end_epoch(epoch, mean_cost, seconds)
+                if self.stopping:
+                    break
+        return self.end()
 
     def _track_best(
         self, epoch: int, val_acc: float | None, test_acc: float | None, mean_cost: float
