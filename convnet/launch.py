@@ -110,6 +110,15 @@ TRAIN_FLAGS = (
         on_resume=True,
         per_invocation=True,
     ),
+    Flag(
+        "together",
+        bool,
+        "with --ensemble: train the members as one program (stacked weights, one batched "
+        "GEMM per layer; JAX backend), for GPUs; on a CPU core it measured slower than one "
+        "after another",
+        on_resume=True,
+        per_invocation=True,
+    ),
     Flag("out", str, "the run folder to write", metavar="RUN_DIR"),
     Flag(
         "checkpoint_every",
@@ -249,11 +258,7 @@ def _train_one(
     if not args.quiet:
         net.summary()
     position = Position()
-    callbacks: list[Callback] = [position]
-    if args.eta_schedule is not None:
-        callbacks.append(EtaSchedule(args.eta_schedule))
-    if args.patience is not None:
-        callbacks.append(EarlyStopping(args.patience))
+    callbacks: list[Callback] = [position, *_stopping(args)]
     try:
         runs.train(
             net,
@@ -273,6 +278,16 @@ def _train_one(
     except KeyboardInterrupt:
         raise RunInterruptedError(run_dir, position) from None
     return net
+
+
+def _stopping(args: argparse.Namespace) -> list[Callback]:
+    """The callbacks of ``--eta-schedule`` and ``--patience``, fresh for one run."""
+    callbacks: list[Callback] = []
+    if args.eta_schedule is not None:
+        callbacks.append(EtaSchedule(args.eta_schedule))
+    if args.patience is not None:
+        callbacks.append(EarlyStopping(args.patience))
+    return callbacks
 
 
 def _optimizer(hyper: dict) -> optimizers.Optimizer:
@@ -356,11 +371,7 @@ def train(given: dict[str, Any], resume: str | None = None) -> int:
         _layers(args, args.mini_batch_size)  # a misspelt --layers fails before any data is read
     run_dir = Path(args.out)
     members = args.ensemble or 1
-    for name in ("workers", "cluster"):
-        if getattr(args, name) is not None and members == 1:
-            raise ArgumentError(
-                f"--{name}: trains ensemble members at once; give --ensemble N too."
-            )
+    _check_ensemble_flags(args, members)
     with _executor(args, members) as pool:  # a bad --workers or --cluster writes nothing
         runs.prepare_out(run_dir, args.overwrite)
         with runs.locked(run_dir):
@@ -368,6 +379,20 @@ def train(given: dict[str, Any], resume: str | None = None) -> int:
                 runs.write_plan(run_dir, vars(args), members)
             _train_members(args, run_dir, members, hyper, list(range(members)), set(), pool)
     return 0
+
+
+def _check_ensemble_flags(args: argparse.Namespace, members: int) -> None:
+    """--workers, --cluster and --together are ways to train an ensemble's members: one."""
+    given = [name for name in ("workers", "cluster", "together") if getattr(args, name)]
+    if given and members == 1:
+        raise ArgumentError(
+            f"--{given[0]}: trains ensemble members at once; give --ensemble N too."
+        )
+    if len(given) > 1:
+        raise ArgumentError(
+            f"{' and '.join('--' + name for name in given)}: choose one way to train the "
+            "members at once (processes, a cluster, or one program)."
+        )
 
 
 @contextmanager
@@ -401,6 +426,8 @@ def _train_members(
     one after another without one; then take the vote of all of them."""
     if pool is not None and todo:
         _train_in_parallel(args, run_dir, members, todo, resumed, pool)
+    elif args.together and len(todo) > 1:
+        _train_together(args, run_dir, members, hyper, todo, resumed)
     elif todo:
         data = _training_data(args, hyper)
         for k in todo:
@@ -424,6 +451,53 @@ def _train_members(
         for k, accuracy in enumerate(result["members"]):
             print(f"member {k}: test accuracy {accuracy:.2%}")
         print(f"voted ({members} nets): test accuracy {result['voted']:.2%}")
+
+
+def _train_together(
+    args: argparse.Namespace,
+    run_dir: Path,
+    members: int,
+    hyper: dict[str, Any],
+    todo: list[int],
+    resumed: set[int],
+) -> None:
+    """Members ``todo`` as one program (``--together``); resumed ones from their
+    checkpoints, which must all stand at the same epoch."""
+    mbs = args.mini_batch_size
+    folders = [runs.member_dir(run_dir, k, members) for k in todo]
+    nets, states = [], []
+    for k, folder in zip(todo, folders, strict=True):
+        if k in resumed:
+            net, state, _ = checkpoint.load(folder, backend=args.backend, device=args.device)
+        else:
+            layers, seed = _layers(args, mbs), args.seed + k
+            net = Network(layers, mbs, backend=args.backend, device=args.device, seed=seed)
+            state = None
+        nets.append(net)
+        states.append(state)
+    if not args.quiet:
+        nets[0].summary()
+        print(f"Training members {todo} of {members} as one program")
+    positions = [Position() for _ in todo]
+    callbacks = [[position, *_stopping(args)] for position in positions]
+    try:
+        runs.train_together(
+            nets,
+            folders,
+            *_training_data(args, hyper),
+            epochs=hyper["epochs"],
+            optimizer=_optimizer(hyper),
+            lmbda=hyper["lmbda"],
+            callbacks=callbacks,
+            shuffle=args.shuffle,
+            verbose=not args.quiet,
+            states=states,
+            arguments=[vars(args) | {"out": str(folder)} for folder in folders],
+            checkpoint_every=args.checkpoint_every,
+            details=[hyper | {"seed": net.seed} for net in nets],
+        )
+    except KeyboardInterrupt:
+        raise RunInterruptedError(folders[0], positions[0]) from None
 
 
 def train_member(
@@ -502,6 +576,7 @@ def _resume_ensemble(run_dir: Path, given: dict[str, Any]) -> int:
     ones from their checkpoints, then the vote; finished members are left as they are."""
     members, stored = runs.read_plan(run_dir)
     args = _resumed_arguments(stored, given, out=str(run_dir), ensemble=members)
+    _check_ensemble_flags(args, members)
     hyper = _hyper(args)
     todo, resumed = [], set()
     for k in range(members):
@@ -551,6 +626,10 @@ def _resume(run_dir: Path, given: dict[str, Any]) -> int:
         )
     if runs.is_ensemble(run_dir):
         return _resume_ensemble(run_dir, given)
+    if given.get("together"):
+        raise ArgumentError(
+            f"--together: trains ensemble members at once; {run_dir} is a single run."
+        )
     with runs.locked(run_dir) if run_dir.is_dir() else nullcontext():
         net, state, stored = checkpoint.load(
             run_dir, backend=given.get("backend"), device=given.get("device")

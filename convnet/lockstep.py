@@ -120,8 +120,10 @@ class Lockstep:
         seed = pt.scalar("seed", dtype="uint64")
         eta = pt.scalar("eta", dtype="float32")
         count = pt.scalar("count", dtype="int64")
-        state = [pt.tensor(f"s{k}", dtype="float32", shape=v.type.shape[1:])
-                 for k, v in enumerate(optimizer_state)]
+        state = [
+            pt.tensor(f"s{k}", dtype="float32", shape=v.type.shape[1:])
+            for k, v in enumerate(optimizer_state)
+        ]
         cost = net.training_cost(x, y, mbs, seed=seed, step=count) + net.l2_cost(lmbda, data.n)
         grads = pt.grad(cost, net.params)
         new_params, new_state = optimizer.step(net.params, grads, state, eta)

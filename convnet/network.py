@@ -247,11 +247,11 @@ class _Together:
         steps_per_call: int | None,
     ) -> None:
         first = trainers[0]
-        where = {(t.state.epoch, t.state.step) for t in trainers}
-        if len(where) > 1:
+        where = [(t.state.epoch, t.state.step) for t in trainers]
+        if len(set(where)) > 1:
             raise ArgumentError(
                 "states: networks trained as one program must stand at the same epoch and "
-                f"step. Received (epoch, step): {[(t.state.epoch, t.state.step) for t in trainers]}."
+                f"step. Received (epoch, step): {where}."
             )
         self.program, self.trainers = program, trainers
         program.push()  # the members' weights, resumed ones included

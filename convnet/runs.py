@@ -29,7 +29,7 @@ from convnet.callbacks import Callback
 from convnet.ensemble import vote
 from convnet.errors import ArgumentError, DivergenceError, ModelFileError
 from convnet.history import History
-from convnet.network import Network, load
+from convnet.network import Network, fit_together, load
 from convnet.optimizers import Optimizer
 from convnet.trainer import TrainingState
 
@@ -136,6 +136,71 @@ def train(
     except DivergenceError:
         serialization.save(net, run_dir, training=details or {}, diverged=net.history.stopped)
         raise
+    _save_trained(net, run_dir, history, test, details, verbose)
+    return history
+
+
+def train_together(
+    nets: Sequence[Network],
+    run_dirs: Sequence[Path],
+    training: Split,
+    validation: Split | None,
+    test: Split | None,
+    *,
+    epochs: int,
+    optimizer: Optimizer,
+    lmbda: float,
+    callbacks: Sequence[Sequence[Callback]],
+    shuffle: bool = False,
+    verbose: bool = True,
+    states: Sequence[TrainingState | None] | None = None,
+    arguments: Sequence[dict[str, Any]],
+    checkpoint_every: int = 1,
+    details: Sequence[dict[str, Any]],
+) -> list[History]:
+    """:func:`train` for several networks trained as one program
+    (:func:`convnet.network.fit_together`): each into its own run folder, with the same
+    files :func:`train` writes. A member that diverges keeps its last good weights on
+    disk; the others keep their checkpoints."""
+    savers = [
+        checkpoint.ModelCheckpoint(run_dir, checkpoint_every, args)
+        for run_dir, args in zip(run_dirs, arguments, strict=True)
+    ]
+    try:
+        histories = fit_together(
+            nets,
+            training,
+            epochs,
+            optimizer=optimizer,
+            validation_data=validation,
+            test_data=test,
+            lmbda=lmbda,
+            callbacks=[[*own, saver] for own, saver in zip(callbacks, savers, strict=True)],
+            shuffle=shuffle,
+            verbose=verbose,
+            states=states,
+        )
+    except DivergenceError:
+        for net, run_dir, about in zip(nets, run_dirs, details, strict=True):
+            stopped = net.history.stopped if net.history is not None else None
+            if stopped and stopped.startswith("diverged"):
+                serialization.save(net, run_dir, training=about, diverged=stopped)
+        raise
+    for net, run_dir, history, about in zip(nets, run_dirs, histories, details, strict=True):
+        _save_trained(net, run_dir, history, test, about, verbose)
+    return histories
+
+
+def _save_trained(
+    net: Network,
+    run_dir: Path,
+    history: History,
+    test: Split | None,
+    details: dict[str, Any] | None,
+    verbose: bool,
+) -> None:
+    """A trained network's files: the model (with ``details``), history, pictures and
+    test-set probabilities."""
     if verbose:
         print(f"Saving the model, history and pictures in {run_dir}", flush=True)
     summary = {
@@ -150,7 +215,6 @@ def train(
         probabilities = net.predict_proba(test[0])
         write_probabilities(run_dir, probabilities)
         plots.errors(test[0], test[1], probabilities.argmax(1), run_dir / "errors.png")
-    return history
 
 
 def _model_digest(run_dir: Path) -> str:
