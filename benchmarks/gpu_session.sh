@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # Everything the GPU numbers in benchmarks/RESULTS.md need, as one command for a short GPU
 # loan: gpu_check.sh (step check, compile, net C vs PyTorch CUDA at mini-batch 10 and 256),
+# 5 dropout nets trained as one program against one after another (ensemble_program.py),
 # then the book's net C trained on the GPU on real MNIST as a user would (60 epochs, the
 # book's 99.23%), cut when the session reaches SESSION_SECONDS (default 450); then the cold
 # compile with full float32 products and the device-dependent test files on the GPU (up to
-# TEST_SECONDS, default 150). About 7 minutes in all. Logs go to OUT_DIR (default $OUT, else .).
+# TEST_SECONDS, default 150). About 8 minutes in all. Logs go to OUT_DIR (default $OUT, else .).
 #
 # Prepare on a machine with pip and MNIST (both folders are git-ignored via .git/info/exclude):
 #   pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
@@ -20,6 +21,9 @@ deadline=$((SECONDS + ${SESSION_SECONDS:-450}))
 python3 --version
 bash benchmarks/gpu_check.sh .whl 2>&1 | tee "$out/gpu_check.log"
 export PYTHONPATH="/tmp/convnet-site:$PWD"
+# Issue 15's ensemble target: 5 dropout nets as one program against 5 runs one after another.
+CONVNET_DATA="$PWD/.gpudata" timeout 200 python3 benchmarks/ensemble_program.py --device gpu \
+    --members 5 --images 5000 --repeats 2 2>&1 | tee "$out/ensemble_program_gpu.log"
 left=$((deadline - SECONDS))
 echo "# book run: $left s left for net C's 60 epochs"
 CONVNET_DEVICE=gpu CONVNET_DATA="$PWD/.gpudata" timeout "$((left > 30 ? left : 30))" \
@@ -32,4 +36,4 @@ CONVNET_PRECISION=float32 timeout 90 python3 benchmarks/gpu_check.py --parts com
 # The device-dependent test files on the GPU (the suite runs them in float32 there).
 CONVNET_DEVICE=gpu timeout "${TEST_SECONDS:-150}" python3 -m pytest -q -p no:cacheprovider \
     -m "not mnist" tests/test_backend.py tests/test_native_conv.py tests/test_ops.py \
-    tests/test_training.py 2>&1 | tee "$out/pytest_gpu.log" | tail -n 15
+    tests/test_training.py tests/test_lockstep.py 2>&1 | tee "$out/pytest_gpu.log" | tail -n 15

@@ -14,14 +14,17 @@ with warnings.catch_warnings():
     warnings.filterwarnings("ignore", message=".*blas.*")
     import pytensor  # noqa: F401
 
-from convnet import linkers  # noqa: F401 - gives convnet's Ops to PyTensor's Numba and C modes
+from convnet import (
+    linkers,  # noqa: F401 - gives convnet's Ops to PyTensor's Numba and C modes
+    optimizers,  # noqa: F401 - convnet.optimizers.SGD / Adam for fit
+)
 from convnet.activations import ReLU, linear, sigmoid, tanh
 from convnet.config import VERSION
 from convnet.data.mnist import load_data_shared, load_mnist
 from convnet.ensemble import vote
 from convnet.history import History
 from convnet.layers import ConvPoolLayer, FullyConnectedLayer, Layer, SoftmaxLayer
-from convnet.network import Network, load
+from convnet.network import Network, fit_together, load
 from convnet.sweeps import sweep
 
 __version__ = VERSION
@@ -42,6 +45,7 @@ __all__ = [
     "ReLU",
     "SoftmaxLayer",
     "__version__",
+    "fit_together",
     "linear",
     "load",
     "load_data_shared",

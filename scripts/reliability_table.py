@@ -433,6 +433,20 @@ def cli_cases(at: dict[str, Path]) -> list[tuple[str, Callable[[], list[str]], s
             "test_parallel.py::test_workers_without_an_ensemble_or_beyond_the_cores_are_refused",
         ),
         (
+            "`--together` with `--workers`",
+            lambda: [
+                *train,
+                "--ensemble",
+                "2",
+                "--together",
+                "--workers",
+                "2",
+                "--out",
+                str(TMP / "t"),
+            ],
+            "test_lockstep.py::test_together_is_one_way_to_train_an_ensemble",
+        ),
+        (
             "A sweep grid value of the wrong type",
             lambda: [
                 "sweep",

@@ -78,7 +78,8 @@ def test_resume_refuses_flags_it_would_ignore_and_fewer_epochs(data, tmp_path, c
     before = _fingerprint(run)
     assert main(["train", "--resume", str(run), "--eta", "0.5", "--shuffle"]) == 2
     err = _error(capsys)
-    allowed = "--epochs, --workers, --cluster, --checkpoint-every, --quiet, --data, --backend"
+    allowed = "--epochs, --workers, --cluster, --together, --checkpoint-every, --quiet, --data"
+    allowed += ", --backend"
     assert f"only {allowed}, --device may be given" in err
     assert "Received: --eta 0.5 --shuffle" in err
     assert main(["train", "--resume", str(run), "--epochs", "1"]) == 2
