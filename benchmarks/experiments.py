@@ -18,6 +18,7 @@
     python benchmarks/experiments.py train-breakdown     # net C's conv layers: fused vs XLA, by pass
     python benchmarks/experiments.py ensemble-bound      # what 5 nets as one program could gain here
     python benchmarks/experiments.py fc-profile          # the dropout net's FC1000 passes under XLA
+    python benchmarks/experiments.py step-profile        # net C's step, op by op (XLA's profiler)
 
 Each prints its own table. They run on synthetic MNIST-shaped data except eval-batch and
 eval-limit (real test set: set CONVNET_DATA). Pinned to one core, as in bench.py.
@@ -46,6 +47,7 @@ def _net_c_step(mbs: int, steps: int = 1, n: int = 2000, optimizer: str | None =
     import convnet.backend as backends
     from convnet import Network
     from convnet.book import layers_for
+    from convnet.optimizers import SGD
 
     backend = backends.resolve("jax", "cpu")
     if optimizer is not None:
@@ -64,7 +66,7 @@ def _net_c_step(mbs: int, steps: int = 1, n: int = 2000, optimizer: str | None =
     eta = net.backend.shared(np.float32(0.03), "eta")
     cost = net.backend.shared(np.float32(0.0), "cost")
     start = time.perf_counter()
-    fn = net.train_function(data, order, eta, 0.1, cost, steps=steps)
+    fn = net.train_function(data, order, eta, 0.1, cost, SGD(0.03), steps=steps)
     calls = [np.array(i, dtype=np.int64) for i in range(0, n // mbs, steps)]
     fn(calls[0])
     np.asarray(cost.get_value())
@@ -79,7 +81,7 @@ def _best_per_step(net, fn, calls, total_steps, repeats=3) -> float:
         start = time.perf_counter()
         for index in calls:
             fn(index)
-        jax.block_until_ready(net.params[0].get_value(borrow=True))
+        jax.block_until_ready([t.get_value(borrow=True) for t in net.device_copies.twins])
         best = min(best, (time.perf_counter() - start) / total_steps)
     return best
 
@@ -117,6 +119,7 @@ def call_overhead() -> None:
 
     from convnet import Network
     from convnet.book import layers_for
+    from convnet.optimizers import SGD
 
     net = Network(layers_for("shallow", 10), 10, seed=0, backend="jax")
     rng = np.random.default_rng(0)
@@ -127,7 +130,7 @@ def call_overhead() -> None:
         net.backend.shared(v, k)
         for k, v in (("o", np.arange(5000)), ("e", np.float32(0.1)), ("c", np.float32(0.0)))
     )
-    fn = net.train_function(data, order, eta, 0.0, cost)
+    fn = net.train_function(data, order, eta, 0.0, cost, SGD(0.1))
     calls = [np.array(i, dtype=np.int64) for i in range(500)]
     fn(calls[0])
     storage = list(fn.vm.inputs)
@@ -765,10 +768,82 @@ def fc_profile() -> None:
         print(f"| {k} x {n} | " + " | ".join(f"{v:.0f}" for v in row) + " |", flush=True)
 
 
+def _hlo_ops(hlo: str) -> dict[str, str]:
+    """What each instruction of a compiled HLO module is, by name: the kernel's entry
+    point for a custom call, "GEMM" for a dot or an XNNPACK fusion, else its kind and
+    shape (e.g. "fusion f32[10,20,12,12]")."""
+    kinds = {}
+    for line in hlo.splitlines():
+        line = line.strip().removeprefix("ROOT ")
+        if not line.startswith("%") or " = " not in line:
+            continue
+        name, rest = line[1:].split(" = ", 1)
+        shape = rest.split(" ", 1)[0]
+        if "custom_call_target=" in rest:
+            target = rest.split('custom_call_target="', 1)[1].split('"', 1)[0]
+            kinds[name] = target.removeprefix("convnet_")
+        elif " dot(" in rest or "__ynn_fusion" in rest:
+            kinds[name] = f"GEMM {shape}"
+        else:
+            kinds[name] = f"{rest.split('(', 1)[0].split(' ')[-1]} {shape}"
+    return kinds
+
+
+def step_profile() -> None:
+    """Net C's training step op by op: XLA's profiler traces a pass of about 1,000 images
+    through the compiled training function (one step per call, or 100 in a scan), and
+    each op's time is summed per image; "outside the ops" is the step's time (measured
+    without the profiler, best of 3) less the ops' (calls, loop control, Python)."""
+    import glob
+    import gzip
+    import json
+
+    import jax
+
+    for mbs, steps in ((10, 1), (10, 100), (64, 1), (256, 1)):
+        images = 1024 if mbs == 256 else 1000
+        net, fn, calls, _, total = _net_c_step(mbs, steps, n=images)
+        per_image = _best_per_step(net, fn, calls, total) / mbs * 1e6
+        args = [s[0] for s in fn.vm.inputs]
+        args[0] = calls[0]
+        kinds = _hlo_ops(fn.vm.jit_fn.lower(*args).compile().as_text())
+        with tempfile.TemporaryDirectory() as folder:
+            with jax.profiler.trace(folder):
+                for index in calls:
+                    fn(index)
+                jax.block_until_ready([t.get_value(borrow=True) for t in net.device_copies.twins])
+            (trace,) = glob.glob(f"{folder}/**/*.trace.json.gz", recursive=True)
+            with gzip.open(trace) as handle:
+                events = json.load(handle)["traceEvents"]
+        sums: dict[str, float] = {}
+        for event in events:
+            name = event.get("name", "")
+            if event.get("ph") == "X" and name in kinds and not name.startswith("while"):
+                sums[name] = sums.get(name, 0.0) + event["dur"] / images
+        by_kind: dict[str, float] = {}
+        for name, micros in sums.items():
+            kind = kinds[name].split(" ")[0]
+            by_kind[kind] = by_kind.get(kind, 0.0) + micros
+        per_call = f"{steps} step{'s' if steps > 1 else ''} per call"
+        print(f"\nmini-batch {mbs}, {per_call}: {per_image:.1f} us per image")
+        print("| op | what | us per image |")
+        print("|---|---|---|")
+        for name, micros in sorted(sums.items(), key=lambda item: -item[1])[:10]:
+            print(f"| {name} | {kinds[name]} | {micros:.1f} |")
+        kinds_text = ", ".join(
+            f"{kind} {micros:.1f}" for kind, micros in sorted(by_kind.items(), key=lambda i: -i[1])
+        )
+        outside = per_image - sum(sums.values())
+        print(
+            f"| **all ops, by kind** | {kinds_text}; outside the ops {outside:.1f} | |", flush=True
+        )
+
+
 COMMANDS = {
     "train-breakdown": train_breakdown,
     "ensemble-bound": ensemble_bound,
     "fc-profile": fc_profile,
+    "step-profile": step_profile,
     "optimizers": optimizers,
     "linker-conv": linker_conv,
     "eval-limit": eval_limit,
