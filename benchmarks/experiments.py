@@ -19,6 +19,7 @@
     python benchmarks/experiments.py ensemble-bound      # what 5 nets as one program could gain here
     python benchmarks/experiments.py fc-profile          # the dropout net's FC1000 passes under XLA
     python benchmarks/experiments.py step-profile        # net C's step, op by op (XLA's profiler)
+    python benchmarks/experiments.py scan-threshold      # short runs: 1 or 100 steps per call?
 
 Each prints its own table. They run on synthetic MNIST-shaped data except eval-batch and
 eval-limit (real test set: set CONVNET_DATA). Pinned to one core, as in bench.py.
@@ -839,11 +840,65 @@ def step_profile() -> None:
         )
 
 
+SCAN_CHILD = r"""
+import sys, time
+import numpy as np
+import jax
+from convnet import Network
+from convnet.book import layers_for
+from convnet.optimizers import SGD
+name, steps = sys.argv[1], int(sys.argv[2])
+net = Network(layers_for(name, 10), 10, seed=0, backend="jax")
+rng = np.random.default_rng(0)
+x, y = rng.random((5000, 784), dtype=np.float32), rng.integers(0, 10, 5000).astype(np.int32)
+data = net.to_device((x, y), "t")
+order, eta, cost = (
+    net.backend.shared(v, k)
+    for k, v in (("o", np.arange(5000)), ("e", np.float32(0.03)), ("c", np.float32(0.0)))
+)
+start = time.perf_counter()
+fn = net.train_function(data, order, eta, 0.1, cost, SGD(0.03), steps=steps)
+fn(np.array(0, dtype=np.int64))
+jax.block_until_ready(cost.get_value(borrow=True))
+built = time.perf_counter() - start
+calls = [np.array(i, dtype=np.int64) for i in range(0, 500, steps)]
+best = float("inf")
+for _ in range(3):
+    start = time.perf_counter()
+    for index in calls:
+        fn(index)
+    jax.block_until_ready(cost.get_value(borrow=True))
+    best = min(best, (time.perf_counter() - start) / 500)
+print(built, best * 1e6)
+"""
+
+
+def scan_threshold() -> None:
+    """Whether a short run should use the 100-step scan: for each book net, the training
+    function's build + first call in a new process with empty caches (cold) and again
+    with them filled (warm), and microseconds per step, at 1 and 100 steps per call; then
+    what the scan saves over one 5,000-step epoch (mini-batch 10) less its extra cold build."""
+    print("| net | steps per call | cold build + first call | warm | us per step |")
+    print("|---|---|---|---|---|")
+    for name in ("shallow", "conv", "relu", "dropout"):
+        row = {}
+        for steps in (1, 100):
+            with tempfile.TemporaryDirectory() as cache:
+                env = dict(os.environ, CONVNET_CACHE=cache)
+                cold, _ = _child(SCAN_CHILD, name, steps, env=env)
+                warm, micros = _child(SCAN_CHILD, name, steps, env=env)
+            row[steps] = (cold, micros)
+            print(f"| {name} | {steps} | {cold:.2f} s | {warm:.2f} s | {micros:.0f} |", flush=True)
+        saved = (row[1][1] - row[100][1]) * 5000 / 1e6 - (row[100][0] - row[1][0])
+        print(f"| {name} | one 5,000-step epoch: the scan saves {saved:+.2f} s cold | | | |")
+
+
 COMMANDS = {
     "train-breakdown": train_breakdown,
     "ensemble-bound": ensemble_bound,
     "fc-profile": fc_profile,
     "step-profile": step_profile,
+    "scan-threshold": scan_threshold,
     "optimizers": optimizers,
     "linker-conv": linker_conv,
     "eval-limit": eval_limit,
