@@ -43,8 +43,11 @@ one_core()  # before JAX starts its thread pool; the children started here inher
 import numpy as np  # noqa: E402 - after the pinning above
 
 
-def _net_c_step(mbs: int, steps: int = 1, n: int = 2000, optimizer: str | None = None):
-    """A compiled training function of net C on synthetic data, and its call list."""
+def _net_c_step(
+    mbs: int, steps: int = 1, n: int = 2000, optimizer: str | None = None, real: bool = False
+):
+    """A compiled training function of net C on synthetic data (``real``: the first ``n``
+    MNIST training images, from CONVNET_DATA), and its call list."""
     import convnet.backend as backends
     from convnet import Network
     from convnet.book import layers_for
@@ -60,9 +63,13 @@ def _net_c_step(mbs: int, steps: int = 1, n: int = 2000, optimizer: str | None =
         )("jax", "cpu")
     net = Network(layers_for("relu", mbs), mbs, backend=backend, seed=0)
     rng = np.random.default_rng(0)
-    data = net.to_device(
-        (rng.random((n, 784), dtype=np.float32), rng.integers(0, 10, n).astype(np.int32)), "t"
-    )
+    xy = (rng.random((n, 784), dtype=np.float32), rng.integers(0, 10, n).astype(np.int32))
+    if real:
+        from convnet import load_mnist
+
+        (x, y), _, _ = load_mnist()
+        xy = (x[:n], y[:n])
+    data = net.to_device(xy, "t")
     order = net.backend.shared(np.arange(n), "order")
     eta = net.backend.shared(np.float32(0.03), "eta")
     cost = net.backend.shared(np.float32(0.0), "cost")
@@ -794,16 +801,19 @@ def step_profile() -> None:
     """Net C's training step op by op: XLA's profiler traces a pass of about 1,000 images
     through the compiled training function (one step per call, or 100 in a scan), and
     each op's time is summed per image; "outside the ops" is the step's time (measured
-    without the profiler, best of 3) less the ops' (calls, loop control, Python)."""
+    without the profiler, best of 3) less the ops' (calls, loop control, Python). On
+    MNIST's first images where CONVNET_DATA is set, else on synthetic data."""
     import glob
     import gzip
     import json
 
     import jax
 
+    real = bool(os.environ.get("CONVNET_DATA"))
+    print(f"# net C on {'MNIST (CONVNET_DATA)' if real else 'synthetic data'}")
     for mbs, steps in ((10, 1), (10, 100), (64, 1), (256, 1)):
         images = 1024 if mbs == 256 else 1000
-        net, fn, calls, _, total = _net_c_step(mbs, steps, n=images)
+        net, fn, calls, _, total = _net_c_step(mbs, steps, n=images, real=real)
         per_image = _best_per_step(net, fn, calls, total) / mbs * 1e6
         args = [s[0] for s in fn.vm.inputs]
         args[0] = calls[0]
