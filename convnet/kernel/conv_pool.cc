@@ -296,28 +296,6 @@ void PadRows(const Shape& s, const float* image, float* padded) {
   }
 }
 
-// blank[p] = 1 where conv position p's whole patch (every channel, kh x kw) is zero: a
-// maximum there adds gain * 0 to the weight gradient, so it is skipped (same sums, bit for
-// bit: a sum that starts at +0 never becomes -0). MNIST's empty border and ReLU's zeros make
-// such windows common, and their four places all tie at the maximum.
-void BlankPatches(const Shape& s, const float* image, uint8_t* blank, uint8_t* lit) {
-  for (int64_t yx = 0; yx < s.h * s.w; ++yx) lit[yx] = 0;
-  for (int64_t ch = 0; ch < s.c; ++ch)
-    for (int64_t yx = 0; yx < s.h * s.w; ++yx) lit[yx] |= image[ch * s.h * s.w + yx] != 0.0f;
-  for (int64_t y = 0; y < s.h; ++y)  // lit[y][x] = any of lit[y][x .. x + kw - 1]
-    for (int64_t x = 0; x < s.ow; ++x) {
-      uint8_t any = 0;
-      for (int64_t b = 0; b < s.kw; ++b) any |= lit[y * s.w + x + b];
-      lit[y * s.w + x] = any;
-    }
-  for (int64_t y = 0; y < s.oh; ++y)
-    for (int64_t x = 0; x < s.ow; ++x) {
-      uint8_t any = 0;
-      for (int64_t a = 0; a < s.kh; ++a) any |= lit[(y + a) * s.w + x];
-      blank[y * s.ow + x] = !any;
-    }
-}
-
 // The pooled gradient spread onto the convolution, transposed: dconv_t[f][ppad].
 void UnpoolTransposed(const Shape& s, int64_t ppad, const int32_t* ties, const float* grad,
                       float* dconv_t) {
@@ -733,23 +711,17 @@ void WeightGradientSparse(const XLA_FFI_Api* api, XLA_FFI_ExecutionContext* ctx,
   const int64_t rows = s.c * s.kh, cells = s.qh * s.qw, most = n * cells * s.ph * s.pw;
   std::unique_ptr<float[]> padded_images(new float[std::max<int64_t>(1, n * padded_in)]);
   float* padded = padded_images.get();
-  std::unique_ptr<uint8_t[]> blank_patches(new uint8_t[std::max<int64_t>(1, n * s.P)]);
-  uint8_t* blank = blank_patches.get();
   auto pad = std::make_shared<Work>();
   pad->s = s;
   pad->n = n;
-  pad->scratch = (s.h * s.w + sizeof(float) - 1) / sizeof(float);  // BlankPatches' lit[]
-  pad->image = [=](int64_t i, float* scratch) {
-    PadRows(s, images + i * in, padded + i * padded_in);
-    BlankPatches(s, images + i * in, blank + i * s.P, reinterpret_cast<uint8_t*>(scratch));
-  };
+  pad->image = [=](int64_t i, float*) { PadRows(s, images + i * in, padded + i * padded_in); };
   Launch(api, ctx, pad);
 
   std::vector<int32_t> offsets(rows);  // each kernel row (c, a) in a padded image
   for (int64_t ch = 0; ch < s.c; ++ch)
     for (int64_t a = 0; a < s.kh; ++a) offsets[ch * s.kh + a] = (ch * s.h + a) * (s.w + kRowLanes);
   const int32_t* offset = offsets.data();
-  const Places in_padded(s, s.w + kRowLanes), in_conv(s);
+  const Places in_padded(s, s.w + kRowLanes);
   std::memset(dw, 0, sizeof(float) * s.K * s.fpad);
   auto sums = std::make_shared<Work>();
   sums->s = s;
@@ -763,14 +735,11 @@ void WeightGradientSparse(const XLA_FFI_Api* api, XLA_FFI_ExecutionContext* ctx,
     for (int64_t i = 0; i < n; ++i) {
       const float* g = grad + (i * s.f + f) * cells;
       const int32_t* at = ties + (i * s.f + f) * cells;
-      const uint8_t* blank_i = blank + i * s.P;
       for (int64_t q = 0; q < cells; ++q) {
         if (g[q] == 0.0f) continue;
         for (uint32_t mask = at[q]; mask; mask &= mask - 1) {
-          const int bit = __builtin_ctz(mask);
-          if (blank_i[in_conv(q, bit)]) continue;
           gain[count] = g[q];
-          place[count++] = static_cast<int32_t>(i * padded_in + in_padded(q, bit));
+          place[count++] = static_cast<int32_t>(i * padded_in + in_padded(q, __builtin_ctz(mask)));
         }
       }
     }
