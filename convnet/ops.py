@@ -403,6 +403,12 @@ class Im2Col(COp):
         images = inputs[0]
         output_storage[0][0] = im2col_columns(images, images.shape[1:], self.kh, self.kw, np.stack)
 
+    def infer_shape(self, fgraph, node, shapes):
+        # Lets PyTensor fold the shapes below it to constants (JAX needs them), also in a
+        # graph vectorized over several networks (convnet.lockstep).
+        n, c, h, w = shapes[0]
+        return [(c * self.kh * self.kw, n * (h - self.kh + 1) * (w - self.kw + 1))]
+
     def pullback(self, inputs, outputs, cotangents):
         return [Col2Im(self.kh, self.kw)(cotangents[0], inputs[0])]
 
@@ -435,6 +441,9 @@ class Col2Im(COp):
 
     def connection_pattern(self, node):
         return [[True], [False]]
+
+    def infer_shape(self, fgraph, node, shapes):
+        return [shapes[1]]
 
     def perform(self, node, inputs, output_storage):
         columns, images = inputs

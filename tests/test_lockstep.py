@@ -56,11 +56,14 @@ def _assert_same(together: list[Network], apart: list[Network]) -> None:
         np.testing.assert_allclose(ha.validation_accuracy, hb.validation_accuracy, atol=1 / 60)
 
 
-@pytest.mark.parametrize("steps", [1, 4])
-def test_members_trained_as_one_program_equal_those_trained_apart(steps):
+@pytest.mark.parametrize(("steps", "conv"), [(1, None), (4, None), (4, "patches"), (4, "native")])
+def test_members_trained_as_one_program_equal_those_trained_apart(steps, conv, monkeypatch):
     """Shuffled orders, momentum, an eta schedule, early stopping and a member stopped by
     its callback after one epoch: each member ends as if it had trained alone. 19
-    mini-batches in calls of 4 steps: a call for the remainder too."""
+    mini-batches in calls of 4 steps: a call for the remainder too. Each conv layer form:
+    the backend's own (the CPU kernel here), and the two a GPU uses (patches, native)."""
+    if conv is not None:
+        monkeypatch.setenv("CONVNET_CONV", conv)
     train, validation, test = _splits()
     optimizer = optimizers.SGD(0.1, momentum=0.5)
     options = dict(validation_data=validation, test_data=test, lmbda=0.5, shuffle=True)
