@@ -164,3 +164,24 @@ def test_together_is_one_way_to_train_an_ensemble(tmp_path, capsys):
     assert main(argv) == 2
     assert "--workers and --together: choose one way" in capsys.readouterr().err
     assert not (tmp_path / "b").exists()
+
+
+def test_an_ensemble_trained_together_resumes_together(tmp_path, capsys):
+    """Two epochs, and one epoch then --resume --epochs 2, both as one program: the same
+    members (each from its own checkpoint, all at the same epoch)."""
+    data = _dataset(tmp_path / "data.npz")
+    argv = [*ARGV, "--backend", "jax", "--together", "--data", str(data)]
+    whole, resumed = tmp_path / "whole", tmp_path / "resumed"
+    assert main([*argv, "--out", str(whole)]) == 0
+    one_epoch = [a if a != "2" or argv[k - 1] != "--epochs" else "1" for k, a in enumerate(argv)]
+    assert main([*one_epoch, "--out", str(resumed)]) == 0
+    capsys.readouterr()
+    assert main(["train", "--resume", str(resumed), "--epochs", "2", "--together"]) == 0
+    assert "members [0, 1] from their checkpoints" in capsys.readouterr().out
+    for k in range(2):
+        with (
+            np.load(whole / f"member-{k}" / "model.npz") as a,
+            np.load(resumed / f"member-{k}" / "model.npz") as b,
+        ):
+            for name in a.files:
+                np.testing.assert_array_equal(a[name], b[name], err_msg=f"member {k} {name}")
