@@ -63,31 +63,32 @@ class Lockstep:
         self.template = nets[0]
         self.backend = self.template.backend
         self.params = [
-            self._stacked([net.params[k] for net in self.nets], f"{p.name}[members]")
+            self.stacked(self._weights(k), f"{p.name}[members]")
             for k, p in enumerate(self.template.params)
         ]
-        self.seeds = self.backend.shared(
-            np.array([net.seed & 0xFFFFFFFF for net in self.nets], np.uint64), "seeds"
-        )
+        self.seeds = self.stacked([np.uint64(net.seed & 0xFFFFFFFF) for net in self.nets], "seeds")
 
     @property
     def size(self) -> int:
         return len(self.nets)
 
-    def _stacked(self, variables: Sequence[SharedVariable], name: str) -> SharedVariable:
-        values = [np.asarray(v.get_value(borrow=True), np.float32) for v in variables]
-        return self.backend.shared(np.stack(values), name)
+    def _weights(self, k: int) -> list[np.ndarray]:
+        """Every member's parameter ``k`` (its host value, as the user sees it)."""
+        return [np.asarray(net.params[k].get_value(borrow=True)) for net in self.nets]
 
-    def stacked(self, values: Sequence[np.ndarray], name: str) -> SharedVariable:
+    def stacked(self, values: Sequence[Any], name: str) -> SharedVariable:
         """A shared variable on the device holding one value per member."""
         return self.backend.shared(np.stack([np.asarray(v) for v in values]), name)
+
+    def set_stacked(self, variable: SharedVariable, values: Sequence[Any]) -> None:
+        """``variable`` (made by :meth:`stacked`) holds ``values`` now, on the device."""
+        variable.set_value(np.stack([np.asarray(v) for v in values]))
+        self.backend.place(variable)
 
     def push(self) -> None:
         """The members' current weights (host values) into the stacked parameters."""
         for k, stacked in enumerate(self.params):
-            values = [np.asarray(net.params[k].get_value(borrow=True)) for net in self.nets]
-            stacked.set_value(np.stack(values).astype(np.float32))
-            self.backend.place(stacked)
+            self.set_stacked(stacked, self._weights(k))
 
     def member_weights(self, member: int) -> list[np.ndarray]:
         """Member ``member``'s parameters, in ``params`` order."""

@@ -15,7 +15,7 @@ from convnet import optimizers, serialization
 from convnet.callbacks import Callback, EarlyStopping, EpochEndFunction, EtaSchedule, ProgressBar
 from convnet.errors import ArgumentError, DivergenceError, ModelFileError, ShapeError, check_number
 from convnet.history import History
-from convnet.lockstep import Lockstep
+from convnet.lockstep import Lockstep, check_alike
 from convnet.model import DeviceData, Model
 from convnet.optimizers import Optimizer
 from convnet.records import Fields
@@ -198,7 +198,7 @@ def fit_together(
     The JAX backend only; whole mini-batches (no micro-batches).
     """
     nets = list(nets)
-    program = Lockstep(nets)
+    check_alike(nets)
     template, count = nets[0], len(nets)
     if template.backend.name != "jax":
         raise ArgumentError(
@@ -232,7 +232,7 @@ def fit_together(
                 label=f"[net {k}] " if count > 1 else "",
             )
         )
-    return _Together(program, trainers, train, steps_per_call).run()
+    return _Together(Lockstep(nets), trainers, train, steps_per_call).run()
 
 
 class _Together:
@@ -284,16 +284,13 @@ class _Together:
         self.calls = epoch_calls(first.num_batches, limit, compile_steps)
         first.say(f"Compiled in {time.perf_counter() - start:.1f} s")
 
-    def _set(self, variable: Any, values: Sequence[Any]) -> None:
-        variable.set_value(np.stack([np.asarray(v) for v in values]))
-        self.program.backend.place(variable)
-
     def _run_steps(self, active: list[int]) -> float:
         """The epoch's steps for every member; the active members get their results."""
         trainers, mbs = self.trainers, self.trainers[0].net.mini_batch_size
-        self._set(self.orders, [t.order.get_value(borrow=True) for t in trainers])
-        self._set(self.etas, [np.float32(t.state.eta) for t in trainers])
-        self._set(self.cost_sums, [np.float32(0.0)] * len(trainers))
+        program = self.program
+        program.set_stacked(self.orders, [t.order.get_value(borrow=True) for t in trainers])
+        program.set_stacked(self.etas, [np.float32(t.state.eta) for t in trainers])
+        program.set_stacked(self.cost_sums, [np.float32(0.0)] * len(trainers))
         tick, done = time.perf_counter(), 0
         try:
             for function, index, steps in self.calls:
@@ -306,16 +303,12 @@ class _Together:
         return time.perf_counter() - tick
 
     def _hand_back(self, active: list[int]) -> None:
-        step = np.int64(np.asarray(self.step.get_value(borrow=True)))
+        step = int(np.asarray(self.step.get_value(borrow=True)))
         sums = np.asarray(self.cost_sums.get_value(borrow=True))
         state = [np.asarray(v.get_value(borrow=True)) for v in self.optimizer_state]
         for k in active:
-            trainer = self.trainers[k]
-            trainer.net.step.set_value(step)
-            trainer.net.set_weights(self.program.member_weights(k))
-            for variable, values in zip(trainer.optimizer_state, state, strict=True):
-                trainer._set(variable, np.array(values[k]))
-            trainer._set(trainer.cost_sum, np.float32(sums[k]))
+            weights = self.program.member_weights(k)
+            self.trainers[k].take_steps(weights, [v[k] for v in state], step, float(sums[k]))
 
     def run(self) -> list[History]:
         trainers = self.trainers

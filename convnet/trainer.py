@@ -210,6 +210,21 @@ class Trainer:
         for variable, value in zip(self.optimizer_state, state, strict=True):
             self._set(variable, value)
 
+    def take_steps(
+        self,
+        weights: Sequence[np.ndarray],
+        optimizer_state: Sequence[np.ndarray],
+        step: int,
+        cost_sum: float,
+    ) -> None:
+        """Where an epoch's steps that another program ran (:func:`convnet.network.
+        fit_together`) left this run: weights, optimizer state, step counter, cost sum."""
+        self.net.step.set_value(np.int64(step))
+        self.net.set_weights(weights)
+        for variable, value in zip(self.optimizer_state, optimizer_state, strict=True):
+            self._set(variable, np.asarray(value, np.float32))
+        self._set(self.cost_sum, np.float32(cost_sum))
+
     def _sync_state(self) -> None:
         _, optimizer_state, step = self.snapshot()
         self.state.optimizer_state = optimizer_state or None
