@@ -12,6 +12,7 @@ from convnet import Network, optimizers
 from convnet.callbacks import Callback, EarlyStopping, EtaSchedule
 from convnet.cli import main
 from convnet.errors import ArgumentError, DivergenceError
+from convnet.lockstep import Lockstep
 from convnet.network import fit_together
 from convnet.spec import parse
 from tests.test_run_folders import _dataset
@@ -185,3 +186,39 @@ def test_an_ensemble_trained_together_resumes_together(tmp_path, capsys):
         ):
             for name in a.files:
                 np.testing.assert_array_equal(a[name], b[name], err_msg=f"member {k} {name}")
+
+
+def _dot_generals(function) -> list[str]:
+    """The GEMMs of a compiled training function's program (StableHLO, as JAX lowers it)."""
+    args = [storage[0] for storage in function.vm.inputs]
+    args[0] = np.array(0, dtype=np.int64)
+    text = function.vm.jit_fn.lower(*args).as_text()
+    return [line for line in text.splitlines() if "stablehlo.dot_general" in line]
+
+
+def test_the_program_is_one_batched_gemm_per_layer_and_pass():
+    """Three dense nets as one program: as many GEMMs as one net's step (forward, weight
+    gradients, image gradient), each batched over the three members."""
+    nets = _nets(3, "fc:12:relu,softmax")
+    train, _, _ = _splits(100)
+    program = Lockstep(nets)
+    backend = nets[0].backend
+    data = nets[0].to_device(train, "train")
+    orders = program.stacked([np.arange(100)] * 3, "orders")
+    etas = program.stacked([np.float32(0.1)] * 3, "etas")
+    sums = program.stacked([np.float32(0.0)] * 3, "sums")
+    step = backend.shared(np.int64(0), "step")
+    sgd = optimizers.SGD(0.1)
+    together = program.train_function(data, orders, etas, 0.0, sums, step, sgd)
+    alone = nets[0].train_function(
+        data,
+        backend.shared(np.arange(100), "order"),
+        backend.shared(np.float32(0.1), "eta"),
+        0.0,
+        backend.shared(np.float32(0.0), "cost"),
+        sgd,
+    )
+    batched, single = _dot_generals(together), _dot_generals(alone)
+    assert len(batched) == len(single) == 5
+    for line in batched:
+        assert "batching_dims = [0] x [0]" in line and "tensor<3x" in line, line
