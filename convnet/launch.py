@@ -264,20 +264,27 @@ def _train_one(
             net,
             run_dir,
             *data,
-            epochs=hyper["epochs"],
-            optimizer=_optimizer(hyper),
-            lmbda=hyper["lmbda"],
             callbacks=callbacks,
-            shuffle=args.shuffle,
-            verbose=not args.quiet,
             state=state,
             arguments=vars(args) | {"out": str(run_dir)},
-            checkpoint_every=args.checkpoint_every,
             details=hyper | {"seed": seed},
+            **_training_options(args, hyper),
         )
     except KeyboardInterrupt:
         raise RunInterruptedError(run_dir, position) from None
     return net
+
+
+def _training_options(args: argparse.Namespace, hyper: dict[str, Any]) -> dict[str, Any]:
+    """How every run of this command trains (runs.train's and train_together's options)."""
+    return {
+        "epochs": hyper["epochs"],
+        "optimizer": _optimizer(hyper),
+        "lmbda": hyper["lmbda"],
+        "shuffle": args.shuffle,
+        "verbose": not args.quiet,
+        "checkpoint_every": args.checkpoint_every,
+    }
 
 
 def _stopping(args: argparse.Namespace) -> list[Callback]:
@@ -485,16 +492,11 @@ def _train_together(
             nets,
             folders,
             *_training_data(args, hyper),
-            epochs=hyper["epochs"],
-            optimizer=_optimizer(hyper),
-            lmbda=hyper["lmbda"],
             callbacks=callbacks,
-            shuffle=args.shuffle,
-            verbose=not args.quiet,
             states=states,
             arguments=[vars(args) | {"out": str(folder)} for folder in folders],
-            checkpoint_every=args.checkpoint_every,
             details=[hyper | {"seed": net.seed} for net in nets],
+            **_training_options(args, hyper),
         )
     except KeyboardInterrupt:
         raise RunInterruptedError(folders[0], positions[0]) from None

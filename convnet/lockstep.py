@@ -24,6 +24,7 @@ from pytensor.compile.sharedvalue import SharedVariable
 from pytensor.graph.replace import clone_replace, vectorize_graph
 
 from convnet.errors import ArgumentError
+from convnet.model import repeated_steps
 
 if TYPE_CHECKING:
     from convnet.model import DeviceData, Model
@@ -156,18 +157,7 @@ class Lockstep:
             step_costs, *moved = clone_replace([costs, *after], values)
             return [*moved, current[-2] + 1, current[-1] + step_costs]
 
-        i = pt.scalar("i", dtype="int64")
-        if steps == 1:
-            result = advance(i, carried)
-        else:
-            traces = pytensor.scan(
-                lambda k, *current: advance(i + k, current),
-                sequences=[pt.arange(steps, dtype="int64")],
-                outputs_info=carried,
-                return_list=True,
-                return_updates=False,
-            )
-            result = [trace[-1] for trace in traces]
+        i, result = repeated_steps(advance, carried, steps)
         fn = pytensor.function(
             [i], [], mode=self.backend.mode, updates=list(zip(carried, result, strict=True))
         )

@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import weakref
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -78,6 +78,25 @@ def check_chain(layers: Sequence[Layer], mini_batch_size: int) -> None:
                 f"({before.n_out} values per example) but {_label(index, after)} expects "
                 f"{after.input_shape} ({after.n_in} values)."
             )
+
+
+def repeated_steps(
+    advance: Callable[[Any, Sequence[Any]], list[Any]], state: Sequence[Any], steps: int
+) -> tuple[TensorVariable, list[Any]]:
+    """(i, the state after ``steps`` steps from mini-batch ``i``): ``advance(index, state)``
+    is one step; several run inside one ``scan``, so that one compiled call does them all
+    (the same results, fewer calls)."""
+    i = pt.scalar("i", dtype="int64")
+    if steps == 1:
+        return i, advance(i, state)
+    traces = pytensor.scan(
+        lambda k, *current: advance(i + k, current),
+        sequences=[pt.arange(steps, dtype="int64")],
+        outputs_info=list(state),
+        return_list=True,
+        return_updates=False,
+    )
+    return i, [trace[-1] for trace in traces]
 
 
 def _claim_all(layers: Sequence[Layer], network: Model) -> None:
@@ -289,18 +308,7 @@ class Model:
             new_p, new_state = optimizer.step(params, step_grads, moving, eta)
             return [*new_p, *new_state, step + 1, total + step_cost]
 
-        i = pt.scalar("i", dtype="int64")
-        if steps == 1:
-            after = advance(i, state)
-        else:
-            traces = pytensor.scan(
-                lambda k, *current: advance(i + k, current),
-                sequences=[pt.arange(steps, dtype="int64")],
-                outputs_info=state,
-                return_list=True,
-                return_updates=False,
-            )
-            after = [trace[-1] for trace in traces]
+        i, after = repeated_steps(advance, state, steps)
         return self._compile([i], [], updates=list(zip(state, after, strict=True)))
 
     def l2_cost(self, lmbda: float, n_train: int) -> TensorVariable:
