@@ -8,8 +8,9 @@ mini-batch order. Member k's weights after any number of steps are the ones it w
 have trained alone, to float32 rounding (the arithmetic is the same, the GEMMs batched).
 
 What it is for: on a GPU a step at mini-batch 10 costs kernel launches, not flops, so N
-members in one program cost little more than one. On a CPU core the arithmetic and the
-weights' traffic are the same however the members are batched (see RESULTS.md).
+members in one program should cost little more than one (not yet measured there). On a
+CPU core the arithmetic and the weights' traffic are the same however the members are
+batched, and the batched forms measured slower (RESULTS.md, "An ensemble as one program").
 """
 
 from __future__ import annotations
@@ -50,7 +51,7 @@ def check_alike(nets: Sequence[Model]) -> None:
                 f"nets[{index}]: backend {net.backend.describe()} differs from nets[0]'s "
                 f"{first.backend.describe()}; networks trained as one program share one."
             )
-        if net is first or any(net is other for other in nets[:index]):
+        if any(net is other for other in nets[:index]):
             raise ArgumentError(f"nets[{index}]: the same network appears twice.")
 
 
