@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from convnet import checkpoint, files, optimizers, parallel, runs
+from convnet import backend, checkpoint, files, optimizers, parallel, runs
 from convnet.book import RECIPES, layers_for
 from convnet.callbacks import Callback, EarlyStopping, EtaSchedule, Position
 from convnet.data.expand import load_expanded
@@ -399,6 +399,12 @@ def _check_ensemble_flags(args: argparse.Namespace, members: int) -> None:
         raise ArgumentError(
             f"{' and '.join('--' + name for name in given)}: choose one way to train the "
             "members at once (processes, a cluster, or one program)."
+        )
+    chosen = backend.resolve(args.backend, args.device) if args.together else None
+    if chosen is not None and chosen.name != "jax":
+        raise ArgumentError(
+            f"--together: trains the members as one program on the JAX backend only. "
+            f"Received: backend {chosen.name}. Use --backend jax, or drop --together."
         )
 
 

@@ -165,6 +165,12 @@ def test_together_is_one_way_to_train_an_ensemble(tmp_path, capsys):
     assert main(argv) == 2
     assert "--workers and --together: choose one way" in capsys.readouterr().err
     assert not (tmp_path / "b").exists()
+    argv = [*base, str(tmp_path / "c"), "--ensemble", "2", "--together", "--backend", "c"]
+    assert main(argv) == 2
+    assert "--together: trains the members as one program on the JAX backend only. " in (
+        capsys.readouterr().err
+    )
+    assert not (tmp_path / "c").exists()
 
 
 def test_an_ensemble_trained_together_resumes_together(tmp_path, capsys):
