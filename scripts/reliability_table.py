@@ -447,6 +447,20 @@ def cli_cases(at: dict[str, Path]) -> list[tuple[str, Callable[[], list[str]], s
             "test_lockstep.py::test_together_is_one_way_to_train_an_ensemble",
         ),
         (
+            "`--together` on the C backend",
+            lambda: [
+                *train,
+                "--ensemble",
+                "2",
+                "--together",
+                "--backend",
+                "c",
+                "--out",
+                str(TMP / "u"),
+            ],
+            "test_lockstep.py::test_together_is_one_way_to_train_an_ensemble",
+        ),
+        (
             "A sweep grid value of the wrong type",
             lambda: [
                 "sweep",
