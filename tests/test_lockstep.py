@@ -183,7 +183,8 @@ def test_an_ensemble_trained_together_resumes_together(tmp_path, capsys):
     one_epoch = [a if a != "2" or argv[k - 1] != "--epochs" else "1" for k, a in enumerate(argv)]
     assert main([*one_epoch, "--out", str(resumed)]) == 0
     capsys.readouterr()
-    assert main(["train", "--resume", str(resumed), "--epochs", "2", "--together"]) == 0
+    resume = ["train", "--resume", str(resumed), "--epochs", "2", "--together", "--backend", "jax"]
+    assert main(resume) == 0
     assert "members [0, 1] from their checkpoints" in capsys.readouterr().out
     for k in range(2):
         with (
