@@ -25,18 +25,23 @@ from pytensor.compile.sharedvalue import SharedVariable
 from pytensor.graph.replace import clone_replace, vectorize_graph
 
 from convnet.errors import ArgumentError
-from convnet.model import repeated_steps
+from convnet.model import Model, repeated_steps
 
 if TYPE_CHECKING:
-    from convnet.model import DeviceData, Model
+    from convnet.model import DeviceData
     from convnet.optimizers import Optimizer
 
 
 def check_alike(nets: Sequence[Model]) -> None:
     """Raise ArgumentError, naming the first that differs, unless every network has the
     first one's layers, mini-batch size and backend (what one program needs)."""
+    if isinstance(nets, Model) or not isinstance(nets, Sequence):
+        raise ArgumentError(f"nets: expected a list of networks. Received: {nets!r}.")
     if len(nets) < 1:
         raise ArgumentError("nets: expected at least one network. Received: none.")
+    for index, net in enumerate(nets):
+        if not isinstance(net, Model):
+            raise ArgumentError(f"nets[{index}]: expected a convnet Network. Received: {net!r}.")
     first = nets[0]
     want = ([layer.describe() for layer in first.layers], first.mini_batch_size)
     for index, net in enumerate(nets[1:], 1):

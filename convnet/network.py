@@ -197,8 +197,8 @@ def fit_together(
     that a callback stops keeps the weights it stopped with while the others train on.
     The JAX backend only; whole mini-batches (no micro-batches).
     """
-    nets = list(nets)
     check_alike(nets)
+    nets = list(nets)
     template, count = nets[0], len(nets)
     if template.backend.name != "jax":
         raise ArgumentError(

@@ -128,6 +128,11 @@ def test_networks_that_cannot_share_a_program_are_refused():
     twice = _nets(1, "fc:12:relu,softmax")
     with pytest.raises(ArgumentError, match=r"nets\[1\]: the same network appears twice"):
         fit_together(twice * 2, train, 1, optimizer=sgd)
+    alone = _nets(1, "fc:12:relu,softmax")[0]
+    with pytest.raises(ArgumentError, match=r"nets: expected a list of networks"):
+        fit_together(alone, train, 1, optimizer=sgd)
+    with pytest.raises(ArgumentError, match=r"nets\[1\]: expected a convnet Network"):
+        fit_together([alone, "x"], train, 1, optimizer=sgd)
     with pytest.raises(ArgumentError, match=r"callbacks: expected one entry per network \(2\)"):
         fit_together(_nets(2, "fc:12:relu,softmax"), train, 1, optimizer=sgd, callbacks=[[]])
 
