@@ -74,7 +74,7 @@ def _net_c_step(
     eta = net.backend.shared(np.float32(0.03), "eta")
     cost = net.backend.shared(np.float32(0.0), "cost")
     start = time.perf_counter()
-    fn = net.train_function(data, order, eta, 0.1, cost, SGD(0.03), steps=steps)
+    fn = net.backend.repeat(net.train_function(data, order, eta, 0.1, cost, SGD(0.03)), steps)
     calls = [np.array(i, dtype=np.int64) for i in range(0, n // mbs, steps)]
     fn(calls[0])
     np.asarray(cost.get_value())
@@ -867,7 +867,7 @@ order, eta, cost = (
     for k, v in (("o", np.arange(5000)), ("e", np.float32(0.03)), ("c", np.float32(0.0)))
 )
 start = time.perf_counter()
-fn = net.train_function(data, order, eta, 0.1, cost, SGD(0.03), steps=steps)
+fn = net.backend.repeat(net.train_function(data, order, eta, 0.1, cost, SGD(0.03)), steps)
 fn(np.array(0, dtype=np.int64))
 jax.block_until_ready(cost.get_value(borrow=True))
 built = time.perf_counter() - start

@@ -33,7 +33,7 @@ from pytensor.compile.mode import Mode, get_mode
 from pytensor.compile.sharedvalue import SharedVariable
 from pytensor.graph.traversal import graph_inputs
 
-from convnet import config, graph_cache, jax_ops, kernel
+from convnet import config, graph_cache, jax_ops, kernel, step_loop
 from convnet.errors import ArgumentError, BackendError
 
 BACKENDS = ("c", "numba", "jax")
@@ -209,21 +209,20 @@ class Backend:
         if self.name == "jax":
             jax_ops.register()
 
-    def steps_per_call(self, total_steps: int) -> int:
-        """SGD steps per compiled call, for a run of ``total_steps`` steps.
+    @property
+    def steps_per_call(self) -> int:
+        """Optimizer steps per compiled call (:meth:`repeat`).
 
-        Under JAX a scan of 50-500 steps ran net C 15-30% faster per step on a CPU
-        (bit-identical results; 50, 100 and 500 within noise of each other, see
-        ``benchmarks/experiments.py steps-per-call``) but takes 1-3 s longer to compile, so
-        it is used only for runs long enough to repay that (>= 15,000 steps: three epochs
-        of the book's nets). On a GPU the scan compiled no slower (cold 8.0 s against 8.6 s
-        on an H200) and ran net C at mini-batch 10 3-6 times faster than one step per call
-        (``benchmarks/gpu_check.py``), so any run of 1,000 steps or more uses it there.
-        Other backends: one step per call (scan not measured there).
+        Under JAX, 100: one XLA loop around the one-step program ran net C 13% faster per
+        step than one step per call on a CPU and built within 0.1 s of it (the book's
+        dropout net: 0.4 s slower, 4% faster), so even a 1-epoch run gains
+        (``benchmarks/experiments.py scan-threshold``); 50, 100 and 500 steps ran within
+        noise of each other (``steps-per-call``). On an H200 PyTensor's scan, the same
+        loop, ran net C at mini-batch 10 3-6 times faster than one step per call
+        (``benchmarks/gpu_check.py``). Other backends: one step per call (nothing to gain
+        from a loop in Python).
         """
-        if self.name != "jax":
-            return 1
-        return 100 if total_steps >= (1_000 if self.device == "gpu" else 15_000) else 1
+        return 100 if self.name == "jax" else 1
 
     def micro_batch(self, mini_batch_size: int) -> int:
         """Rows per forward/backward pass inside one SGD step (see Network.train_function).
@@ -304,6 +303,13 @@ class Backend:
         if self.matmul_precision is None:
             return function
         return PreciseFunction(function, self.matmul_precision)
+
+    def repeat(self, step: Any, steps: int) -> Any:
+        """A call that runs ``steps`` optimizer steps of ``step`` (a compiled one-step
+        function from this backend, of the first mini-batch's index): under JAX one XLA
+        loop (:mod:`convnet.step_loop`), elsewhere ``steps`` calls."""
+        one_step = step.function if isinstance(step, PreciseFunction) else step
+        return self.wrap(step_loop.repeat(one_step, steps, self.name == "jax"))
 
     @property
     def jax_device(self) -> Any:

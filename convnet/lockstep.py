@@ -25,7 +25,7 @@ from pytensor.compile.sharedvalue import SharedVariable
 from pytensor.graph.replace import clone_replace, vectorize_graph
 
 from convnet.errors import ArgumentError
-from convnet.model import Model, repeated_steps
+from convnet.model import Model
 
 if TYPE_CHECKING:
     from convnet.model import DeviceData
@@ -111,10 +111,9 @@ class Lockstep:
         step: SharedVariable,
         optimizer: Optimizer,
         optimizer_state: Sequence[SharedVariable] = (),
-        steps: int = 1,
     ) -> Any:
-        """``steps`` optimizer steps of every member on mini-batches ``i .. i+steps-1`` of
-        its row of ``orders``; each member's cost summed into its entry of ``cost_sums``.
+        """One optimizer step of every member on mini-batch ``i`` of its row of ``orders``;
+        each member's cost added to its entry of ``cost_sums``.
 
         The stacked arguments (``orders``, ``etas``, ``cost_sums``, ``optimizer_state``)
         hold one entry per member, members first; ``step`` (the dropout masks' counter)
@@ -146,24 +145,20 @@ class Lockstep:
         one |= dict(zip(net.params, params, strict=True)) | dict(zip(state, states, strict=True))
         costs, *after = vectorize_graph([cost, *new_params, *new_state], replace=one)
 
+        i = pt.scalar("i", dtype="int64")
+        rows = orders[:, i * mbs + pt.arange(mbs)]
+        values = {
+            xs: pt.specify_shape(data.x[rows], (n, mbs, net.n_in)),
+            ys: pt.specify_shape(data.y[rows], (n, mbs)),
+            seeds: self.seeds,
+            etas_in: etas,
+            count: step,
+        }
+        values |= dict(zip(params, self.params, strict=True))
+        values |= dict(zip(states, optimizer_state, strict=True))
+        step_costs, *moved = clone_replace([costs, *after], values)
         carried = [*self.params, *optimizer_state, step, cost_sums]
-        n_params, n_state = len(params), len(states)
-
-        def advance(index: Any, current: Sequence[Any]) -> list[Any]:
-            rows = orders[:, index * mbs + pt.arange(mbs)]
-            values = {
-                xs: pt.specify_shape(data.x[rows], (n, mbs, net.n_in)),
-                ys: pt.specify_shape(data.y[rows], (n, mbs)),
-                seeds: self.seeds,
-                etas_in: etas,
-                count: current[-2],
-            }
-            values |= dict(zip(params, current[:n_params], strict=True))
-            values |= dict(zip(states, current[n_params : n_params + n_state], strict=True))
-            step_costs, *moved = clone_replace([costs, *after], values)
-            return [*moved, current[-2] + 1, current[-1] + step_costs]
-
-        i, result = repeated_steps(advance, carried, steps)
+        result = [*moved, step + 1, cost_sums + step_costs]
         fn = pytensor.function(
             [i], [], mode=self.backend.mode, updates=list(zip(carried, result, strict=True))
         )

@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import weakref
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -78,25 +78,6 @@ def check_chain(layers: Sequence[Layer], mini_batch_size: int) -> None:
                 f"({before.n_out} values per example) but {_label(index, after)} expects "
                 f"{after.input_shape} ({after.n_in} values)."
             )
-
-
-def repeated_steps(
-    advance: Callable[[Any, Sequence[Any]], list[Any]], state: Sequence[Any], steps: int
-) -> tuple[TensorVariable, list[Any]]:
-    """(i, the state after ``steps`` steps from mini-batch ``i``): ``advance(index, state)``
-    is one step; several run inside one ``scan``, so that one compiled call does them all
-    (the same results, fewer calls)."""
-    i = pt.scalar("i", dtype="int64")
-    if steps == 1:
-        return i, advance(i, state)
-    traces = pytensor.scan(
-        lambda k, *current: advance(i + k, current),
-        sequences=[pt.arange(steps, dtype="int64")],
-        outputs_info=list(state),
-        return_list=True,
-        return_updates=False,
-    )
-    return i, [trace[-1] for trace in traces]
 
 
 def _claim_all(layers: Sequence[Layer], network: Model) -> None:
@@ -268,19 +249,17 @@ class Model:
         cost_sum: SharedVariable,
         optimizer: Optimizer,
         optimizer_state: Sequence[SharedVariable] = (),
-        steps: int = 1,
         micro_batch: int | None = None,
     ) -> Function:
-        """Optimizer steps on mini-batches ``i .. i+steps-1`` of ``order``; sums the cost.
+        """One optimizer step on mini-batch ``i`` of ``order``; adds its cost to ``cost_sum``.
 
         The cost is network3's: log-likelihood on the dropout path plus
         ``0.5*lmbda*sum(w**2)/num_training_batches`` over the weights (not biases). The
         ``optimizer`` turns gradients into new parameters and new ``optimizer_state`` (see
-        :mod:`convnet.optimizers`). With ``steps > 1`` the same step is
-        repeated inside one compiled ``scan``: identical results, fewer calls (measured
-        about 25% faster per step for net C under JAX on a CPU). ``micro_batch`` (default:
-        the backend's choice) splits each mini-batch into equal parts whose gradients are
-        summed: the same step, to float32 rounding, with buffers that fit the CPU's caches.
+        :mod:`convnet.optimizers`). ``micro_batch`` (default: the backend's choice) splits
+        each mini-batch into equal parts whose gradients are summed: the same step, to
+        float32 rounding, with buffers that fit the CPU's caches. Several steps per call:
+        :meth:`~convnet.backend.Backend.repeat`.
         """
         mbs = self.mini_batch_size
         l2 = self.l2_cost(lmbda, data.n)
@@ -294,21 +273,12 @@ class Model:
             grads = pt.grad(cost, self.params)
         else:
             cost, grads = self._micro_batched(part, l2)
+        i = pt.scalar("i", dtype="int64")
+        rows = order[i * mbs + pt.arange(mbs)]
+        step_cost, *step_grads = clone_replace([cost, *grads], self._batch(data, rows, mbs))
+        new_params, new_state = optimizer.step(self.params, step_grads, optimizer_state, eta)
         state = [*self.params, *optimizer_state, self.step, cost_sum]
-        n_params = len(self.params)
-
-        def advance(index: Any, current: Sequence[Any]) -> list[Any]:
-            params, moving = current[:n_params], current[n_params:-2]
-            step, total = current[-2], current[-1]
-            rows = order[index * mbs + pt.arange(mbs)]
-            replace = dict(zip(self.params, params, strict=True)) | {self.step: step}
-            step_cost, *step_grads = clone_replace(
-                [cost, *grads], replace | self._batch(data, rows, mbs)
-            )
-            new_p, new_state = optimizer.step(params, step_grads, moving, eta)
-            return [*new_p, *new_state, step + 1, total + step_cost]
-
-        i, after = repeated_steps(advance, state, steps)
+        after = [*new_params, *new_state, self.step + 1, cost_sum + step_cost]
         return self._compile([i], [], updates=list(zip(state, after, strict=True)))
 
     def l2_cost(self, lmbda: float, n_train: int) -> TensorVariable:

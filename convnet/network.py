@@ -264,22 +264,23 @@ class _Together:
             for j, name in enumerate(v.name for v in first.optimizer_state)
         ]
         self.step = backend.shared(np.int64(first.state.step), "step")
-        limit = steps_per_call or backend.steps_per_call(first.num_batches * first.epochs)
+        limit = steps_per_call or backend.steps_per_call
         start = time.perf_counter()
         first.say(f"Compiling the training step of {len(trainers)} networks as one program")
 
+        one_step = program.train_function(
+            train,
+            self.orders,
+            self.etas,
+            first.lmbda,
+            self.cost_sums,
+            self.step,
+            first.optimizer,
+            self.optimizer_state,
+        )
+
         def compile_steps(steps: int) -> Any:
-            return program.train_function(
-                train,
-                self.orders,
-                self.etas,
-                first.lmbda,
-                self.cost_sums,
-                self.step,
-                first.optimizer,
-                self.optimizer_state,
-                steps,
-            )
+            return backend.repeat(one_step, steps)
 
         self.calls = epoch_calls(first.num_batches, limit, compile_steps)
         first.say(f"Compiled in {time.perf_counter() - start:.1f} s")

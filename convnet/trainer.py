@@ -147,11 +147,12 @@ class Trainer:
         self.num_batches = len(self.order.get_value(borrow=True)) // mbs
         self.images_per_epoch = self.num_batches * mbs
         self.micro_batch = micro_batch
+        self._one_step: Any = None  # compiled on first use, repeated by the calls
 
         start = time.perf_counter()
         what = "training step" if own_steps else "evaluation"
         self.say(f"Compiling the {what} on {backend.describe()} (cached after the first run)")
-        limit = steps_per_call or backend.steps_per_call(self.num_batches * epochs)
+        limit = steps_per_call or backend.steps_per_call
         self.calls = epoch_calls(self.num_batches, limit, self._step_function) if own_steps else []
         for dataset in (validation, test):
             if dataset is not None:
@@ -159,18 +160,19 @@ class Trainer:
         self.say(f"Compiled in {time.perf_counter() - start:.1f} s")
 
     def _step_function(self, steps: int) -> Any:
-        """The compiled function that runs ``steps`` optimizer steps from a mini-batch index."""
-        return self.net.train_function(
-            self.train,
-            self.order,
-            self.eta,
-            self.lmbda,
-            self.cost_sum,
-            self.optimizer,
-            self.optimizer_state,
-            steps,
-            self.micro_batch,
-        )
+        """The compiled call that runs ``steps`` optimizer steps from a mini-batch index."""
+        if self._one_step is None:
+            self._one_step = self.net.train_function(
+                self.train,
+                self.order,
+                self.eta,
+                self.lmbda,
+                self.cost_sum,
+                self.optimizer,
+                self.optimizer_state,
+                self.micro_batch,
+            )
+        return self.net.backend.repeat(self._one_step, steps)
 
     # -- what callbacks use -----------------------------------------------------------
     def say(self, line: str) -> None:

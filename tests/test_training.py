@@ -124,7 +124,8 @@ def test_shuffled_runs_repeat_exactly_with_the_same_seed():
     assert not np.array_equal(unshuffled.get_weights()[0], runs[0][0])
 
 
-def test_many_steps_per_call_is_bit_identical_to_one():
+@pytest.mark.parametrize("backend", ["jax", "c"])  # an XLA loop; calls from Python
+def test_many_steps_per_call_is_bit_identical_to_one(backend):
     from convnet.trainer import chunk_size
 
     assert chunk_size(5000, 500) == 500 and chunk_size(20, 7) == 5 and chunk_size(23, 7) == 7
@@ -136,7 +137,7 @@ def test_many_steps_per_call_is_bit_identical_to_one():
         net = Network(
             [FullyConnectedLayer(20, 16, ReLU, p_dropout=0.3), SoftmaxLayer(16, 4, p_dropout=0.1)],
             10,
-            backend="jax",
+            backend=backend,
             seed=4,
         )
         history = net.SGD(
