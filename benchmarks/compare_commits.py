@@ -5,7 +5,8 @@ A kernel change is judged by the whole training step, and this machine's speed d
 between runs, so the two commits are timed alternately in one run: each repeat trains
 ``training_floor.py``'s convnet child (a new process, on this script's one pinned core,
 the fused kernel, one and 100 steps per call) once in each checkout. A commit is checked
-out into a temporary git worktree; ``--after`` defaults to the working tree. Medians.
+out into a temporary git worktree; ``--after`` defaults to the working tree. Medians; and
+whether the two commits end with bit-identical weights.
 
     env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE CONVNET_DATA=../shared/data/mnist \
         python benchmarks/compare_commits.py BEFORE [--after REV] [--mbs 10] [--repeats 4]
@@ -64,29 +65,35 @@ def main(argv: list[str] | None = None) -> int:
     names = {"before": args.before, "after": args.after or "working tree"}
     times: dict[tuple[str, int], list[float]] = {}
     costs: dict[str, float] = {}
+    digests: dict[tuple[str, int], set[str]] = {}
     with checkout(args.before) as before, checkout(args.after) as after:
         trees = {"before": before, "after": after}
         for repeat in range(args.repeats):
             for side in ("before", "after") if repeat % 2 == 0 else ("after", "before"):
                 for steps in (1, 100):
-                    seconds, cost = convnet_seconds(
+                    seconds, cost, digest = convnet_seconds(
                         "fused", args.images, args.mbs, steps, trees[side]
                     )
                     times.setdefault((side, steps), []).append(seconds)
+                    digests.setdefault((side, steps), set()).add(digest)
                     costs[side] = cost
     print(
         f"# net C, fused kernel, mini-batch {args.mbs}, {args.images:,} images, one core, "
         f"{args.repeats} repeats; before = {names['before']}, after = {names['after']}; "
         f"first-pass cost {costs['before']:.4f} / {costs['after']:.4f}"
     )
-    print("| steps per call | before: s (median) | after: s (median) | after / before | all |")
-    print("|---|---|---|---|---|")
+    print(
+        "| steps per call | before: s (median) | after: s (median) | after / before "
+        "| the same weights | all |"
+    )
+    print("|---|---|---|---|---|---|")
     for steps in (1, 100):
         old, new = (statistics.median(times[(side, steps)]) for side in ("before", "after"))
         every = " / ".join(
             ", ".join(f"{s:.3f}" for s in times[(side, steps)]) for side in ("before", "after")
         )
-        print(f"| {steps} | {old:.3f} | {new:.3f} | {new / old:.2f} | {every} |")
+        same = "yes" if digests[("before", steps)] == digests[("after", steps)] else "no"
+        print(f"| {steps} | {old:.3f} | {new:.3f} | {new / old:.2f} | {same} | {every} |")
     return 0
 
 

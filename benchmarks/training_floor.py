@@ -40,7 +40,7 @@ from convnet import Network, load_mnist  # noqa: E402
 from convnet.book import layers_for  # noqa: E402
 
 CHILD = r"""
-import sys
+import hashlib, sys
 from convnet import Network, load_mnist
 from convnet.book import layers_for
 images, mbs, steps = map(int, sys.argv[1:4])
@@ -49,7 +49,8 @@ net = Network(layers_for("relu", mbs), mbs, seed=0)
 print(net.layers[0].conv_implementation)
 history = net.SGD((x[:images], y[:images]), 2, mbs, 0.03, lmbda=0.1, verbose=False,
                   steps_per_call=steps or None)  # 0: convnet's choice
-print(history.seconds[1], history.train_cost[0])  # the peers' cost: the first pass's
+digest = hashlib.sha256(b"".join(w.tobytes() for w in net.get_weights())).hexdigest()[:16]
+print(history.seconds[1], history.train_cost[0], digest)  # the peers' cost: the first pass's
 """
 
 
@@ -85,8 +86,9 @@ if not os.path.abspath(convnet.__file__).startswith(os.path.abspath(tree) + os.s
 
 def convnet_seconds(
     conv: str, images: int, mbs: int, steps: int, checkout: str | None = None
-) -> tuple[float, float]:
-    """Seconds of the child's second pass and its first pass's cost; with ``checkout``, of
+) -> tuple[float, float, str]:
+    """Seconds of the child's second pass, its first pass's cost and a digest of the
+    weights it ends with (equal digests: bit-identical training); with ``checkout``, of
     the convnet in that folder (``-P``: no current folder ahead of PYTHONPATH, which would
     import this folder's convnet; run from here, so relative paths such as CONVNET_DATA's
     still hold)."""
@@ -103,8 +105,8 @@ def convnet_seconds(
     chosen, timing = out.stdout.strip().splitlines()[-2:]
     if chosen != conv:
         raise RuntimeError(f"asked for CONVNET_CONV={conv}, the network built {chosen}")
-    seconds, cost = map(float, timing.split())
-    return seconds, cost
+    seconds, cost, digest = timing.split()
+    return float(seconds), float(cost), digest
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -132,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
     for repeat in range(args.repeats):
         order = variants if repeat % 2 == 0 else variants[::-1]
         for conv, steps in order:
-            seconds, cost = convnet_seconds(conv, args.images, args.mbs, steps)
+            seconds, cost, _ = convnet_seconds(conv, args.images, args.mbs, steps)
             key = f"convnet {conv}, " + ("any run (its choice)" if steps == 0 else "1 step/call")
             times.setdefault(key, []).append(seconds)
             costs[key] = cost
