@@ -708,8 +708,7 @@ void WeightGradientSparse(const XLA_FFI_Api* api, XLA_FFI_ExecutionContext* ctx,
                           const Shape& s, int64_t n, const float* images, const int32_t* ties,
                           const float* grad, float* dw) {
   const int64_t in = s.c * s.h * s.w, padded_in = PaddedImageSize(s);
-  const int64_t rows = s.c * s.kh, cells = s.qh * s.qw, window = s.ph * s.pw;
-  const int64_t most = n * cells * window;
+  const int64_t rows = s.c * s.kh, cells = s.qh * s.qw, most = n * cells * s.ph * s.pw;
   std::unique_ptr<float[]> padded_images(new float[std::max<int64_t>(1, n * padded_in)]);
   float* padded = padded_images.get();
   auto pad = std::make_shared<Work>();
@@ -732,20 +731,15 @@ void WeightGradientSparse(const XLA_FFI_Api* api, XLA_FFI_ExecutionContext* ctx,
     float* sum = scratch;  // sum[(c, a)][kRowLanes]: lanes past kw are dropped below
     float* gain = sum + rows * kRowLanes;
     auto* place = reinterpret_cast<int32_t*>(gain + most);
-    // Every place of every window is written and kept only where it holds a maximum with
-    // a gradient: no branch on the data, whose ties (MNIST's blank border) and ReLU zeros
-    // fall too irregularly to predict.
     int64_t count = 0;
     for (int64_t i = 0; i < n; ++i) {
       const float* g = grad + (i * s.f + f) * cells;
       const int32_t* at = ties + (i * s.f + f) * cells;
       for (int64_t q = 0; q < cells; ++q) {
-        const uint32_t mask = g[q] != 0.0f ? static_cast<uint32_t>(at[q]) : 0u;
-        const int64_t corner = i * padded_in + in_padded.corner[q];
-        for (int64_t bit = 0; bit < window; ++bit) {
+        if (g[q] == 0.0f) continue;
+        for (uint32_t mask = at[q]; mask; mask &= mask - 1) {
           gain[count] = g[q];
-          place[count] = static_cast<int32_t>(corner + in_padded.within[bit]);
-          count += (mask >> bit) & 1u;
+          place[count++] = static_cast<int32_t>(i * padded_in + in_padded(q, __builtin_ctz(mask)));
         }
       }
     }
