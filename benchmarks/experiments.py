@@ -799,7 +799,7 @@ def _hlo_ops(hlo: str) -> dict[str, str]:
 
 def step_profile() -> None:
     """Net C's training step op by op: XLA's profiler traces a pass of about 1,000 images
-    through the compiled training function (one step per call, or 100 in a scan), and
+    through the compiled training function (one step per call, or 100 in a loop), and
     each op's time is summed per image; "outside the ops" is the step's time (measured
     without the profiler, best of 3) less the ops' (calls, loop control, Python). On
     MNIST's first images where CONVNET_DATA is set, else on synthetic data."""
@@ -815,9 +815,13 @@ def step_profile() -> None:
         images = 1024 if mbs == 256 else 1000
         net, fn, calls, _, total = _net_c_step(mbs, steps, n=images, real=real)
         per_image = _best_per_step(net, fn, calls, total) / mbs * 1e6
-        args = [s[0] for s in fn.vm.inputs]
-        args[0] = calls[0]
-        kinds = _hlo_ops(fn.vm.jit_fn.lower(*args).compile().as_text())
+        if steps > 1:  # a StepLoop
+            lowered = fn.lower(calls[0])
+        else:
+            args = [s[0] for s in fn.vm.inputs]
+            args[0] = calls[0]
+            lowered = fn.vm.jit_fn.lower(*args)
+        kinds = _hlo_ops(lowered.compile().as_text())
         with tempfile.TemporaryDirectory() as folder:
             with jax.profiler.trace(folder):
                 for index in calls:

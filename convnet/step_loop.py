@@ -61,6 +61,10 @@ class StepLoop:
         self.run = jax.jit(run)
         self.steps = steps
 
+    def lower(self, first: np.ndarray) -> Any:
+        """The loop as JAX lowers it for the variables' current values (for inspection)."""
+        return self.run.lower(first, *(cell[0] for cell in self.storage[1:]))
+
     def __call__(self, first: np.ndarray) -> None:
         values = [cell[0] for cell in self.storage[1:]]
         results = self.run(first, *values)

@@ -131,3 +131,42 @@ def test_compiled_calls_run_under_the_precision_and_keep_their_attributes():
     assert wrapped.maker == "the function's maker"
     assert backends.Backend("jax", "gpu", "tf32").wrap(compiled) is compiled
     assert backends.Backend("jax", "cpu", "float32").wrap(compiled) is compiled
+
+
+def test_a_loop_of_steps_runs_under_the_precision_and_trains_as_single_steps(monkeypatch):
+    """The GPU's float32 wrapper around a loop of steps (here on the CPU): the loop is
+    traced under the precision, and trains bit for bit as one step per call."""
+    import jax
+
+    from convnet.optimizers import SGD
+    from convnet.step_loop import StepLoop
+    from convnet.trainer import Trainer
+
+    monkeypatch.setattr(backends.Backend, "matmul_precision", property(lambda self: "highest"))
+    rng = np.random.default_rng(2)
+    x = rng.random((60, 6), dtype=np.float32)
+    y = x[:, :3].argmax(axis=1).astype(np.int32)
+    seen: list[str] = []
+    results = []
+    for steps in (1, 3):
+        net = Network([FullyConnectedLayer(6, 5), SoftmaxLayer(5, 3)], 10, backend="jax", seed=1)
+        trainer = Trainer(
+            net, net.to_device((x, y), "training_data"), None, None, 1, SGD(0.5), 0.0,
+            verbose=False, steps_per_call=steps,
+        )  # fmt: skip
+        function, _, _ = trainer.calls[0]
+        assert isinstance(function, backends.PreciseFunction)
+        if steps > 1:
+            assert isinstance(function.function, StepLoop)
+            inner = function.function.run
+
+            def traced(*args, inner=inner):
+                seen.append(jax.config.jax_default_matmul_precision)
+                return inner(*args)
+
+            function.function.run = traced
+        trainer.run()
+        results.append(net.get_weights())
+    assert seen and set(seen) == {"highest"}
+    for a, b in zip(*results, strict=True):
+        np.testing.assert_array_equal(a, b)
