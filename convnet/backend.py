@@ -213,14 +213,13 @@ class Backend:
     def steps_per_call(self) -> int:
         """Optimizer steps per compiled call (:meth:`repeat`).
 
-        Under JAX, 100: one XLA loop around the one-step program ran net C 13% faster per
-        step than one step per call on a CPU and built within 0.1 s of it (the book's
-        dropout net: 0.4 s slower, 4% faster), so even a 1-epoch run gains
-        (``benchmarks/experiments.py scan-threshold``); 50, 100 and 500 steps ran within
-        noise of each other (``steps-per-call``). On an H200 PyTensor's scan, the same
-        loop, ran net C at mini-batch 10 3-6 times faster than one step per call
-        (``benchmarks/gpu_check.py``). Other backends: one step per call (nothing to gain
-        from a loop in Python).
+        Under JAX, 100: one XLA loop around the one-step program took 12% less time per
+        step than one step per call for net C on a CPU (the book's dropout net: the same)
+        and built within 0.1 s of it, so even a 1-epoch run gains (``benchmarks/
+        experiments.py scan-threshold``); 50, 100 and 500 steps ran within noise of each
+        other (``steps-per-call``). On an H200 PyTensor's scan, the same loop, ran net C at
+        mini-batch 10 3-6 times faster than one step per call (``benchmarks/gpu_check.py``).
+        Other backends: one step per call (nothing to gain from a loop in Python).
         """
         return 100 if self.name == "jax" else 1
 

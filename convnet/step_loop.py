@@ -3,10 +3,10 @@
 A training run calls its compiled step once per mini-batch. Under JAX each call of the
 one-step program costs more than the step itself: XLA sets up the program's buffers and
 thread-pool work for every call, and each call starts with cold caches. Inside a loop the
-same step runs ~20% faster on a CPU (net C at mini-batch 10; benchmarks/RESULTS.md).
+same step takes ~20% less time on a CPU (net C at mini-batch 10; benchmarks/RESULTS.md).
 
-PyTensor's ``scan`` gave that speed but compiled 0.5-1 s slower (its inner graph is
-rewritten and traced on its own), so only long runs used it. Here the loop is built in
+PyTensor's ``scan`` gave that speed but took longer to build (its inner graph is rewritten
+and traced on its own), so only long runs used it. Here the loop is built in
 JAX around the step PyTensor already compiled, ``jax.lax.fori_loop`` over its jitted
 function: XLA compiles one program and every run gets the loop's speed. Other backends
 call their step ``steps`` times from Python (no loop of theirs was measured faster).
