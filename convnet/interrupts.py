@@ -5,7 +5,11 @@ Both raise ``KeyboardInterrupt`` in the main thread, so every clean-up on the wa
 signal's exception into whatever code runs at that moment; in a garbage-collector callback
 (JAX registers one), a weak reference's callback or a ``__del__`` method, the exception is
 "unraisable": printed as "Exception ignored" and dropped, and the work would go on. Such an
-interruption is delivered again a moment later, once that code has returned.
+interruption is delivered again a moment later, once that code has returned. Some libraries
+drop it silently instead (Numba, in the Python callbacks its compiled code makes: PyTensor's
+C backend runs softmax that way), so an interruption stays pending until it ends the work:
+the training loops :func:`check` for one after every compiled call, and leaving
+:func:`interruptible` raises one that nothing raised through.
 """
 
 from __future__ import annotations
@@ -40,12 +44,21 @@ def interruptible() -> Iterator[None]:
             hook(report)
 
     sys.unraisablehook = unraisable
+    _pending.clear()
     try:
         yield
+        check()  # the work went on to its end: an interruption dropped on the way still counts
     finally:
+        _pending.clear()
         sys.unraisablehook = hook
         for number, handler in before.items():
             signal.signal(number, handler)
+
+
+def check() -> None:
+    """Raise the interruption a signal raised, if something dropped it on the way out."""
+    if _pending:
+        raise _Interruption(_pending[-1])
 
 
 class _Interruption(KeyboardInterrupt):
@@ -56,7 +69,11 @@ class _Interruption(KeyboardInterrupt):
         self.signum = signum
 
 
+_pending: list[int] = []  # the signals received within interruptible(), until it ends
+
+
 def _interrupt(signum: int, frame: FrameType | None) -> None:
+    _pending.append(signum)
     raise _Interruption(signum)
 
 

@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from convnet import optimizers, serialization
+from convnet import interrupts, optimizers, serialization
 from convnet.callbacks import Callback, EarlyStopping, EpochEndFunction, EtaSchedule, ProgressBar
 from convnet.errors import ArgumentError, DivergenceError, ModelFileError, ShapeError, check_number
 from convnet.history import History
@@ -296,6 +296,7 @@ class _Together:
         try:
             for function, index, steps in self.calls:
                 function(index)
+                interrupts.check()
                 done += steps * mbs
                 for k in active:
                     trainers[k].batches_done(done)

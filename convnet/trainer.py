@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from convnet import interrupts
 from convnet.callbacks import Callback
 from convnet.errors import ArgumentError, DivergenceError
 from convnet.history import History
@@ -261,6 +262,7 @@ class Trainer:
         try:
             for function, index, steps in self.calls:
                 function(index)
+                interrupts.check()
                 done += steps * self.net.mini_batch_size
                 self.batches_done(done)
         finally:  # interrupted too: the user then sees the weights convnet has

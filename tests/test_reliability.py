@@ -228,6 +228,61 @@ def _dead_pid() -> int:
     return ended.pid
 
 
+def _dropping_an_interruption() -> None:
+    """A Ctrl-C that lands in code which swallows it, as Numba's callbacks do (PyTensor's C
+    backend runs softmax through Numba; the sweep CLI's Ctrl-C was once lost there)."""
+    try:
+        signal.raise_signal(signal.SIGINT)
+        sum(range(1000))  # Python runs the handler here, and it raises
+    except KeyboardInterrupt:
+        return
+    raise AssertionError("the signal did not interrupt")
+
+
+@pytest.mark.parametrize("together", [False, True])
+def test_an_interruption_dropped_inside_a_training_call_still_ends_the_training(together):
+    """After each compiled call, alone or as one program (fit_together, JAX only)."""
+    from convnet import interrupts
+    from convnet.callbacks import Callback
+    from convnet.network import fit_together
+    from convnet.optimizers import SGD
+
+    class DropOne(Callback):
+        def on_batches(self, trainer, images):
+            seen.append(images)
+            if len(seen) == 2:
+                _dropping_an_interruption()
+
+    seen: list[int] = []
+    rng = np.random.default_rng(3)
+    x = rng.random((40, 6), dtype=np.float32)
+    y = x[:, :3].argmax(axis=1).astype(np.int32)
+    backend = "jax" if together else None
+    nets = [
+        Network([FullyConnectedLayer(6, 4), SoftmaxLayer(4, 3)], 2, seed=1, backend=backend)
+        for _ in range(2 if together else 1)
+    ]
+    options = dict(optimizer=SGD(0.1), steps_per_call=1, verbose=False)
+    with pytest.raises(KeyboardInterrupt), interrupts.interruptible():
+        if together:
+            fit_together(nets, (x, y), 3, callbacks=[[DropOne()], []], **options)
+        else:
+            nets[0].fit((x, y), epochs=3, callbacks=[DropOne()], **options)
+    assert seen == [2, 4]  # ended at the next compiled call, not after three epochs
+
+
+def test_an_interruption_dropped_on_the_way_is_raised_when_the_work_ends():
+    from convnet import interrupts
+
+    went_on = False
+    with pytest.raises(KeyboardInterrupt), interrupts.interruptible():
+        _dropping_an_interruption()
+        went_on = True
+    assert went_on
+    with interrupts.interruptible():  # a new piece of work starts with none pending
+        pass
+
+
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
 def test_an_interruption_that_lands_in_a_gc_callback_is_not_lost(signum):
     """Python drops an exception raised inside a garbage-collector callback (JAX has one):
