@@ -591,6 +591,11 @@ DIVERGENCE_AND_FILES = """
   A Ctrl-C that lands where Python would drop it (a garbage-collector callback such as
   JAX's, a weak reference's callback, a `__del__`) is delivered again a moment later
   (`tests/test_reliability.py::test_an_interruption_that_lands_in_a_gc_callback_is_not_lost`).
+  One that a library drops silently (Numba, in the callbacks of the code it compiles: the
+  C backend's softmax) stays pending: training ends at the next compiled call, and any
+  other work when it is done
+  (`tests/test_reliability.py::test_an_interruption_dropped_inside_a_training_call_still_ends_the_training`,
+  `tests/test_reliability.py::test_an_interruption_dropped_on_the_way_is_raised_when_the_work_ends`).
   `convnet sweep` says how many trials finished and gives its own `--resume` command
   (`tests/test_sweeps.py::test_ctrl_c_on_the_driver_keeps_every_finished_trial`);
   `scripts/chapter6.py table` parks every unfinished checkpoint in `docs/` first, as it also
