@@ -11,7 +11,11 @@ object mode: 7-18 s for one call over net C, and a first compile of minutes. Her
   and its gradients) and a statically shaped :class:`~convnet.ops.Conv2D`
   are lowered, in Numba and C modes only, to ``Im2Col`` + one ``dot`` (+ max-pooling),
   so that Numba's ``np.dot`` or C's BLAS ``gemm`` does the arithmetic;
-* ``Conv2D`` of unknown shapes (inside its own gradient) gets a Numba loop over images.
+* ``Conv2D`` of unknown shapes (inside its own gradient) gets a Numba loop over images;
+* in C mode PyTensor's softmax and log-softmax (Ops defined by a graph, without C code)
+  are replaced by their graphs, which C mode compiles with the rest; left alone, each call
+  ran them as a Numba function, compiled in that mode at first use (and Numba's callbacks
+  into Python drop a Ctrl-C that lands in them).
 
 JAX mode is untouched: its implementations are in :mod:`convnet.jax_ops`.
 Importing this module registers everything (``convnet/__init__`` does it).
@@ -30,6 +34,8 @@ from pytensor.link.numba.dispatch.basic import (
     numba_njit,
     register_funcify_default_op_cache_key,
 )
+from pytensor.tensor.rewriting.ofg import inline_ofg_node
+from pytensor.tensor.special import LogSoftmax, Softmax
 
 from convnet import ops
 
@@ -158,6 +164,12 @@ def lower_training(fgraph: Any, node: Any) -> list[Any] | None:
     return [pt.cast(result, node.outputs[0].dtype)]
 
 
+@node_rewriter([Softmax, LogSoftmax])
+def inline_softmax(fgraph: Any, node: Any) -> list[Any]:
+    """Softmax and log-softmax as their graphs (max, exp, sum, log), for C mode."""
+    return inline_ofg_node(node)
+
+
 # Before BlasOpt (1.7), so C mode turns the dot into a gemm. "cxx_only" keeps the C entry
 # out of JAX and Numba modes; the "numba" entry is only in Numba mode's query.
 optdb.register(
@@ -168,3 +180,8 @@ optdb.register(
     "convnet_lower_training_c", in2out(lower_training), "fast_run", "cxx_only", position=1.54
 )
 optdb.register("convnet_lower_training_numba", in2out(lower_training), "numba", position=1.54)
+# After stabilize and specialize (which build softmax and log-softmax from their parts),
+# before the elemwise fusion (49), which fuses the graphs' pieces.
+optdb.register(
+    "convnet_inline_softmax_c", in2out(inline_softmax), "fast_run", "cxx_only", position=47.5
+)

@@ -12,6 +12,7 @@ import numpy as np
 import pytensor
 import pytensor.tensor as pt
 import pytest
+from pytensor.compile.builders import OpFromGraph
 from pytensor.gradient import verify_grad
 
 from convnet import backend as backends
@@ -78,6 +79,26 @@ def test_the_c_backend_runs_c_code_for_every_node_of_a_conv_pool_and_its_gradien
     wv = np.random.default_rng(1).normal(size=FILTERS).astype(np.float32)
     expected = reference.max_pool(reference.conv_valid(xv, wv), POOL)
     np.testing.assert_allclose(fn(xv, wv)[0], expected, rtol=1e-4, atol=1e-4)
+
+
+def test_the_c_backend_compiles_softmax_and_its_gradient_with_the_rest():
+    """PyTensor's softmax and log-softmax are Ops defined by a graph, without C code; C mode
+    would run each as a Numba function (a Ctrl-C landing in Numba's callbacks was lost).
+    (The gradient's AdvancedIncSubtensor runs in Python: PyTensor has no C code for it.)"""
+    x = pt.matrix("x", dtype="float32")
+    y = pt.vector("y", dtype="int32")
+    log_p = pt.special.log_softmax(x, axis=-1)[pt.arange(y.shape[0]), y]
+    outputs = [pt.special.softmax(x, axis=-1), *pytensor.grad(-log_p.sum(), [x])]
+    fn = _compile([x, y], outputs, backends.resolve("c").mode)
+    graph_ops = [str(n.op) for n in fn.maker.fgraph.toposort() if isinstance(n.op, OpFromGraph)]
+    assert not graph_ops, graph_ops
+    xv = np.random.default_rng(2).normal(size=(4, 10)).astype(np.float32) * 30
+    yv = np.array([0, 3, 9, 3], dtype=np.int32)
+    e = np.exp(xv - xv.max(axis=1, keepdims=True))
+    p = e / e.sum(axis=1, keepdims=True)
+    probabilities, gradient = fn(xv, yv)
+    np.testing.assert_allclose(probabilities, p, rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(gradient, p - np.eye(10, dtype=np.float32)[yv], rtol=1e-4, atol=1e-6)
 
 
 @pytest.mark.parametrize("mode", ["NUMBA", "CVM"])
