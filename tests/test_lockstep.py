@@ -15,21 +15,14 @@ from convnet.errors import ArgumentError, DivergenceError
 from convnet.lockstep import Lockstep
 from convnet.network import fit_together
 from convnet.spec import parse
+from tests.datasets import learnable_splits
 from tests.test_run_folders import _dataset
 
 LAYERS = "conv:4:5:relu,fc:16:relu:dropout=0.3,softmax:dropout=0.2"
 
 
 def _splits(n_train: int = 190) -> tuple:
-    rng = np.random.default_rng(0)
-
-    def split(n: int) -> tuple[np.ndarray, np.ndarray]:
-        y = rng.integers(0, 10, n).astype(np.int32)
-        x = rng.random((n, 784), dtype=np.float32) * 0.2
-        x[np.arange(n), y * 70] = 1.0
-        return x, y
-
-    return split(n_train), split(60), split(60)
+    return learnable_splits(0, (n_train, 60, 60), np.int32)
 
 
 def _nets(count: int, layers: str = LAYERS, backend: str = "jax") -> list[Network]:

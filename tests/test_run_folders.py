@@ -23,21 +23,14 @@ from convnet import checkpoint, load
 from convnet.cli import main
 from convnet.data import book_format
 from convnet.errors import ModelFileError
+from tests.datasets import learnable_splits
 
 LAYERS = "fc:8:sigmoid,softmax"
 
 
 def _dataset(path: Path) -> Path:
     """A small learnable dataset in the book's three-split layout (.npz)."""
-    rng = np.random.default_rng(0)
-
-    def split(n: int) -> tuple[np.ndarray, np.ndarray]:
-        y = rng.integers(0, 10, n).astype(np.int64)
-        x = rng.random((n, 784), dtype=np.float32) * 0.2
-        x[np.arange(n), y * 70] = 1.0  # one bright pixel per class
-        return x, y
-
-    return book_format.write(path, (split(200), split(50), split(50)))
+    return book_format.write(path, learnable_splits(0, (200, 50, 50)))
 
 
 @pytest.fixture(scope="module")

@@ -20,6 +20,7 @@ from convnet import parallel, sweeps, trials
 from convnet.cli import main
 from convnet.errors import ArgumentError
 from tests.conftest import REPO
+from tests.datasets import learnable_splits
 from tests.test_run_folders import _dataset
 
 LAYERS = "fc:16:relu,softmax"
@@ -214,15 +215,7 @@ SLOW = ["--layers", "conv:8:5:relu,fc:32:relu,softmax", "--shuffle"]
 def _slow_dataset(path: Path) -> Path:
     from convnet.data import book_format
 
-    rng = np.random.default_rng(1)
-
-    def split(n: int) -> tuple[np.ndarray, np.ndarray]:
-        y = rng.integers(0, 10, n).astype(np.int64)
-        x = rng.random((n, 784), dtype=np.float32) * 0.2
-        x[np.arange(n), y * 70] = 1.0
-        return x, y
-
-    return book_format.write(path, (split(3000), split(100), split(100)))
+    return book_format.write(path, learnable_splits(1, (3000, 100, 100)))
 
 
 def _sweep_process(argv: list[str]) -> subprocess.Popen:
