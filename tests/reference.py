@@ -121,3 +121,36 @@ def conv_pool_backward(x, w, p, grad_out):
             dflipped += np.einsum("nf,ncab->fcab", g, patch)
             dx[:, :, y : y + kh, z : z + kw] += np.einsum("nf,fcab->ncab", g, flipped)
     return dx, dflipped[:, :, ::-1, ::-1]
+
+
+def seed_backprop(weights, biases, x, y, quadratic):
+    """The gradient of one example's cost by the seed's algorithm (chapter 2's four
+    equations), layer by layer on column vectors: ``(nabla_b, nabla_w)``."""
+    activations, zs = [x], []
+    for w, b in zip(weights, biases, strict=True):
+        zs.append(w @ activations[-1] + b)
+        activations.append(sigmoid(zs[-1]))
+    out = activations[-1]
+    delta = (out - y) * out * (1 - out) if quadratic else out - y
+    nabla_b, nabla_w = [delta], [delta @ activations[-2].T]
+    for layer in range(len(weights) - 2, -1, -1):
+        s = activations[layer + 1]
+        delta = (weights[layer + 1].T @ delta) * s * (1 - s)
+        nabla_b.insert(0, delta)
+        nabla_w.insert(0, delta @ activations[layer].T)
+    return nabla_b, nabla_w
+
+
+def seed_sgd_step(weights, biases, batch, eta, lmbda, n, quadratic):
+    """One mini-batch step as the seed takes it: per-example gradients summed, then
+    ``w <- (1 - eta lmbda / n) w - eta / m sum(nabla_w)``."""
+    sum_b = [np.zeros_like(b) for b in biases]
+    sum_w = [np.zeros_like(w) for w in weights]
+    for x, y in batch:
+        nb, nw = seed_backprop(weights, biases, x, y, quadratic)
+        sum_b = [s + d for s, d in zip(sum_b, nb, strict=True)]
+        sum_w = [s + d for s, d in zip(sum_w, nw, strict=True)]
+    m = len(batch)
+    new_w = [(1 - eta * lmbda / n) * w - eta / m * s for w, s in zip(weights, sum_w, strict=True)]
+    new_b = [b - eta / m * s for b, s in zip(biases, sum_b, strict=True)]
+    return new_w, new_b

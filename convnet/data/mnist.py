@@ -79,7 +79,7 @@ def _find_idx(folder: Path, stem: str) -> Path | None:
     return None
 
 
-def _from_idx_folder(folder: Path) -> tuple[Split, Split, Split]:
+def _from_idx_folder(folder: Path, divisor: float) -> tuple[Split, Split, Split]:
     paths = {key: _find_idx(folder, stem) for key, stem in IDX_FILES.items()}
     missing = [IDX_FILES[k] for k, p in paths.items() if p is None]
     if missing:
@@ -95,7 +95,7 @@ def _from_idx_folder(folder: Path) -> tuple[Split, Split, Split]:
             )
 
     def images(a: np.ndarray) -> np.ndarray:
-        return a.reshape(len(a), -1).astype(np.float32) / np.float32(255.0)
+        return a.reshape(len(a), -1).astype(np.float32) / np.float32(divisor)
 
     train_x, train_y = images(arrays["train_images"]), arrays["train_labels"].astype(np.int32)
     test = (images(arrays["test_images"]), arrays["test_labels"].astype(np.int32))
@@ -127,16 +127,19 @@ def find_mnist(path: str | os.PathLike[str] | None = None) -> Path:
     raise DataNotFoundError(f"MNIST not found. Looked in: {looked}. {HOW_TO_GET}")
 
 
-def load_mnist(path: str | os.PathLike[str] | None = None) -> tuple[Split, Split, Split]:
+def load_mnist(
+    path: str | os.PathLike[str] | None = None, *, divisor: float = 255.0
+) -> tuple[Split, Split, Split]:
     """``(training, validation, test)`` as numpy ``(x, y)`` pairs.
 
     ``path`` may be a folder of IDX files, the book's ``mnist.pkl.gz`` /
     ``mnist_expanded.pkl.gz``, or a ``.npz`` of the same splits (see
     :mod:`convnet.data.book_format`). With no path: ``$CONVNET_DATA``, then
-    ``~/.cache/convnet/mnist``.
+    ``~/.cache/convnet/mnist``. IDX pixels (bytes) are divided by ``divisor``: 255 gives
+    [0, 1]; the book's ``mnist.pkl.gz``, which chapters 1-5 train on, holds them / 256.
     """
     place = find_mnist(path)
-    return _from_file(place) if place.is_file() else _from_idx_folder(place)
+    return _from_file(place) if place.is_file() else _from_idx_folder(place, divisor)
 
 
 def _from_file(path: Path) -> tuple[Split, Split, Split]:
