@@ -35,7 +35,11 @@ VARIABLES = {
             "the convolution's form, for measuring",
             ("im2col", "patches", "native", "fused"),
         ),
-        Variable("CONVNET_KERNEL", "convnet's C++ evaluation kernel: 0 off, 1 on", ("0", "1")),
+        Variable(
+            "CONVNET_KERNEL",
+            "convnet's hand-written CPU kernels (conv-pool, the book's sigmoid nets): 0 off",
+            ("0", "1"),
+        ),
         Variable("CONVNET_GRAPH_CACHE", "the cache of rewritten graphs: 0 off", ("0", "1")),
         Variable("CONVNET_CACHE", "the cache folder (default ~/.cache/convnet)"),
         Variable("CONVNET_DATA", "a folder (or file) with MNIST"),

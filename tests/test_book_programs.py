@@ -5,106 +5,45 @@ its mistakes answered by name."""
 from __future__ import annotations
 
 import json
+import platform
 import random
+import shutil
 
 import numpy as np
 import pytest
 
-from convnet.book import mnist_loader, network, network2, shuffle
+from convnet import kernel
+from convnet.book import mnist_loader, network, network2, shuffle, sigmoid_kernel
 from convnet.errors import ArgumentError, ModelFileError, ShapeError
 from tests import reference
 
 # The book's fig/overfitting.json, its first 20 epochs (facts carried over from the book's
 # repository): network2, [784, 30, 10], cross-entropy, large weights, 1,000 training
 # images, 10 per mini-batch, eta 0.5, seeds 12345678.
+# fmt: off
 TEST_COST = [
-    2.076277232332908,
-    1.8232334122685845,
-    1.6640751933146665,
-    1.4913409287162824,
-    1.4626645665352562,
-    1.5608730982986192,
-    1.3270934349008427,
-    1.3031689400520545,
-    1.2737198013316875,
-    1.2353298430277617,
-    1.2781249875365142,
-    1.2587094591590358,
-    1.2236320447498565,
-    1.2049258878595992,
-    1.202838510821453,
-    1.217590328480458,
-    1.2166038163981336,
-    1.2302002518540471,
-    1.2284292747614989,
-    1.2284082512336671,
-]  # noqa: E501
+    2.076277232332908, 1.8232334122685845, 1.6640751933146665, 1.4913409287162824,
+    1.4626645665352562, 1.5608730982986192, 1.3270934349008427, 1.3031689400520545,
+    1.2737198013316875, 1.2353298430277617, 1.2781249875365142, 1.2587094591590358,
+    1.2236320447498565, 1.2049258878595992, 1.202838510821453, 1.217590328480458,
+    1.2166038163981336, 1.2302002518540471, 1.2284292747614989, 1.2284082512336671,
+]
 TEST_ACCURACY = [
-    5887,
-    6505,
-    6970,
-    7271,
-    7433,
-    7198,
-    7710,
-    7747,
-    7850,
-    7899,
-    7853,
-    7848,
-    7986,
-    8020,
-    8046,
-    8039,
-    8056,
-    8090,
-    8090,
-    8107,
-]  # noqa: E501
+    5887, 6505, 6970, 7271, 7433, 7198, 7710, 7747, 7850, 7899, 7853, 7848, 7986, 8020, 8046,
+    8039, 8056, 8090, 8090, 8107,
+]
 TRAINING_COST = [
-    1.8433647860328504,
-    1.4777434227600235,
-    1.2072861295975754,
-    1.0133122929166287,
-    0.9046315580572455,
-    0.8891408524587663,
-    0.6951073639967202,
-    0.6006328206990252,
-    0.5409160311041388,
-    0.47790622727830795,
-    0.45205834534806816,
-    0.4182355725992857,
-    0.3635388665811726,
-    0.34097725702984655,
-    0.30704391068438625,
-    0.2850523820615701,
-    0.27569888987164376,
-    0.24768957063883623,
-    0.23176895744869463,
-    0.21675013886039948,
-]  # noqa: E501
+    1.8433647860328504, 1.4777434227600235, 1.2072861295975754, 1.0133122929166287,
+    0.9046315580572455, 0.8891408524587663, 0.6951073639967202, 0.6006328206990252,
+    0.5409160311041388, 0.47790622727830795, 0.45205834534806816, 0.4182355725992857,
+    0.3635388665811726, 0.34097725702984655, 0.30704391068438625, 0.2850523820615701,
+    0.27569888987164376, 0.24768957063883623, 0.23176895744869463, 0.21675013886039948,
+]
 TRAINING_ACCURACY = [
-    690,
-    749,
-    812,
-    848,
-    872,
-    865,
-    914,
-    932,
-    948,
-    949,
-    957,
-    966,
-    970,
-    973,
-    979,
-    977,
-    981,
-    982,
-    982,
-    985,
-]  # noqa: E501
+    690, 749, 812, 848, 872, 865, 914, 932, 948, 949, 957, 966, 970, 973, 979, 977, 981, 982,
+    982, 985,
+]
+# fmt: on
 
 
 def _pairs(rng, n, sizes, labels=False):
@@ -144,13 +83,34 @@ def test_backprop_is_the_seeds_algorithm(name, make, quadratic, sizes):
             assert _relative(got, want) < 1e-12
 
 
+@pytest.fixture(params=["kernel", "xla"])
+def path(request, monkeypatch):
+    """Each test runs on convnet's CPU kernel and on the PyTensor/JAX programs."""
+    if request.param == "xla":
+        monkeypatch.setenv("CONVNET_KERNEL", "0")
+    elif not sigmoid_kernel.available():
+        pytest.skip(f"the book's kernel is not available here: {kernel.book_why_not()}")
+    return request.param
+
+
+def test_the_kernel_is_built_where_a_compiler_is():
+    if any(shutil.which(c) for c in ("c++", "g++", "clang++")) and platform.machine() in (
+        "x86_64",
+        "AMD64",
+    ):
+        assert sigmoid_kernel.available(), kernel.book_why_not()
+
+
 @pytest.mark.parametrize(("name", "make", "quadratic"), NETS, ids=[n[0] for n in NETS])
-def test_an_epoch_of_sgd_is_the_seeds_steps_in_python_2s_order(name, make, quadratic):
-    sizes = [6, 5, 3]
+@pytest.mark.parametrize("sizes", [[6, 5, 3], [9, 37, 4], [5, 17, 6, 3]])
+def test_an_epoch_of_sgd_is_the_seeds_steps_in_python_2s_order(path, name, make, quadratic, sizes):
     np.random.seed(3)
     net = make(sizes)
     weights, biases = [w.copy() for w in net.weights], [b.copy() for b in net.biases]
     data = _pairs(np.random.default_rng(4), 23, sizes)  # 23: a short last mini-batch
+    data[3][0][:] = 0.0  # an image with no lit pixel
+    for x, _ in data[5:9]:
+        x[x < 0.6] = 0.0  # sparse images, as MNIST's
     expected_order = list(data)
     lmbda = 0.0 if name == "network" else 0.7
     random.seed(5)
@@ -166,7 +126,11 @@ def test_an_epoch_of_sgd_is_the_seeds_steps_in_python_2s_order(name, make, quadr
         net.SGD(data, 1, 4, 0.9, lmbda=lmbda)
     assert [id(p) for p in data] == [id(p) for p in expected_order]  # shuffled in place
     for got, want in zip(net.weights + net.biases, weights + biases, strict=True):
+        assert got.shape == want.shape
         assert _relative(got, want) < 1e-12
+    evaluation = [(x, int(np.argmax(y))) for x, y in data]
+    want = sum(int(np.argmax(reference_forward(net, x)) == y) for x, y in evaluation)
+    assert (net.evaluate if name == "network" else net.accuracy)(evaluation) == want
 
 
 def test_update_mini_batch_and_a_replaced_backprop():
@@ -210,7 +174,7 @@ def test_shuffle_draws_as_python_2_did():
 
 
 @pytest.mark.mnist
-def test_the_books_overfitting_figure_to_the_digit(capsys):
+def test_the_books_overfitting_figure_to_the_digit(path, capsys):
     random.seed(12345678)
     np.random.seed(12345678)
     training_data, _, test_data = mnist_loader.load_data_wrapper()
@@ -333,7 +297,7 @@ def test_save_writes_the_books_format_and_load_reads_the_books_files(tmp_path):
         network2.load(tmp_path / "shapes.json")
 
 
-def test_float32_is_an_explicit_choice():
+def test_float32_is_an_explicit_choice(path):
     sizes = [5, 4, 3]
     np.random.seed(12)
     net = network2.Network(sizes, dtype="float32")

@@ -31,8 +31,10 @@ class Store:
 
     def __init__(self, pairs: Sequence[Any], what: str, n_in: int, n_out: int) -> None:
         self.pairs = list(pairs)  # holds the pairs, so that their ids stay theirs
+        ids = np.fromiter(map(id, self.pairs), np.uint64, len(self.pairs))
+        self.order = np.argsort(ids)
+        self.ids = ids[self.order]
         self.n_out = n_out
-        self.index = {id(pair): row for row, pair in enumerate(self.pairs)}
         self.x = np.empty((len(self.pairs), n_in))
         first_y = _example(self.pairs, 0, what)[1]
         self.vectors = not _is_label(first_y)
@@ -50,13 +52,13 @@ class Store:
         self.labels = np.argmax(targets, axis=1) if targets is not None else labels
         self._device: dict[str, Any] = {}
 
-    def rows(self, data: Sequence[Any]) -> np.ndarray | None:
-        """The row of each pair of ``data``, or None if a pair is not in this store."""
-        try:
-            index = self.index
-            return np.fromiter((index[id(pair)] for pair in data), np.int64, len(data))
-        except KeyError:
+    def rows(self, ids: np.ndarray) -> np.ndarray | None:
+        """The row of each pair (by its ``id``), or None if a pair is not in this store."""
+        at = np.searchsorted(self.ids, ids)
+        at[at == len(self.ids)] = 0
+        if not np.array_equal(self.ids[at], ids):
             return None
+        return self.order[at]
 
     def one_hot(self) -> np.ndarray:
         """The targets as one-hot rows (the book's ``vectorized_result`` of each label)."""
@@ -64,6 +66,17 @@ class Store:
             self.targets = np.zeros((len(self.labels), self.n_out))
             self.targets[np.arange(len(self.labels)), self.labels] = 1.0
         return self.targets
+
+    def sparse(self, dtype: Any = np.float64) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The images as compressed rows: ``(indptr, indices, values)`` of the non-zeros."""
+        key = f"sparse:{np.dtype(dtype).name}"
+        if key not in self._device:
+            rows, columns = np.nonzero(self.x)
+            indptr = np.zeros(len(self.x) + 1, dtype=np.int64)
+            np.cumsum(np.bincount(rows, minlength=len(self.x)), out=indptr[1:])
+            values = self.x[rows, columns].astype(dtype)
+            self._device[key] = (indptr, columns.astype(np.int32), values)
+        return self._device[key]
 
     def on_device(self, name: str, dtype: np.dtype) -> Any:
         """``x`` or ``targets`` as a JAX array of ``dtype``, put on the device once."""
@@ -144,8 +157,9 @@ def lookup(
     evaluation format (False: ``y`` digits); None takes either."""
     check_list(data, what)
     found = None
+    ids = np.fromiter(map(id, data), np.uint64, len(data))
     for store in _STORES:
-        rows = store.rows(data)
+        rows = store.rows(ids)
         if rows is not None:
             found = store, rows
             break

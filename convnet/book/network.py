@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from convnet.book import sigmoid_kernel
 from convnet.book.sigmoid_network import (
     SigmoidNetwork,
     check_sizes,
@@ -84,6 +85,11 @@ class Network(SigmoidNetwork):
     def cost_derivative(self, output_activations: Any, y: Any) -> Any:
         """The vector of partial derivatives dC_x / da for the output activations."""
         return output_activations - y
+
+    def _kernel_cost(self) -> int | None:
+        if type(self).cost_derivative is Network.cost_derivative:
+            return sigmoid_kernel.QUADRATIC
+        return None
 
     def _delta(self) -> Callable[..., Any]:
         derivative = type(self).cost_derivative

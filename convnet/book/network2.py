@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from convnet.book import examples
+from convnet.book import examples, sigmoid_kernel
 from convnet.book.mnist_loader import vectorized_result
 from convnet.book.sigmoid_network import (
     SigmoidNetwork,
@@ -80,6 +80,12 @@ def _costs_per_example(fn: Callable[..., float], outputs: np.ndarray, targets: n
     if fn is QuadraticCost.fn:
         return 0.5 * np.sqrt(np.sum((outputs - targets) ** 2, axis=1)) ** 2
     return None
+
+
+KERNEL_COSTS = {
+    CrossEntropyCost.delta: sigmoid_kernel.CROSS_ENTROPY,
+    QuadraticCost.delta: sigmoid_kernel.QUADRATIC,
+}
 
 
 class Network(SigmoidNetwork):
@@ -210,6 +216,9 @@ class Network(SigmoidNetwork):
 
     def _delta(self) -> Callable[..., Any]:
         return self.cost.delta
+
+    def _kernel_cost(self) -> int | None:
+        return KERNEL_COSTS.get(self.cost.delta)
 
     def save(self, filename: str | os.PathLike[str]) -> None:
         """Save the network to ``filename`` in the book's JSON format."""

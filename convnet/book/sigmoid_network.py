@@ -16,7 +16,8 @@ from typing import Any
 
 import numpy as np
 
-from convnet.book import examples, shuffle
+from convnet import config
+from convnet.book import examples, shuffle, sigmoid_kernel
 from convnet.book.programs import Params, Programs, programs_for
 from convnet.errors import ArgumentError, ShapeError
 
@@ -89,6 +90,17 @@ class SigmoidNetwork:
     def _delta(self) -> Callable[..., Any]:
         """The output layer's error as a function of symbolic ``z, a, y``."""
         raise NotImplementedError
+
+    def _kernel_cost(self) -> int | None:
+        """The kernel's code for this network's output error, None if it has none."""
+        raise NotImplementedError
+
+    def _kernel(self) -> int | None:
+        """The cost code when :mod:`convnet.book.sigmoid_kernel` runs this network: the
+        book's two errors, unless ``CONVNET_KERNEL=0`` asks for the PyTensor/JAX path."""
+        if config.setting("CONVNET_KERNEL") == "0" or not sigmoid_kernel.available():
+            return None
+        return self._kernel_cost()
 
     # -- the compiled programs ----------------------------------------------------------
     def _programs(self) -> Programs:
@@ -193,6 +205,14 @@ class SigmoidNetwork:
         store, rows = examples.lookup(
             training_data, "training_data", self.sizes[0], self.sizes[-1], vectors=True
         )
+        cost = self._kernel()
+        if cost is not None:
+            copy = sigmoid_kernel.Layout(self._params(), check_sizes(self.sizes), self.dtype)
+            copy.epoch(
+                store.sparse(self.dtype), store.one_hot(), rows, mini_batch_size, eta, decay, cost
+            )
+            self._assign(copy.params())
+            return
         programs = self._programs()
         x, y = store.on_device("x", programs.dtype), store.on_device("targets", programs.dtype)
         params = self._params()
@@ -211,12 +231,16 @@ class SigmoidNetwork:
         if self._memo is not None and id(data) in self._memo:
             return self._memo[id(data)]
         store, rows = examples.lookup(data, what, self.sizes[0], self.sizes[-1])
-        programs = self._programs()
-        x = store.on_device("x", programs.dtype)
-        if len(rows) * 2 >= len(store.labels):  # most of the store: every row, then pick
-            outputs = programs.outputs(self._params(), x)[rows]
+        if self._kernel() is not None:
+            copy = sigmoid_kernel.Layout(self._params(), check_sizes(self.sizes), self.dtype)
+            outputs = copy.outputs(store.sparse(self.dtype), rows)
         else:
-            outputs = programs.outputs(self._params(), x, rows)
+            programs = self._programs()
+            x = store.on_device("x", programs.dtype)
+            if len(rows) * 2 >= len(store.labels):  # most of the store: every row, then pick
+                outputs = programs.outputs(self._params(), x)[rows]
+            else:
+                outputs = programs.outputs(self._params(), x, rows)
         if self._memo is not None:
             self._memo[id(data)] = store, rows, outputs
         return store, rows, outputs

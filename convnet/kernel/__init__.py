@@ -23,6 +23,7 @@ says why, and the layers keep XLA's own formulation. ``CONVNET_KERNEL=0`` turns 
 from __future__ import annotations
 
 import ctypes
+import ctypes.util
 import hashlib
 import os
 import platform
@@ -30,6 +31,7 @@ import shutil
 import subprocess
 import tempfile
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
 from convnet import config
@@ -60,8 +62,9 @@ def enabled() -> bool:
     return _precondition() is None
 
 
-def _precondition() -> str | None:
-    """Why the kernel can't even be tried, or None."""
+def _precondition(xla: bool = True) -> str | None:
+    """Why the kernel can't even be tried, or None (``xla``: called from XLA, which needs
+    JAX's FFI)."""
     if config.setting("CONVNET_KERNEL") == "0":
         return "turned off by CONVNET_KERNEL=0"
     if platform.machine().lower() not in ("x86_64", "amd64"):
@@ -71,6 +74,8 @@ def _precondition() -> str | None:
         if chosen:
             return f"environment variable CXX={chosen!r} names no compiler found on PATH"
         return "no C++ compiler found (set CXX, or install g++ or clang++)"
+    if not xla:
+        return None
     try:
         import jax.ffi  # noqa: F401 - the headers and the registry live there
     except ImportError:
@@ -134,31 +139,72 @@ def _build_and_register() -> None:
     _result.update(target=None if why else TARGET, why=why)
 
 
-def _load(library: Path) -> ctypes.CDLL:
+def _load(library: Path, build: Callable[[], Path] | None = None) -> ctypes.CDLL:
     """Load the kernel; a cached file that won't load (damaged on disk) is built again."""
     try:
         return ctypes.cdll.LoadLibrary(str(library))
     except OSError:
         library.unlink(missing_ok=True)
-        return ctypes.cdll.LoadLibrary(str(_library()))
+        return ctypes.cdll.LoadLibrary(str((build or _library)()))
 
 
-def _library() -> Path:
-    """The compiled kernel for this source, compiler and CPU, built if not yet cached."""
-    import jax.ffi
-    import jaxlib
+BOOK_SOURCE = Path(__file__).with_name("book_sigmoid.cc")
+# No fused multiply-adds: the book's networks round as NumPy does (see book_sigmoid.cc).
+BOOK_FLAGS = (*FLAGS, "-ffp-contract=off")
+# glibc's vector exp where the system has it: the sigmoids, 8 at a time.
+BOOK_MVEC = ("-DCONVNET_MVEC", "-lmvec") if ctypes.util.find_library("mvec") else ()
+_book: dict[str, ctypes.CDLL | str | None] = {}
 
+
+def book_library() -> ctypes.CDLL | None:
+    """The book's sigmoid-network kernel (``book_sigmoid.cc``), built on first use; None
+    where it can't be (:func:`book_why_not` says why): the caller keeps its XLA path."""
+    with _lock:
+        if not _book:
+            why = _precondition(xla=False)
+            library = None
+            if why is None:
+                try:
+
+                    def build() -> Path:
+                        return _library(BOOK_SOURCE, (*BOOK_FLAGS, *BOOK_MVEC), xla=False)
+
+                    library = _load(build(), build)
+                    library.ConvnetBookLanes.restype = ctypes.c_int64
+                except Exception as exc:  # a speed-up must never break a run
+                    why = f"the book's kernel could not be built or loaded: {exc}"
+            _book.update(library=library, why=why)
+    found = _book["library"]
+    return found if isinstance(found, ctypes.CDLL) else None
+
+
+def book_why_not() -> str | None:
+    """Why :func:`book_library` returned None (None if it did not)."""
+    book_library()
+    why = _book.get("why")
+    return why if isinstance(why, str) else None
+
+
+def _library(
+    source: Path = SOURCE, flags: tuple[str, ...] = FLAGS, *, xla: bool = True
+) -> Path:
+    """The compiled kernel for this source, compiler and CPU, built if not yet cached
+    (``xla``: against the XLA FFI headers jaxlib ships)."""
     compiler = _compiler()
     assert compiler is not None  # checked by _precondition
     version = subprocess.run(
         [compiler, "--version"], capture_output=True, text=True, timeout=30
     ).stdout
     key = hashlib.sha256()
-    for part in (SOURCE.read_bytes(), version.encode(), " ".join(FLAGS).encode()):
+    for part in (source.read_bytes(), version.encode(), " ".join(flags).encode()):
         key.update(part)
-    key.update(f"{jaxlib.__version__} {_cpu_identity()}".encode())
+    if xla:
+        import jaxlib
+
+        key.update(jaxlib.__version__.encode())
+    key.update(_cpu_identity().encode())
     folder = config.cache_root() / "kernels"
-    library = folder / f"conv_pool-{key.hexdigest()[:16]}.so"
+    library = folder / f"{source.stem}-{key.hexdigest()[:16]}.so"
     if library.exists():
         return library
     folder.mkdir(parents=True, exist_ok=True)
@@ -166,7 +212,12 @@ def _library() -> Path:
     handle, partial = tempfile.mkstemp(suffix=".so", dir=folder)
     os.close(handle)
     try:
-        command = [compiler, *FLAGS, "-I", jax.ffi.include_dir(), str(SOURCE), "-o", partial]
+        headers = []
+        if xla:
+            import jax.ffi
+
+            headers = ["-I", jax.ffi.include_dir()]
+        command = [compiler, *flags, *headers, str(source), "-o", partial]
         done = subprocess.run(command, capture_output=True, text=True, timeout=BUILD_SECONDS)
         if done.returncode != 0:
             raise RuntimeError(f"{' '.join(command)} failed: {done.stderr.strip()[-2000:]}")

@@ -1,0 +1,163 @@
+#!/usr/bin/env python
+"""convnet.book.network2 against the book's algorithm as the book wrote it and against
+the same algorithm vectorised in NumPy, side by side in one process on one pinned core,
+float64 (convnet's faithful mode), the same weights and the same shuffles for all three.
+
+Two settings: the book's fig/overfitting.py (1,000 training images, all four monitors,
+the 10,000 test images evaluated each epoch; 400 epochs) and one 50,000-image epoch of
+[784, 30, 10] with the test images' accuracy. Prints each one's seconds per epoch (median
+of ``--repeats`` epochs after one warm-up epoch, which for convnet holds its compile), the
+400-epoch time each implies, the ratios, and whether the three gave the same counts.
+
+    env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE \\
+        CONVNET_DATA=../shared/data/mnist python benchmarks/book_speed.py
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import os
+import random
+import statistics
+import sys
+import time
+from typing import Any
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from timing import one_core  # beside this script
+
+CORE = one_core()  # before NumPy's BLAS and JAX start their threads
+
+import numpy as np  # noqa: E402
+from book_reference import PerExample, Vectorised  # noqa: E402
+from threadpoolctl import threadpool_info, threadpool_limits  # noqa: E402
+
+from convnet.book import mnist_loader, network2  # noqa: E402
+
+
+def _timed(run_epoch: Any, epochs: int) -> tuple[list[float], list[Any]]:
+    times, outcomes = [], []
+    for _ in range(epochs):
+        start = time.perf_counter()
+        outcomes.append(run_epoch())
+        times.append(time.perf_counter() - start)
+    return times, outcomes
+
+
+def _convnet(net: Any, training: list[Any], test: list[Any], overfitting: bool) -> Any:
+    def epoch() -> Any:
+        with contextlib.redirect_stdout(io.StringIO()):
+            return net.SGD(
+                training, 1, 10, 0.5, evaluation_data=test,
+                monitor_evaluation_cost=overfitting, monitor_evaluation_accuracy=True,
+                monitor_training_cost=overfitting, monitor_training_accuracy=overfitting,
+            )  # fmt: skip
+
+    return epoch
+
+
+def _per_example(ref: PerExample, training: list[Any], test: list[Any], overfitting: bool):
+    def epoch() -> Any:
+        ref.epoch(training, 10, 0.5, 0.0)
+        counts = [ref.accuracy(test)]
+        if overfitting:
+            ref.total_cost(test, 0.0, convert=True)
+            ref.total_cost(training, 0.0)
+            counts.append(ref.accuracy(training, convert=True))
+        return counts
+
+    return epoch
+
+
+def _vectorised(ref: Vectorised, training: list[Any], test: list[Any], overfitting: bool):
+    test_x = np.hstack([x for x, _ in test]).astype(np.float64)
+    test_y = np.array([y for _, y in test])
+
+    def epoch() -> Any:
+        ref.epoch(training, 10, 0.5, 0.0)
+        counts = [ref.evaluate(test_x, test_y, 0.0)[1]]
+        if overfitting:
+            rows = [ref.index[id(pair)] for pair in training]
+            labels = np.argmax(ref.y[:, rows], axis=0)
+            counts.append(ref.evaluate(ref.x[:, rows], labels, 0.0)[1])
+        return counts
+
+    return epoch
+
+
+def setting(name: str, size: int, repeats: int, slow_repeats: int, overfitting: bool) -> None:
+    training_all, _, test = mnist_loader.load_data_wrapper()
+    results = {}
+    counts = {}
+    for who in ("book's code (per example)", "vectorised NumPy", "convnet.book (float64)"):
+        random.seed(12345678)
+        np.random.seed(12345678)
+        training = training_all[:size]
+        net = network2.Network([784, 30, 10], cost=network2.CrossEntropyCost())
+        net.large_weight_initializer()
+        if who.startswith("book"):
+            run = _per_example(PerExample(net.weights, net.biases), training, test, overfitting)
+            epochs = slow_repeats
+        elif who.startswith("vectorised"):
+            ref = Vectorised(net.weights, net.biases, training)
+            run = _vectorised(ref, training, test, overfitting)
+            epochs = repeats
+        else:
+            run = _convnet(net, training, test, overfitting)
+            epochs = repeats
+        (warm,), _ = _timed(run, 1)
+        times, outcomes = _timed(run, epochs)
+        results[who] = (warm, statistics.median(times))
+        outcome = outcomes[slow_repeats - 1]  # after 1 + slow_repeats epochs, for each
+        counts[who] = outcome if not who.startswith("convnet") else _counts(outcome, overfitting)
+    _print(name, results, counts, epochs_in_figure=400 if overfitting else 1, slow=slow_repeats)
+
+
+def _counts(history: Any, overfitting: bool) -> list[int]:
+    _, test_accuracy, _, training_accuracy = history
+    return [test_accuracy[-1]] + ([training_accuracy[-1]] if overfitting else [])
+
+
+def _print(name: str, results: dict, counts: dict, epochs_in_figure: int, slow: int) -> None:
+    print(f"\n## {name}")
+    print("| implementation | first epoch (s) | s per epoch, median | x the book's code |")
+    print("|---|---|---|---|")
+    book = results["book's code (per example)"][1]
+    for who, (warm, median) in results.items():
+        print(f"| {who} | {warm:.4f} | {median:.4f} | {book / median:.1f}x |")
+    ours = results["convnet.book (float64)"]
+    vector = results["vectorised NumPy"][1]
+    if epochs_in_figure > 1:
+        total = ours[0] + ours[1] * (epochs_in_figure - 1)
+        print(
+            f"{epochs_in_figure} epochs: book's code {book * epochs_in_figure:.1f} s "
+            f"(from its median), convnet {total:.2f} s with its first epoch's compile: "
+            f"{book * epochs_in_figure / total:.1f}x"
+        )
+    print(f"convnet / vectorised NumPy: {vector / ours[1]:.1f}x faster per epoch")
+    same = len({tuple(c) for c in counts.values()}) == 1
+    print(f"the same counts after {slow + 1} epochs: {'yes' if same else 'NO'} {counts}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--repeats", type=int, default=9, help="timed epochs (median)")
+    parser.add_argument("--slow-repeats", type=int, default=3, help="of the book's code")
+    args = parser.parse_args()
+    blas = threadpool_info()[0].get("architecture") if threadpool_info() else None
+    print(f"one core: {CORE}; NumPy's BLAS kernel: {blas}; threads: 1")
+    with threadpool_limits(1):
+        setting(
+            "The overfitting settings (1,000 images, four monitors)",
+            1000, args.repeats, args.slow_repeats, overfitting=True,
+        )  # fmt: skip
+        setting(
+            "One 50,000-image epoch, test accuracy",
+            50000, max(3, args.repeats // 3), args.slow_repeats, overfitting=False,
+        )  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()

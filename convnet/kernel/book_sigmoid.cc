@@ -1,0 +1,397 @@
+// The book's sigmoid networks (network.py, network2.py): an epoch of SGD and a forward
+// pass, called once per epoch or per data set from Python (convnet/book/sigmoid_kernel.py).
+//
+// The arithmetic is the book's, operation by operation: z = w . a + b, sigmoid(z) =
+// 1 / (1 + exp(-z)), the output error a - y (cross-entropy) or (a - y) * (a * (1 - a))
+// (quadratic), each gradient summed over the mini-batch's examples in their order, and the
+// update w = decay * w - rate * nabla_w. Built with -ffp-contract=off, so that no
+// multiply-add is fused where NumPy would round twice; only the order of the terms inside
+// each dot product differs from NumPy's. The first layer reads each image's non-zero
+// pixels only (a product by a zero pixel adds nothing) and keeps its weights transposed,
+// one input's weights to every hidden neuron side by side, padded to whole vectors.
+
+#include <immintrin.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <vector>
+
+namespace {
+
+constexpr int kBytes = 64;  // one vector: 8 doubles or 16 floats (two AVX2 registers)
+
+template <typename T>
+struct Vec {
+  typedef T type __attribute__((vector_size(kBytes), aligned(sizeof(T))));
+  static constexpr int lanes = kBytes / sizeof(T);
+};
+
+// acc + w * v in one rounding where the CPU has FMA: the first layer's dot products, as a
+// BLAS kernel computes them (every other product here is rounded before its sum).
+inline Vec<double>::type fused(Vec<double>::type acc, Vec<double>::type w, double v) {
+#if defined(__AVX512F__)
+  return (Vec<double>::type)_mm512_fmadd_pd((__m512d)w, _mm512_set1_pd(v), (__m512d)acc);
+#else
+  return acc + w * v;
+#endif
+}
+
+inline Vec<float>::type fused(Vec<float>::type acc, Vec<float>::type w, float v) {
+#if defined(__AVX512F__)
+  return (Vec<float>::type)_mm512_fmadd_ps((__m512)w, _mm512_set1_ps(v), (__m512)acc);
+#else
+  return acc + w * v;
+#endif
+}
+
+// A block of examples' non-zero pixels regrouped by input: for each input k that some
+// example of the block lit, in increasing k, the examples (in their order) and values.
+// Each input's weights are then read once per block, not once per example.
+template <typename T>
+struct ByInput {
+  std::vector<int32_t> count, inputs, example;
+  std::vector<int64_t> start;
+  std::vector<T> value;
+
+  explicit ByInput(int64_t n_in) : count(n_in, 0) {}
+
+  void fill(const int64_t* indptr, const int32_t* indices, const T* values, const int64_t* rows,
+            int64_t m) {
+    inputs.clear();
+    for (int64_t i = 0; i < m; ++i)
+      for (int64_t p = indptr[rows[i]]; p < indptr[rows[i] + 1]; ++p) ++count[indices[p]];
+    const int64_t n_in = static_cast<int64_t>(count.size());
+    for (int64_t k = 0; k < n_in; ++k)  // in increasing order, without sorting
+      if (count[k]) inputs.push_back(static_cast<int32_t>(k));
+    start.resize(inputs.size() + 1);
+    start[0] = 0;
+    for (size_t q = 0; q < inputs.size(); ++q) {
+      start[q + 1] = start[q] + count[inputs[q]];
+      count[inputs[q]] = static_cast<int32_t>(q);  // now: the input's place in `inputs`
+    }
+    example.resize(start.back());
+    value.resize(start.back());
+    std::vector<int64_t>& next = scratch;
+    next.assign(start.begin(), start.end() - 1);
+    for (int64_t i = 0; i < m; ++i)
+      for (int64_t p = indptr[rows[i]]; p < indptr[rows[i] + 1]; ++p) {
+        const int64_t at = next[count[indices[p]]]++;
+        example[at] = static_cast<int32_t>(i);
+        value[at] = values[p];
+      }
+    for (int32_t k : inputs) count[k] = 0;
+  }
+
+ private:
+  std::vector<int64_t> scratch;
+};
+
+// z (width hp) = the first layer's sums for one example, NB vectors from column j0 held in
+// registers while its non-zero pixels (in increasing order) stream their weights.
+template <typename T, int NB>
+void first_row_blocks(const T* w0t, int64_t hp, int64_t j0, const int64_t* indptr,
+                      const int32_t* indices, const T* values, int64_t row, T* z) {
+  typedef typename Vec<T>::type V;
+  constexpr int L = Vec<T>::lanes;
+  V acc[NB];
+  for (int b = 0; b < NB; ++b) acc[b] = V{};
+  for (int64_t p = indptr[row]; p < indptr[row + 1]; ++p) {
+    const T* w = w0t + static_cast<int64_t>(indices[p]) * hp + j0;
+    const T v = values[p];
+    for (int b = 0; b < NB; ++b) {
+      V wv;
+      std::memcpy(&wv, w + b * L, sizeof(V));
+      acc[b] = fused(acc[b], wv, v);
+    }
+  }
+  for (int b = 0; b < NB; ++b) std::memcpy(z + j0 + b * L, &acc[b], sizeof(V));
+}
+
+template <typename T>
+void first_row(const T* w0t, int64_t hp, const int64_t* indptr, const int32_t* indices,
+               const T* values, int64_t row, T* z) {
+  constexpr int L = Vec<T>::lanes;
+  int64_t j0 = 0;
+  for (; j0 + 4 * L <= hp; j0 += 4 * L)
+    first_row_blocks<T, 4>(w0t, hp, j0, indptr, indices, values, row, z);
+  switch ((hp - j0) / L) {
+    case 3: first_row_blocks<T, 3>(w0t, hp, j0, indptr, indices, values, row, z); break;
+    case 2: first_row_blocks<T, 2>(w0t, hp, j0, indptr, indices, values, row, z); break;
+    case 1: first_row_blocks<T, 1>(w0t, hp, j0, indptr, indices, values, row, z); break;
+    default: break;
+  }
+}
+
+// z[i] (rows of width hp) = the first layer's sums for each example of the block: for each
+// lit input in increasing order, its weights times each example's value.
+template <typename T, int NB>
+void first_layer_blocks(const T* w0t, int64_t hp, int64_t j0, const ByInput<T>& block, T* z) {
+  typedef typename Vec<T>::type V;
+  constexpr int L = Vec<T>::lanes;
+  for (size_t q = 0; q < block.inputs.size(); ++q) {
+    const T* w = w0t + static_cast<int64_t>(block.inputs[q]) * hp + j0;
+    V wv[NB];
+    for (int b = 0; b < NB; ++b) std::memcpy(&wv[b], w + b * L, sizeof(V));
+    for (int64_t at = block.start[q]; at < block.start[q + 1]; ++at) {
+      T* zi = z + block.example[at] * hp + j0;
+      const T v = block.value[at];
+      for (int b = 0; b < NB; ++b) {
+        V zv;
+        std::memcpy(&zv, zi + b * L, sizeof(V));
+        zv = fused(zv, wv[b], v);
+        std::memcpy(zi + b * L, &zv, sizeof(V));
+      }
+    }
+  }
+}
+
+// z[i] (rows of width hp) = the first layer's sums for each example of the block: for each
+// lit input in increasing order, its weights times each example's value.
+template <typename T>
+void first_layer(const T* w0t, int64_t hp, const ByInput<T>& block, T* z, int64_t m) {
+  constexpr int L = Vec<T>::lanes;
+  std::fill(z, z + m * hp, T(0));
+  int64_t j0 = 0;
+  for (; j0 + 4 * L <= hp; j0 += 4 * L) first_layer_blocks<T, 4>(w0t, hp, j0, block, z);
+  switch ((hp - j0) / L) {
+    case 3: first_layer_blocks<T, 3>(w0t, hp, j0, block, z); break;
+    case 2: first_layer_blocks<T, 2>(w0t, hp, j0, block, z); break;
+    case 1: first_layer_blocks<T, 1>(w0t, hp, j0, block, z); break;
+    default: break;
+  }
+}
+
+// The first layer's update for the lit inputs' weights, NB vectors from column j0:
+// g = sum over the examples (in order) of delta * value; w = decay * w - rate * g.
+template <typename T, int NB>
+void first_update_blocks(T* w0t, int64_t hp, int64_t j0, const ByInput<T>& block,
+                         const T* delta, T decay, T rate) {
+  typedef typename Vec<T>::type V;
+  constexpr int L = Vec<T>::lanes;
+  for (size_t q = 0; q < block.inputs.size(); ++q) {
+    V g[NB];
+    for (int b = 0; b < NB; ++b) g[b] = V{};
+    for (int64_t at = block.start[q]; at < block.start[q + 1]; ++at) {
+      const T* d = delta + block.example[at] * hp + j0;
+      const T v = block.value[at];
+      for (int b = 0; b < NB; ++b) {
+        V dv;
+        std::memcpy(&dv, d + b * L, sizeof(V));
+        g[b] = g[b] + dv * v;
+      }
+    }
+    T* w = w0t + static_cast<int64_t>(block.inputs[q]) * hp + j0;
+    for (int b = 0; b < NB; ++b) {
+      V wv;
+      std::memcpy(&wv, w + b * L, sizeof(V));
+      if (decay == T(1)) wv = wv - g[b] * rate;  // decay * w == w
+      else wv = wv * decay - g[b] * rate;
+      std::memcpy(w + b * L, &wv, sizeof(V));
+    }
+  }
+}
+
+template <typename T>
+void first_update(T* w0t, int64_t hp, const ByInput<T>& block, const T* delta, T decay,
+                  T rate) {
+  constexpr int L = Vec<T>::lanes;
+  int64_t j0 = 0;
+  for (; j0 + 4 * L <= hp; j0 += 4 * L)
+    first_update_blocks<T, 4>(w0t, hp, j0, block, delta, decay, rate);
+  switch ((hp - j0) / L) {
+    case 3: first_update_blocks<T, 3>(w0t, hp, j0, block, delta, decay, rate); break;
+    case 2: first_update_blocks<T, 2>(w0t, hp, j0, block, delta, decay, rate); break;
+    case 1: first_update_blocks<T, 1>(w0t, hp, j0, block, delta, decay, rate); break;
+    default: break;
+  }
+}
+
+template <typename T>
+inline T sigmoid(T z) { return T(1) / (T(1) + std::exp(-z)); }
+
+#if defined(CONVNET_MVEC) && defined(__AVX512F__)
+// glibc's vector exp (libmvec), 8 doubles or 16 floats at once.
+extern "C" __m512d _ZGVeN8v_exp(__m512d);
+extern "C" __m512 _ZGVeN16v_expf(__m512);
+inline Vec<double>::type exp_v(Vec<double>::type x) {
+  return (Vec<double>::type)_ZGVeN8v_exp((__m512d)x);
+}
+inline Vec<float>::type exp_v(Vec<float>::type x) {
+  return (Vec<float>::type)_ZGVeN16v_expf((__m512)x);
+}
+constexpr bool kVectorExp = true;
+#else
+template <typename V>
+inline V exp_v(V x) {
+  constexpr int n = sizeof(V) / sizeof(x[0]);
+  for (int i = 0; i < n; ++i) x[i] = std::exp(x[i]);
+  return x;
+}
+constexpr bool kVectorExp = false;
+#endif
+
+// a[j] = sigmoid(z[j] + b[j]) for j < n, whole vectors at a time, then one at a time.
+template <typename T>
+inline void sigmoid_add(const T* z, const T* b, int64_t n, T* a) {
+  typedef typename Vec<T>::type V;
+  constexpr int L = Vec<T>::lanes;
+  int64_t j = 0;
+  if (kVectorExp) {
+    const V one = V{} + T(1);
+    for (; j + L <= n; j += L) {
+      V zv, bv;
+      std::memcpy(&zv, z + j, sizeof(V));
+      std::memcpy(&bv, b + j, sizeof(V));
+      const V out = one / (one + exp_v(-(zv + bv)));
+      std::memcpy(a + j, &out, sizeof(V));
+    }
+  }
+  for (; j < n; ++j) a[j] = sigmoid<T>(z[j] + b[j]);
+}
+
+// The network as the kernel sees it.
+template <typename T>
+struct Net {
+  int64_t layers;        // weight layers
+  const int64_t* sizes;  // layers + 1 sizes
+  int64_t hp;            // the first hidden layer padded to whole vectors
+  T* const* w;           // w[0]: (sizes[0], hp) transposed; w[l]: (sizes[l+1], sizes[l])
+  T* const* b;           // b[l]: sizes[l+1]
+
+  // act[l]: the activations of layer l + 1, for `count` examples, rows of width(l).
+  int64_t width(int64_t l) const { return l == 0 ? hp : sizes[l + 1]; }
+
+  // The activations of a block of m examples (the first layer's sums already in act[0]).
+  void forward(int64_t m, std::vector<std::vector<T>>& act) const {
+    std::vector<T> sums(*std::max_element(sizes + 1, sizes + layers + 1));
+    for (int64_t i = 0; i < m; ++i) {
+      T* a0 = act[0].data() + i * hp;
+      sigmoid_add<T>(a0, b[0], sizes[1], a0);
+      for (int64_t l = 1; l < layers; ++l) {
+        const T* in = act[l - 1].data() + i * width(l - 1);
+        const T* wl = w[l];
+        for (int64_t j = 0; j < sizes[l + 1]; ++j) {
+          T total = 0;
+          for (int64_t k = 0; k < sizes[l]; ++k) total += wl[j * sizes[l] + k] * in[k];
+          sums[j] = total;
+        }
+        sigmoid_add<T>(sums.data(), b[l], sizes[l + 1], act[l].data() + i * width(l));
+      }
+    }
+  }
+};
+
+template <typename T>
+void epoch(const Net<T>& net, const int64_t* indptr, const int32_t* indices, const T* values,
+           const T* targets, const int64_t* rows, int64_t n, int64_t mini_batch, T eta,
+           T decay, int64_t quadratic) {
+  const int64_t L = net.layers, hp = net.hp, n_in = net.sizes[0], n_out = net.sizes[L];
+  std::vector<std::vector<T>> act(L), delta(L);
+  for (int64_t l = 0; l < L; ++l) {
+    act[l].assign(mini_batch * net.width(l), T(0));
+    delta[l].assign(mini_batch * net.width(l), T(0));  // padded lanes stay 0
+  }
+  ByInput<T> block(n_in);
+  std::vector<char> lit(n_in, 0);
+  for (int64_t start = 0; start < n; start += mini_batch) {
+    const int64_t m = std::min(mini_batch, n - start);
+    const T rate = eta / T(m);
+    block.fill(indptr, indices, values, rows + start, m);
+    first_layer<T>(net.w[0], hp, block, act[0].data(), m);
+    net.forward(m, act);
+    for (int64_t i = 0; i < m; ++i) {  // the output error
+      const T* a = act[L - 1].data() + i * net.width(L - 1);
+      const T* y = targets + rows[start + i] * n_out;
+      T* d = delta[L - 1].data() + i * net.width(L - 1);
+      for (int64_t j = 0; j < n_out; ++j) {
+        T e = a[j] - y[j];
+        if (quadratic) e = e * (a[j] * (T(1) - a[j]));
+        d[j] = e;
+      }
+    }
+    for (int64_t l = L - 1; l > 0; --l) {  // each hidden layer's error
+      const T* wl = net.w[l];
+      const int64_t rows_l = net.sizes[l + 1], cols_l = net.sizes[l];
+      for (int64_t i = 0; i < m; ++i) {
+        const T* above = delta[l].data() + i * net.width(l);
+        const T* a = act[l - 1].data() + i * net.width(l - 1);
+        T* d = delta[l - 1].data() + i * net.width(l - 1);
+        for (int64_t k = 0; k < cols_l; ++k) {
+          T total = 0;
+          for (int64_t j = 0; j < rows_l; ++j) total += wl[j * cols_l + k] * above[j];
+          d[k] = total * (a[k] * (T(1) - a[k]));
+        }
+      }
+    }
+    for (int64_t l = L - 1; l > 0; --l) {  // the dense layers' updates
+      T* wl = net.w[l];
+      T* bl = net.b[l];
+      const int64_t rows_l = net.sizes[l + 1], cols_l = net.sizes[l];
+      for (int64_t j = 0; j < rows_l; ++j) {
+        for (int64_t k = 0; k < cols_l; ++k) {
+          T g = 0;
+          for (int64_t i = 0; i < m; ++i)
+            g += delta[l][i * net.width(l) + j] * act[l - 1][i * net.width(l - 1) + k];
+          wl[j * cols_l + k] = decay * wl[j * cols_l + k] - rate * g;
+        }
+        T g = 0;
+        for (int64_t i = 0; i < m; ++i) g += delta[l][i * net.width(l) + j];
+        bl[j] = bl[j] - rate * g;
+      }
+    }
+    T* w0 = net.w[0];  // the first layer: each lit input's gradient, then its update
+    first_update<T>(w0, hp, block, delta[0].data(), decay, rate);
+    if (decay != T(1)) {  // decay * w - rate * 0 for the inputs no example lit
+      for (int32_t k : block.inputs) lit[k] = 1;
+      for (int64_t k = 0; k < n_in; ++k) {
+        if (lit[k]) { lit[k] = 0; continue; }
+        for (int64_t j = 0; j < hp; ++j) w0[k * hp + j] = decay * w0[k * hp + j];
+      }
+    }
+    for (int64_t j = 0; j < net.sizes[1]; ++j) {
+      T g = 0;
+      for (int64_t i = 0; i < m; ++i) g += delta[0][i * hp + j];
+      net.b[0][j] = net.b[0][j] - rate * g;
+    }
+  }
+}
+
+template <typename T>
+void outputs(const Net<T>& net, const int64_t* indptr, const int32_t* indices, const T* values,
+             const int64_t* rows, int64_t count, T* out) {
+  const int64_t L = net.layers, n_out = net.sizes[L];
+  std::vector<std::vector<T>> act(L);
+  for (int64_t l = 0; l < L; ++l) act[l].assign(net.width(l), T(0));
+  for (int64_t r = 0; r < count; ++r) {
+    first_row<T>(net.w[0], net.hp, indptr, indices, values, rows[r], act[0].data());
+    net.forward(1, act);
+    std::memcpy(out + r * n_out, act[L - 1].data(), n_out * sizeof(T));
+  }
+}
+
+}  // namespace
+
+#define CONVNET_BOOK_EXPORTS(T, SUFFIX)                                                    \
+  extern "C" void ConvnetBookEpoch##SUFFIX(                                                \
+      int64_t layers, const int64_t* sizes, int64_t hp, T* const* w, T* const* b,          \
+      const int64_t* indptr, const int32_t* indices, const T* values, const T* targets,    \
+      const int64_t* rows, int64_t n, int64_t mini_batch, double eta, double decay,        \
+      int64_t quadratic) {                                                                 \
+    const Net<T> net{layers, sizes, hp, w, b};                                             \
+    epoch<T>(net, indptr, indices, values, targets, rows, n, mini_batch, T(eta), T(decay), \
+             quadratic);                                                                   \
+  }                                                                                        \
+  extern "C" void ConvnetBookOutputs##SUFFIX(                                              \
+      int64_t layers, const int64_t* sizes, int64_t hp, T* const* w, T* const* b,          \
+      const int64_t* indptr, const int32_t* indices, const T* values, const int64_t* rows, \
+      int64_t count, T* out) {                                                             \
+    const Net<T> net{layers, sizes, hp, w, b};                                             \
+    outputs<T>(net, indptr, indices, values, rows, count, out);                            \
+  }
+
+CONVNET_BOOK_EXPORTS(double, F64)
+CONVNET_BOOK_EXPORTS(float, F32)
+
+extern "C" int64_t ConvnetBookLanes(int64_t bytes) { return kBytes / bytes; }
