@@ -102,7 +102,7 @@ def test_the_kernel_is_built_where_a_compiler_is():
 
 
 @pytest.mark.parametrize(("name", "make", "quadratic"), NETS, ids=[n[0] for n in NETS])
-@pytest.mark.parametrize("sizes", [[6, 5, 3], [9, 37, 4], [5, 17, 6, 3]])
+@pytest.mark.parametrize("sizes", [[6, 3], [6, 5, 3], [9, 37, 4], [5, 17, 6, 3]])
 def test_an_epoch_of_sgd_is_the_seeds_steps_in_python_2s_order(path, name, make, quadratic, sizes):
     np.random.seed(3)
     net = make(sizes)

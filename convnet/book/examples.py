@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from convnet.errors import ArgumentError, ShapeError
+from convnet.errors import ArgumentError, BackendError, ShapeError
 
 MAX_STORES = 6  # the most recently used stores kept; a figure script uses three or four
 
@@ -85,7 +85,10 @@ class Store:
             import jax
 
             value = self.x if name == "x" else self.one_hot()
-            self._device[key] = jax.device_put(value.astype(dtype, copy=False))
+            placed = jax.device_put(value.astype(dtype, copy=False))
+            if placed.dtype != np.dtype(dtype):  # JAX's float64 was off: never round silently
+                raise BackendError(f"{name}: JAX holds {placed.dtype}, not {np.dtype(dtype)}")
+            self._device[key] = placed
         return self._device[key]
 
 

@@ -45,6 +45,7 @@ class Programs:
         import pytensor.tensor as pt
 
         self.sizes, self.dtype = tuple(sizes), np.dtype(dtype)
+        self.mode = _jax_mode()  # first: JAX's float64 is on before any data is put on it
         pairs = list(zip(self.sizes[:-1], self.sizes[1:], strict=True))
         self.w = [pt.tensor(f"w{k}", dtype=dtype, shape=(y, x)) for k, (x, y) in enumerate(pairs)]
         self.b = [pt.tensor(f"b{k}", dtype=dtype, shape=(y, 1)) for k, (_, y) in enumerate(pairs)]
@@ -59,7 +60,7 @@ class Programs:
         self._delta = delta
 
     def _function(self, inputs: list[Any], outputs: list[Any]) -> Any:
-        return self._pytensor.function(inputs, outputs, mode=_jax_mode(), on_unused_input="ignore")
+        return self._pytensor.function(inputs, outputs, mode=self.mode, on_unused_input="ignore")
 
     @cached_property
     def gradients(self) -> list[Any]:

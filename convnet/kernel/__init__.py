@@ -185,9 +185,7 @@ def book_why_not() -> str | None:
     return why if isinstance(why, str) else None
 
 
-def _library(
-    source: Path = SOURCE, flags: tuple[str, ...] = FLAGS, *, xla: bool = True
-) -> Path:
+def _library(source: Path = SOURCE, flags: tuple[str, ...] = FLAGS, *, xla: bool = True) -> Path:
     """The compiled kernel for this source, compiler and CPU, built if not yet cached
     (``xla``: against the XLA FFI headers jaxlib ships)."""
     compiler = _compiler()
