@@ -1,7 +1,8 @@
 #!/usr/bin/env python
 """convnet.book.network2 against the book's algorithm as the book wrote it and against
 the same algorithm vectorised in NumPy, side by side in one process on one pinned core,
-float64 (convnet's faithful mode), the same weights and the same shuffles for all three.
+float64 (convnet's faithful mode), the same weights and the same shuffles for all; also
+convnet in float32 (opt-in) and on its XLA path (``CONVNET_KERNEL=0``), for comparison.
 
 Two settings: the book's fig/overfitting.py (1,000 training images, all four monitors,
 the 10,000 test images evaluated each epoch; 400 epochs) and one 50,000-image epoch of
@@ -91,11 +92,19 @@ def setting(name: str, size: int, repeats: int, slow_repeats: int, overfitting: 
     training_all, _, test = mnist_loader.load_data_wrapper()
     results = {}
     counts = {}
-    for who in ("book's code (per example)", "vectorised NumPy", "convnet.book (float64)"):
+    for who in (
+        "book's code (per example)",
+        "vectorised NumPy",
+        "convnet.book (float64)",
+        "convnet.book (float32, opt-in)",
+        "convnet.book, XLA loop (CONVNET_KERNEL=0)",
+    ):
+        os.environ["CONVNET_KERNEL"] = "0" if "XLA" in who else "1"
         random.seed(12345678)
         np.random.seed(12345678)
         training = training_all[:size]
-        net = network2.Network([784, 30, 10], cost=network2.CrossEntropyCost())
+        dtype = "float32" if "float32" in who else "float64"
+        net = network2.Network([784, 30, 10], cost=network2.CrossEntropyCost(), dtype=dtype)
         net.large_weight_initializer()
         if who.startswith("book"):
             run = _per_example(PerExample(net.weights, net.biases), training, test, overfitting)
@@ -111,7 +120,11 @@ def setting(name: str, size: int, repeats: int, slow_repeats: int, overfitting: 
         times, outcomes = _timed(run, epochs)
         results[who] = (warm, statistics.median(times))
         outcome = outcomes[slow_repeats - 1]  # after 1 + slow_repeats epochs, for each
-        counts[who] = outcome if not who.startswith("convnet") else _counts(outcome, overfitting)
+        if dtype == "float64":  # float32 rounds otherwise: its counts may differ
+            counts[who] = (
+                outcome if not who.startswith("convnet") else _counts(outcome, overfitting)
+            )
+    os.environ.pop("CONVNET_KERNEL")
     _print(name, results, counts, epochs_in_figure=400 if overfitting else 1, slow=slow_repeats)
 
 

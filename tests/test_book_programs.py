@@ -4,7 +4,9 @@ its mistakes answered by name."""
 
 from __future__ import annotations
 
+import gzip
 import json
+import pickle
 import platform
 import random
 import shutil
@@ -14,7 +16,7 @@ import pytest
 
 from convnet import kernel
 from convnet.book import mnist_loader, network, network2, shuffle, sigmoid_kernel
-from convnet.errors import ArgumentError, ModelFileError, ShapeError
+from convnet.errors import ArgumentError, BackendError, ModelFileError, ShapeError
 from tests import reference
 
 # The book's fig/overfitting.json, its first 20 epochs (facts carried over from the book's
@@ -361,3 +363,55 @@ def test_bad_training_calls_are_refused_by_name(capsys):
             call()
     assert all(np.array_equal(a, b) for a, b in zip(before, net.weights, strict=True))
     assert [type(p[1]) for p in good] == [np.ndarray] * 20  # the user's data untouched
+
+
+def test_a_cost_of_ones_own_is_compiled_from_its_delta():
+    class Halved(network2.CrossEntropyCost):  # a reader's cost: half the error
+        @staticmethod
+        def delta(z, a, y):
+            return 0.5 * (a - y)
+
+        @staticmethod
+        def fn(a, y):
+            return 0.5 * network2.CrossEntropyCost.fn(a, y)
+
+    sizes = [5, 4, 3]
+    np.random.seed(16)
+    net = network2.Network(sizes, cost=Halved)
+    batch = _pairs(np.random.default_rng(17), 6, sizes)
+    want_w, want_b = reference.seed_sgd_step(net.weights, net.biases, batch, 0.25, 0.0, 6, False)
+    net.SGD(list(batch), 1, 6, 0.5)  # half the error at twice the rate: the same step
+    for got, want in zip(net.weights + net.biases, want_w + want_b, strict=True):
+        assert _relative(got, want) < 1e-12
+    full = network2.CrossEntropyCost.fn
+    outputs = [reference_forward(net, x) for x, _ in batch]
+    want = sum(0.5 * full(a, y) for a, (_, y) in zip(outputs, batch, strict=True)) / 6
+    assert abs(net.total_cost(batch, 0.0) - want) < 1e-12 * want
+
+    class Numpyish(network2.CrossEntropyCost):
+        @staticmethod
+        def delta(z, a, y):
+            return np.clip(a - y, -1, 1)  # NumPy on a symbolic variable
+
+    net.cost = Numpyish
+    with pytest.raises(BackendError, match=r"cost\.delta"):
+        net.SGD(list(batch), 1, 6, 0.5)
+
+
+def test_the_books_pickle_is_read_where_the_books_loader_looks(tmp_path, monkeypatch):
+    rng = np.random.default_rng(18)
+
+    def split(n):
+        return (rng.integers(0, 256, (n, 784)) / 256).astype(np.float32), rng.integers(0, 10, n)
+
+    (tmp_path / "data").mkdir()
+    with gzip.open(tmp_path / "data" / "mnist.pkl.gz", "wb") as handle:
+        pickle.dump((split(7), split(3), split(2)), handle)
+    (tmp_path / "src").mkdir()
+    monkeypatch.chdir(tmp_path / "src")  # the book's scripts run from src/ or fig/
+    (train_x, train_y), validation, test = mnist_loader.load_data()
+    assert train_x.shape == (7, 784) and len(validation[0]) == 3 and len(test[1]) == 2
+    assert train_y.dtype == np.int64
+    training, _, _ = mnist_loader.load_data_wrapper()
+    assert len(training) == 7 and training[0][1].shape == (10, 1)
+    assert np.array_equal(training[0][0][:, 0], train_x[0])

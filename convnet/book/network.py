@@ -40,10 +40,6 @@ class Network(SigmoidNetwork):
         self.biases = [np.random.randn(y, 1) for y in sizes[1:]]
         self.weights = [np.random.randn(y, x) for x, y in itertools.pairwise(sizes)]
 
-    def feedforward(self, a: Any) -> np.ndarray:
-        """Return the output of the network if ``a`` is input."""
-        return self._feedforward(a)
-
     def SGD(  # noqa: N802 - the book's name
         self,
         training_data: list[Any],
@@ -73,10 +69,6 @@ class Network(SigmoidNetwork):
         """Apply one gradient-descent step for the (x, y) pairs of ``mini_batch``."""
         check_training(0, 1, eta)
         self._update(mini_batch, eta, 1.0)
-
-    def backprop(self, x: Any, y: Any) -> tuple[list[np.ndarray], list[np.ndarray]]:
-        """``(nabla_b, nabla_w)``: the gradient of the cost C_x, layer by layer."""
-        return self._backprop(x, y)
 
     def evaluate(self, test_data: list[Any]) -> int:
         """The number of test inputs whose highest output is the right digit."""

@@ -113,10 +113,6 @@ class Network(SigmoidNetwork):
         self.biases = [np.random.randn(y, 1) for y in self.sizes[1:]]
         self.weights = [np.random.randn(y, x) for x, y in itertools.pairwise(self.sizes)]
 
-    def feedforward(self, a: Any) -> np.ndarray:
-        """Return the output of the network if ``a`` is input."""
-        return self._feedforward(a)
-
     def SGD(  # noqa: N802 - the book's name
         self,
         training_data: list[Any],
@@ -181,10 +177,6 @@ class Network(SigmoidNetwork):
         """One gradient-descent step with L2 decay ``1 - eta * lmbda / n``."""
         check_training(0, 1, eta, lmbda)
         self._update(mini_batch, eta, 1 - eta * (lmbda / n))
-
-    def backprop(self, x: Any, y: Any) -> tuple[list[np.ndarray], list[np.ndarray]]:
-        """``(nabla_b, nabla_w)``: the gradient of the cost C_x, layer by layer."""
-        return self._backprop(x, y)
 
     def accuracy(self, data: list[Any], convert: bool = False) -> int:
         """The number of inputs whose highest output is the right digit. ``convert``:

@@ -137,7 +137,8 @@ class SigmoidNetwork:
         own = next(c for c in type(self).__mro__ if c.__module__.startswith("convnet.book."))
         return getattr(type(self), name) is not getattr(own, name)
 
-    def _feedforward(self, a: Any) -> np.ndarray:
+    def feedforward(self, a: Any) -> np.ndarray:
+        """Return the output of the network if ``a`` is input (a column per example)."""
         a = np.asarray(a)
         if a.ndim != 2 or a.shape[0] != self.sizes[0]:
             raise ShapeError(
@@ -147,7 +148,9 @@ class SigmoidNetwork:
         x = np.ascontiguousarray(a.T, dtype=self.dtype)
         return self._programs().outputs(self._params(), x).T
 
-    def _backprop(self, x: Any, y: Any) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    def backprop(self, x: Any, y: Any) -> tuple[list[np.ndarray], list[np.ndarray]]:
+        """``(nabla_b, nabla_w)``: the gradient of the cost C_x, layer by layer (PyTensor's
+        symbolic gradient, compiled once per network shape)."""
         n_in, n_out = self.sizes[0], self.sizes[-1]
         x_row = examples._column(x, n_in, "backprop: x")[None, :].astype(self.dtype)
         y_row = examples._column(y, n_out, "backprop: y", "sizes[-1]")[None, :].astype(self.dtype)

@@ -1,4 +1,8 @@
-"""convnet's hand-written CPU kernel, compiled on first use and called by XLA (its FFI).
+"""convnet's hand-written CPU kernels, compiled on first use.
+
+``book_sigmoid.cc`` runs the book's network.py / network2.py nets (an epoch, a forward
+pass), called through ctypes by :mod:`convnet.book.sigmoid_kernel`; :func:`book_library`
+builds it. The rest of this text is about ``conv_pool.cc``, called by XLA (its FFI).
 
 Under JAX on a CPU a conv layer is ``conv_pool.cc`` instead of XLA's im2col, GEMM and
 pooling passes: its evaluation output is one call (convolution + max-pooling, the image
