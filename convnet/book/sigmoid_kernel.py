@@ -28,6 +28,14 @@ def available() -> bool:
     return kernel.book_library() is not None
 
 
+def _aligned(shape: tuple[int, int], dtype: np.dtype, to: int = 64) -> np.ndarray:
+    """Zeros whose rows start on cache lines: a row of whole vectors is whole lines."""
+    size = shape[0] * shape[1] * dtype.itemsize
+    raw = np.zeros(size + to, dtype=np.uint8)
+    skip = -raw.ctypes.data % to
+    return raw[skip : skip + size].view(dtype).reshape(shape)
+
+
 class Layout:
     """The kernel's copy of a network: the first layer's weights transposed and padded to
     whole vectors, the others as they are, biases flat; ``weights()`` / ``biases()`` give
@@ -41,7 +49,7 @@ class Layout:
         self.hidden = sizes[1]
         self.hp = -(-self.hidden // lanes) * lanes
         layers = len(params) // 2
-        first = np.zeros((sizes[0], self.hp), dtype=self.dtype)
+        first = _aligned((sizes[0], self.hp), self.dtype)
         first[:, : self.hidden] = params[0].T
         self.ws = [first] + [np.ascontiguousarray(w, dtype=self.dtype) for w in params[1:layers]]
         self.bs = [np.ascontiguousarray(b[:, 0], dtype=self.dtype) for b in params[layers:]]

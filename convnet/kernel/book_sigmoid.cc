@@ -21,6 +21,7 @@
 namespace {
 
 constexpr int kBytes = 64;  // one vector: 8 doubles or 16 floats (two AVX2 registers)
+constexpr int kAhead = 12;   // how many pixels ahead the first layer prefetches weights
 
 template <typename T>
 struct Vec {
@@ -46,9 +47,9 @@ inline Vec<float>::type fused(Vec<float>::type acc, Vec<float>::type w, float v)
 #endif
 }
 
-// A block of examples' non-zero pixels regrouped by input: for each input k that some
-// example of the block lit, in increasing k, the examples (in their order) and values.
-// Each input's weights are then read once per block, not once per example.
+// A mini-batch's non-zero pixels regrouped by input: for each input k that some example
+// of the batch lit, in increasing k, the examples (in their order) and values. Each lit
+// input's gradient is then summed, and its weights updated, in one pass.
 template <typename T>
 struct ByInput {
   std::vector<int32_t> count, inputs, example;
@@ -97,7 +98,12 @@ void first_row_blocks(const T* w0t, int64_t hp, int64_t j0, const int64_t* indpt
   constexpr int L = Vec<T>::lanes;
   V acc[NB];
   for (int b = 0; b < NB; ++b) acc[b] = V{};
-  for (int64_t p = indptr[row]; p < indptr[row + 1]; ++p) {
+  const int64_t end = indptr[row + 1];
+  for (int64_t p = indptr[row]; p < end; ++p) {
+    if (p + kAhead < end) {  // the rows of pixels to come: their addresses are known
+      const T* next = w0t + static_cast<int64_t>(indices[p + kAhead]) * hp + j0;
+      for (int b = 0; b < NB; ++b) __builtin_prefetch(next + b * L);
+    }
     const T* w = w0t + static_cast<int64_t>(indices[p]) * hp + j0;
     const T v = values[p];
     for (int b = 0; b < NB; ++b) {
@@ -126,43 +132,6 @@ void first_row(const T* w0t, int64_t hp, const int64_t* indptr, const int32_t* i
 
 // z[i] (rows of width hp) = the first layer's sums for each example of the block: for each
 // lit input in increasing order, its weights times each example's value.
-template <typename T, int NB>
-void first_layer_blocks(const T* w0t, int64_t hp, int64_t j0, const ByInput<T>& block, T* z) {
-  typedef typename Vec<T>::type V;
-  constexpr int L = Vec<T>::lanes;
-  for (size_t q = 0; q < block.inputs.size(); ++q) {
-    const T* w = w0t + static_cast<int64_t>(block.inputs[q]) * hp + j0;
-    V wv[NB];
-    for (int b = 0; b < NB; ++b) std::memcpy(&wv[b], w + b * L, sizeof(V));
-    for (int64_t at = block.start[q]; at < block.start[q + 1]; ++at) {
-      T* zi = z + block.example[at] * hp + j0;
-      const T v = block.value[at];
-      for (int b = 0; b < NB; ++b) {
-        V zv;
-        std::memcpy(&zv, zi + b * L, sizeof(V));
-        zv = fused(zv, wv[b], v);
-        std::memcpy(zi + b * L, &zv, sizeof(V));
-      }
-    }
-  }
-}
-
-// z[i] (rows of width hp) = the first layer's sums for each example of the block: for each
-// lit input in increasing order, its weights times each example's value.
-template <typename T>
-void first_layer(const T* w0t, int64_t hp, const ByInput<T>& block, T* z, int64_t m) {
-  constexpr int L = Vec<T>::lanes;
-  std::fill(z, z + m * hp, T(0));
-  int64_t j0 = 0;
-  for (; j0 + 4 * L <= hp; j0 += 4 * L) first_layer_blocks<T, 4>(w0t, hp, j0, block, z);
-  switch ((hp - j0) / L) {
-    case 3: first_layer_blocks<T, 3>(w0t, hp, j0, block, z); break;
-    case 2: first_layer_blocks<T, 2>(w0t, hp, j0, block, z); break;
-    case 1: first_layer_blocks<T, 1>(w0t, hp, j0, block, z); break;
-    default: break;
-  }
-}
-
 // The first layer's update for the lit inputs' weights, NB vectors from column j0:
 // g = sum over the examples (in order) of delta * value; w = decay * w - rate * g.
 template <typename T, int NB>
@@ -259,6 +228,21 @@ struct Net {
   int64_t hp;            // the first hidden layer padded to whole vectors
   T* const* w;           // w[0]: (sizes[0], hp) transposed; w[l]: (sizes[l+1], sizes[l])
   T* const* b;           // b[l]: sizes[l+1]
+  // wt[l], l >= 1: w[l] transposed, so that the forward pass sums each input's weights
+  // into every neuron's total at once, in the order of the inputs.
+  std::vector<std::vector<T>> wt;
+
+  Net(int64_t layers_, const int64_t* sizes_, int64_t hp_, T* const* w_, T* const* b_)
+      : layers(layers_), sizes(sizes_), hp(hp_), w(w_), b(b_), wt(layers_) {
+    for (int64_t l = 1; l < layers; ++l) transpose(l);
+  }
+
+  void transpose(int64_t l) {
+    const int64_t rows = sizes[l + 1], cols = sizes[l];
+    wt[l].resize(rows * cols);
+    for (int64_t j = 0; j < rows; ++j)
+      for (int64_t k = 0; k < cols; ++k) wt[l][k * rows + j] = w[l][j * cols + k];
+  }
 
   // act[l]: the activations of layer l + 1, for `count` examples, rows of width(l).
   int64_t width(int64_t l) const { return l == 0 ? hp : sizes[l + 1]; }
@@ -271,20 +255,21 @@ struct Net {
       sigmoid_add<T>(a0, b[0], sizes[1], a0);
       for (int64_t l = 1; l < layers; ++l) {
         const T* in = act[l - 1].data() + i * width(l - 1);
-        const T* wl = w[l];
-        for (int64_t j = 0; j < sizes[l + 1]; ++j) {
-          T total = 0;
-          for (int64_t k = 0; k < sizes[l]; ++k) total += wl[j * sizes[l] + k] * in[k];
-          sums[j] = total;
+        const int64_t rows = sizes[l + 1], cols = sizes[l];
+        std::fill(sums.begin(), sums.begin() + rows, T(0));
+        for (int64_t k = 0; k < cols; ++k) {
+          const T x = in[k];
+          const T* column = wt[l].data() + k * rows;
+          for (int64_t j = 0; j < rows; ++j) sums[j] += column[j] * x;
         }
-        sigmoid_add<T>(sums.data(), b[l], sizes[l + 1], act[l].data() + i * width(l));
+        sigmoid_add<T>(sums.data(), b[l], rows, act[l].data() + i * width(l));
       }
     }
   }
 };
 
 template <typename T>
-void epoch(const Net<T>& net, const int64_t* indptr, const int32_t* indices, const T* values,
+void epoch(Net<T>& net, const int64_t* indptr, const int32_t* indices, const T* values,
            const T* targets, const int64_t* rows, int64_t n, int64_t mini_batch, T eta,
            T decay, int64_t quadratic) {
   const int64_t L = net.layers, hp = net.hp, n_in = net.sizes[0], n_out = net.sizes[L];
@@ -295,11 +280,13 @@ void epoch(const Net<T>& net, const int64_t* indptr, const int32_t* indices, con
   }
   ByInput<T> block(n_in);
   std::vector<char> lit(n_in, 0);
+  std::vector<T> gradient(*std::max_element(net.sizes + 1, net.sizes + L + 1));
   for (int64_t start = 0; start < n; start += mini_batch) {
     const int64_t m = std::min(mini_batch, n - start);
     const T rate = eta / T(m);
     block.fill(indptr, indices, values, rows + start, m);
-    first_layer<T>(net.w[0], hp, block, act[0].data(), m);
+    for (int64_t i = 0; i < m; ++i)
+      first_row<T>(net.w[0], hp, indptr, indices, values, rows[start + i], act[0].data() + i * hp);
     net.forward(m, act);
     for (int64_t i = 0; i < m; ++i) {  // the output error
       const T* a = act[L - 1].data() + i * net.width(L - 1);
@@ -318,28 +305,34 @@ void epoch(const Net<T>& net, const int64_t* indptr, const int32_t* indices, con
         const T* above = delta[l].data() + i * net.width(l);
         const T* a = act[l - 1].data() + i * net.width(l - 1);
         T* d = delta[l - 1].data() + i * net.width(l - 1);
-        for (int64_t k = 0; k < cols_l; ++k) {
-          T total = 0;
-          for (int64_t j = 0; j < rows_l; ++j) total += wl[j * cols_l + k] * above[j];
-          d[k] = total * (a[k] * (T(1) - a[k]));
+        std::fill(d, d + cols_l, T(0));
+        for (int64_t j = 0; j < rows_l; ++j) {  // w . delta, summed in the order of j
+          const T e = above[j];
+          const T* row = wl + j * cols_l;
+          for (int64_t k = 0; k < cols_l; ++k) d[k] += row[k] * e;
         }
+        for (int64_t k = 0; k < cols_l; ++k) d[k] = d[k] * (a[k] * (T(1) - a[k]));
       }
     }
     for (int64_t l = L - 1; l > 0; --l) {  // the dense layers' updates
       T* wl = net.w[l];
       T* bl = net.b[l];
       const int64_t rows_l = net.sizes[l + 1], cols_l = net.sizes[l];
+      std::vector<T>& g = gradient;
       for (int64_t j = 0; j < rows_l; ++j) {
-        for (int64_t k = 0; k < cols_l; ++k) {
-          T g = 0;
-          for (int64_t i = 0; i < m; ++i)
-            g += delta[l][i * net.width(l) + j] * act[l - 1][i * net.width(l - 1) + k];
-          wl[j * cols_l + k] = decay * wl[j * cols_l + k] - rate * g;
+        std::fill(g.begin(), g.begin() + cols_l, T(0));
+        T gb = 0;
+        for (int64_t i = 0; i < m; ++i) {  // summed over the examples in their order
+          const T e = delta[l][i * net.width(l) + j];
+          const T* a = act[l - 1].data() + i * net.width(l - 1);
+          for (int64_t k = 0; k < cols_l; ++k) g[k] += e * a[k];
+          gb += e;
         }
-        T g = 0;
-        for (int64_t i = 0; i < m; ++i) g += delta[l][i * net.width(l) + j];
-        bl[j] = bl[j] - rate * g;
+        T* row = wl + j * cols_l;
+        for (int64_t k = 0; k < cols_l; ++k) row[k] = decay * row[k] - rate * g[k];
+        bl[j] = bl[j] - rate * gb;
       }
+      net.transpose(l);
     }
     T* w0 = net.w[0];  // the first layer: each lit input's gradient, then its update
     first_update<T>(w0, hp, block, delta[0].data(), decay, rate);
@@ -379,7 +372,7 @@ void outputs(const Net<T>& net, const int64_t* indptr, const int32_t* indices, c
       const int64_t* indptr, const int32_t* indices, const T* values, const T* targets,    \
       const int64_t* rows, int64_t n, int64_t mini_batch, double eta, double decay,        \
       int64_t quadratic) {                                                                 \
-    const Net<T> net{layers, sizes, hp, w, b};                                             \
+    Net<T> net(layers, sizes, hp, w, b);                                                   \
     epoch<T>(net, indptr, indices, values, targets, rows, n, mini_batch, T(eta), T(decay), \
              quadratic);                                                                   \
   }                                                                                        \
@@ -387,7 +380,7 @@ void outputs(const Net<T>& net, const int64_t* indptr, const int32_t* indices, c
       int64_t layers, const int64_t* sizes, int64_t hp, T* const* w, T* const* b,          \
       const int64_t* indptr, const int32_t* indices, const T* values, const int64_t* rows, \
       int64_t count, T* out) {                                                             \
-    const Net<T> net{layers, sizes, hp, w, b};                                             \
+    const Net<T> net(layers, sizes, hp, w, b);                                             \
     outputs<T>(net, indptr, indices, values, rows, count, out);                            \
   }
 
