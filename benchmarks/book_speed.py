@@ -156,11 +156,37 @@ def _print(name: str, results: dict, counts: dict, epochs_in_figure: int) -> Non
     print(f"the same counts after the first epoch: {'yes' if same else 'NO'} {counts}")
 
 
+def profile(epochs: int = 20) -> None:
+    """Where convnet's overfitting-settings epoch spends its time (cProfile, own time)."""
+    import cProfile
+    import pstats
+
+    training_all, _, test = mnist_loader.load_data_wrapper()
+    net = network2.Network([784, 30, 10], cost=network2.CrossEntropyCost())
+    run = _convnet(net, training_all[:1000], test, overfitting=True)
+    run()
+    profiler = cProfile.Profile()
+    start = time.perf_counter()
+    profiler.runcall(lambda: [run() for _ in range(epochs)])
+    total = time.perf_counter() - start
+    stats = pstats.Stats(profiler).stats  # type: ignore[attr-defined]
+    rows = sorted(stats.items(), key=lambda item: -item[1][2])[:8]
+    print(f"\n## Where an overfitting-settings epoch goes ({total / epochs * 1e3:.1f} ms)")
+    for (path, line, function), (_, _, own, _, _) in rows:
+        place = f"{os.path.basename(path)}:{line}({function})"
+        print(f"{own / total:6.1%}  {place}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--repeats", type=int, default=9, help="timed epochs (median)")
     parser.add_argument("--slow-repeats", type=int, default=3, help="of the book's code")
+    parser.add_argument("--profile", action="store_true", help="only where convnet's time goes")
     args = parser.parse_args()
+    if args.profile:
+        with threadpool_limits(1):
+            profile()
+        return
     blas = threadpool_info()[0].get("architecture") if threadpool_info() else None
     print(f"one core: {CORE}; NumPy's BLAS kernel: {blas}; threads: 1")
     with threadpool_limits(1):

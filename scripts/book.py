@@ -20,9 +20,11 @@ import contextlib
 import json
 import os
 import random
+import re
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -58,97 +60,66 @@ def _seeded(seed: int = SEED) -> tuple[list[Any], list[Any], list[Any]]:
     return mnist_loader.load_data_wrapper()
 
 
-# -- the book's seeded figures: the same calls as its fig/*.py scripts -------------------
-def overfitting(size: int, epochs: int, lmbda: float, dtype: str = "float64") -> list[Any]:
-    """fig/overfitting.py's run_network: [784, 30, 10], cross-entropy (an instance),
-    large weights, ``size`` training images, eta 0.5, all four monitors on the test set."""
-    from convnet.book import network2
-
-    training_data, _, test_data = _seeded()
-    net = network2.Network([784, 30, 10], cost=network2.CrossEntropyCost(), dtype=dtype)
-    net.large_weight_initializer()
-    return list(
-        net.SGD(
-            training_data[:size], epochs, 10, 0.5, evaluation_data=test_data, lmbda=lmbda,
-            monitor_evaluation_cost=True, monitor_evaluation_accuracy=True,
-            monitor_training_cost=True, monitor_training_accuracy=True,
-        )
-    )  # fmt: skip
-
-
-def weight_initialization(hidden: int, eta: float = 0.1) -> dict[str, Any]:
-    """fig/weight_initialization.py: default then large weights, 30 epochs each, lmbda 5."""
-    from convnet.book import network2
-
-    training_data, validation_data, _ = _seeded()
-    net = network2.Network([784, hidden, 10], cost=network2.CrossEntropyCost)
-    results = {}
-    for name in ("default_weight_initialization", "large_weight_initialization"):
-        if name.startswith("large"):
-            net.large_weight_initializer()
-        results[name] = list(
-            net.SGD(training_data, 30, 10, eta, lmbda=5.0, evaluation_data=validation_data,
-                    monitor_evaluation_accuracy=True)
-        )  # fmt: skip
-    return results
+# -- the book's seeded figures: its own fig/*.py scripts, run on convnet.book -----------
+def python3_edits(source: str, dtype: str | None = None) -> str:
+    """The mechanical edits any of the book's Python 2 figure scripts needs, and its two
+    imports pointed at convnet.book (``dtype``: also ask its networks for that dtype)."""
+    source = source.replace("sys.path.append('../src/')\n", "")
+    source = re.sub(r"^import (mnist_loader|network2)$", r"from convnet.book import \1", source,
+                    flags=re.M)  # fmt: skip
+    source = source.replace("from sklearn import svm", "svm = None  # its SVMs: not run here")
+    source = re.sub(r"^(\s*)print (.+)$", r"\1print(\2)", source, flags=re.M)
+    source = re.sub(r"^(\s*)print$", r"\1print()", source, flags=re.M)
+    source = source.replace("raw_input(", "input(").replace("xrange(", "range(")
+    source = source.replace("1500000 / size", "1500000 // size")
+    if dtype:
+        source = source.replace("cost=network2.CrossEntropyCost())",
+                                f"cost=network2.CrossEntropyCost(), dtype={dtype!r})")  # fmt: skip
+    return source
 
 
-ETAS = [0.025, 0.25, 2.5]
+def book_script(book: Path, script: str, call: str, writes: str, dtype: str | None = None):
+    """Run ``call`` in the book's ``fig/<script>`` (Python-3-edited) in a scratch folder,
+    as the book ran it from fig/, and return the JSON it wrote to ``writes``."""
+    path = book / "fig" / script
+    if not path.is_file():
+        raise SystemExit(f"--book {book}: no fig/{script} there (a clone of the book's repo?)")
+    module: dict[str, Any] = {"__name__": f"book_{path.stem}"}
+    here = Path.cwd()
+    with tempfile.TemporaryDirectory() as scratch:
+        os.chdir(scratch)
+        try:
+            exec(compile(python3_edits(path.read_text(), dtype), str(path), "exec"), module)
+            eval(call, module)
+            return json.loads(Path(writes).read_text())
+        finally:
+            os.chdir(here)
 
 
-def multiple_eta() -> list[Any]:
-    """fig/multiple_eta.py: three networks, one per eta, 30 epochs, the training cost."""
-    from convnet.book import network2
-
-    training_data, validation_data, _ = _seeded()
-    results = []
-    for eta in ETAS:
-        net = network2.Network([784, 30, 10])
-        results.append(
-            list(net.SGD(training_data, 30, 10, eta, lmbda=5.0, evaluation_data=validation_data,
-                         monitor_training_cost=True))
-        )  # fmt: skip
-    return results
-
-
-SIZES = [100, 200, 500, 1000, 2000, 5000, 10000, 20000, 50000]
-
-
-def more_data() -> list[float]:
-    """fig/more_data.py's networks: one network re-initialised per training-set size,
-    1,500,000 / size epochs, lmbda = size / 10,000; its validation accuracy (%)."""
-    from convnet.book import network2
-
-    training_data, validation_data, _ = _seeded()
-    net = network2.Network([784, 30, 10], cost=network2.CrossEntropyCost())
-    accuracies = []
-    for size in SIZES:
-        net.large_weight_initializer()
-        net.SGD(training_data[:size], 1500000 // size, 10, 0.5, lmbda=size * 0.0001)
-        accuracies.append(net.accuracy(validation_data) / 100.0)
-    return accuracies
-
-
-FIGURES: dict[str, tuple[Callable[[], Any], str, bool]] = {
-    # name: (experiment, what the book's script ran, whether it is chaotic)
-    "overfitting": (lambda: overfitting(1000, 400, 0.0), "1,000 images, 400 epochs", False),
-    "regularized": (lambda: overfitting(1000, 400, 0.1), "as overfitting, lmbda 0.1", False),
-    "overfitting_full": (lambda: overfitting(50000, 30, 0.0), "50,000 images, 30 epochs", True),
-    "regularized_full": (lambda: overfitting(50000, 30, 5.0), "as _full, lmbda 5.0", True),
-    "weight_initialization_30": (lambda: weight_initialization(30), "30 hidden, eta 0.1", False),
-    "weight_initialization_100": (
-        lambda: weight_initialization(100),
-        "100 hidden, eta 0.1",
-        False,
-    ),
-    "multiple_eta": (multiple_eta, "eta 0.025, 0.25, 2.5; lmbda 5.0", True),
-    "more_data": (more_data, "nine training-set sizes", False),
-    "overfitting-float32": (
-        lambda: overfitting(1000, 400, 0.0, "float32"),
-        "as overfitting, in float32 (opt-in)",
-        False,
-    ),
-}
+FIGURES: dict[str, tuple[str, str, str, str, bool]] = {
+    # name: (the book's script, what this repo calls in it, the file it writes,
+    #        what the book ran, whether the run is chaotic)
+    "overfitting": ("overfitting.py", "run_network('o.json', 400, 1000, 0.0)", "o.json",
+                    "1,000 images, 400 epochs", False),
+    "regularized": ("overfitting.py", "run_network('o.json', 400, 1000, 0.1)", "o.json",
+                    "as overfitting, lmbda 0.1", False),
+    "overfitting_full": ("overfitting.py", "run_network('o.json', 30, 50000, 0.0)", "o.json",
+                         "50,000 images, 30 epochs", True),
+    "regularized_full": ("overfitting.py", "run_network('o.json', 30, 50000, 5.0)", "o.json",
+                         "as _full, lmbda 5.0", True),
+    "weight_initialization_30": ("weight_initialization.py", "run_network('w.json', 30, 0.1)",
+                                 "w.json", "30 hidden, eta 0.1", False),
+    "weight_initialization_100": ("weight_initialization.py", "run_network('w.json', 100, 0.1)",
+                                  "w.json", "100 hidden, eta 0.1", False),
+    "multiple_eta": ("multiple_eta.py", "run_networks()", "multiple_eta.json",
+                     "eta 0.025, 0.25, 2.5; lmbda 5.0", True),
+    "more_data": ("more_data.py", "run_networks()", "more_data.json",
+                  "nine training-set sizes", False),
+    "overfitting-float32": ("overfitting.py", "run_network('o.json', 400, 1000, 0.0)", "o.json",
+                            "as overfitting, dtype='float32' (opt-in)", False),
+}  # fmt: skip
+ETAS = [0.025, 0.25, 2.5]  # multiple_eta.py's
+SIZES = [100, 200, 500, 1000, 2000, 5000, 10000, 20000, 50000]  # more_data.py's
 
 
 # -- the book's in-text results, over several seeds -------------------------------------
@@ -226,14 +197,19 @@ def _load(name: str) -> dict[str, Any] | None:
     return json.loads(path.read_text()) if path.is_file() else None
 
 
-def run(names: list[str]) -> None:
-    jobs: dict[str, Callable[[], Any]] = {n: f for n, (f, _, _) in FIGURES.items()}
+def run(names: list[str], book: Path | None) -> None:
+    jobs: dict[str, Callable[[], Any]] = {}
+    for name, (script, call, writes, _, _) in FIGURES.items():
+        dtype = name.split("-")[1] if "-" in name else None
+        jobs[name] = (lambda *a: lambda: book_script(*a))(book, script, call, writes, dtype)
     for name, (make, _, _) in HEADLINES.items():
         for seed in SEEDS:
             jobs[f"{name}-seed{seed}"] = (lambda m, s: lambda: m(s))(make, seed)
     for name, job in jobs.items():
         if (names and not any(name.startswith(n) for n in names)) or _load(name):
             continue
+        if name in FIGURES and book is None:
+            raise SystemExit("run: the figures run the book's own scripts: give --book PATH")
         start = time.perf_counter()
         value = _quiet(job)
         _save(name, value, time.perf_counter() - start)
@@ -400,14 +376,15 @@ def report(book: Path) -> None:
         "|---|---|---|---|---|---|---|---|",
     ]
     pictures = []
-    for name, (_, what, chaotic) in FIGURES.items():
+    for name, (script, call, _, what, chaotic) in FIGURES.items():
         saved = _load(name)
         if saved is None:
-            lines.append(f"| {name} | {what} | not run yet | | | | | |")
+            lines.append(f"| {name} | `fig/{script}` {what} | not run yet | | | | | |")
             continue
         source = name.split("-")[0]  # a variant is compared with the book's run
         ours = _series(source, saved["value"])
         theirs = _series(source, _book_json(book, source))
+        ran = f"`fig/{script}` `{call}`: {what}"
         for key, series in theirs.items():
             c = _compare(ours[key], series)
             if not c["n"]:
@@ -415,10 +392,11 @@ def report(book: Path) -> None:
             flag = " (chaotic)" if chaotic and c["parted"] is not None else ""
             parted = "-" if c["parted"] is None else str(c["parted"])
             lines.append(
-                f"| {name}{flag} | {what} | {key} | {c['same']} / {c['n']} | "
+                f"| {name}{flag} | {ran} | {key} | {c['same']} / {c['n']} | "
                 f"{c['max_relative']:.1e} | {parted} | {saved['seconds']:.0f} | "
                 f"{saved['commit']} |"
             )
+            ran = "″"  # the same run
         pictures.append(f"![{name}]({_figure(name, ours, theirs)})")
     lines += ["", *[p + "\n" for p in pictures]]
     lines += _kernels_section(book)
@@ -529,7 +507,7 @@ def main() -> None:
     )
     args = parser.parse_args()
     if args.command == "run":
-        run(args.names)
+        run(args.names, args.book)
     elif args.command == "kernels":
         kernels(args.kernels.split(","))
     if args.book is not None:
