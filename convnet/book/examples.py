@@ -17,7 +17,7 @@ import numpy as np
 
 from convnet.errors import ArgumentError, BackendError, ShapeError
 
-MAX_STORES = 6  # the most recently used stores kept; a figure script uses three or four
+MAX_STORES = 4  # the most recently used stores kept; a figure script uses two or three
 
 
 def _is_label(y: Any) -> bool:
@@ -25,9 +25,10 @@ def _is_label(y: Any) -> bool:
 
 
 class Store:
-    """The images of a list of pairs as one float64 matrix (a row an example), with their
-    targets: one-hot rows (the book's training format, ``y`` a vector) or integer labels
-    (its validation and test format, ``y`` a digit)."""
+    """The images of a list of pairs as one matrix (a row an example; float32 when every
+    image is, as the book's are, else float64: never rounded), with their targets: one-hot
+    rows (the book's training format, ``y`` a vector) or integer labels (its validation
+    and test format, ``y`` a digit)."""
 
     def __init__(self, pairs: Sequence[Any], what: str, n_in: int, n_out: int) -> None:
         self.pairs = list(pairs)  # holds the pairs, so that their ids stay theirs
@@ -35,7 +36,11 @@ class Store:
         self.order = np.argsort(ids)
         self.ids = ids[self.order]
         self.n_out = n_out
-        self.x = np.empty((len(self.pairs), n_in))
+        single = all(
+            isinstance(p, tuple | list) and len(p) == 2 and getattr(p[0], "dtype", 0) == np.float32
+            for p in self.pairs
+        )
+        self.x = np.empty((len(self.pairs), n_in), dtype=np.float32 if single else np.float64)
         first_y = _example(self.pairs, 0, what)[1]
         self.vectors = not _is_label(first_y)
         targets = np.empty((len(self.pairs), n_out)) if self.vectors else None
