@@ -244,7 +244,7 @@ def reference_forward(net, a):
     return a
 
 
-def test_feedforward_accuracy_and_total_cost_against_numpy():
+def test_feedforward_accuracy_and_total_cost_against_numpy(path):
     sizes = [7, 5, 4]
     np.random.seed(10)
     net = network2.Network(sizes)
@@ -268,6 +268,18 @@ def test_feedforward_accuracy_and_total_cost_against_numpy():
     )
     one_hot = [(x, np.eye(4)[:, [y]]) for x, y in evaluation]
     assert abs(net.total_cost(evaluation, 1.0, convert=True) - net.total_cost(one_hot, 1.0)) < 1e-12
+    net.cost = network2.CrossEntropyCost
+    net.weights[-1] = net.weights[-1] * 1e3  # saturated: a = 0 or 1, log(0), nan_to_num
+    outputs = [reference_forward(net, x) for x, _ in training]
+    assert any(((a == 0) | (a == 1)).any() for a in outputs)
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        want = sum(
+            network2.CrossEntropyCost.fn(a, y) for a, y in zip(outputs, targets, strict=True)
+        )
+    squares = sum(float(np.sum(w**2)) for w in net.weights)
+    want = want / 30 + 0.5 * (0.4 / 30) * squares
+    got = net.total_cost(training, 0.4)
+    assert got == want or abs(got - want) < 1e-12 * want  # both inf where a y = 0 has a = 1
 
 
 def test_save_writes_the_books_format_and_load_reads_the_books_files(tmp_path):

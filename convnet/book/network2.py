@@ -74,17 +74,21 @@ class CrossEntropyCost:
 def _costs_per_example(fn: Callable[..., float], outputs: np.ndarray, targets: np.ndarray):
     """Each row's cost, for the book's two costs at once (None for another cost)."""
     if fn is CrossEntropyCost.fn:
-        with np.errstate(divide="ignore", invalid="ignore"):
+        with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
             terms = np.nan_to_num(-targets * np.log(outputs) - (1 - targets) * np.log(1 - outputs))
-        return terms.sum(axis=1)
+            return terms.sum(axis=1)
     if fn is QuadraticCost.fn:
         return 0.5 * np.sqrt(np.sum((outputs - targets) ** 2, axis=1)) ** 2
     return None
 
 
-KERNEL_COSTS = {
+KERNEL_COSTS = {  # the output errors the kernel trains with, and the costs it evaluates
     CrossEntropyCost.delta: sigmoid_kernel.CROSS_ENTROPY,
     QuadraticCost.delta: sigmoid_kernel.QUADRATIC,
+}
+KERNEL_COST_FNS = {
+    CrossEntropyCost.fn: sigmoid_kernel.CROSS_ENTROPY,
+    QuadraticCost.fn: sigmoid_kernel.QUADRATIC,
 }
 
 
@@ -189,20 +193,26 @@ class Network(SigmoidNetwork):
         data (y one-hot vectors), True for validation / test data (y digits)."""
         what = "total_cost: data"
         fn = self.cost.fn
+        per_example = None
         if self._overrides("feedforward"):
             outputs = np.stack([self.feedforward(x)[:, 0] for x, _ in data])
             store, rows = examples.lookup(data, what, self.sizes[0], self.sizes[-1])
         else:
-            store, rows, outputs = self._outputs(data, what)
+            evaluation = self._outputs(data, what)
+            store, rows, outputs = evaluation.store, evaluation.rows, evaluation.outputs
+            if evaluation.costs is not None and self._evaluation_cost() is not None:
+                per_example = evaluation.costs  # the kernel's, for this cost's fn
         if store.vectors == bool(convert):
             examples._wrong_format(store, what, not convert, self.sizes[-1])
-        targets = store.one_hot()[rows]
-        per_example = _costs_per_example(fn, outputs, targets)
+        if per_example is None:
+            per_example = _costs_per_example(fn, outputs, store.one_hot()[rows])
         if per_example is None:  # another cost: called per example, as the book does
+            targets = store.one_hot()[rows]
             per_example = np.array(
                 [fn(a[:, None], y[:, None]) for a, y in zip(outputs, targets, strict=True)]
             )
-        cost = float(np.sum(per_example / len(data)))
+        with np.errstate(over="ignore"):  # saturated outputs: the book's sum is inf, silently
+            cost = float(np.sum(per_example / len(data)))
         squares = sum(float(np.sqrt(np.sum(np.square(w)))) ** 2 for w in self.weights)
         return cost + 0.5 * (lmbda / len(data)) * squares
 
@@ -211,6 +221,9 @@ class Network(SigmoidNetwork):
 
     def _kernel_cost(self) -> int | None:
         return KERNEL_COSTS.get(self.cost.delta)
+
+    def _evaluation_cost(self) -> int | None:
+        return KERNEL_COST_FNS.get(self.cost.fn)
 
     def save(self, filename: str | os.PathLike[str]) -> None:
         """Save the network to ``filename`` in the book's JSON format."""

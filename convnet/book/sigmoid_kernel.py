@@ -84,15 +84,25 @@ class Layout:
             _I(cost),
         )  # fmt: skip
 
-    def outputs(self, sparse: tuple[np.ndarray, ...], rows: np.ndarray) -> np.ndarray:
-        """The output layer's activations for each of ``rows`` (a row each)."""
+    def evaluate(
+        self, sparse: tuple[np.ndarray, ...], rows: np.ndarray,
+        targets: np.ndarray | None = None, cost: int = CROSS_ENTROPY,
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:  # fmt: skip
+        """For each of ``rows``: the output layer's activations, the index of the largest
+        (numpy.argmax's), and given one-hot ``targets``, the example's ``cost``."""
         indptr, indices, values = sparse
         values = np.ascontiguousarray(values, dtype=self.dtype)
         rows = np.ascontiguousarray(rows, dtype=np.int64)
         out = np.empty((len(rows), int(self.sizes[-1])), dtype=self.dtype)
+        guess = np.empty(len(rows), dtype=np.int64)
+        costs = np.empty(len(rows), dtype=self.dtype) if targets is not None else None
+        if targets is not None:
+            targets = np.ascontiguousarray(targets, dtype=self.dtype)
         function = getattr(self._library, f"ConvnetBookOutputs{self._suffix}")
         function(
             *self._head(), _P(indptr.ctypes.data), _P(indices.ctypes.data),
             _P(values.ctypes.data), _P(rows.ctypes.data), _I(len(rows)), _P(out.ctypes.data),
+            _P(guess.ctypes.data), _P(targets.ctypes.data if targets is not None else None),
+            _I(cost), _P(costs.ctypes.data if costs is not None else None),
         )  # fmt: skip
-        return out
+        return out, guess, costs

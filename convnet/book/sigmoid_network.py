@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -72,6 +73,18 @@ def check_training(epochs: Any, mini_batch_size: Any, eta: Any, lmbda: Any = 0.0
                 f"SGD: {name}: expected {noun} {'>=' if inclusive else '>'} {low}. "
                 f"Received: {value!r}."
             )
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """A network's pass over a data set: each pair's output, guess and (when the kernel
+    computed it for the network's cost) cost, in the order of the pairs' ``rows``."""
+
+    store: examples.Store
+    rows: np.ndarray
+    outputs: np.ndarray
+    guesses: np.ndarray
+    costs: np.ndarray | None
 
 
 class SigmoidNetwork:
@@ -227,16 +240,26 @@ class SigmoidNetwork:
             params = programs.epoch(params, x, y, rows[None, whole:], decay, eta / (n - whole))
         self._assign(params)
 
-    _memo: dict[int, Any] | None = None  # SGD's monitors: each data set's outputs, once
+    _memo: dict[int, Evaluation] | None = None  # SGD's monitors: each data set, once
 
-    def _outputs(self, data: Any, what: str) -> tuple[examples.Store, np.ndarray, np.ndarray]:
-        """The store of ``data``, its pairs' rows, and the network's output for each pair."""
+    def _evaluation_cost(self) -> int | None:
+        """The kernel's code for the cost whose per-example values evaluations compute."""
+        return None
+
+    def _outputs(self, data: Any, what: str) -> Evaluation:
+        """The network on every pair of ``data``: its outputs and guesses (and, from the
+        kernel, each pair's cost)."""
         if self._memo is not None and id(data) in self._memo:
             return self._memo[id(data)]
         store, rows = examples.lookup(data, what, self.sizes[0], self.sizes[-1])
+        costs = None
         if self._kernel() is not None:
             copy = sigmoid_kernel.Layout(self._params(), check_sizes(self.sizes), self.dtype)
-            outputs = copy.outputs(store.sparse(self.dtype), rows)
+            code = self._evaluation_cost()
+            targets = store.one_hot() if code is not None else None
+            outputs, guesses, costs = copy.evaluate(
+                store.sparse(self.dtype), rows, targets, code or 0
+            )
         else:
             programs = self._programs()
             x = store.on_device("x", programs.dtype)
@@ -244,9 +267,11 @@ class SigmoidNetwork:
                 outputs = programs.outputs(self._params(), x)[rows]
             else:
                 outputs = programs.outputs(self._params(), x, rows)
+            guesses = np.argmax(outputs, axis=1)
+        evaluation = Evaluation(store, rows, outputs, guesses, costs)
         if self._memo is not None:
-            self._memo[id(data)] = store, rows, outputs
-        return store, rows, outputs
+            self._memo[id(data)] = evaluation
+        return evaluation
 
     def _predictions(self, data: Any, what: str) -> tuple[examples.Store, np.ndarray, np.ndarray]:
         """The store, rows and predicted digit of each pair (a replaced feedforward is
@@ -255,8 +280,8 @@ class SigmoidNetwork:
             store, rows = examples.lookup(data, what, self.sizes[0], self.sizes[-1])
             guesses = np.array([int(np.argmax(self.feedforward(x))) for x, _ in data])
             return store, rows, guesses
-        store, rows, outputs = self._outputs(data, what)
-        return store, rows, np.argmax(outputs, axis=1)
+        evaluation = self._outputs(data, what)
+        return evaluation.store, evaluation.rows, evaluation.guesses
 
     def _count_correct(self, data: Any, what: str, vectors: bool | None) -> int:
         store, rows, guesses = self._predictions(data, what)

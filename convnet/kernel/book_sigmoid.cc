@@ -16,6 +16,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <limits>
 #include <vector>
 
 namespace {
@@ -351,16 +352,50 @@ void epoch(Net<T>& net, const int64_t* indptr, const int32_t* indices, const T* 
   }
 }
 
+// numpy.nan_to_num: NaN -> 0, infinities -> the largest finite values.
+template <typename T>
+inline T finite(T v) {
+  if (std::isnan(v)) return T(0);
+  if (std::isinf(v)) return v > 0 ? std::numeric_limits<T>::max() : std::numeric_limits<T>::lowest();
+  return v;
+}
+
+// One example's cost as the book's cost classes' fn compute it.
+template <typename T>
+T example_cost(const T* a, const T* y, int64_t n, int64_t quadratic) {
+  T total = 0;
+  if (!quadratic) {  // sum(nan_to_num(-y ln a - (1 - y) ln(1 - a)))
+    for (int64_t j = 0; j < n; ++j)
+      total += finite<T>(-y[j] * std::log(a[j]) - (T(1) - y[j]) * std::log(T(1) - a[j]));
+    return total;
+  }
+  for (int64_t j = 0; j < n; ++j) total += (a[j] - y[j]) * (a[j] - y[j]);
+  const T norm = std::sqrt(total);  // 0.5 * ||a - y|| ** 2
+  return T(0.5) * (norm * norm);
+}
+
+// The output layer's activations for each of `rows` into `out`, the index of each one's
+// largest (the first, as numpy.argmax) into `guess`, and, given one-hot `targets` and a
+// cost (0 cross-entropy, 1 quadratic), each example's cost into `cost`.
 template <typename T>
 void outputs(const Net<T>& net, const int64_t* indptr, const int32_t* indices, const T* values,
-             const int64_t* rows, int64_t count, T* out) {
+             const int64_t* rows, int64_t count, T* out, int64_t* guess, const T* targets,
+             int64_t quadratic, T* cost) {
   const int64_t L = net.layers, n_out = net.sizes[L];
   std::vector<std::vector<T>> act(L);
   for (int64_t l = 0; l < L; ++l) act[l].assign(net.width(l), T(0));
   for (int64_t r = 0; r < count; ++r) {
     first_row<T>(net.w[0], net.hp, indptr, indices, values, rows[r], act[0].data());
     net.forward(1, act);
-    std::memcpy(out + r * n_out, act[L - 1].data(), n_out * sizeof(T));
+    const T* a = act[L - 1].data();
+    std::memcpy(out + r * n_out, a, n_out * sizeof(T));
+    int64_t best = 0;
+    for (int64_t j = 0; j < n_out; ++j) {
+      if (std::isnan(a[j])) { best = j; break; }
+      if (a[j] > a[best]) best = j;
+    }
+    guess[r] = best;
+    if (targets) cost[r] = example_cost<T>(a, targets + rows[r] * n_out, n_out, quadratic);
   }
 }
 
@@ -379,9 +414,11 @@ void outputs(const Net<T>& net, const int64_t* indptr, const int32_t* indices, c
   extern "C" void ConvnetBookOutputs##SUFFIX(                                              \
       int64_t layers, const int64_t* sizes, int64_t hp, T* const* w, T* const* b,          \
       const int64_t* indptr, const int32_t* indices, const T* values, const int64_t* rows, \
-      int64_t count, T* out) {                                                             \
+      int64_t count, T* out, int64_t* guess, const T* targets, int64_t quadratic,          \
+      T* cost) {                                                                           \
     const Net<T> net(layers, sizes, hp, w, b);                                             \
-    outputs<T>(net, indptr, indices, values, rows, count, out);                            \
+    outputs<T>(net, indptr, indices, values, rows, count, out, guess, targets, quadratic,  \
+               cost);                                                                      \
   }
 
 CONVNET_BOOK_EXPORTS(double, F64)
