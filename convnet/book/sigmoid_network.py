@@ -1,6 +1,7 @@
 """What the book's ``network.py`` and ``network2.py`` share: a network of sigmoid layers
 whose weights and biases are lists of NumPy arrays in the book's shapes, trained and
-evaluated by compiled programs (:mod:`convnet.book.programs`).
+evaluated by convnet's CPU kernel (:mod:`convnet.book.sigmoid_kernel`) for the book's two
+costs, else by PyTensor programs compiled for JAX (:mod:`convnet.book.programs`).
 
 The arithmetic is float64 unless ``dtype="float32"`` is asked for: the book's figure data
 was made in float64, and its seeded runs are reproduced only in float64. The lists are

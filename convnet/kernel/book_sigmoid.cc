@@ -182,14 +182,22 @@ template <typename T>
 inline T sigmoid(T z) { return T(1) / (T(1) + std::exp(-z)); }
 
 #if defined(CONVNET_MVEC) && defined(__AVX512F__)
-// glibc's vector exp (libmvec), 8 doubles or 16 floats at once.
+// glibc's vector exp and log (libmvec), 8 doubles or 16 floats at once.
 extern "C" __m512d _ZGVeN8v_exp(__m512d);
 extern "C" __m512 _ZGVeN16v_expf(__m512);
+extern "C" __m512d _ZGVeN8v_log(__m512d);
+extern "C" __m512 _ZGVeN16v_logf(__m512);
 inline Vec<double>::type exp_v(Vec<double>::type x) {
   return (Vec<double>::type)_ZGVeN8v_exp((__m512d)x);
 }
 inline Vec<float>::type exp_v(Vec<float>::type x) {
   return (Vec<float>::type)_ZGVeN16v_expf((__m512)x);
+}
+inline Vec<double>::type log_v(Vec<double>::type x) {
+  return (Vec<double>::type)_ZGVeN8v_log((__m512d)x);
+}
+inline Vec<float>::type log_v(Vec<float>::type x) {
+  return (Vec<float>::type)_ZGVeN16v_logf((__m512)x);
 }
 constexpr bool kVectorExp = true;
 #else
@@ -199,8 +207,31 @@ inline V exp_v(V x) {
   for (int i = 0; i < n; ++i) x[i] = std::exp(x[i]);
   return x;
 }
+template <typename V>
+inline V log_v(V x) {
+  constexpr int n = sizeof(V) / sizeof(x[0]);
+  for (int i = 0; i < n; ++i) x[i] = std::log(x[i]);
+  return x;
+}
 constexpr bool kVectorExp = false;
 #endif
+
+// out[j] = ln(x[j]) for j < n, whole vectors at a time, then one at a time.
+template <typename T>
+inline void log_into(const T* x, int64_t n, T* out) {
+  typedef typename Vec<T>::type V;
+  constexpr int L = Vec<T>::lanes;
+  int64_t j = 0;
+  if (kVectorExp) {
+    for (; j + L <= n; j += L) {
+      V v;
+      std::memcpy(&v, x + j, sizeof(V));
+      v = log_v(v);
+      std::memcpy(out + j, &v, sizeof(V));
+    }
+  }
+  for (; j < n; ++j) out[j] = std::log(x[j]);
+}
 
 // a[j] = sigmoid(z[j] + b[j]) for j < n, whole vectors at a time, then one at a time.
 template <typename T>
@@ -360,13 +391,19 @@ inline T finite(T v) {
   return v;
 }
 
-// One example's cost as the book's cost classes' fn compute it.
+// One example's cost as the book's cost classes' fn compute it (`logs`: room for 3 n).
 template <typename T>
-T example_cost(const T* a, const T* y, int64_t n, int64_t quadratic) {
+T example_cost(const T* a, const T* y, int64_t n, int64_t quadratic, T* logs) {
   T total = 0;
   if (!quadratic) {  // sum(nan_to_num(-y ln a - (1 - y) ln(1 - a)))
+    T* ln_a = logs;
+    T* ln_1ma = logs + n;
+    T* one_minus = logs + 2 * n;
+    for (int64_t j = 0; j < n; ++j) one_minus[j] = T(1) - a[j];
+    log_into<T>(a, n, ln_a);
+    log_into<T>(one_minus, n, ln_1ma);
     for (int64_t j = 0; j < n; ++j)
-      total += finite<T>(-y[j] * std::log(a[j]) - (T(1) - y[j]) * std::log(T(1) - a[j]));
+      total += finite<T>(-y[j] * ln_a[j] - (T(1) - y[j]) * ln_1ma[j]);
     return total;
   }
   for (int64_t j = 0; j < n; ++j) total += (a[j] - y[j]) * (a[j] - y[j]);
@@ -384,6 +421,7 @@ void outputs(const Net<T>& net, const int64_t* indptr, const int32_t* indices, c
   const int64_t L = net.layers, n_out = net.sizes[L];
   std::vector<std::vector<T>> act(L);
   for (int64_t l = 0; l < L; ++l) act[l].assign(net.width(l), T(0));
+  std::vector<T> logs(3 * n_out);
   for (int64_t r = 0; r < count; ++r) {
     first_row<T>(net.w[0], net.hp, indptr, indices, values, rows[r], act[0].data());
     net.forward(1, act);
@@ -395,7 +433,8 @@ void outputs(const Net<T>& net, const int64_t* indptr, const int32_t* indices, c
       if (a[j] > a[best]) best = j;
     }
     guess[r] = best;
-    if (targets) cost[r] = example_cost<T>(a, targets + rows[r] * n_out, n_out, quadratic);
+    if (targets)
+      cost[r] = example_cost<T>(a, targets + rows[r] * n_out, n_out, quadratic, logs.data());
   }
 }
 
