@@ -309,6 +309,10 @@ def test_save_writes_the_books_format_and_load_reads_the_books_files(tmp_path):
     (tmp_path / "shapes.json").write_text(json.dumps({**data, "sizes": [3, 4, 2]}))
     with pytest.raises(ModelFileError, match=r"shapes\.json.*weights\[0\]"):
         network2.load(tmp_path / "shapes.json")
+    bomb = {**data, "sizes": [10**9, 10**9, 2]}  # refused before any weight is drawn
+    (tmp_path / "bomb.json").write_text(json.dumps(bomb))
+    with pytest.raises(ModelFileError, match=r"bomb\.json: weights\[0\]"):
+        network2.load(tmp_path / "bomb.json")
 
 
 def test_float32_is_an_explicit_choice(path):

@@ -240,6 +240,29 @@ class Network(SigmoidNetwork):
 COSTS = {"QuadraticCost": QuadraticCost, "CrossEntropyCost": CrossEntropyCost}
 
 
+def _check_shapes(path: Path, data: dict[str, Any]) -> None:
+    """The file's weights and biases have the shapes its sizes promise."""
+    sizes, weights, biases = data["sizes"], data["weights"], data["biases"]
+    try:
+        sizes = check_sizes(sizes)
+    except ArgumentError as exc:
+        raise ModelFileError(f"{path}: sizes: {exc}") from None
+    for name, arrays, width in (("weights", weights, sizes[:-1]), ("biases", biases, None)):
+        if not isinstance(arrays, list) or len(arrays) != len(sizes) - 1:
+            raise ModelFileError(
+                f"{path}: {name}: expected {len(sizes) - 1} layers for sizes {sizes}."
+            )
+        for k, rows in enumerate(arrays):
+            columns = width[k] if width else 1
+            ok = isinstance(rows, list) and len(rows) == sizes[k + 1]
+            ok = ok and all(isinstance(r, list) and len(r) == columns for r in rows)
+            if not ok:
+                raise ModelFileError(
+                    f"{path}: {name}[{k}]: expected {sizes[k + 1]} rows of {columns} numbers "
+                    f"(sizes {sizes})."
+                )
+
+
 def load(filename: str | os.PathLike[str]) -> Network:
     """The network saved in ``filename`` (the book's JSON format)."""
     path = Path(filename)
@@ -254,6 +277,7 @@ def load(filename: str | os.PathLike[str]) -> Network:
         raise ModelFileError(
             f"{path}: cost: expected one of {', '.join(COSTS)}. Received: {data.get('cost')!r}."
         )
+    _check_shapes(path, data)  # before Network() allocates what sizes ask for
     try:
         net = Network(data["sizes"], cost=cost)
     except ArgumentError as exc:
