@@ -468,8 +468,8 @@ def _headlines_section() -> list[str]:
         "",
         f"Seeds {', '.join(map(str, SEEDS))} (both generators); the book's figures are single "
         "runs from its text. *peak* is the best epoch's accuracy, *final* the last epoch's. "
-        "Chapter 1's 100-hidden network (large weights, quadratic cost, eta 3.0) often stalls "
-        "with a few output neurons saturated: here three seeds end near 87%, one at 57.6%, "
+        "Chapter 1's 100-hidden network (large weights, quadratic cost, eta 3.0) often stalls: "
+        "here three seeds end near 87%, one at 57.6%, "
         "one at 96.71%. The book warns that some runs of it give results quite a bit worse.",
         "",
         "| result | the book (%) | final, median (min-max) | peak, median (min-max) | "
