@@ -10,11 +10,8 @@ weights and biases drawn from the global ``np.random`` in the book's order are t
 
 from __future__ import annotations
 
-import itertools
 from collections.abc import Callable
 from typing import Any
-
-import numpy as np
 
 from convnet.book import sigmoid_kernel
 from convnet.book.sigmoid_network import (
@@ -37,8 +34,7 @@ class Network(SigmoidNetwork):
     def __init__(self, sizes: list[int], *, dtype: str = "float64") -> None:
         check_sizes(sizes)
         super().__init__(sizes, dtype)
-        self.biases = [np.random.randn(y, 1) for y in sizes[1:]]
-        self.weights = [np.random.randn(y, x) for x, y in itertools.pairwise(sizes)]
+        self._draw(scaled=False)
 
     def SGD(  # noqa: N802 - the book's name
         self,

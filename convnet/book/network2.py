@@ -10,7 +10,6 @@ those, the book's seeded figure data is reproduced (docs/BOOK.md).
 
 from __future__ import annotations
 
-import itertools
 import json
 import os
 from collections.abc import Callable
@@ -107,15 +106,11 @@ class Network(SigmoidNetwork):
 
     def default_weight_initializer(self) -> None:
         """Weights ~ N(0, 1/n_in), biases ~ N(0, 1), drawn from the global ``np.random``."""
-        self.biases = [np.random.randn(y, 1) for y in self.sizes[1:]]
-        self.weights = [
-            np.random.randn(y, x) / np.sqrt(x) for x, y in itertools.pairwise(self.sizes)
-        ]
+        self._draw(scaled=True)
 
     def large_weight_initializer(self) -> None:
         """Weights and biases ~ N(0, 1): chapter 1's initialisation, for comparison."""
-        self.biases = [np.random.randn(y, 1) for y in self.sizes[1:]]
-        self.weights = [np.random.randn(y, x) for x, y in itertools.pairwise(self.sizes)]
+        self._draw(scaled=False)
 
     def SGD(  # noqa: N802 - the book's name
         self,

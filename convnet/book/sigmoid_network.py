@@ -11,6 +11,7 @@ read before each compiled call and assigned after it, so a script may read and a
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -99,6 +100,15 @@ class SigmoidNetwork:
                 f"Network: dtype: expected one of {', '.join(DTYPES)}. Received: {dtype!r}."
             )
         self.dtype = dtype
+
+    def _draw(self, scaled: bool) -> None:
+        """Biases ~ N(0, 1), then weights ~ N(0, 1) (over sqrt(n_in) when ``scaled``), drawn
+        from the global ``np.random`` in the book's order: its seeded runs depend on it."""
+        self.biases = [np.random.randn(y, 1) for y in self.sizes[1:]]
+        self.weights = [
+            np.random.randn(y, x) / np.sqrt(x) if scaled else np.random.randn(y, x)
+            for x, y in itertools.pairwise(self.sizes)
+        ]
 
     # -- what the subclasses say ------------------------------------------------------
     def _delta(self) -> Callable[..., Any]:
