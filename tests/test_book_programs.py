@@ -282,6 +282,29 @@ def test_feedforward_accuracy_and_total_cost_against_numpy(path):
     assert got == want or abs(got - want) < 1e-12 * want  # both inf where a y = 0 has a = 1
 
 
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+@pytest.mark.parametrize("sizes", [[784, 100, 10], [300, 30, 7, 10], [70, 3, 2]])
+def test_a_pass_over_a_data_set_is_each_examples_forward_pass(path, sizes, dtype):
+    """The kernel's pass takes inputs in chunks, examples in blocks, several at once: every
+    output must still be the example's own forward pass (blank images, sparse and dense
+    ones, more examples than a block, a subset in another order)."""
+    np.random.seed(12)
+    net = network2.Network(sizes, dtype=dtype)
+    rng = np.random.default_rng(13)
+    pairs = _pairs(rng, 150, sizes, labels=True)
+    for i, (x, _) in enumerate(pairs):
+        x[rng.random(x.shape) < (i % 5) / 5] = 0.0  # blank (i % 5 == 0 keeps all) to sparse
+    pairs[7] = (np.zeros((sizes[0], 1)), 1)
+    tolerance = 1e-13 if dtype == "float64" else 1e-5
+    for data in (pairs, pairs[::-3]):
+        got = net._outputs(data, "test_data").outputs
+        want = np.hstack([reference_forward(net, x) for x, _ in data]).T
+        assert got.shape == want.shape
+        assert _relative(got, want) < tolerance
+        right = sum(int(np.argmax(w)) == y for w, (_, y) in zip(want, data, strict=True))
+        assert net.accuracy(data) == right
+
+
 def test_save_writes_the_books_format_and_load_reads_the_books_files(tmp_path):
     sizes = [3, 2, 2]
     book_file = tmp_path / "book.json"

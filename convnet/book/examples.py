@@ -84,6 +84,20 @@ class Store:
             self._device[key] = (indptr, columns.astype(np.int32), values)
         return self._device[key]
 
+    def chunk_bounds(self, shift: int, dtype: Any = np.float64) -> np.ndarray:
+        """Where each row's non-zeros of each chunk of ``2 ** shift`` inputs start in
+        ``sparse()``'s arrays: entry ``row * chunks + chunk`` (the next entry: where they
+        end), for the kernel's forward pass over a data set."""
+        key = f"bounds:{shift}"
+        if key not in self._device:
+            indptr, indices, _ = self.sparse(dtype)
+            chunks = -(-self.x.shape[1] // (1 << shift))
+            row = np.repeat(np.arange(len(self.x), dtype=np.int64), np.diff(indptr))
+            key_of_pixel = row * chunks + (indices >> shift)
+            wanted = np.arange(len(self.x) * chunks + 1, dtype=np.int64)
+            self._device[key] = np.searchsorted(key_of_pixel, wanted).astype(np.int64)
+        return self._device[key]
+
     def on_device(self, name: str, dtype: np.dtype) -> Any:
         """``x`` or ``targets`` as a JAX array of ``dtype``, put on the device once."""
         key = f"{name}:{np.dtype(dtype).name}"

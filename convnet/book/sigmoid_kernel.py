@@ -58,6 +58,7 @@ class Layout:
         self._b = (_P * layers)(*(b.ctypes.data for b in self.bs))
         self._library = library
         self._suffix = "F64" if self.dtype == np.float64 else "F32"
+        self.chunk_shift = int(library.ConvnetBookChunkShift(self.hp * self.dtype.itemsize))
 
     def params(self) -> tuple[np.ndarray, ...]:
         first = np.ascontiguousarray(self.ws[0][:, : self.hidden].T)
@@ -85,12 +86,17 @@ class Layout:
         )  # fmt: skip
 
     def evaluate(
-        self, sparse: tuple[np.ndarray, ...], rows: np.ndarray,
+        self, sparse: tuple[np.ndarray, ...], bounds: np.ndarray, rows: np.ndarray,
         targets: np.ndarray | None = None, cost: int = CROSS_ENTROPY,
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:  # fmt: skip
         """For each of ``rows``: the output layer's activations, the index of the largest
-        (numpy.argmax's), and given one-hot ``targets``, the example's ``cost``."""
-        indptr, indices, values = sparse
+        (numpy.argmax's), and given one-hot ``targets``, the example's ``cost``.
+        ``bounds``: the store's ``chunk_bounds(self.chunk_shift)``."""
+        _, indices, values = sparse
+        chunks = -(-int(self.sizes[0]) // (1 << self.chunk_shift))
+        bounds = np.ascontiguousarray(bounds, dtype=np.int64)
+        if len(bounds) != (len(sparse[0]) - 1) * chunks + 1:
+            raise ValueError(f"bounds: {len(bounds)} entries, not one per row and chunk")
         values = np.ascontiguousarray(values, dtype=self.dtype)
         rows = np.ascontiguousarray(rows, dtype=np.int64)
         out = np.empty((len(rows), int(self.sizes[-1])), dtype=self.dtype)
@@ -100,7 +106,7 @@ class Layout:
             targets = np.ascontiguousarray(targets, dtype=self.dtype)
         function = getattr(self._library, f"ConvnetBookOutputs{self._suffix}")
         function(
-            *self._head(), _P(indptr.ctypes.data), _P(indices.ctypes.data),
+            *self._head(), _P(bounds.ctypes.data), _I(chunks), _P(indices.ctypes.data),
             _P(values.ctypes.data), _P(rows.ctypes.data), _I(len(rows)), _P(out.ctypes.data),
             _P(guess.ctypes.data), _P(targets.ctypes.data if targets is not None else None),
             _I(cost), _P(costs.ctypes.data if costs is not None else None),

@@ -268,8 +268,9 @@ class SigmoidNetwork:
             copy = sigmoid_kernel.Layout(self._params(), check_sizes(self.sizes), self.dtype)
             code = self._evaluation_cost()
             targets = store.one_hot() if code is not None else None
+            bounds = store.chunk_bounds(copy.chunk_shift, self.dtype)
             outputs, guesses, costs = copy.evaluate(
-                store.sparse(self.dtype), rows, targets, code or 0
+                store.sparse(self.dtype), bounds, rows, targets, code or 0
             )
         else:
             programs = self._programs()

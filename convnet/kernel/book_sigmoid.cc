@@ -17,12 +17,18 @@
 #include <cstdint>
 #include <cstring>
 #include <limits>
+#include <utility>
 #include <vector>
 
 namespace {
 
 constexpr int kBytes = 64;  // one vector: 8 doubles or 16 floats (two AVX2 registers)
-constexpr int kAhead = 12;   // how many pixels ahead the first layer prefetches weights
+// A forward pass over a data set takes the first layer's inputs in chunks of at most this
+// many bytes of weights, kBlock examples at a time (64 KB beat chunks that fit L1: fewer,
+// longer tasks; benchmarks/RESULTS.md, issue 29).
+constexpr int64_t kChunkBytes = 64 * 1024;
+constexpr int64_t kBlock = 64;
+constexpr int kGroup = 4;  // examples whose dense layers are summed at once
 
 template <typename T>
 struct Vec {
@@ -90,44 +96,136 @@ struct ByInput {
   std::vector<int64_t> scratch;
 };
 
-// z (width hp) = the first layer's sums for one example, NB vectors from column j0 held in
-// registers while its non-zero pixels (in increasing order) stream their weights.
-template <typename T, int NB>
-void first_row_blocks(const T* w0t, int64_t hp, int64_t j0, const int64_t* indptr,
-                      const int32_t* indices, const T* values, int64_t row, T* z) {
+// One example's pixels p..end of one chunk of inputs, to be added to its sums z.
+struct Task {
+  int64_t p, end;
+  int64_t z;  // the example's row of sums
+};
+
+// The tasks' terms added to their sums, NB vectors from column j0, G tasks in flight at
+// once: each sum is one chain of dependent multiply-adds (in its pixels' order), so G
+// independent chains keep the core's multiply-add units busy while each waits for its
+// last result. A slot whose task ends takes the next; the last few run alone. (Every
+// slot's index is a constant, so that its sums stay in registers.)
+template <typename T, int NB, int G>
+struct Streamer {
   typedef typename Vec<T>::type V;
-  constexpr int L = Vec<T>::lanes;
-  V acc[NB];
-  for (int b = 0; b < NB; ++b) acc[b] = V{};
-  const int64_t end = indptr[row + 1];
-  for (int64_t p = indptr[row]; p < end; ++p) {
-    if (p + kAhead < end) {  // the rows of pixels to come: their addresses are known
-      const T* next = w0t + static_cast<int64_t>(indices[p + kAhead]) * hp + j0;
-      for (int b = 0; b < NB; ++b) __builtin_prefetch(next + b * L);
-    }
-    const T* w = w0t + static_cast<int64_t>(indices[p]) * hp + j0;
-    const T v = values[p];
+  static constexpr int L = Vec<T>::lanes;
+  const T* const* weights;  // weights[k]: input k's weights from column j0
+  int64_t hp, j0;
+  const int32_t* indices;
+  const T* values;
+  const Task* tasks;
+  int64_t n;
+  T* z;
+  int64_t next = 0;
+
+  template <int g>
+  void load(V (&acc)[G][NB], int64_t (&p)[G], int64_t (&end)[G], int64_t (&row)[G]) {
+    p[g] = tasks[next].p;
+    end[g] = tasks[next].end;
+    row[g] = tasks[next].z * hp + j0;
+    ++next;
+    for (int b = 0; b < NB; ++b) std::memcpy(&acc[g][b], z + row[g] + b * L, sizeof(V));
+  }
+
+  template <int g>
+  void store(const V (&acc)[G][NB], const int64_t (&row)[G]) {
+    for (int b = 0; b < NB; ++b) std::memcpy(z + row[g] + b * L, &acc[g][b], sizeof(V));
+  }
+
+  template <int g>
+  void step(V (&acc)[G][NB], int64_t (&p)[G]) {
+    const T* w = weights[indices[p[g]]];
+    const T v = values[p[g]];
     for (int b = 0; b < NB; ++b) {
       V wv;
       std::memcpy(&wv, w + b * L, sizeof(V));
-      acc[b] = fused(acc[b], wv, v);
+      acc[g][b] = fused(acc[g][b], wv, v);
+    }
+    ++p[g];
+  }
+
+  // One step of slot g; false once the slot's task ended and no task is left.
+  template <int g>
+  bool advance(V (&acc)[G][NB], int64_t (&p)[G], int64_t (&end)[G], int64_t (&row)[G]) {
+    step<g>(acc, p);
+    if (__builtin_expect(p[g] < end[g], 1)) return true;
+    store<g>(acc, row);
+    if (next < n) {
+      load<g>(acc, p, end, row);
+      return true;
+    }
+    end[g] = -1;  // idle
+    return false;
+  }
+
+  template <int g>
+  void finish(V (&acc)[G][NB], int64_t (&p)[G], int64_t (&end)[G], int64_t (&row)[G]) {
+    if (end[g] < 0) return;
+    while (p[g] < end[g]) step<g>(acc, p);
+    store<g>(acc, row);
+  }
+
+  template <size_t... g>
+  void run(std::index_sequence<g...>) {
+    V acc[G][NB];
+    int64_t p[G], end[G], row[G];
+    if (n >= G) {
+      (load<g>(acc, p, end, row), ...);
+      bool full = true;
+      while (full) full = (advance<g>(acc, p, end, row) & ...);
+      (finish<g>(acc, p, end, row), ...);
+    }
+    while (next < n) {  // fewer tasks than slots
+      load<0>(acc, p, end, row);
+      finish<0>(acc, p, end, row);
     }
   }
-  for (int b = 0; b < NB; ++b) std::memcpy(z + j0 + b * L, &acc[b], sizeof(V));
-}
+};
 
-template <typename T>
-void first_row(const T* w0t, int64_t hp, const int64_t* indptr, const int32_t* indices,
-               const T* values, int64_t row, T* z) {
+// The tasks' terms for every column of the sums; `weights[jb][k]`: input k's weights from
+// column jb * 4 vectors (a table, so that a step reads an address, not computes one).
+template <typename T, int G>
+void stream(const std::vector<std::vector<const T*>>& weights, int64_t hp,
+            const int32_t* indices, const T* values, const Task* tasks, int64_t n, T* z) {
   constexpr int L = Vec<T>::lanes;
   int64_t j0 = 0;
-  for (; j0 + 4 * L <= hp; j0 += 4 * L)
-    first_row_blocks<T, 4>(w0t, hp, j0, indptr, indices, values, row, z);
+  size_t jb = 0;
+  for (; j0 + 4 * L <= hp; j0 += 4 * L, ++jb)
+    Streamer<T, 4, G>{weights[jb].data(), hp, j0, indices, values, tasks, n, z}.run(std::make_index_sequence<G>());
   switch ((hp - j0) / L) {
-    case 3: first_row_blocks<T, 3>(w0t, hp, j0, indptr, indices, values, row, z); break;
-    case 2: first_row_blocks<T, 2>(w0t, hp, j0, indptr, indices, values, row, z); break;
-    case 1: first_row_blocks<T, 1>(w0t, hp, j0, indptr, indices, values, row, z); break;
+    case 3: Streamer<T, 3, G>{weights[jb].data(), hp, j0, indices, values, tasks, n, z}.run(std::make_index_sequence<G>()); break;
+    case 2: Streamer<T, 2, G>{weights[jb].data(), hp, j0, indices, values, tasks, n, z}.run(std::make_index_sequence<G>()); break;
+    case 1: Streamer<T, 1, G>{weights[jb].data(), hp, j0, indices, values, tasks, n, z}.run(std::make_index_sequence<G>()); break;
     default: break;
+  }
+}
+
+// How many inputs (a power of two, as a shift) a chunk of the first layer's weights holds.
+inline int64_t chunk_shift(int64_t row_bytes) {
+  int64_t shift = 0;
+  while ((row_bytes << (shift + 1)) <= kChunkBytes) ++shift;
+  return shift;
+}
+
+// z (m rows of width hp) = the first layer's sums for m examples, the inputs taken in
+// chunks (kChunkBytes): each chunk's weights are read from L2 once per
+// block of examples, not once per lit pixel. `bounds[r * chunks + c]` is where row r's
+// pixels of chunk c start (the next entry: where they end). Each sum still adds its
+// pixels in increasing order.
+template <typename T>
+void first_rows(const std::vector<std::vector<const T*>>& weights, int64_t hp,
+                const int64_t* bounds, int64_t chunks, const int32_t* indices, const T* values,
+                const int64_t* rows, int64_t m, std::vector<Task>& tasks, T* z) {
+  std::fill(z, z + m * hp, T(0));
+  for (int64_t c = 0; c < chunks; ++c) {
+    tasks.clear();
+    for (int64_t i = 0; i < m; ++i) {
+      const int64_t* at = bounds + rows[i] * chunks + c;
+      if (at[1] > at[0]) tasks.push_back(Task{at[0], at[1], i});
+    }
+    stream<T, 4>(weights, hp, indices, values, tasks.data(), static_cast<int64_t>(tasks.size()), z);
   }
 }
 
@@ -269,11 +367,25 @@ struct Net {
     for (int64_t l = 1; l < layers; ++l) transpose(l);
   }
 
+  // Each input's column of wt[l] padded to whole vectors (zeros), so that a layer's sums
+  // stay in registers while its inputs stream by.
+  static int64_t padded(int64_t n) { return (n + Vec<T>::lanes - 1) / Vec<T>::lanes * Vec<T>::lanes; }
+
   void transpose(int64_t l) {
-    const int64_t rows = sizes[l + 1], cols = sizes[l];
-    wt[l].resize(rows * cols);
+    const int64_t rows = sizes[l + 1], cols = sizes[l], rp = padded(rows);
+    wt[l].assign(rp * cols, T(0));
     for (int64_t j = 0; j < rows; ++j)
-      for (int64_t k = 0; k < cols; ++k) wt[l][k * rows + j] = w[l][j * cols + k];
+      for (int64_t k = 0; k < cols; ++k) wt[l][k * rp + j] = w[l][j * cols + k];
+  }
+
+  // The address of each input's weights in w[0], from column 0, 4 vectors, 8 vectors, ...
+  std::vector<std::vector<const T*>> first_rows() const {
+    std::vector<std::vector<const T*>> weights;
+    for (int64_t j0 = 0; j0 < hp; j0 += 4 * Vec<T>::lanes) {
+      weights.emplace_back(sizes[0]);
+      for (int64_t k = 0; k < sizes[0]; ++k) weights.back()[k] = w[0] + k * hp + j0;
+    }
+    return weights;
   }
 
   // act[l]: the activations of layer l + 1, for `count` examples, rows of width(l).
@@ -281,22 +393,55 @@ struct Net {
 
   // The activations of a block of m examples (the first layer's sums already in act[0]).
   void forward(int64_t m, std::vector<std::vector<T>>& act) const {
-    std::vector<T> sums(*std::max_element(sizes + 1, sizes + layers + 1));
+    std::vector<T> sums(kGroup * padded(*std::max_element(sizes + 1, sizes + layers + 1)));
     for (int64_t i = 0; i < m; ++i) {
       T* a0 = act[0].data() + i * hp;
       sigmoid_add<T>(a0, b[0], sizes[1], a0);
-      for (int64_t l = 1; l < layers; ++l) {
-        const T* in = act[l - 1].data() + i * width(l - 1);
-        const int64_t rows = sizes[l + 1], cols = sizes[l];
-        std::fill(sums.begin(), sums.begin() + rows, T(0));
-        for (int64_t k = 0; k < cols; ++k) {
-          const T x = in[k];
-          const T* column = wt[l].data() + k * rows;
-          for (int64_t j = 0; j < rows; ++j) sums[j] += column[j] * x;
-        }
-        sigmoid_add<T>(sums.data(), b[l], rows, act[l].data() + i * width(l));
+    }
+    for (int64_t l = 1; l < layers; ++l) {
+      const int64_t rows = sizes[l + 1], rp = padded(rows), in = width(l - 1);
+      for (int64_t i = 0; i < m; i += kGroup) {
+        const T* x = act[l - 1].data() + i * in;
+        if (i + kGroup <= m) dense<kGroup>(l, x, in, sums.data());
+        else for (int64_t e = i; e < m; ++e) dense<1>(l, x + (e - i) * in, in, sums.data() + (e - i) * rp);
+        for (int64_t e = i; e < std::min(m, i + kGroup); ++e)
+          sigmoid_add<T>(sums.data() + (e - i) * rp, b[l], rows, act[l].data() + e * width(l));
       }
     }
+  }
+
+  // The sums of layer l for G examples (inputs x, rows of width `in`) into sums (rows of
+  // the padded width), G examples at once so that their chains of additions overlap.
+  template <int G>
+  void dense(int64_t l, const T* x, int64_t in, T* sums) const {
+    constexpr int L = Vec<T>::lanes;
+    const int64_t rp = padded(sizes[l + 1]);
+    int64_t j0 = 0;
+    for (; j0 + 2 * L <= rp; j0 += 2 * L) dense_sums<2, G>(wt[l].data(), rp, j0, x, in, sizes[l], sums);
+    if (j0 < rp) dense_sums<1, G>(wt[l].data(), rp, j0, x, in, sizes[l], sums);
+  }
+
+  // sums[g][j0 ..] = sum over k in order of wt column k times x[g][k], NB vectors of G
+  // examples in registers (each product rounded before its sum, as NumPy's dot does).
+  template <int NB, int G>
+  static void dense_sums(const T* wt, int64_t rp, int64_t j0, const T* x, int64_t in,
+                         int64_t cols, T* sums) {
+    typedef typename Vec<T>::type V;
+    constexpr int L = Vec<T>::lanes;
+    V acc[G][NB];
+    for (int g = 0; g < G; ++g)
+      for (int b = 0; b < NB; ++b) acc[g][b] = V{};
+    for (int64_t k = 0; k < cols; ++k) {
+      const T* column = wt + k * rp + j0;
+      V wv[NB];
+      for (int b = 0; b < NB; ++b) std::memcpy(&wv[b], column + b * L, sizeof(V));
+      for (int g = 0; g < G; ++g) {
+        const T xk = x[g * in + k];
+        for (int b = 0; b < NB; ++b) acc[g][b] = acc[g][b] + wv[b] * xk;
+      }
+    }
+    for (int g = 0; g < G; ++g)
+      for (int b = 0; b < NB; ++b) std::memcpy(sums + g * rp + j0 + b * L, &acc[g][b], sizeof(V));
   }
 };
 
@@ -311,14 +456,22 @@ void epoch(Net<T>& net, const int64_t* indptr, const int32_t* indices, const T* 
     delta[l].assign(mini_batch * net.width(l), T(0));  // padded lanes stay 0
   }
   ByInput<T> block(n_in);
+  std::vector<Task> tasks;
+  const std::vector<std::vector<const T*>> weights = net.first_rows();
   std::vector<char> lit(n_in, 0);
   std::vector<T> gradient(*std::max_element(net.sizes + 1, net.sizes + L + 1));
   for (int64_t start = 0; start < n; start += mini_batch) {
     const int64_t m = std::min(mini_batch, n - start);
     const T rate = eta / T(m);
     block.fill(indptr, indices, values, rows + start, m);
-    for (int64_t i = 0; i < m; ++i)
-      first_row<T>(net.w[0], hp, indptr, indices, values, rows[start + i], act[0].data() + i * hp);
+    tasks.clear();
+    for (int64_t i = 0; i < m; ++i) {
+      const int64_t row = rows[start + i];
+      if (indptr[row + 1] > indptr[row]) tasks.push_back(Task{indptr[row], indptr[row + 1], i});
+    }
+    std::fill(act[0].begin(), act[0].begin() + m * hp, T(0));
+    stream<T, 4>(weights, hp, indices, values, tasks.data(), static_cast<int64_t>(tasks.size()),
+                 act[0].data());
     net.forward(m, act);
     for (int64_t i = 0; i < m; ++i) {  // the output error
       const T* a = act[L - 1].data() + i * net.width(L - 1);
@@ -411,30 +564,43 @@ T example_cost(const T* a, const T* y, int64_t n, int64_t quadratic, T* logs) {
   return T(0.5) * (norm * norm);
 }
 
-// The output layer's activations for each of `rows` into `out`, the index of each one's
-// largest (the first, as numpy.argmax) into `guess`, and, given one-hot `targets` and a
-// cost (0 cross-entropy, 1 quadratic), each example's cost into `cost`.
+// One example's results: its output activations `a` into out row r, the index of the
+// largest (the first, as numpy.argmax) into guess[r], and, given one-hot `targets`, its
+// cost into cost[r] (`logs`: room for 3 n_out).
 template <typename T>
-void outputs(const Net<T>& net, const int64_t* indptr, const int32_t* indices, const T* values,
-             const int64_t* rows, int64_t count, T* out, int64_t* guess, const T* targets,
-             int64_t quadratic, T* cost) {
-  const int64_t L = net.layers, n_out = net.sizes[L];
+void output_row(const T* a, int64_t n_out, int64_t r, const int64_t* rows, T* out,
+                int64_t* guess, const T* targets, int64_t quadratic, T* cost, T* logs) {
+  std::memcpy(out + r * n_out, a, n_out * sizeof(T));
+  int64_t best = 0;
+  for (int64_t j = 0; j < n_out; ++j) {
+    if (std::isnan(a[j])) { best = j; break; }
+    if (a[j] > a[best]) best = j;
+  }
+  guess[r] = best;
+  if (targets) cost[r] = example_cost<T>(a, targets + rows[r] * n_out, n_out, quadratic, logs);
+}
+
+// The output layer's activations for each of `rows` into `out`, the index of each one's
+// largest into `guess`, and, given one-hot `targets` and a cost (0 cross-entropy, 1
+// quadratic), each example's cost into `cost`; kBlock examples at a time.
+template <typename T>
+void outputs(const Net<T>& net, const int64_t* bounds, int64_t chunks, const int32_t* indices,
+             const T* values, const int64_t* rows, int64_t count, T* out, int64_t* guess,
+             const T* targets, int64_t quadratic, T* cost) {
+  const int64_t L = net.layers, n_out = net.sizes[L], width = net.width(L - 1);
   std::vector<std::vector<T>> act(L);
-  for (int64_t l = 0; l < L; ++l) act[l].assign(net.width(l), T(0));
+  for (int64_t l = 0; l < L; ++l) act[l].assign(kBlock * net.width(l), T(0));
   std::vector<T> logs(3 * n_out);
-  for (int64_t r = 0; r < count; ++r) {
-    first_row<T>(net.w[0], net.hp, indptr, indices, values, rows[r], act[0].data());
-    net.forward(1, act);
-    const T* a = act[L - 1].data();
-    std::memcpy(out + r * n_out, a, n_out * sizeof(T));
-    int64_t best = 0;
-    for (int64_t j = 0; j < n_out; ++j) {
-      if (std::isnan(a[j])) { best = j; break; }
-      if (a[j] > a[best]) best = j;
-    }
-    guess[r] = best;
-    if (targets)
-      cost[r] = example_cost<T>(a, targets + rows[r] * n_out, n_out, quadratic, logs.data());
+  std::vector<Task> tasks;
+  const std::vector<std::vector<const T*>> weights = net.first_rows();
+  for (int64_t r0 = 0; r0 < count; r0 += kBlock) {
+    const int64_t m = std::min(kBlock, count - r0);
+    first_rows<T>(weights, net.hp, bounds, chunks, indices, values, rows + r0, m, tasks,
+                  act[0].data());
+    net.forward(m, act);
+    for (int64_t i = 0; i < m; ++i)
+      output_row<T>(act[L - 1].data() + i * width, n_out, r0 + i, rows, out, guess, targets,
+                    quadratic, cost, logs.data());
   }
 }
 
@@ -452,15 +618,18 @@ void outputs(const Net<T>& net, const int64_t* indptr, const int32_t* indices, c
   }                                                                                        \
   extern "C" void ConvnetBookOutputs##SUFFIX(                                              \
       int64_t layers, const int64_t* sizes, int64_t hp, T* const* w, T* const* b,          \
-      const int64_t* indptr, const int32_t* indices, const T* values, const int64_t* rows, \
-      int64_t count, T* out, int64_t* guess, const T* targets, int64_t quadratic,          \
-      T* cost) {                                                                           \
+      const int64_t* bounds, int64_t chunks, const int32_t* indices, const T* values,      \
+      const int64_t* rows, int64_t count, T* out, int64_t* guess, const T* targets,        \
+      int64_t quadratic, T* cost) {                                                        \
     const Net<T> net(layers, sizes, hp, w, b);                                             \
-    outputs<T>(net, indptr, indices, values, rows, count, out, guess, targets, quadratic,  \
-               cost);                                                                      \
+    outputs<T>(net, bounds, chunks, indices, values, rows, count, out, guess, targets,     \
+               quadratic, cost);                                                           \
   }
 
 CONVNET_BOOK_EXPORTS(double, F64)
 CONVNET_BOOK_EXPORTS(float, F32)
 
 extern "C" int64_t ConvnetBookLanes(int64_t bytes) { return kBytes / bytes; }
+
+// log2 of the inputs per chunk in a forward pass over a data set, for rows of `row_bytes`.
+extern "C" int64_t ConvnetBookChunkShift(int64_t row_bytes) { return chunk_shift(row_bytes); }
