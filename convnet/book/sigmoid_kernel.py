@@ -3,7 +3,7 @@
 The book's nets are too small for XLA on a CPU: a step of [784, 30, 10] at mini-batch 10 is
 half a million multiply-adds, far less than what XLA's loop spends around them. The kernel
 runs a whole epoch in one call and reads only each image's lit pixels, with the book's
-arithmetic (its file says how): 2.5x the XLA loop's speed on a 50,000-image epoch
+arithmetic (its file says how): 2.3x the XLA loop's speed on a 50,000-image epoch
 (benchmarks/RESULTS.md, "The book's network.py and network2.py"). It serves the book's two
 output errors; another cost, ``CONVNET_KERNEL=0`` or a machine without a C++ compiler keep
 the PyTensor/JAX programs (:mod:`convnet.book.programs`).
