@@ -48,7 +48,7 @@ def _net_c_step(
 ):
     """A compiled training function of net C on synthetic data (``real``: the first ``n``
     MNIST training images, from CONVNET_DATA), and its call list."""
-    import convnet.backend as backends
+    import convnet.runtime.backend as backends
     from convnet import Network
     from convnet.book import layers_for
     from convnet.optimizers import SGD
@@ -105,7 +105,7 @@ def steps_per_call() -> None:
 
 
 def eval_batch() -> None:
-    import convnet.backend as backends
+    import convnet.runtime.backend as backends
     from convnet import Network, load_mnist
     from convnet.book import layers_for
 
@@ -377,7 +377,7 @@ def torch_loop() -> None:
 def reduction_dtype() -> None:
     """Net C steps with and without convnet's fix for PyTensor's float64 JAX reductions."""
     code = (
-        "import sys; sys.path.insert(0, 'benchmarks'); import convnet.backend as b\n"
+        "import sys; sys.path.insert(0, 'benchmarks'); import convnet.runtime.backend as b\n"
         "if sys.argv[1] == 'without': b._jax_outputs_keep_dtype = lambda: None\n"
         "from experiments import _net_c_step, _best_per_step\n"
         "net, fn, calls, built, total = _net_c_step(10)\n"
@@ -617,7 +617,8 @@ def _torch_one_epoch(net, training, test, mbs: int, settings: dict) -> float:
 BREAKDOWN_CHILD = r"""
 import sys, time
 import numpy as np, pytensor, pytensor.tensor as pt
-from convnet import backend as backends, ops
+from convnet import ops
+from convnet.runtime import backend as backends
 mbs, conv = int(sys.argv[1]), sys.argv[2]
 mode = backends.resolve("jax", "cpu").mode
 rng = np.random.default_rng(0)
@@ -684,7 +685,8 @@ print(best / 2000 * 1e6)
 FIRST_LAYER_CHILD = r"""
 import sys, time
 import numpy as np, pytensor, pytensor.tensor as pt
-from convnet import backend as backends, ops
+from convnet import ops
+from convnet.runtime import backend as backends
 mbs, f = int(sys.argv[1]), int(sys.argv[2])
 mode = backends.resolve("jax", "cpu").mode
 rng = np.random.default_rng(0)

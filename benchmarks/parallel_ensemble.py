@@ -22,8 +22,8 @@ import sys
 import tempfile
 import time
 
-PIN = "import os, sys; os.sched_setaffinity(0, {{{core}}}); from convnet.cli import main; "
-FREE = "import sys; from convnet.cli import main; "
+PIN = "import os, sys; os.sched_setaffinity(0, {{{core}}}); from convnet.cli.main import main; "
+FREE = "import sys; from convnet.cli.main import main; "
 
 
 def wall_seconds(members: int, workers: int | None, pinned: bool) -> float:

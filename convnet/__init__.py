@@ -15,7 +15,6 @@ with warnings.catch_warnings():
     import pytensor  # noqa: F401
 
 from convnet import (
-    linkers,  # noqa: F401 - gives convnet's Ops to PyTensor's Numba and C modes
     optimizers,  # noqa: F401 - convnet.optimizers.SGD / Adam for fit
 )
 from convnet.activations import ReLU, linear, sigmoid, tanh
@@ -25,7 +24,8 @@ from convnet.ensemble import vote
 from convnet.history import History
 from convnet.layers import ConvPoolLayer, FullyConnectedLayer, Layer, SoftmaxLayer
 from convnet.network import Network, fit_together, load
-from convnet.sweeps import sweep
+from convnet.runs.sweep import sweep
+from convnet.runtime import numba_c  # noqa: F401 - gives convnet's Ops to PyTensor's Numba and C modes
 
 __version__ = VERSION
 

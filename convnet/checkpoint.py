@@ -18,12 +18,12 @@ from typing import Any
 
 import numpy as np
 
-from convnet import files, records, serialization
+from convnet import fields, files, serialization
 from convnet.callbacks import Callback
 from convnet.errors import ModelFileError, check_number
+from convnet.fields import Fields
 from convnet.history import History
 from convnet.network import Network, from_architecture
-from convnet.records import Fields
 from convnet.trainer import TrainingState
 
 FILENAME = "checkpoint.npz"
@@ -69,12 +69,12 @@ def save(
 
 def _read(target: Path) -> tuple[dict[str, np.ndarray], Fields]:
     """(the checkpoint's arrays, its JSON record), the record's format checked."""
-    arrays = records.read_npz(
+    arrays = fields.read_npz(
         target, "checkpoint file", hint=" Only a run that wrote a checkpoint can resume."
     )
     if "meta" not in arrays or arrays["meta"].dtype != np.uint8 or arrays["meta"].ndim != 1:
         raise ModelFileError(f"{target}: not a convnet checkpoint (its 'meta' record is missing).")
-    meta = records.parse_json(arrays.pop("meta").tobytes(), target, "checkpoint record")
+    meta = fields.parse_json(arrays.pop("meta").tobytes(), target, "checkpoint record")
     serialization.check_format(meta, FORMAT, VERSION, "version")
     return arrays, meta
 
@@ -82,7 +82,7 @@ def _read(target: Path) -> tuple[dict[str, np.ndarray], Fields]:
 def progress(run_dir: str | os.PathLike[str]) -> History:
     """The history of the epochs a checkpoint holds, read without building its network
     (how far an unfinished run has got)."""
-    return records.history(_read(path_in(run_dir))[1].record("history"))
+    return fields.history(_read(path_in(run_dir))[1].record("history"))
 
 
 def _optimizer_state(
@@ -149,7 +149,7 @@ def load(
     if weights is None:
         raise ModelFileError(f"{target}: holds no weights.")
     net.set_weights(weights)
-    history = records.history(meta.record("history"))
+    history = fields.history(meta.record("history"))
     epoch = meta.integer("epoch", low=0)
     if len(history.epoch) != epoch:
         meta.fail("epoch", f"{len(history.epoch)}, the epochs in its history", epoch)

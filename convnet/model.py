@@ -22,11 +22,11 @@ from pytensor.compile.sharedvalue import SharedVariable
 from pytensor.graph.replace import clone_replace
 from pytensor.tensor.variable import TensorVariable
 
-from convnet import backend as backends
 from convnet.data import arrays
 from convnet.data.arrays import as_arrays
 from convnet.errors import ArgumentError, ShapeError, check_number
 from convnet.layers import ConvPoolLayer, DropoutSource, Layer, SoftmaxLayer
+from convnet.runtime import backend as backends
 
 if TYPE_CHECKING:
     from convnet.optimizers import Optimizer
@@ -259,7 +259,7 @@ class Model:
         :mod:`convnet.optimizers`). ``micro_batch`` (default: the backend's choice) splits
         each mini-batch into equal parts whose gradients are summed: the same step, to
         float32 rounding, with buffers that fit the CPU's caches. Several steps per call:
-        :meth:`~convnet.backend.Backend.repeat`.
+        :meth:`~convnet.runtime.backend.Backend.repeat`.
         """
         mbs = self.mini_batch_size
         l2 = self.l2_cost(lmbda, data.n)

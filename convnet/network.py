@@ -14,11 +14,11 @@ import numpy as np
 from convnet import interrupts, optimizers, serialization
 from convnet.callbacks import Callback, EarlyStopping, EpochEndFunction, EtaSchedule, ProgressBar
 from convnet.errors import ArgumentError, DivergenceError, ModelFileError, ShapeError, check_number
+from convnet.fields import Fields
 from convnet.history import History
 from convnet.lockstep import Lockstep, check_alike
 from convnet.model import DeviceData, Model
 from convnet.optimizers import Optimizer
-from convnet.records import Fields
 from convnet.trainer import Trainer, TrainingState, epoch_calls
 
 

@@ -94,7 +94,7 @@ class Conv2D(Op):
     Its JAX implementation is ``lax.conv_general_dilated``, which XLA hands to cuDNN on
     NVIDIA GPUs; ``perform`` (NumPy) serves the other modes and the tests. On CPUs the
     im2col graph of :func:`conv2d` measured faster (XLA's CPU convolution ran the book's
-    nets 2-3x slower), so the Op is chosen per device by :mod:`convnet.backend`.
+    nets 2-3x slower), so the Op is chosen per device by :mod:`convnet.runtime.backend`.
     Gradients are convolutions again, written with this same Op.
     """
 
@@ -170,7 +170,7 @@ def _static(images: Any, filters: Any, image_shape: tuple, filter_shape: tuple) 
 class ConvPool(Op):
     """Convolution followed by max-pooling, for the evaluation path of conv layers.
 
-    Its JAX implementation calls :mod:`convnet.kernel`'s kernel when that is built (else
+    Its JAX implementation calls :mod:`convnet.runtime.kernel`'s kernel when that is built (else
     it is the im2col formulation of :func:`conv2d` in JAX); ``perform`` (NumPy) serves
     the other modes and the tests. Its gradient is that of the unfused graph, so it can
     stand anywhere :func:`conv2d` + :func:`max_pool` can.
@@ -267,7 +267,7 @@ class ConvPoolTrain(Op):
 class ConvPoolGradW(Op):
     """The filters' gradient of :class:`ConvPoolTrain` from the pooled gradient. Both
     gradient Ops take (images, filters, ties, grad): the kernel reads the ties, the
-    C and Numba modes' lowering (:mod:`convnet.linkers`) the images and filters."""
+    C and Numba modes' lowering (:mod:`convnet.runtime.numba_c`) the images and filters."""
 
     __props__ = ("filter_hw", "poolsize")
 
@@ -379,7 +379,7 @@ class Im2Col(COp):
     The same slices as the graph form, but one node instead of ~60 (with its gradient), so
     PyTensor has far less to rewrite; under JAX it lowers to the same slicing program, and
     its gradient :class:`Col2Im` to JAX's exact transpose of it. Its C code serves
-    PyTensor's C linker; :mod:`convnet.linkers` gives it a Numba loop.
+    PyTensor's C linker; :mod:`convnet.runtime.numba_c` gives it a Numba loop.
     """
 
     __props__ = ("kh", "kw")

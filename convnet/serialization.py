@@ -18,12 +18,12 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pytensor
 
-from convnet import records
+from convnet import fields
 from convnet.config import VERSION
 from convnet.errors import ModelFileError
+from convnet.fields import Fields
 from convnet.files import atomic_write, write_json
 from convnet.layers import LAYER_TYPES, ConvPoolLayer, Layer
-from convnet.records import Fields
 
 if TYPE_CHECKING:
     from convnet.network import Network
@@ -88,7 +88,7 @@ def save(net: Network, path: str | os.PathLike[str], **details: Any) -> Path:
 
 def read_architecture(json_path: Path) -> Fields:
     """The model description in ``json_path``, its format and version checked."""
-    arch = records.read_json(
+    arch = fields.read_json(
         json_path, "model file", hint=" A model is model.npz with model.json beside it."
     )
     check_format(arch, FORMAT, FORMAT_VERSION, "format_version")
@@ -161,7 +161,7 @@ def read_weights(
 ) -> list[np.ndarray]:
     """The arrays of ``weights_path``, checked against the architecture's ``names`` and
     ``shapes``: every array present, float32, the right shape, finite."""
-    arrays = records.read_npz(weights_path, "weights file")
+    arrays = fields.read_npz(weights_path, "weights file")
     if sorted(arrays) != sorted(names):
         raise ModelFileError(
             f"{weights_path}: arrays don't match the architecture in {json_path.name}: "

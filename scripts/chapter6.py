@@ -33,22 +33,12 @@ from typing import Any
 
 import numpy as np
 
-from convnet import (
-    Network,
-    checkpoint,
-    files,
-    interrupts,
-    launch,
-    load,
-    load_mnist,
-    plots,
-    records,
-    trials,
-    vote,
-)
+from convnet import Network, checkpoint, fields, files, interrupts, load, load_mnist, plots, vote
 from convnet.book import ENSEMBLE_BOOK_ACCURACY, ENSEMBLE_MEMBERS, RECIPES, layers_for
 from convnet.data.expand import load_expanded
 from convnet.errors import ArgumentError, ConvnetError
+from convnet.runs import train as training
+from convnet.runs import trials
 
 ROOT = Path(__file__).resolve().parent.parent
 ROWS = (*RECIPES, "ensemble")
@@ -279,7 +269,7 @@ def _publish(
     target = _runs_dir(docs)
     target.mkdir(parents=True, exist_ok=True)
     result = trials.summary(folder)
-    history = records.history(records.read_json(folder / "history.json", "history"))
+    history = fields.history(fields.read_json(folder / "history.json", "history"))
     model = load(folder)
     _, _, test = load_mnist(data)
     probabilities = model.predict_proba(test[0]).astype(np.float32)
@@ -579,7 +569,7 @@ def main(argv: list[str] | None = None) -> int:
     except ConvnetError as exc:
         print(f"chapter6.py: error: {exc}", file=sys.stderr)
         return 2
-    except (KeyboardInterrupt, launch.RunInterruptedError):
+    except (KeyboardInterrupt, training.RunInterruptedError):
         kept = (
             "; each run's checkpoint is kept, and parked in docs/runs/chapter6/unfinished/. "
             "The same command goes on from them."

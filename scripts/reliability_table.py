@@ -32,11 +32,11 @@ from convnet import (
     load,
     load_mnist,
     optimizers,
-    runs,
 )
-from convnet.cli import main as convnet
+from convnet.cli.main import main as convnet
 from convnet.data import book_format
 from convnet.data.mnist import read_idx
+from convnet.runs import folder as run_folder
 
 TMP = Path(tempfile.mkdtemp())
 X = np.random.default_rng(0).random((20, 4), dtype=np.float32)
@@ -507,7 +507,7 @@ def cli_table() -> None:
         argv = argv_for()
         with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
             if title.startswith("Two runs"):
-                with runs.locked(Path(argv[-1])):
+                with run_folder.locked(Path(argv[-1])):
                     code = convnet(argv)
             else:
                 code = convnet(argv)
@@ -613,7 +613,7 @@ DIVERGENCE_AND_FILES = """
   `--overwrite`) (`tests/test_cli.py::test_train_never_overwrites_a_trained_model_unless_asked`).
 * **Damaged run folders.** Every reader of a run folder (`evaluate`, `predict`, `info`,
   `plot`, `--resume`, `convnet.load`, `checkpoint.load`) checks what it reads through one
-  module, `convnet/records.py`: every JSON field's kind and range, every array's name,
+  module, `convnet/fields.py`: every JSON field's kind and range, every array's name,
   dtype, shape and finiteness, each `.npz` member's CRC. A fuzz test feeds 210 random
   corruptions of a real run folder (truncations, flipped bytes, edited JSON values, edited
   arrays) to `evaluate`, `predict` and `--resume`: each ends in a one-line convnet error

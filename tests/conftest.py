@@ -39,7 +39,7 @@ def _float32_products_on_gpus():
         return
     import jax
 
-    from convnet.backend import Backend
+    from convnet.runtime.backend import Backend
 
     with jax.default_matmul_precision(Backend("jax", "gpu", "float32").matmul_precision):
         yield

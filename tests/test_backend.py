@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from convnet import FullyConnectedLayer, Network, SoftmaxLayer
-from convnet import backend as backends
 from convnet.errors import ArgumentError, BackendError
+from convnet.runtime import backend as backends
 
 
 def test_environment_chooses_the_backend(monkeypatch):
@@ -139,7 +139,7 @@ def test_a_loop_of_steps_runs_under_the_precision_and_trains_as_single_steps(mon
     import jax
 
     from convnet.optimizers import SGD
-    from convnet.step_loop import StepLoop
+    from convnet.runtime.step_loop import StepLoop
     from convnet.trainer import Trainer
 
     monkeypatch.setattr(backends.Backend, "matmul_precision", property(lambda self: "highest"))

@@ -14,9 +14,9 @@ import shutil
 import numpy as np
 import pytest
 
-from convnet import kernel
 from convnet.book import mnist_loader, network, network2, shuffle, sigmoid_kernel
 from convnet.errors import ArgumentError, BackendError, ModelFileError, ShapeError
+from convnet.runtime import kernel
 from tests import reference
 
 # The book's fig/overfitting.json, its first 20 epochs (facts carried over from the book's

@@ -19,7 +19,7 @@ import pytest
 
 import convnet as network3
 from convnet import ConvPoolLayer, FullyConnectedLayer, Network, ReLU, SoftmaxLayer
-from convnet.cli import main
+from convnet.cli.main import main
 from convnet.errors import DataError, DataNotFoundError
 
 MBS = 10

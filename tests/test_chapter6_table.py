@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from convnet import checkpoint, load, load_mnist, vote
-from convnet.cli import main
+from convnet.cli.main import main
 from tests.conftest import REPO
 
 SCRIPT = REPO / "scripts" / "chapter6.py"

@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from convnet import load, load_mnist, runs
-from convnet.cli import main
+from convnet import load, load_mnist
+from convnet.cli.main import main
+from convnet.runs import folder as run_folder
 from tests.test_data import _write_fake_mnist
 
 pytestmark = pytest.mark.mnist
@@ -122,24 +123,24 @@ def test_the_vote_reads_each_members_probabilities_only_while_they_match_its_mod
     members = [tmp_path / "member-0", tmp_path / "member-1"]
     computed = [load(m).predict_proba(test[0]) for m in members]
     for member, fresh in zip(members, computed, strict=True):
-        kept = np.load(member / runs.PROBABILITIES_FILE)["test"]
+        kept = np.load(member / run_folder.PROBABILITIES_FILE)["test"]
         np.testing.assert_allclose(kept, fresh, atol=1e-6)
     # Stale answers (the model changed after them) and damaged ones are recomputed.
-    stale = np.load(members[0] / runs.PROBABILITIES_FILE)
+    stale = np.load(members[0] / run_folder.PROBABILITIES_FILE)
     np.savez(
-        members[0] / runs.PROBABILITIES_FILE,
+        members[0] / run_folder.PROBABILITIES_FILE,
         test=stale["test"][:, ::-1].copy(),
         model_sha256=np.array("0" * 64),
     )
-    (members[1] / runs.PROBABILITIES_FILE).write_bytes(b"not an npz")
+    (members[1] / run_folder.PROBABILITIES_FILE).write_bytes(b"not an npz")
     first = json.loads((tmp_path / "ensemble.json").read_text())
-    again = runs.write_ensemble(tmp_path, 2, test)
+    again = run_folder.write_ensemble(tmp_path, 2, test)
     assert again == first
     # While they match, the vote never rebuilds a member.
     for member, fresh in zip(members, computed, strict=True):
-        runs.write_probabilities(member, fresh)
-    monkeypatch.setattr(runs, "load", lambda *a, **k: pytest.fail("rebuilt a member"))
-    assert runs.write_ensemble(tmp_path, 2, test) == first
+        run_folder.write_probabilities(member, fresh)
+    monkeypatch.setattr(run_folder, "load", lambda *a, **k: pytest.fail("rebuilt a member"))
+    assert run_folder.write_ensemble(tmp_path, 2, test) == first
 
 
 def test_expand_mnist_caches_the_expansion(tmp_path, monkeypatch, capsys):
@@ -187,7 +188,10 @@ def test_errors_are_one_line_without_traceback(tmp_path):
 
 def test_info_names_backend_and_blas():
     result = subprocess.run(
-        [sys.executable, "-m", "convnet.cli", "info"], capture_output=True, text=True, check=True
+        [sys.executable, "-m", "convnet.cli", "info"],
+        capture_output=True,
+        text=True,
+        check=True,
     )
     assert "backend:" in result.stdout and "pytensor" in result.stdout
     lines = result.stdout.splitlines()

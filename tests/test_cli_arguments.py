@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from convnet.cli import main
+from convnet.cli.main import main
 from convnet.config import VERSION
 
 

@@ -11,7 +11,7 @@ from typing import ClassVar
 
 import pytest
 
-from convnet.cli import main
+from convnet.cli.main import main
 from convnet.data.download import CANONICAL, DownloadError, download_mnist, fetch_file, verified
 
 

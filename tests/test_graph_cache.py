@@ -9,7 +9,8 @@ from pytensor.graph.basic import Apply
 from pytensor.graph.fg import FunctionGraph
 from pytensor.graph.op import Op
 
-from convnet import ConvPoolLayer, FullyConnectedLayer, Network, ReLU, SoftmaxLayer, graph_cache
+from convnet import ConvPoolLayer, FullyConnectedLayer, Network, ReLU, SoftmaxLayer
+from convnet.runtime import graph_cache
 
 pytest.importorskip("jax")  # the cache serves the JAX mode
 

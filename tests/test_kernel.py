@@ -1,4 +1,4 @@
-"""convnet's own CPU kernel (convnet.kernel) and the Ops it serves (ConvPool for
+"""convnet's own CPU kernel (convnet.runtime.kernel) and the Ops it serves (ConvPool for
 evaluation; ConvPoolTrain and its gradient Ops for training): against the loop/scipy
 reference, with and without the kernel, their gradients numerically, the build, and whole
 networks' evaluation and training against the XLA formulation."""
@@ -17,11 +17,12 @@ import pytensor.tensor as pt
 import pytest
 from pytensor.gradient import verify_grad
 
-from convnet import ConvPoolLayer, Network, SoftmaxLayer, kernel
-from convnet import backend as backends
+from convnet import ConvPoolLayer, Network, SoftmaxLayer
 from convnet.book import layers_for
 from convnet.errors import ArgumentError
 from convnet.ops import conv_pool, conv_pool_train
+from convnet.runtime import backend as backends
+from convnet.runtime import kernel
 from tests import reference
 from tests.devices import device_for
 
@@ -257,7 +258,7 @@ THREADS_CHILD = r"""
 import os, sys
 os.sched_setaffinity(0, {int(c) for c in sys.argv[2].split(",")})  # before JAX starts
 import numpy as np, pytensor, pytensor.tensor as pt
-from convnet import backend as backends
+from convnet.runtime import backend as backends
 from convnet.ops import conv_pool_train
 mode = backends.resolve("jax", "cpu").mode
 rng = np.random.default_rng(0)

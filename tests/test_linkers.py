@@ -15,8 +15,8 @@ import pytest
 from pytensor.compile.builders import OpFromGraph
 from pytensor.gradient import verify_grad
 
-from convnet import backend as backends
 from convnet import ops
+from convnet.runtime import backend as backends
 from tests import reference
 
 IMAGE, FILTERS, POOL = (2, 9, 8), (5, 2, 3, 4), (2, 3)  # odd sizes, ragged pooling

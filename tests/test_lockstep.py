@@ -10,11 +10,11 @@ import pytest
 
 from convnet import Network, optimizers
 from convnet.callbacks import Callback, EarlyStopping, EtaSchedule
-from convnet.cli import main
+from convnet.cli.main import main
 from convnet.errors import ArgumentError, DivergenceError
+from convnet.layer_spec import parse
 from convnet.lockstep import Lockstep
 from convnet.network import fit_together
-from convnet.spec import parse
 from tests.datasets import learnable_splits
 from tests.test_run_folders import _dataset
 

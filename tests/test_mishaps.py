@@ -18,10 +18,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from convnet import FullyConnectedLayer, Network, SoftmaxLayer, files, runs
-from convnet.cli import main
+from convnet import FullyConnectedLayer, Network, SoftmaxLayer, files
+from convnet.cli.main import main
 from convnet.errors import DataError, DataWarning
-from convnet.launch import TRAIN_FLAGS
+from convnet.runs import folder as run_folder
+from convnet.runs.train import TRAIN_FLAGS
 from tests.test_run_folders import LAYERS, _dataset, _fingerprint
 
 
@@ -158,8 +159,8 @@ def test_two_runs_into_one_folder_the_second_is_refused_naming_the_first(data, t
                 f"""
                 import sys, time
                 from pathlib import Path
-                from convnet import runs
-                with runs.locked(Path({str(run)!r})):
+                from convnet.runs import folder as run_folder
+                with run_folder.locked(Path({str(run)!r})):
                     print("held", flush=True)
                     sys.stdin.read()
                 """
@@ -242,7 +243,7 @@ def test_a_training_run_says_what_it_is_doing_throughout(data, tmp_path, capsys)
     out = capsys.readouterr().out
     for stage in ["Compiling the training step on", "Compiled in", "Epoch 0:", "Saving the model"]:
         assert stage in out, stage
-    assert runs.LOCK_FILE not in out
+    assert run_folder.LOCK_FILE not in out
 
 
 def test_momentum_takes_the_books_step_unless_eta_is_given(data, tmp_path):

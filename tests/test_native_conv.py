@@ -11,9 +11,10 @@ import pytensor.tensor as pt
 import pytest
 from pytensor.gradient import verify_grad
 
-from convnet import ConvPoolLayer, FullyConnectedLayer, Network, ReLU, SoftmaxLayer, kernel
-from convnet import backend as backends
+from convnet import ConvPoolLayer, FullyConnectedLayer, Network, ReLU, SoftmaxLayer
 from convnet.ops import Col2Im, Im2Col, conv2d, conv2d_op
+from convnet.runtime import backend as backends
+from convnet.runtime import kernel
 from tests import reference
 from tests.devices import device_for
 

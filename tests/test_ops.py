@@ -8,8 +8,8 @@ import pytensor.tensor as pt
 import pytest
 from pytensor.gradient import verify_grad
 
-from convnet import backend as backends
 from convnet.ops import conv2d, max_pool
+from convnet.runtime import backend as backends
 from tests import reference
 from tests.devices import device_for
 

@@ -9,7 +9,7 @@ import pytensor
 import pytensor.tensor as pt
 import pytest
 
-from convnet import FullyConnectedLayer, Network, SoftmaxLayer, optimizers, records
+from convnet import FullyConnectedLayer, Network, SoftmaxLayer, fields, optimizers
 from convnet.book import layers_for
 from convnet.callbacks import Callback, CSVLogger, EarlyStopping, EtaSchedule
 from convnet.checkpoint import ModelCheckpoint
@@ -159,7 +159,7 @@ def test_callbacks_see_every_epoch_and_can_stop_the_run(rng, tmp_path):
 
 def test_old_histories_get_an_empty_validation_cost():
     old = {"epoch": [0, 1], "train_cost": [1.0, 0.5], "validation_accuracy": [0.5, 0.6]}
-    history = records.history(records.Fields(old, Path("history.json")))
+    history = fields.history(fields.Fields(old, Path("history.json")))
     assert history.validation_cost == [None, None] and history.test_accuracy == [None, None]
 
 

@@ -15,8 +15,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from convnet import parallel
-from convnet.cli import main
+from convnet.cli.main import main
+from convnet.runs import jobs
 from tests.test_run_folders import _dataset
 
 ARGV = [
@@ -32,7 +32,7 @@ ARGV = [
 ]
 
 
-@pytest.mark.skipif(len(parallel.cores()) < 2, reason="needs 2 cores")
+@pytest.mark.skipif(len(jobs.cores()) < 2, reason="needs 2 cores")
 def test_members_trained_in_parallel_equal_the_sequential_ones_bit_for_bit(tmp_path):
     data = _dataset(tmp_path / "data.npz")
     argv = [*ARGV, "--data", str(data)]
@@ -61,7 +61,7 @@ def test_workers_without_an_ensemble_or_beyond_the_cores_are_refused(tmp_path, c
     assert "--workers: trains ensemble members at once; give --ensemble N too." in (
         capsys.readouterr().err
     )
-    too_many = len(parallel.cores()) + 1
+    too_many = len(jobs.cores()) + 1
     assert main([*base, str(tmp_path / "b"), "--ensemble", "2", "--workers", str(too_many)]) == 2
     assert f"--workers: expected at most {too_many - 1}, the cores" in capsys.readouterr().err
 
@@ -108,7 +108,7 @@ def test_an_unreachable_cluster_fails_fast_and_names_the_address(tmp_path, capsy
 def test_a_cluster_with_another_convnet_is_refused_before_work_is_sent(
     cluster, tmp_path, capsys, monkeypatch
 ):
-    monkeypatch.setattr(parallel, "VERSION", "9.9")  # as if the workers ran an older convnet
+    monkeypatch.setattr(jobs, "VERSION", "9.9")  # as if the workers ran an older convnet
     data = _dataset(tmp_path / "data.npz")
     argv = [*ARGV, "--data", str(data), "--cluster", cluster, "--out", str(tmp_path / "r")]
     assert main(argv) == 2
@@ -136,7 +136,7 @@ def test_an_interrupted_ensemble_resumes_only_what_is_missing(tmp_path, capsys, 
     """Member 0 finished, member 1 stopped after its first epoch, member 2 never started
     and no vote yet: --resume trains what is missing, and the ensemble equals one
     trained without a stop, bit for bit."""
-    if workers == "2" and len(parallel.cores()) < 2:
+    if workers == "2" and len(jobs.cores()) < 2:
         pytest.skip("needs 2 cores")
     data = _dataset(tmp_path / "data.npz")
     argv = [*ARGV[:-1], "3", "--data", str(data)]  # --ensemble 3
@@ -167,8 +167,8 @@ def test_a_worker_ends_with_its_parent_even_one_killed_with_sigkill():
     the next run takes over."""
     parent = textwrap.dedent("""
         import os, time
-        from convnet import parallel
-        pool = parallel.pinned_pool(1)
+        from convnet.runs import jobs
+        pool = jobs.pinned_pool(1)
         print(pool.submit(os.getpid).result(), flush=True)
         pool.submit(time.sleep, 600)
         time.sleep(600)

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from convnet import FullyConnectedLayer, Network, SoftmaxLayer, checkpoint, files
-from convnet.cli import main
+from convnet.cli.main import main
 from convnet.errors import ModelFileError
 
 pytestmark = pytest.mark.mnist

@@ -20,7 +20,7 @@ import pytest
 from PIL import Image
 
 from convnet import checkpoint, load
-from convnet.cli import main
+from convnet.cli.main import main
 from convnet.data import book_format
 from convnet.errors import ModelFileError
 from tests.datasets import learnable_splits

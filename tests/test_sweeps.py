@@ -16,9 +16,10 @@ import numpy as np
 import pytest
 
 import convnet
-from convnet import parallel, sweeps, trials
-from convnet.cli import main
+from convnet.cli.main import main
 from convnet.errors import ArgumentError
+from convnet.runs import jobs, trials
+from convnet.runs import sweep as sweeps
 from tests.conftest import REPO
 from tests.datasets import learnable_splits
 from tests.test_run_folders import _dataset
@@ -187,7 +188,7 @@ def test_repeats_alone_give_one_networks_spread_over_seeds(tmp_path):
         convnet.sweep(tmp_path / "one", repeats=1, layers=LAYERS)
 
 
-@pytest.mark.skipif(len(parallel.cores()) < 2, reason="needs 2 cores")
+@pytest.mark.skipif(len(jobs.cores()) < 2, reason="needs 2 cores")
 def test_a_sweep_on_two_workers_equals_the_one_after_another_sweep(tmp_path):
     data = _dataset(tmp_path / "data.npz")
     argv = ["sweep", "--layers", LAYERS, *GRID, "--epochs", "2", "--quiet", "--data", str(data)]
@@ -259,7 +260,7 @@ def _pool_workers(pid: int) -> list[int]:
     return found
 
 
-@pytest.mark.skipif(len(parallel.cores()) < 2, reason="needs 2 cores")
+@pytest.mark.skipif(len(jobs.cores()) < 2, reason="needs 2 cores")
 @pytest.mark.skipif(not Path("/proc").is_dir(), reason="finds the workers in /proc")
 def test_a_worker_killed_mid_trial_loses_only_that_trials_last_epoch(tmp_path):
     data = _slow_dataset(tmp_path / "data.npz")

@@ -1,4 +1,4 @@
-"""The book's sigmoid networks on convnet's CPU kernel (``convnet/kernel/book_sigmoid.cc``).
+"""The book's sigmoid networks on convnet's CPU kernel (``convnet/runtime/kernel/book_sigmoid.cc``).
 
 The book's nets are too small for XLA on a CPU: a step of [784, 30, 10] at mini-batch 10 is
 half a million multiply-adds, far less than what XLA's loop spends around them. The kernel
@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from convnet import kernel
+from convnet.runtime import kernel
 
 CROSS_ENTROPY, QUADRATIC = 0, 1
 

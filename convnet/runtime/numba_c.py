@@ -17,12 +17,13 @@ object mode: 7-18 s for one call over net C, and a first compile of minutes. Her
   ran them as a Numba function, compiled in that mode at first use (and Numba's callbacks
   into Python drop a Ctrl-C that lands in them).
 
-JAX mode is untouched: its implementations are in :mod:`convnet.jax_ops`.
+JAX mode is untouched: its implementations are in :mod:`convnet.runtime.jax_dispatch`.
 Importing this module registers everything (``convnet/__init__`` does it).
 """
 
 from __future__ import annotations
 
+import zlib
 from typing import Any
 
 import numpy as np
@@ -39,7 +40,10 @@ from pytensor.tensor.special import LogSoftmax, Softmax
 
 from convnet import ops
 
-CACHE_VERSION = 2  # bump when an implementation below changes
+# Salts the cache keys of the implementations below: bump it when one changes. Numba's
+# disk cache also records the module that defined a function, and a moved module would
+# be imported by that name, so the key includes this module's name too.
+CACHE_VERSION = zlib.crc32(f"{__name__}:2".encode())
 
 
 @numba_njit

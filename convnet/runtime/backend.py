@@ -33,8 +33,9 @@ from pytensor.compile.mode import Mode, get_mode
 from pytensor.compile.sharedvalue import SharedVariable
 from pytensor.graph.traversal import graph_inputs
 
-from convnet import config, graph_cache, jax_ops, kernel, step_loop
+from convnet import config
 from convnet.errors import ArgumentError, BackendError
+from convnet.runtime import graph_cache, jax_dispatch, kernel, step_loop
 
 BACKENDS = ("c", "numba", "jax")
 DEVICES = ("cpu", "gpu")
@@ -196,7 +197,7 @@ class Backend:
             return get_mode("NUMBA")
         _jax_outputs_keep_dtype()
         _persistent_xla_cache()
-        jax_ops.register()
+        jax_dispatch.register()
         mode = get_mode("JAX")
         if config.setting("CONVNET_GRAPH_CACHE") == "0":
             return mode
@@ -207,7 +208,7 @@ class Backend:
         """Give convnet's Ops this backend's implementations now, not at the first compile:
         the book's code compiles a network's graphs itself, in PyTensor's own modes."""
         if self.name == "jax":
-            jax_ops.register()
+            jax_dispatch.register()
 
     @property
     def steps_per_call(self) -> int:
@@ -252,11 +253,11 @@ class Backend:
     @cached_property
     def conv_implementation(self) -> str:
         """How conv layers build their training output: "fused" under JAX on a CPU where
-        convnet's kernel can be built (:mod:`convnet.kernel`: convolution and max-pooling
+        convnet's kernel can be built (:mod:`convnet.runtime.kernel`: convolution and max-pooling
         in one pass that also marks each window's maxima, and a backward pass that sends
         the gradient straight there and reads the images in place; net C's step measured
         13-20% faster than "patches", ``benchmarks/training_floor.py``). Otherwise
-        "patches" (one Im2Col Op) on every backend (its implementations: jax_ops.py,
+        "patches" (one Im2Col Op) on every backend (its implementations: jax_dispatch.py,
         linkers.py for Numba, C code in ops.py). The evaluation output uses the same
         choice ("fused": the kernel's evaluation pass, without the marks).
 
@@ -306,7 +307,7 @@ class Backend:
     def repeat(self, step: Any, steps: int) -> Any:
         """A call that runs ``steps`` optimizer steps of ``step`` (a compiled one-step
         function from this backend, of the first mini-batch's index): under JAX one XLA
-        loop (:mod:`convnet.step_loop`), elsewhere ``steps`` calls."""
+        loop (:mod:`convnet.runtime.step_loop`), elsewhere ``steps`` calls."""
         one_step = step.function if isinstance(step, PreciseFunction) else step
         return self.wrap(step_loop.repeat(one_step, steps, self.name == "jax"))
 

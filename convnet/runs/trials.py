@@ -2,7 +2,7 @@
 and the chapter-6 table are made of.
 
 A trial is a run folder trained with ``convnet train``'s flags, on the pinned pool of
-:mod:`convnet.parallel`, on a Dask cluster's executor, or one after another here. What a
+:mod:`convnet.runs.jobs`, on a Dask cluster's executor, or one after another here. What a
 folder holds says where its trial stands, so running the same trials again trains only
 the missing, unfinished and failed ones. A trial that fails is recorded with its reason
 and the others go on. A local worker that dies (kill -9, out of memory) breaks its pool:
@@ -22,8 +22,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from convnet import checkpoint, files, launch, parallel, records
+from convnet import checkpoint, fields, files
 from convnet.errors import DivergenceError
+from convnet.runs import jobs
+from convnet.runs import train as training
 
 FAILED_FILE = "failed.json"  # why the trial's last attempt failed, and whether to retry
 TRIAL_FILE = "trial.json"  # where and how long its last attempt trained
@@ -43,7 +45,7 @@ def status(folder: Path) -> str:
     on the next run), ``"diverged"`` (not retried: its seeds would diverge again) or
     ``"new"``."""
     if (folder / FAILED_FILE).exists():
-        failure = records.read_json(folder / FAILED_FILE, "trial failure record")
+        failure = fields.read_json(folder / FAILED_FILE, "trial failure record")
         return "failed" if failure.flag("retry") else "diverged"
     if (folder / "model.json").exists() and (folder / "history.json").exists():
         return "finished"
@@ -57,11 +59,11 @@ def summary(folder: Path) -> dict[str, Any]:
     and its epoch, the test accuracy there and at the last epoch, seconds, worker host."""
     row: dict[str, Any] = {"status": status(folder), "reason": None, "host": None}
     if (folder / FAILED_FILE).exists():
-        row["reason"] = records.read_json(folder / FAILED_FILE, "trial failure record").text(
+        row["reason"] = fields.read_json(folder / FAILED_FILE, "trial failure record").text(
             "reason"
         )
     if (folder / TRIAL_FILE).exists():
-        row["host"] = records.read_json(folder / TRIAL_FILE, "trial record").text("host")
+        row["host"] = fields.read_json(folder / TRIAL_FILE, "trial record").text("host")
     if row["status"] != "finished":
         return row | dict.fromkeys(
             (
@@ -73,7 +75,7 @@ def summary(folder: Path) -> dict[str, Any]:
                 "seconds",
             )
         )
-    history = records.history(records.read_json(folder / "history.json", "history"))
+    history = fields.history(fields.read_json(folder / "history.json", "history"))
     return row | {
         "epochs": len(history.epoch),
         "best_validation_accuracy": history.best_validation_accuracy,
@@ -91,7 +93,7 @@ def train_trial(
     checkpoint when it has one. Returns the worker's host, the attempt's seconds and, with
     ``send_back`` (a cluster's worker, whose disk is not the driver's), the files made."""
     start = time.perf_counter()
-    _, made = launch.train_member(arguments, folder, send_back, resume_from)
+    _, made = training.train_member(arguments, folder, send_back, resume_from)
     return {"host": socket.gethostname(), "seconds": time.perf_counter() - start, "files": made}
 
 
@@ -105,16 +107,16 @@ class Workers:
         self.executor: Executor | None = None
         self._close: Callable[[], None] = lambda: None
         if cluster:
-            self.executor, self._close = parallel.cluster_executor(cluster)
+            self.executor, self._close = jobs.cluster_executor(cluster)
         elif workers is not None and workers > 1:
             self.renew()
         elif workers is not None:
-            parallel.pinned_pool(workers).shutdown()  # checks --workers as the pool does
+            jobs.pinned_pool(workers).shutdown()  # checks --workers as the pool does
 
     def renew(self) -> None:
         """A fresh pinned pool, in place of one a dead worker broke."""
         self._close()
-        pool = parallel.pinned_pool(self.workers or 1)
+        pool = jobs.pinned_pool(self.workers or 1)
         self.executor, self._close = pool, lambda: pool.shutdown(cancel_futures=True)
 
     def describe(self) -> str:
@@ -142,7 +144,7 @@ def _recording(folder: Path) -> Iterator[None]:
     """A failed attempt leaves ``failed.json`` (a diverged one marked not to retry)."""
     try:
         yield
-    except (KeyboardInterrupt, launch.RunInterruptedError):
+    except (KeyboardInterrupt, training.RunInterruptedError):
         raise
     except Exception as exc:  # the trial fails, the others go on
         reason = f"{type(exc).__name__}: {exc}"

@@ -1,5 +1,5 @@
 """Sweeps: one network trained at every point of a grid of hyper-parameters, ``repeats``
-seeds each, every trial a run folder of its own (:mod:`convnet.trials`).
+seeds each, every trial a run folder of its own (:mod:`convnet.runs.trials`).
 
 A sweep's folder holds ``trial-NNN/`` run folders, ``sweep-plan.json`` (every trial's
 flags, written before the first one trains, so ``--resume`` runs exactly the same
@@ -16,8 +16,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from convnet import files, launch, plots, records, runs, trials
+from convnet import fields, files, plots
 from convnet.errors import ArgumentError
+from convnet.runs import folder as run_folder
+from convnet.runs import train as training
+from convnet.runs import trials
 
 PLAN_FILE = "sweep-plan.json"
 TABLE_FILE = "sweep.csv"
@@ -34,7 +37,7 @@ RESULTS = (
     "host",
     "reason",
 )
-_FLAGS = {flag.name: flag for flag in launch.TRAIN_FLAGS}
+_FLAGS = {flag.name: flag for flag in training.TRAIN_FLAGS}
 
 
 def parse_grid(texts: Sequence[str]) -> dict[str, list[Any]]:
@@ -88,7 +91,7 @@ def plan(grid: dict[str, list[Any]], repeats: int, fixed: dict[str, Any]) -> lis
         for repeat in range(repeats):
             arguments = fixed | dict(zip(grid, point, strict=True)) | {"seed": seed + repeat}
             arguments = {k: v for k, v in arguments.items() if v is not None}
-            launch.check_arguments(arguments)
+            training.check_arguments(arguments)
             planned.append(trials.Trial(f"trial-{len(planned):03d}", arguments))
     return planned
 
@@ -132,7 +135,7 @@ def sweep(
     try:
         with trials.Workers(workers, cluster) as pool:  # a bad --workers/--cluster writes nothing
             rows = _train(out, grid, planned, pool, resume, verbose)
-    except (KeyboardInterrupt, launch.RunInterruptedError):
+    except (KeyboardInterrupt, training.RunInterruptedError):
         finished = sum(trials.status(out / t.name) == "finished" for t in planned)
         raise SweepInterruptedError(out, finished, len(planned)) from None
     if verbose:
@@ -166,8 +169,8 @@ def _train(
 ) -> list[dict[str, Any]]:
     """The sweep's trials trained into ``out``, its table rewritten as each one ends."""
     if not resume:
-        runs.prepare_out(out, overwrite=False)
-    with runs.locked(out):
+        run_folder.prepare_out(out, overwrite=False)
+    with run_folder.locked(out):
         if not resume:
             files.write_json(
                 out / PLAN_FILE,
@@ -202,7 +205,7 @@ def _train(
 
 def read_plan(out: Path) -> tuple[dict[str, list[Any]], list[trials.Trial]]:
     """The grid and trials of the sweep planned in ``out``, checked."""
-    stored = records.read_json(
+    stored = fields.read_json(
         out / PLAN_FILE, "sweep plan", hint=" Only sweeps started by convnet sweep resume."
     )
     grid_record = stored.record("grid")
@@ -222,7 +225,7 @@ def read_plan(out: Path) -> tuple[dict[str, list[Any]], list[trials.Trial]]:
         name = str(entry.get("name"))
         if Path(name).name != name or not name.startswith("trial-"):
             stored.fail(f"trials[{index}].name", "trial-NNN", name)
-        launch.check_arguments(entry["arguments"])
+        training.check_arguments(entry["arguments"])
         planned.append(trials.Trial(name, entry["arguments"]))
     return grid, planned
 

@@ -1,5 +1,5 @@
 """The ``convnet`` command: parses arguments, then calls the public API (``train`` is
-:mod:`convnet.launch`, run folders are :mod:`convnet.runs`), nothing more."""
+:mod:`convnet.runs.train`, run folders are :mod:`convnet.runs.folder`), nothing more."""
 
 from __future__ import annotations
 
@@ -11,8 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from convnet import __version__, config, interrupts, kernel, launch, plots, records, runs, sweeps
-from convnet import backend as backends
+from convnet import __version__, config, fields, interrupts, plots
 from convnet.data import book_format
 from convnet.data.download import download_mnist
 from convnet.data.expand import default_cache, load_expanded
@@ -21,6 +20,11 @@ from convnet.ensemble import vote
 from convnet.errors import ArgumentError, ConvnetError, check_number
 from convnet.images import load_image
 from convnet.network import Network, load
+from convnet.runs import folder as run_folder
+from convnet.runs import sweep as sweeps
+from convnet.runs import train as training
+from convnet.runtime import backend as backends
+from convnet.runtime import kernel
 
 # Writing a file can fail for reasons the user fixes outside convnet; saves are atomic, so
 # the previous file is whole and the message says so.
@@ -28,7 +32,7 @@ DISK_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPER
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    return launch.train(launch.typed_flags(args), args.resume)
+    return training.train(training.typed_flags(args), args.resume)
 
 
 SWEEP_OWN = ("workers", "cluster", "out", "quiet")  # how and where a sweep runs
@@ -36,10 +40,10 @@ NOT_SWEPT = ("ensemble", "overwrite")  # a sweep's trials are single runs, in ne
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
-    typed = launch.typed_flags(args)
+    typed = training.typed_flags(args)
     fixed = {name: value for name, value in typed.items() if name not in SWEEP_OWN}
     if args.resume:
-        given = [launch.flag_name(n) for n in fixed] + [
+        given = [training.flag_name(n) for n in fixed] + [
             f for f, v in (("--grid", args.grid), ("--repeats", args.repeats)) if v is not None
         ]
         if given:
@@ -71,7 +75,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
 # -- the other commands -------------------------------------------------------------------
 def _models(args: argparse.Namespace) -> list[Network]:
-    nets = runs.load_models(args.model, args.member, backend=args.backend, device=args.device)
+    nets = run_folder.load_models(args.model, args.member, backend=args.backend, device=args.device)
     if len(nets) > 1 and not getattr(args, "quiet", False):
         print(f"{args.model}: an ensemble of {len(nets)} nets; their vote answers.")
     return nets
@@ -116,8 +120,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
 def cmd_plot(args: argparse.Namespace) -> int:
 
     run_dir = Path(args.run_dir)
-    history = records.history(
-        records.read_json(run_dir / "history.json", "history file", hint=" Is it a run folder?")
+    history = fields.history(
+        fields.read_json(run_dir / "history.json", "history file", hint=" Is it a run folder?")
     )
     print(plots.curves(history, run_dir / "curves.png"))
     if (run_dir / "model.json").exists():
@@ -166,7 +170,7 @@ def cmd_info(args: argparse.Namespace) -> int:
     import pytensor
 
     if args.run_dir is not None:
-        nets = runs.load_models(args.run_dir, backend=args.backend, device=args.device)
+        nets = run_folder.load_models(args.run_dir, backend=args.backend, device=args.device)
         for k, net in enumerate(nets):
             member = f" member {k} of {len(nets)}" if len(nets) > 1 else ""
             print(f"{args.run_dir}{member}: mini-batch {net.mini_batch_size}")
@@ -232,9 +236,9 @@ def _add_train_flags(
     metavars: dict[str, str] | None = None,
     with_defaults: bool = False,
 ) -> None:
-    """``convnet train``'s flags (:data:`launch.TRAIN_FLAGS`), --net and --layers exclusive."""
+    """``convnet train``'s flags (:data:`training.TRAIN_FLAGS`), --net and --layers exclusive."""
     choice = parser.add_mutually_exclusive_group()
-    for flag in launch.TRAIN_FLAGS:
+    for flag in training.TRAIN_FLAGS:
         if flag.name in skip:
             continue
         where = choice if flag.name in ("net", "layers") else parser
@@ -242,10 +246,10 @@ def _add_train_flags(
         if with_defaults and flag.default is not None:
             help_text += f" (default: {flag.default})"
         if flag.kind is bool:
-            where.add_argument(launch.flag_name(flag.name), action="store_true", help=help_text)
+            where.add_argument(training.flag_name(flag.name), action="store_true", help=help_text)
         else:
             where.add_argument(
-                launch.flag_name(flag.name),
+                training.flag_name(flag.name),
                 type=flag.kind,
                 choices=flag.choices,
                 metavar=(metavars or {}).get(flag.name, flag.metavar),
@@ -262,9 +266,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     def common(p: argparse.ArgumentParser, data: bool = True) -> None:
         """--data (for commands that read MNIST), --backend, --device."""
-        for flag in launch.TRAIN_FLAGS:
+        for flag in training.TRAIN_FLAGS:
             if flag.name in ("backend", "device") or (data and flag.name == "data"):
-                p.add_argument(launch.flag_name(flag.name), choices=flag.choices, help=flag.help)
+                p.add_argument(training.flag_name(flag.name), choices=flag.choices, help=flag.help)
 
     def member(p: argparse.ArgumentParser) -> None:
         p.add_argument(
@@ -384,7 +388,7 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 2
-    except (launch.RunInterruptedError, KeyboardInterrupt) as exc:  # a sweep's says more
+    except (training.RunInterruptedError, KeyboardInterrupt) as exc:  # a sweep's says more
         message = str(exc) or "Interrupted."
         print(f"\nconvnet {args.command}: {message}", file=sys.stderr)
         return 130  # 128 + SIGINT, as shells report an interrupted program

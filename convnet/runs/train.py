@@ -1,9 +1,9 @@
 """What ``convnet train`` does with its flags: one run, an ensemble's members one after
-another or at once (:mod:`convnet.parallel`), and ``--resume`` of either.
+another or at once (:mod:`convnet.runs.jobs`), and ``--resume`` of either.
 
 The flags are a table (:data:`TRAIN_FLAGS`) that the command's parser, ``--help``, the
 check of the arguments a checkpoint stored and ``--resume``'s rules all read; every run
-folder it writes is :mod:`convnet.runs`'.
+folder it writes is :mod:`convnet.runs.folder`'.
 """
 
 from __future__ import annotations
@@ -17,15 +17,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from convnet import backend, checkpoint, files, optimizers, parallel, runs
+from convnet import checkpoint, files, optimizers
 from convnet.book import RECIPES, layers_for
 from convnet.callbacks import Callback, EarlyStopping, EtaSchedule, Position
 from convnet.data.expand import load_expanded
 from convnet.data.mnist import load_mnist
 from convnet.errors import ArgumentError, check_number
+from convnet.fields import Fields
+from convnet.layer_spec import parse
 from convnet.network import Network
-from convnet.records import Fields
-from convnet.spec import parse
+from convnet.runs import folder as run_folder
+from convnet.runs import jobs
+from convnet.runtime import backend
 
 DEFAULT_MOMENTUM = {"sgd": 0.0, "nesterov": 0.9, "adam": 0.0}
 # Adam's own default; sgd and nesterov: the book's eta for the chosen net times
@@ -260,7 +263,7 @@ def _train_one(
     position = Position()
     callbacks: list[Callback] = [position, *_stopping(args)]
     try:
-        runs.train(
+        run_folder.train(
             net,
             run_dir,
             *data,
@@ -276,7 +279,7 @@ def _train_one(
 
 
 def _training_options(args: argparse.Namespace, hyper: dict[str, Any]) -> dict[str, Any]:
-    """How every run of this command trains (runs.train's and train_together's options)."""
+    """How every run of this command trains (run_folder.train's and train_together's options)."""
     return {
         "epochs": hyper["epochs"],
         "optimizer": _optimizer(hyper),
@@ -380,10 +383,10 @@ def train(given: dict[str, Any], resume: str | None = None) -> int:
     members = args.ensemble or 1
     _check_ensemble_flags(args, members)
     with _executor(args, members) as pool:  # a bad --workers or --cluster writes nothing
-        runs.prepare_out(run_dir, args.overwrite)
-        with runs.locked(run_dir):
+        run_folder.prepare_out(run_dir, args.overwrite)
+        with run_folder.locked(run_dir):
             if members > 1:
-                runs.write_plan(run_dir, vars(args), members)
+                run_folder.write_plan(run_dir, vars(args), members)
             _train_members(args, run_dir, members, hyper, list(range(members)), set(), pool)
     return 0
 
@@ -416,9 +419,9 @@ def _executor(args: argparse.Namespace, members: int) -> Iterator[Any]:
         yield None
         return
     if args.cluster:
-        executor, close = parallel.cluster_executor(args.cluster)
+        executor, close = jobs.cluster_executor(args.cluster)
     else:
-        executor = parallel.pinned_pool(args.workers)
+        executor = jobs.pinned_pool(args.workers)
         close = executor.shutdown
     try:
         yield executor
@@ -444,7 +447,7 @@ def _train_members(
     elif todo:
         data = _training_data(args, hyper)
         for k in todo:
-            folder = runs.member_dir(run_dir, k, members)
+            folder = run_folder.member_dir(run_dir, k, members)
             if members > 1 and not args.quiet:
                 print(f"\n== ensemble member {k + 1} of {members} (seed {args.seed + k}) ==")
             state = None
@@ -458,7 +461,7 @@ def _train_members(
                 print(f"Saved {folder}/model.npz, model.json, history, curves.png, errors.png")
     if members > 1:
         test = _data(args)[2]
-        result = runs.write_ensemble(
+        result = run_folder.write_ensemble(
             run_dir, members, test, backend=args.backend, device=args.device
         )
         for k, accuracy in enumerate(result["members"]):
@@ -477,7 +480,7 @@ def _train_together(
     """Members ``todo`` as one program (``--together``); resumed ones from their
     checkpoints, which must all stand at the same epoch."""
     mbs = args.mini_batch_size
-    folders = [runs.member_dir(run_dir, k, members) for k in todo]
+    folders = [run_folder.member_dir(run_dir, k, members) for k in todo]
     nets, states = [], []
     for k, folder in zip(todo, folders, strict=True):
         if k in resumed:
@@ -494,7 +497,7 @@ def _train_together(
     positions = [Position() for _ in todo]
     callbacks = [[position, *_stopping(args)] for position in positions]
     try:
-        runs.train_together(
+        run_folder.train_together(
             nets,
             folders,
             *_training_data(args, hyper),
@@ -549,7 +552,7 @@ def _train_in_parallel(
     """Members ``todo`` at once on ``pool``: ``--workers`` pinned local processes, or a
     ``--cluster``'s workers (whose run folders come back and are written here)."""
     shared = vars(args) | {"ensemble": members, "workers": None, "cluster": None, "quiet": True}
-    folders = {k: runs.member_dir(run_dir, k, members) for k in todo}
+    folders = {k: run_folder.member_dir(run_dir, k, members) for k in todo}
     send_back = bool(args.cluster)
     futures = {}
     for k, folder in folders.items():
@@ -582,13 +585,13 @@ def _train_in_parallel(
 def _resume_ensemble(run_dir: Path, given: dict[str, Any]) -> int:
     """``--resume`` of an ensemble's folder: the members not yet trained, the unfinished
     ones from their checkpoints, then the vote; finished members are left as they are."""
-    members, stored = runs.read_plan(run_dir)
+    members, stored = run_folder.read_plan(run_dir)
     args = _resumed_arguments(stored, given, out=str(run_dir), ensemble=members)
     _check_ensemble_flags(args, members)
     hyper = _hyper(args)
     todo, resumed = [], set()
     for k in range(members):
-        folder = runs.member_dir(run_dir, k, members)
+        folder = run_folder.member_dir(run_dir, k, members)
         if not checkpoint.path_in(folder).exists():
             todo.append(k)
             continue
@@ -601,7 +604,7 @@ def _resume_ensemble(run_dir: Path, given: dict[str, Any]) -> int:
         if state.epoch < hyper["epochs"] and not state.history.stopped:
             todo.append(k)
             resumed.add(k)
-    if not todo and (run_dir / runs.ENSEMBLE_FILE).exists():
+    if not todo and (run_dir / run_folder.ENSEMBLE_FILE).exists():
         print(
             f"{run_dir}: finished (all {members} members trained, the vote taken). Nothing "
             f"was changed. To train further: convnet train --resume {run_dir} --epochs N."
@@ -614,7 +617,7 @@ def _resume_ensemble(run_dir: Path, given: dict[str, Any]) -> int:
             f"checkpoints, {fresh or 'none'} from the start, "
             f"{[k for k in range(members) if k not in todo] or 'none'} done."
         )
-    with _executor(args, members) as pool, runs.locked(run_dir):
+    with _executor(args, members) as pool, run_folder.locked(run_dir):
         _train_members(args, run_dir, members, hyper, todo, resumed, pool)
     return 0
 
@@ -632,13 +635,13 @@ def _resume(run_dir: Path, given: dict[str, Any]) -> int:
             f"so only {', '.join(flag_name(f.name) for f in TRAIN_FLAGS if f.on_resume)} may be "
             f"given with it. Received: {typed}. Drop them, or start a new run with --out."
         )
-    if runs.is_ensemble(run_dir):
+    if run_folder.is_ensemble(run_dir):
         return _resume_ensemble(run_dir, given)
     if given.get("together"):
         raise ArgumentError(
             f"--together: trains ensemble members at once; {run_dir} is a single run."
         )
-    with runs.locked(run_dir) if run_dir.is_dir() else nullcontext():
+    with run_folder.locked(run_dir) if run_dir.is_dir() else nullcontext():
         net, state, stored = checkpoint.load(
             run_dir, backend=given.get("backend"), device=given.get("device")
         )

@@ -2,7 +2,7 @@
 
 ``Im2Col`` lowers to the same slicing program as the graph form and ``Col2Im`` to JAX's
 exact transpose of it; ``Conv2D`` is ``lax.conv_general_dilated`` (cuDNN on NVIDIA GPUs);
-``ConvPool`` calls convnet's own C++ kernel (:mod:`convnet.kernel`) when it is built, else
+``ConvPool`` calls convnet's own C++ kernel (:mod:`convnet.runtime.kernel`) when it is built, else
 it is the im2col formulation in JAX. :meth:`Backend.mode` registers them before compiling.
 """
 
@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from convnet import kernel, ops
+from convnet import ops
+from convnet.runtime import kernel
 
 # Networks trained as one program (convnet.lockstep) reach the kernel through ``vmap``:
 # it then runs once per network, as it would for networks trained one after another.

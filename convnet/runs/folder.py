@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from convnet import checkpoint, files, plots, records, serialization
+from convnet import checkpoint, fields, files, plots, serialization
 from convnet.callbacks import Callback
 from convnet.ensemble import vote
 from convnet.errors import ArgumentError, DivergenceError, ModelFileError
@@ -236,7 +236,7 @@ def test_probabilities(
     for exactly this model and test set, else computed from the model (a folder from an
     older convnet, or one whose model changed after them)."""
     try:
-        stored = records.read_npz(run_dir / PROBABILITIES_FILE, "test-set probabilities")
+        stored = fields.read_npz(run_dir / PROBABILITIES_FILE, "test-set probabilities")
         kept, digest = stored["test"], str(stored["model_sha256"])
         if (
             kept.ndim == 2
@@ -285,9 +285,9 @@ def write_plan(run_dir: Path, arguments: dict[str, Any], members: int) -> None:
     files.write_json(run_dir / PLAN_FILE, {"members": members, "arguments": arguments})
 
 
-def read_plan(run_dir: Path) -> tuple[int, records.Fields]:
+def read_plan(run_dir: Path) -> tuple[int, fields.Fields]:
     """(members, the arguments the ensemble was started with), checked."""
-    plan = records.read_json(
+    plan = fields.read_json(
         run_dir / PLAN_FILE, "ensemble plan", hint=" Only ensembles started by this convnet resume."
     )
     return plan.integer("members", low=2, high=10_000), plan.record("arguments")
@@ -308,7 +308,7 @@ def load_models(
         if member is not None:
             raise ArgumentError(f"--member {member}: {path} is a single model, not an ensemble.")
         return [net]
-    result = records.read_json(path / ENSEMBLE_FILE, "ensemble record")
+    result = fields.read_json(path / ENSEMBLE_FILE, "ensemble record")
     count = len(result.column("members", nullable=False))
     result.number("voted", low=0, high=1)
     if count < 1:

@@ -1,0 +1,2 @@
+"""The ``convnet`` command: its parser and subcommands, over the public API and
+:mod:`convnet.runs`."""
