@@ -57,7 +57,7 @@ def _net_c_step(
     if optimizer is not None:
         from pytensor.compile.mode import Mode
 
-        mode = backend.mode
+        mode = backend.apply()
         backend = type(
             "Custom", (backends.Backend,), {"mode": Mode(linker=mode.linker, optimizer=optimizer)}
         )("jax", "cpu")
@@ -377,8 +377,8 @@ def torch_loop() -> None:
 def reduction_dtype() -> None:
     """Net C steps with and without convnet's fix for PyTensor's float64 JAX reductions."""
     code = (
-        "import sys; sys.path.insert(0, 'benchmarks'); import convnet.runtime.backend as b\n"
-        "if sys.argv[1] == 'without': b._jax_outputs_keep_dtype = lambda: None\n"
+        "import sys; sys.path.insert(0, 'benchmarks'); import convnet.runtime.patches as p\n"
+        "if sys.argv[1] == 'without': p._jax_outputs_keep_dtype = lambda: None\n"
         "from experiments import _net_c_step, _best_per_step\n"
         "net, fn, calls, built, total = _net_c_step(10)\n"
         "dtype = sorted({str(p.get_value(borrow=True).dtype) for p in net.params})\n"
@@ -620,7 +620,7 @@ import numpy as np, pytensor, pytensor.tensor as pt
 from convnet import ops
 from convnet.runtime import backend as backends
 mbs, conv = int(sys.argv[1]), sys.argv[2]
-mode = backends.resolve("jax", "cpu").mode
+mode = backends.resolve("jax", "cpu").apply()
 rng = np.random.default_rng(0)
 row = []
 for (c, h, w), (f, kh, kw) in [((1, 28, 28), (20, 5, 5)), ((20, 12, 12), (40, 5, 5))]:
@@ -688,7 +688,7 @@ import numpy as np, pytensor, pytensor.tensor as pt
 from convnet import ops
 from convnet.runtime import backend as backends
 mbs, f = int(sys.argv[1]), int(sys.argv[2])
-mode = backends.resolve("jax", "cpu").mode
+mode = backends.resolve("jax", "cpu").apply()
 rng = np.random.default_rng(0)
 x = pt.tensor4("x", dtype="float32", shape=(mbs, 1, 28, 28))
 filters = pt.tensor4("w", dtype="float32", shape=(f, 1, 5, 5))

@@ -1,12 +1,16 @@
 """convnet: the book's network3 on PyTensor, fast on CPU and GPU.
 
 ``import convnet as network3`` and the code of chapter 6 of *Neural Networks and Deep
-Learning* runs as written.
+Learning* runs as written. Importing convnet changes no global state of PyTensor or JAX
+(a network's first build does, :mod:`convnet.runtime.patches`) and loads none of the run
+machinery: ``sweep`` is imported on first use (PEP 562).
 """
 
 from __future__ import annotations
 
+import importlib
 import warnings
+from typing import Any
 
 with warnings.catch_warnings():
     # PyTensor warns at import when it finds no BLAS flags; the C backend sets them itself.
@@ -24,10 +28,14 @@ from convnet.ensemble import vote
 from convnet.history import History
 from convnet.layers import ConvPoolLayer, FullyConnectedLayer, Layer, SoftmaxLayer
 from convnet.network import Network, fit_together, load
-from convnet.runs.sweep import sweep
-from convnet.runtime import numba_c  # noqa: F401 - gives convnet's Ops to PyTensor's Numba and C modes
 
 __version__ = VERSION
+
+
+def __getattr__(name: str) -> Any:
+    if name == "sweep":  # the sweep machinery (convnet.runs) only when asked for
+        return importlib.import_module("convnet.runs.sweep").sweep
+    raise AttributeError(f"module 'convnet' has no attribute {name!r}")
 
 
 def size(data) -> int:

@@ -155,7 +155,7 @@ class Model:
         self._datasets: OrderedDict[str, DeviceData] = OrderedDict()
 
     def _wire(self) -> None:
-        self.backend.register_ops()
+        self.backend.apply()
         inpt, inpt_dropout = self.x, self.x
         for index, layer in enumerate(self.layers):
             if isinstance(layer, ConvPoolLayer):

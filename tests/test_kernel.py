@@ -69,7 +69,7 @@ def fresh_build(monkeypatch):
 
 
 def _conv_pool_function(backend, image_shape, filter_shape, pool):
-    mode = backends.resolve(backend, device_for(backend)).mode  # registers the JAX implementations
+    mode = backends.resolve(backend, device_for(backend)).apply()
     x = pt.tensor4("x", dtype="float32")
     w = pt.tensor4("w", dtype="float32")
     out = conv_pool(x, w, image_shape=image_shape, filter_shape=filter_shape, poolsize=pool)
@@ -125,7 +125,7 @@ def test_conv_pool_gradient_numerically():
         ),
         [rng.normal(size=(2, 2, 7, 6)), rng.normal(size=(3, 2, 3, 2))],
         rng=rng,
-        mode=backends.resolve("c", "cpu").mode,
+        mode=backends.resolve("c", "cpu").apply(),
     )
 
 
@@ -172,7 +172,7 @@ def test_damaged_cached_kernel_is_rebuilt(tmp_path, fresh_build, monkeypatch):
 # -- the training pass: convolution + pooling that marks its maxima, and its gradients ----
 def _training_function(backend, image_shape, filter_shape, pool):
     """(pooled, d/dx, d/dw) of sum(pooled * g) through ConvPoolTrain and its gradient Ops."""
-    mode = backends.resolve(backend, device_for(backend)).mode
+    mode = backends.resolve(backend, device_for(backend)).apply()
     x = pt.tensor4("x", dtype="float32")
     w = pt.tensor4("w", dtype="float32")
     g = pt.tensor4("g", dtype="float32")
@@ -217,7 +217,7 @@ def test_conv_pool_training_gradient_numerically():
         ),
         [rng.normal(size=(2, 2, 7, 6)), rng.normal(size=(3, 2, 3, 2))],
         rng=rng,
-        mode=backends.resolve("c", "cpu").mode,
+        mode=backends.resolve("c", "cpu").apply(),
     )
 
 
@@ -260,7 +260,7 @@ os.sched_setaffinity(0, {int(c) for c in sys.argv[2].split(",")})  # before JAX 
 import numpy as np, pytensor, pytensor.tensor as pt
 from convnet.runtime import backend as backends
 from convnet.ops import conv_pool_train
-mode = backends.resolve("jax", "cpu").mode
+mode = backends.resolve("jax", "cpu").apply()
 rng = np.random.default_rng(0)
 x = pt.tensor4("x", dtype="float32")
 w = pt.tensor4("w", dtype="float32")

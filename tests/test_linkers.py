@@ -68,7 +68,7 @@ def test_the_c_backend_runs_c_code_for_every_node_of_a_conv_pool_and_its_gradien
     """No Python ``perform`` on the C backend's path, forward or backward."""
     x, w, (pooled, *_) = _graph("CVM")
     outputs = [pooled, *pytensor.grad((pooled**2).sum(), [x, w])]
-    fn = _compile([x, w], outputs, backends.resolve("c").mode)
+    fn = _compile([x, w], outputs, backends.resolve("c").apply())
     python = [
         str(n.op)
         for n, t in zip(fn.vm.nodes, fn.vm.thunks, strict=True)
@@ -89,7 +89,7 @@ def test_the_c_backend_compiles_softmax_and_its_gradient_with_the_rest():
     y = pt.vector("y", dtype="int32")
     log_p = pt.special.log_softmax(x, axis=-1)[pt.arange(y.shape[0]), y]
     outputs = [pt.special.softmax(x, axis=-1), *pytensor.grad(-log_p.sum(), [x])]
-    fn = _compile([x, y], outputs, backends.resolve("c").mode)
+    fn = _compile([x, y], outputs, backends.resolve("c").apply())
     graph_ops = [str(n.op) for n in fn.maker.fgraph.toposort() if isinstance(n.op, OpFromGraph)]
     assert not graph_ops, graph_ops
     xv = np.random.default_rng(2).normal(size=(4, 10)).astype(np.float32) * 30

@@ -21,7 +21,7 @@ from tests.devices import device_for
 
 @pytest.mark.parametrize("backend", ["c", "jax"])
 def test_native_conv_matches_reference(backend, rng):
-    mode = backends.resolve(backend, device_for(backend)).mode  # registers the JAX implementation
+    mode = backends.resolve(backend, device_for(backend)).apply()
     x = pt.tensor4("x", dtype="float32")
     w = pt.tensor4("w", dtype="float32")
     fn = pytensor.function([x, w], conv2d_op(x, w), mode=mode)
@@ -36,7 +36,7 @@ def test_native_conv_matches_reference(backend, rng):
 @pytest.mark.parametrize("backend", ["c", "jax"])
 def test_conv_ops_match_reference_with_numerical_gradients(implementation, backend, rng):
     """The Ops' NumPy ``perform`` (C mode) and their JAX implementations alike."""
-    mode = backends.resolve(backend, device_for(backend)).mode  # registers the JAX implementations
+    mode = backends.resolve(backend, device_for(backend)).apply()
     x = pt.tensor4("x", dtype="float32")
     w = pt.tensor4("w", dtype="float32")
     out = conv2d(
@@ -62,7 +62,7 @@ def test_conv_ops_match_reference_with_numerical_gradients(implementation, backe
 @pytest.mark.parametrize("backend", ["c", "jax"])
 def test_col2im_is_the_transpose_of_im2col(backend, rng):
     """<im2col(x), y> == <x, col2im(y)> for random x, y: the gradient is the adjoint."""
-    mode = backends.resolve(backend, device_for(backend)).mode
+    mode = backends.resolve(backend, device_for(backend)).apply()
     x = pt.tensor4("x", dtype="float64")
     y = pt.matrix("y", dtype="float64")
     fn = pytensor.function([x, y], [Im2Col(3, 2)(x), Col2Im(3, 2)(y, x)], mode=mode)

@@ -22,7 +22,7 @@ CASES = [  # (N, C, H, W), (F, kh, kw), pool
 
 @pytest.mark.parametrize("backend", ["c", "numba", "jax"])
 def test_conv_and_pool_match_reference(backend, rng):
-    mode = backends.resolve(backend, device_for(backend)).mode
+    mode = backends.resolve(backend, device_for(backend)).apply()
     for (n, c, h, w), (f, kh, kw), pool in CASES:
         x = pt.tensor4("x", dtype="float32")
         filters = pt.tensor4("w", dtype="float32")
@@ -71,5 +71,5 @@ def test_gradients_numerically(pool):
         layer,
         [rng.normal(size=(2, c, h, w)), rng.normal(size=(f, c, kh, kw))],
         rng=rng,
-        mode=backends.resolve("c", "cpu").mode,
+        mode=backends.resolve("c", "cpu").apply(),
     )

@@ -19,9 +19,7 @@ functions compute on a :class:`DeviceMirror`.
 from __future__ import annotations
 
 import contextlib
-import ctypes.util
 import importlib.util
-import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from functools import cached_property
@@ -35,7 +33,7 @@ from pytensor.graph.traversal import graph_inputs
 
 from convnet import config
 from convnet.errors import ArgumentError, BackendError
-from convnet.runtime import graph_cache, jax_dispatch, kernel, step_loop
+from convnet.runtime import graph_cache, kernel, patches, step_loop
 
 BACKENDS = ("c", "numba", "jax")
 DEVICES = ("cpu", "gpu")
@@ -98,80 +96,6 @@ def _jax_device(kind: str) -> Any:
         ) from None
 
 
-def _configure_blas() -> None:
-    """Link the C backend to the system OpenBLAS unless the user chose a BLAS.
-
-    PyTensor's own detection misses a pip-installed numpy's BLAS and then falls back to
-    slow NumPy C-API calls. (Reading the flag first would trigger that detection and
-    its warning, so the user's choice is read from PYTENSOR_FLAGS.)
-    """
-    if "blas__ldflags" in os.environ.get("PYTENSOR_FLAGS", ""):
-        return
-    if ctypes.util.find_library("openblas"):
-        pytensor.config.blas__ldflags = "-lopenblas"
-
-
-_JAX_DTYPES_FIXED = False
-
-
-def _jax_outputs_keep_dtype() -> None:
-    """Make PyTensor's JAX reductions and allocations return their declared dtype.
-
-    PyTensor 3.0 sums float32 in a float64 accumulator and, in JAX mode, returns the
-    accumulator (float64) instead of casting back: every bias gradient turned the weights
-    into float64 after the first step, halving speed. An ``Alloc``'s constant fill value
-    arrives as a Python float, so ``zeros(..., dtype=float32)`` came out float64, and the
-    native conv's input gradient (a padded "full" convolution) then refused to mix
-    dtypes: net C could not train with it. The cast restores the declared dtype.
-    """
-    global _JAX_DTYPES_FIXED
-    if _JAX_DTYPES_FIXED:
-        return
-    from pytensor.link.jax.dispatch import jax_funcify
-    from pytensor.tensor.basic import Alloc
-    from pytensor.tensor.elemwise import CAReduce
-
-    def keep_declared_dtype(op_type: type) -> None:
-        upstream = jax_funcify.dispatch(op_type)
-
-        @jax_funcify.register(op_type)
-        def _cast(op: Any, node: Any = None, **kwargs: Any) -> Any:
-            compute = upstream(op, node=node, **kwargs)
-            if node is None:
-                return compute
-            dtype = node.outputs[0].dtype
-            return lambda *inputs: compute(*inputs).astype(dtype)
-
-    keep_declared_dtype(CAReduce)
-    keep_declared_dtype(Alloc)
-    _JAX_DTYPES_FIXED = True
-
-
-_XLA_CACHE_SET = False
-
-
-def _persistent_xla_cache() -> None:
-    """Keep XLA's compiled programs on disk, so a second run skips XLA's compilation.
-
-    Measured for net C's training function: build + first call 3.2 s -> 1.9 s in a new
-    process once the cache is warm. ``CONVNET_CACHE`` moves it (default ~/.cache/convnet);
-    a cache that can't be written is simply not used.
-    """
-    global _XLA_CACHE_SET
-    if _XLA_CACHE_SET:
-        return
-    _XLA_CACHE_SET = True
-    import jax
-
-    folder = config.cache_root() / "xla"
-    try:
-        os.makedirs(folder, exist_ok=True)
-        jax.config.update("jax_compilation_cache_dir", str(folder))
-        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
-    except (OSError, AttributeError, ValueError):
-        pass
-
-
 @dataclass(frozen=True)
 class Backend:
     """A PyTensor compilation mode plus the device its data lives on.
@@ -186,29 +110,31 @@ class Backend:
     device: str
     precision: str = "tf32"
 
+    def apply(self) -> Mode:
+        """Ready PyTensor and JAX for this backend (process-wide, once: BLAS flags, the JAX
+        fixes, convnet's Ops' implementations, the compile caches; :mod:`convnet.runtime.
+        patches`) and return its mode. A network calls it when it is built."""
+        patches.apply(self.name, self.device)
+        return self.mode
+
     @cached_property
     def mode(self) -> Mode:
-        """The PyTensor mode, with the process-wide setup it needs (BLAS flags, the JAX
-        fixes and Op implementations, the compile caches) applied here, once."""
+        """The PyTensor mode (:meth:`apply` must have run: it registers what the mode's
+        graphs need)."""
+        if not patches.applied(self.name):
+            raise BackendError(
+                f"the {self.name} backend's mode was asked for before Backend.apply() "
+                "readied PyTensor for it"
+            )
         if self.name == "c":
-            _configure_blas()
             return Mode(linker="cvm", optimizer="fast_run")
         if self.name == "numba":
             return get_mode("NUMBA")
-        _jax_outputs_keep_dtype()
-        _persistent_xla_cache()
-        jax_dispatch.register()
         mode = get_mode("JAX")
         if config.setting("CONVNET_GRAPH_CACHE") == "0":
             return mode
         rewriter = graph_cache.CachedRewriter(mode.optimizer, graph_cache.folder(), "JAX")
         return mode.clone(optimizer=rewriter)
-
-    def register_ops(self) -> None:
-        """Give convnet's Ops this backend's implementations now, not at the first compile:
-        the book's code compiles a network's graphs itself, in PyTensor's own modes."""
-        if self.name == "jax":
-            jax_dispatch.register()
 
     @property
     def steps_per_call(self) -> int:
@@ -277,8 +203,7 @@ class Backend:
         if chosen:
             return chosen
         if self.name == "jax" and self.device == "cpu" and kernel.enabled():
-            kernel.start_build()  # compiles beside PyTensor's graph building
-            return "fused"
+            return "fused"  # built beside PyTensor's graph building (patches.apply)
         return "patches"
 
     @property

@@ -3,7 +3,8 @@
 ``Im2Col`` lowers to the same slicing program as the graph form and ``Col2Im`` to JAX's
 exact transpose of it; ``Conv2D`` is ``lax.conv_general_dilated`` (cuDNN on NVIDIA GPUs);
 ``ConvPool`` calls convnet's own C++ kernel (:mod:`convnet.runtime.kernel`) when it is built, else
-it is the im2col formulation in JAX. :meth:`Backend.mode` registers them before compiling.
+it is the im2col formulation in JAX. :func:`convnet.runtime.patches.apply` registers them
+when a network is built.
 """
 
 from __future__ import annotations

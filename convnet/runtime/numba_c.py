@@ -18,7 +18,7 @@ object mode: 7-18 s for one call over net C, and a first compile of minutes. Her
   into Python drop a Ctrl-C that lands in them).
 
 JAX mode is untouched: its implementations are in :mod:`convnet.runtime.jax_dispatch`.
-Importing this module registers everything (``convnet/__init__`` does it).
+:func:`register` registers everything, once (a network's first build calls it).
 """
 
 from __future__ import annotations
@@ -74,7 +74,6 @@ def _im2col(images: Any, kh: int, kw: int) -> Any:
     return columns
 
 
-@register_funcify_default_op_cache_key(ops.Im2Col)
 def _numba_im2col(op: ops.Im2Col, node: Any = None, **kwargs: Any) -> Any:
     kh, kw = op.kh, op.kw
 
@@ -85,7 +84,6 @@ def _numba_im2col(op: ops.Im2Col, node: Any = None, **kwargs: Any) -> Any:
     return im2col, CACHE_VERSION
 
 
-@register_funcify_default_op_cache_key(ops.Col2Im)
 def _numba_col2im(op: ops.Col2Im, node: Any = None, **kwargs: Any) -> Any:
     kh, kw = op.kh, op.kw
 
@@ -98,7 +96,6 @@ def _numba_col2im(op: ops.Col2Im, node: Any = None, **kwargs: Any) -> Any:
     return col2im, CACHE_VERSION
 
 
-@register_funcify_default_op_cache_key(ops.Conv2D)
 def _numba_conv2d(op: ops.Conv2D, node: Any = None, **kwargs: Any) -> Any:
     @numba_njit
     def conv2d(images: Any, filters: Any) -> Any:
@@ -174,18 +171,30 @@ def inline_softmax(fgraph: Any, node: Any) -> list[Any]:
     return inline_ofg_node(node)
 
 
-# Before BlasOpt (1.7), so C mode turns the dot into a gemm. "cxx_only" keeps the C entry
-# out of JAX and Numba modes; the "numba" entry is only in Numba mode's query.
-optdb.register(
-    "convnet_lower_to_im2col_c", in2out(lower_to_im2col), "fast_run", "cxx_only", position=1.55
-)
-optdb.register("convnet_lower_to_im2col_numba", in2out(lower_to_im2col), "numba", position=1.55)
-optdb.register(
-    "convnet_lower_training_c", in2out(lower_training), "fast_run", "cxx_only", position=1.54
-)
-optdb.register("convnet_lower_training_numba", in2out(lower_training), "numba", position=1.54)
-# After stabilize and specialize (which build softmax and log-softmax from their parts),
-# before the elemwise fusion (49), which fuses the graphs' pieces.
-optdb.register(
-    "convnet_inline_softmax_c", in2out(inline_softmax), "fast_run", "cxx_only", position=47.5
-)
+_REGISTERED: list[bool] = []
+
+
+def register() -> None:
+    """Give convnet's Ops to PyTensor's Numba and C modes (process-wide, once; called by
+    :func:`convnet.runtime.patches.apply`, never at import)."""
+    if _REGISTERED:
+        return
+    register_funcify_default_op_cache_key(ops.Im2Col)(_numba_im2col)
+    register_funcify_default_op_cache_key(ops.Col2Im)(_numba_col2im)
+    register_funcify_default_op_cache_key(ops.Conv2D)(_numba_conv2d)
+    # Before BlasOpt (1.7), so C mode turns the dot into a gemm. "cxx_only" keeps the C
+    # entries out of JAX and Numba modes; the "numba" entries are only in Numba's query.
+    for name, rewriter, position in (
+        ("lower_to_im2col", lower_to_im2col, 1.55),
+        ("lower_training", lower_training, 1.54),
+    ):
+        optdb.register(
+            f"convnet_{name}_c", in2out(rewriter), "fast_run", "cxx_only", position=position
+        )
+        optdb.register(f"convnet_{name}_numba", in2out(rewriter), "numba", position=position)
+    # After stabilize and specialize (which build softmax and log-softmax from their parts),
+    # before the elemwise fusion (49), which fuses the graphs' pieces.
+    optdb.register(
+        "convnet_inline_softmax_c", in2out(inline_softmax), "fast_run", "cxx_only", position=47.5
+    )
+    _REGISTERED.append(True)
