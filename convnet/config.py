@@ -66,3 +66,12 @@ def setting(name: str) -> str:
 def cache_root() -> Path:
     """convnet's cache folder: ``$CONVNET_CACHE``, else ``~/.cache/convnet``."""
     return Path(setting("CONVNET_CACHE") or Path.home() / ".cache" / "convnet").expanduser()
+
+
+def markdown_table() -> str:
+    """The variables as the README's table (``tests/test_config.py`` keeps them in step)."""
+    rows = ["| variable | meaning | values |", "|---|---|---|"]
+    for v in VARIABLES.values():
+        values = ", ".join(f"`{c}`" for c in v.choices) if v.choices else "text"
+        rows.append(f"| `{v.name}` | {v.meaning} | {values} |")
+    return "\n".join(rows)

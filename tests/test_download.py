@@ -9,10 +9,13 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import ClassVar
 
+import numpy as np
 import pytest
 
+from convnet import load_mnist
 from convnet.cli.main import main
 from convnet.data.download import CANONICAL, DownloadError, download_mnist, fetch_file, verified
+from convnet.errors import DataNotFoundError
 
 
 class _Mirror(BaseHTTPRequestHandler):
@@ -109,3 +112,37 @@ def test_cli_download_uses_the_mirrors_from_the_environment(server, tmp_path, mo
     assert main(["download", "mnist", "--to", str(tmp_path)]) == 0
     assert str(tmp_path) in capsys.readouterr().out
     assert all((tmp_path / f"{name}.gz").is_file() for name in CANONICAL)
+
+
+def test_mnist_is_fetched_on_first_use_when_no_place_is_named(server, tmp_path, monkeypatch):
+    """``load_mnist()`` with neither CONVNET_DATA nor the cache: fetched into the cache,
+    verified, then read from there (the second call fetches nothing)."""
+    monkeypatch.delenv("CONVNET_DATA", raising=False)
+    monkeypatch.setenv("CONVNET_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("CONVNET_MNIST_MIRRORS", f"{server}/missing,{server}/good")
+    (x, y), _, (tx, _) = load_mnist()
+    assert x.shape == (50_000, 784) and tx.shape == (10_000, 784)
+    assert all(verified(tmp_path / "cache" / "mnist" / f"{n}.gz", n) for n in CANONICAL)
+    _Mirror.log.clear()
+    assert np.array_equal(load_mnist()[0][1], y)
+    assert _Mirror.log == []
+
+
+def test_first_use_offline_says_how_to_point_at_the_files(server, tmp_path, monkeypatch):
+    monkeypatch.delenv("CONVNET_DATA", raising=False)
+    monkeypatch.setenv("CONVNET_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("CONVNET_MNIST_MIRRORS", f"{server}/missing")
+    with pytest.raises(DataNotFoundError, match="fetching it failed") as info:
+        load_mnist()
+    assert "CONVNET_DATA" in str(info.value) and "HTTP 404" in str(info.value)
+
+
+def test_a_named_place_without_mnist_is_never_a_reason_to_download(server, tmp_path, monkeypatch):
+    monkeypatch.setenv("CONVNET_DATA", str(tmp_path / "empty"))
+    monkeypatch.setenv("CONVNET_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("CONVNET_MNIST_MIRRORS", f"{server}/good")
+    with pytest.raises(DataNotFoundError, match=r"MNIST not found\. Looked in"):
+        load_mnist()
+    with pytest.raises(DataNotFoundError):
+        load_mnist(tmp_path / "empty")
+    assert _Mirror.log == []

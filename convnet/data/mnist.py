@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import gzip
 import os
+import sys
 from pathlib import Path
 
 import numpy as np
 
 from convnet import config
-from convnet.data import book_format
+from convnet.data import book_format, download
 from convnet.errors import DataError, DataNotFoundError
 
 Split = tuple[np.ndarray, np.ndarray]
@@ -124,7 +125,27 @@ def find_mnist(path: str | os.PathLike[str] | None = None) -> Path:
             f"convnet expand-mnist --out {path}"
         )
     looked = ", ".join(str(p) for p in candidates)
-    raise DataNotFoundError(f"MNIST not found. Looked in: {looked}. {HOW_TO_GET}")
+    if path is not None or config.setting("CONVNET_DATA"):  # a place the user named
+        raise DataNotFoundError(f"MNIST not found. Looked in: {looked}. {HOW_TO_GET}")
+    return _fetch_on_first_use(candidates[-1])
+
+
+def _fetch_on_first_use(cache: Path) -> Path:
+    """MNIST fetched and verified into the cache (as Keras's ``mnist.load_data()`` does),
+    when no path was given and neither ``CONVNET_DATA`` nor the cache has it."""
+    print(
+        f"convnet: MNIST is not in {cache} yet; fetching it (about 11 MB, each file checked).",
+        file=sys.stderr,
+    )
+    try:
+        return download.download_mnist(cache)
+    except OSError as exc:  # DownloadError is one; so is a cache that cannot be written
+        raise DataNotFoundError(
+            f"MNIST not found in {cache}, and fetching it failed: {exc}\nOffline, set "
+            "CONVNET_DATA to a folder that has the four IDX files "
+            "(train-images-idx3-ubyte.gz, train-labels-idx1-ubyte.gz, "
+            "t10k-images-idx3-ubyte.gz, t10k-labels-idx1-ubyte.gz)."
+        ) from None
 
 
 def load_mnist(
@@ -135,7 +156,8 @@ def load_mnist(
     ``path`` may be a folder of IDX files, the book's ``mnist.pkl.gz`` /
     ``mnist_expanded.pkl.gz``, or a ``.npz`` of the same splits (see
     :mod:`convnet.data.book_format`). With no path: ``$CONVNET_DATA``, then
-    ``~/.cache/convnet/mnist``. IDX pixels (bytes) are divided by ``divisor``: 255 gives
+    ``~/.cache/convnet/mnist``, fetched there on first use when ``CONVNET_DATA`` is
+    unset. IDX pixels (bytes) are divided by ``divisor``: 255 gives
     [0, 1]; the book's ``mnist.pkl.gz``, which chapters 1-5 train on, holds them / 256.
     """
     place = find_mnist(path)
