@@ -4,9 +4,10 @@ One file, ``checkpoint.npz``, written atomically (temporary file in the same fol
 fsync, ``os.replace``), so a run killed at any moment leaves either the previous or the
 new checkpoint, never half of one. It holds the weights, the optimizer's state, the
 best weights (for early stopping), and a JSON record: epoch, eta, early-stopping
-counters, the shuffling RNG's state, the dropout step counter (the only state of
-convnet's counter-based dropout), the history, the architecture and the caller's
-arguments. Resuming from it reproduces an uninterrupted run bit for bit on the CPU.
+counters, each stateful callback's ``state_dict``, the shuffling RNG's state, the
+dropout step counter (the only state of convnet's counter-based dropout), the history,
+the architecture and the caller's arguments. Resuming from it reproduces an
+uninterrupted run bit for bit on the CPU.
 """
 
 from __future__ import annotations
@@ -56,7 +57,7 @@ def save(
         "eta": state.eta,
         "best_score": state.best_score if np.isfinite(state.best_score) else None,
         "stalled": state.stalled,
-        "schedule_stalled": state.schedule_stalled,
+        "callbacks": state.callbacks,
         "shuffle_rng": state.shuffle_rng,
         "step": state.step,
         "history": state.history.as_dict(),
@@ -113,7 +114,7 @@ class ModelCheckpoint(Callback):
         check_number(every, "ModelCheckpoint: every", integer=True)
         self.run_dir, self.every, self.arguments = Path(run_dir), every, arguments
 
-    def on_epoch_end(self, trainer, epoch, logs):
+    def on_epoch_done(self, trainer, epoch, logs):
         done = trainer.state.epoch
         if done % self.every == 0 or done == trainer.epochs or trainer.stopping:
             save(self.run_dir, trainer.net, trainer.state, self.arguments)
@@ -159,7 +160,7 @@ def load(
         eta=meta.number("eta", low=0, above=True, high=float(np.finfo(np.float32).max)),
         best_score=-np.inf if best is None else best,
         stalled=meta.integer("stalled", low=0),
-        schedule_stalled=meta.integer("schedule_stalled", low=0),
+        callbacks=_callback_states(meta),
         shuffle_rng=_shuffle_state(meta),
         history=history,
         best_weights=group("best"),
@@ -167,6 +168,17 @@ def load(
         step=meta.integer("step", low=0, high=2**62),
     )
     return net, state, meta.record("arguments")
+
+
+def _callback_states(meta: Fields) -> dict[str, dict[str, Any]]:
+    """Each stateful callback's ``state_dict`` by its key; a checkpoint of an older
+    convnet kept the one counter there was (``EtaSchedule``'s) as ``schedule_stalled``."""
+    if "callbacks" not in meta:
+        return {"EtaSchedule": {"stalled": meta.integer("schedule_stalled", low=0)}}
+    states = meta.raw("callbacks")
+    if not isinstance(states, dict) or not all(isinstance(v, dict) for v in states.values()):
+        meta.fail("callbacks", "a JSON object of each callback's state (JSON objects)", states)
+    return states
 
 
 def _shuffle_state(meta: Fields) -> dict[str, Any] | None:

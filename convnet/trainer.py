@@ -35,12 +35,26 @@ class TrainingState:
     eta: float = 0.0
     best_score: float = -math.inf
     stalled: int = 0  # epochs since the score last improved
-    schedule_stalled: int = 0  # the same, reset whenever eta is changed (EtaSchedule)
+    callbacks: dict[str, dict[str, Any]] = field(default_factory=dict)  # their state_dicts
     shuffle_rng: dict[str, Any] | None = None
     history: History = field(default_factory=History)
     best_weights: list[np.ndarray] | None = None
     optimizer_state: list[np.ndarray] | None = None
     step: int = 0
+
+
+def callback_keys(callbacks: Sequence[Callback]) -> dict[str, Callback]:
+    """Each callback by the name its state is kept under: its class's, with ``#2``,
+    ``#3`` ... for a second and third of one class."""
+    keys: dict[str, Callback] = {}
+    for callback in callbacks:
+        name = type(callback).__name__
+        key, k = name, 1
+        while key in keys:
+            k += 1
+            key = f"{name}#{k}"
+        keys[key] = callback
+    return keys
 
 
 def batch_order(n: int, mini_batch_size: int, rng: np.random.Generator | None) -> np.ndarray:
@@ -234,6 +248,10 @@ class Trainer:
         self.state.step = step
         self.state.shuffle_rng = self.rng.bit_generator.state if self.rng is not None else None
 
+    def _keep_callback_states(self) -> None:
+        kept = {key: c.state_dict() for key, c in callback_keys(self.callbacks).items()}
+        self.state.callbacks = {key: value for key, value in kept.items() if value}
+
     # -- the loop ---------------------------------------------------------------------
     def start_epoch(self, epoch: int) -> Any:
         """The epoch's order and cost sum set; returns the state to roll back to."""
@@ -313,6 +331,16 @@ class Trainer:
     def begin(self) -> None:
         self.net.history = self.state.history
         self._notify("on_train_begin")
+        for key, callback in callback_keys(self.callbacks).items():
+            if key not in self.state.callbacks:
+                continue
+            try:
+                callback.load_state_dict(self.state.callbacks[key])
+            except (KeyError, TypeError, ValueError) as exc:
+                raise ArgumentError(
+                    f"callbacks: {key} could not take back its state "
+                    f"{self.state.callbacks[key]!r} from the run being resumed ({exc!r})."
+                ) from None
 
     def end_epoch(self, epoch: int, mean_cost: float, seconds: float) -> None:
         """After the epoch's steps: evaluation, the history, the callbacks."""
@@ -340,6 +368,8 @@ class Trainer:
         state.epoch = epoch + 1
         self._sync_state()
         self._notify("on_epoch_end", epoch, logs)
+        self._keep_callback_states()
+        self._notify("on_epoch_done", epoch, logs)
 
     def end(self) -> History:
         self._notify("on_train_end")
