@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from convnet.errors import ArgumentError, check_number
-from convnet.files import atomic_write
+from convnet.files import write_bytes
 
 if TYPE_CHECKING:
     from convnet.trainer import Trainer
@@ -202,7 +202,7 @@ class CSVLogger(Callback):
 
     def on_epoch_end(self, trainer, epoch, logs):
         text = trainer.state.history.to_csv()
-        atomic_write(self.path, lambda handle: handle.write(text.encode()))
+        write_bytes(self.path, text.encode())
 
 
 class ProgressBar(Callback):

@@ -43,7 +43,9 @@ def save(
     arguments: dict[str, Any] | None = None,
 ) -> Path:
     names = serialization.weight_names(net)
-    arrays = {f"weights.{n}": w for n, w in zip(names, net.get_weights(), strict=True)}
+    arrays: dict[str, Any] = {
+        f"weights.{n}": w for n, w in zip(names, net.get_weights(), strict=True)
+    }
     for name, value in zip(names, state.best_weights or [], strict=False):
         arrays[f"best.{name}"] = value
     for index, value in enumerate(state.optimizer_state or []):

@@ -16,7 +16,7 @@ import struct
 import zipfile
 import zlib
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, NoReturn, overload
 
 import numpy as np
 
@@ -54,7 +54,7 @@ class Fields:
             return self.where or "the file"
         return f"{self.where}.{key}" if self.where else key
 
-    def _fail(self, key: str | None, wanted: str, received: str) -> None:
+    def _fail(self, key: str | None, wanted: str, received: str) -> NoReturn:
         raise ModelFileError(
             f"{self.source}: {self._name(key)}: expected {wanted}. Received: {received}."
         )
@@ -72,6 +72,21 @@ class Fields:
             self._fail(key, wanted, "null")
         return value
 
+    # Each reader returns its type, or None only where ``optional=True`` allowed a
+    # missing field: the overloads say so to the type checker.
+    @overload
+    def integer(
+        self,
+        key: str,
+        *,
+        low: int | None = ...,
+        high: int | None = ...,
+        optional: Literal[False] = ...,
+    ) -> int: ...
+    @overload
+    def integer(
+        self, key: str, *, low: int | None = ..., high: int | None = ..., optional: bool
+    ) -> int | None: ...
     def integer(
         self,
         key: str,
@@ -94,6 +109,26 @@ class Fields:
             self._fail(key, wanted, _shown(value))
         return int(value)
 
+    @overload
+    def number(
+        self,
+        key: str,
+        *,
+        low: float = ...,
+        high: float = ...,
+        above: bool = ...,
+        optional: Literal[False] = ...,
+    ) -> float: ...
+    @overload
+    def number(
+        self,
+        key: str,
+        *,
+        low: float = ...,
+        high: float = ...,
+        above: bool = ...,
+        optional: bool,
+    ) -> float | None: ...
     def number(
         self,
         key: str,
@@ -113,6 +148,14 @@ class Fields:
             self._fail(key, wanted, _shown(value))
         return float(value)
 
+    @overload
+    def text(
+        self, key: str, *, choices: tuple[str, ...] | None = ..., optional: Literal[False] = ...
+    ) -> str: ...
+    @overload
+    def text(
+        self, key: str, *, choices: tuple[str, ...] | None = ..., optional: bool
+    ) -> str | None: ...
     def text(
         self, key: str, *, choices: tuple[str, ...] | None = None, optional: bool = False
     ) -> str | None:
@@ -124,6 +167,10 @@ class Fields:
             self._fail(key, wanted, _shown(value))
         return value
 
+    @overload
+    def flag(self, key: str, *, optional: Literal[False] = ...) -> bool: ...
+    @overload
+    def flag(self, key: str, *, optional: bool) -> bool | None: ...
     def flag(self, key: str, *, optional: bool = False) -> bool | None:
         value = self._get(key, "true or false", optional)
         if value is not None and not isinstance(value, bool):
@@ -159,6 +206,10 @@ class Fields:
             self._fail(key, wanted, _shown(value))
         return list(value)
 
+    @overload
+    def record(self, key: str, *, optional: Literal[False] = ...) -> Fields: ...
+    @overload
+    def record(self, key: str, *, optional: bool) -> Fields | None: ...
     def record(self, key: str, *, optional: bool = False) -> Fields | None:
         value = self._get(key, "a JSON object", optional)
         if value is None:
@@ -175,7 +226,7 @@ class Fields:
         """The field as stored, for a caller that checks it itself (and names it)."""
         return self._get(key, "a value", optional)
 
-    def fail(self, key: str | None, wanted: str, received: Any) -> None:
+    def fail(self, key: str | None, wanted: str, received: Any) -> NoReturn:
         """A caller's own check failed: the same message, naming this file and field."""
         self._fail(key, wanted, _shown(received))
 

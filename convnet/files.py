@@ -29,7 +29,7 @@ def _alive(pid: str) -> bool:
     return True
 
 
-def atomic_write(path: Path, write: Callable[[IO[bytes]], None]) -> None:
+def atomic_write(path: Path, write: Callable[[IO[bytes]], object]) -> None:
     """Write via a temporary file in the same folder, fsync, then ``os.replace``.
 
     The temporary file is named after its writer (host and process), so that the leftovers
@@ -58,5 +58,9 @@ def atomic_write(path: Path, write: Callable[[IO[bytes]], None]) -> None:
         raise
 
 
+def write_bytes(path: Path, data: bytes) -> None:
+    atomic_write(path, lambda handle: handle.write(data))
+
+
 def write_json(path: Path, value: Any) -> None:
-    atomic_write(path, lambda h: h.write(json.dumps(value, indent=2).encode()))
+    write_bytes(path, json.dumps(value, indent=2).encode())

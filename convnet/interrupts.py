@@ -79,4 +79,4 @@ def _interrupt(signum: int, frame: FrameType | None) -> None:
 
 def _deliver_again(signum: int) -> None:
     if signal.getsignal(signum) is _interrupt:  # not once the work has ended
-        _thread.interrupt_main(signum)
+        _thread.interrupt_main(signal.Signals(signum))

@@ -46,7 +46,7 @@ def _check_fields(kind: str, plain: list[str], named: dict[str, str]) -> None:
 
 
 def parse(
-    spec: str, mini_batch_size: int, image_shape: tuple[int, int, int] = (1, 28, 28)
+    spec: str, mini_batch_size: int, image_shape: tuple[int, ...] = (1, 28, 28)
 ) -> list[Layer]:
     layers: list[Layer] = []
     shape: tuple[int, ...] = image_shape

@@ -13,9 +13,10 @@ pre-activation is the same on both paths.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from math import prod
+from typing import Any
 
 import numpy as np
 import pytensor
@@ -54,16 +55,15 @@ class DropoutSource:
         )
 
 
-def _positive_int(value: object, what: str) -> int:
+def _positive_int(value: Any, what: str) -> int:
     check_number(value, what, integer=True)
-    return int(value)  # type: ignore[call-overload]
+    return int(value)
 
 
 def _shape(value: object, length: int, what: str) -> tuple[int, ...]:
-    try:
-        items = tuple(value)  # type: ignore[arg-type]
-    except TypeError:
-        items = ()
+    items: tuple[Any, ...] = ()
+    if isinstance(value, Iterable):
+        items = tuple(value)
     if len(items) != length:
         raise ArgumentError(
             f"{what}: expected a tuple of {length} positive integers. Received: {value!r}."
@@ -71,9 +71,9 @@ def _shape(value: object, length: int, what: str) -> tuple[int, ...]:
     return tuple(_positive_int(v, what) for v in items)
 
 
-def _dropout_probability(p: object, layer: str) -> float:
+def _dropout_probability(p: Any, layer: str) -> float:
     check_number(p, f"{layer}: p_dropout", inclusive=True, high=1.0)
-    return float(p)  # type: ignore[arg-type]
+    return float(p)
 
 
 class Layer:
@@ -304,9 +304,10 @@ class SoftmaxLayer(_Dense):
             inpt_dropout, deterministic=False, dropout=self._dropout_source
         )
 
-    def cost(self, net: object) -> TensorVariable:
-        """Mean negative log-likelihood of ``net.y`` on the dropout path (network3's)."""
-        return _mean_nll(self._logits_dropout, net.y)  # type: ignore[attr-defined]
+    def cost(self, net: Any) -> TensorVariable:
+        """Mean negative log-likelihood of ``net.y`` on the dropout path (network3's);
+        ``net``: the Model (layers sit below model.py, so it is not named here)."""
+        return _mean_nll(self._logits_dropout, net.y)
 
     def cost_for(
         self, inpt: TensorVariable, y: TensorVariable, *, dropout: DropoutSource
@@ -333,9 +334,9 @@ class ConvPoolLayer(Layer):
 
     def __init__(
         self,
-        filter_shape: tuple[int, int, int, int],
-        image_shape: tuple[int, int, int, int],
-        poolsize: tuple[int, int] = (2, 2),
+        filter_shape: tuple[int, ...],
+        image_shape: tuple[int, ...],
+        poolsize: tuple[int, ...] = (2, 2),
         activation_fn: Activation | str = sigmoid,
         *,
         init: str = "network3",

@@ -12,7 +12,7 @@ import weakref
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 import pytensor
@@ -50,7 +50,7 @@ def _fingerprint(x: np.ndarray, y: np.ndarray) -> str:
     digest = hashlib.blake2b(digest_size=16)
     for array in (x, y):
         digest.update(f"{array.dtype}{array.shape}".encode())
-        digest.update(memoryview(np.ascontiguousarray(array)).cast("B"))
+        digest.update(np.ascontiguousarray(array).data.cast("B"))
     return digest.hexdigest()
 
 
@@ -154,6 +154,11 @@ class Model:
         self._functions: dict[Any, Function] = {}
         self._datasets: OrderedDict[str, DeviceData] = OrderedDict()
 
+    @property
+    def head(self) -> SoftmaxLayer:
+        """The last layer, which defines the cost (a SoftmaxLayer, checked when built)."""
+        return cast(SoftmaxLayer, self.layers[-1])
+
     def _wire(self) -> None:
         self.backend.apply()
         inpt, inpt_dropout = self.x, self.x
@@ -210,7 +215,7 @@ class Model:
         again neither copies it nor compiles anything."""
         x, y = self.arrays(data, what)
         key = _fingerprint(x, y) if keep else None
-        if key in self._datasets:
+        if key is not None and key in self._datasets:
             self._datasets.move_to_end(key)
             return self._datasets[key]
         device = DeviceData(
@@ -269,7 +274,7 @@ class Model:
                 f"micro_batch: expected a divisor of mini_batch_size {mbs}. Received: {part!r}."
             )
         if part == mbs:
-            cost = self.layers[-1].cost(self) + l2
+            cost = self.head.cost(self) + l2
             grads = pt.grad(cost, self.params)
         else:
             cost, grads = self._micro_batched(part, l2)
@@ -306,12 +311,11 @@ class Model:
         out = x
         seed = self.seed if seed is None else seed
         step = self.step if step is None else step
-        for index, layer in enumerate(self.layers):
+        for index, layer in enumerate(self.layers[:-1]):
             source = DropoutSource(seed, index, step, size, first_row)
-            if layer is self.layers[-1]:
-                return layer.cost_for(out, y, dropout=source)
             out = layer.get_output_for(out, deterministic=False, dropout=source)
-        raise AssertionError("unreachable: the last layer is a SoftmaxLayer")
+        last = DropoutSource(seed, len(self.layers) - 1, step, size, first_row)
+        return self.head.cost_for(out, y, dropout=last)
 
     def _micro_batched(self, part: int, l2: TensorVariable) -> tuple[Any, list[Any]]:
         """Cost and gradients of a mini-batch as a ``scan`` over ``part``-row slices.
@@ -393,7 +397,7 @@ class Model:
             rows = start + pt.arange(self.backend.eval_batch)
             clamped = pt.minimum(rows, data.n - 1)
             inside = pt.lt(rows, data.n)
-            last = self.layers[-1]
+            last = self.head
             hits = pt.eq(last.y_out, self.y) & inside
             logits = last.logits_for(last.inpt, deterministic=True)
             log_p = pt.special.log_softmax(logits, axis=-1)[pt.arange(rows.shape[0]), self.y]

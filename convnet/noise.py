@@ -9,6 +9,8 @@ far more than dropout needs.
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import pytensor.tensor as pt
 from pytensor.tensor.variable import TensorVariable
@@ -42,13 +44,13 @@ def hash32(x: TensorVariable) -> TensorVariable:
 
 def hash32_numpy(x: np.ndarray | int) -> np.ndarray:
     """The same mix in NumPy (uint32 wraps natively), for tests and host-side keys."""
-    x = np.asarray(x, dtype=np.uint32)
+    h: Any = np.asarray(x, dtype=np.uint32)
     with np.errstate(over="ignore"):
-        x = x ^ (x >> np.uint32(16))
-        x = x * _MUL_1
-        x = x ^ (x >> np.uint32(15))
-        x = x * _MUL_2
-        return x ^ (x >> np.uint32(16))
+        h = h ^ (h >> np.uint32(16))
+        h = h * _MUL_1
+        h = h ^ (h >> np.uint32(15))
+        h = h * _MUL_2
+        return np.asarray(h ^ (h >> np.uint32(16)))
 
 
 def layer_key(seed: int | TensorVariable, salt: int) -> TensorVariable:

@@ -22,12 +22,12 @@ from pytensor.link.c.op import COp
 from pytensor.tensor.variable import TensorVariable
 
 
-def conv_output_shape(image_hw: tuple[int, int], filter_hw: tuple[int, int]) -> tuple[int, int]:
+def conv_output_shape(image_hw: tuple[int, ...], filter_hw: tuple[int, ...]) -> tuple[int, int]:
     """Height and width of a stride-1 "valid" convolution."""
     return image_hw[0] - filter_hw[0] + 1, image_hw[1] - filter_hw[1] + 1
 
 
-def pool_output_shape(image_hw: tuple[int, int], poolsize: tuple[int, int]) -> tuple[int, int]:
+def pool_output_shape(image_hw: tuple[int, ...], poolsize: tuple[int, ...]) -> tuple[int, int]:
     """Height and width after non-overlapping pooling that ignores a ragged border."""
     return image_hw[0] // poolsize[0], image_hw[1] // poolsize[1]
 
@@ -36,8 +36,8 @@ def conv2d(
     images: TensorVariable,
     filters: TensorVariable,
     *,
-    image_shape: tuple[int, int, int],
-    filter_shape: tuple[int, int, int, int],
+    image_shape: tuple[int, ...],
+    filter_shape: tuple[int, ...],
     implementation: str = "im2col",
 ) -> TensorVariable:
     """Stride-1 valid 2-D *convolution* (kernels flipped, as Theano's ``conv2d`` did).
@@ -69,8 +69,8 @@ def conv2d(
 def max_pool(
     images: TensorVariable,
     *,
-    image_shape: tuple[int, int, int],
-    poolsize: tuple[int, int],
+    image_shape: tuple[int, ...],
+    poolsize: tuple[int, ...],
 ) -> TensorVariable:
     """Non-overlapping max-pooling; rows/columns that don't fill a window are dropped.
 
@@ -153,9 +153,9 @@ def conv_pool(
     images: TensorVariable,
     filters: TensorVariable,
     *,
-    image_shape: tuple[int, int, int],
-    filter_shape: tuple[int, int, int, int],
-    poolsize: tuple[int, int],
+    image_shape: tuple[int, ...],
+    filter_shape: tuple[int, ...],
+    poolsize: tuple[int, ...],
 ) -> TensorVariable:
     """``max_pool(conv2d(images, filters))`` as one :class:`ConvPool` Op (same shapes and
     arguments as those two): under JAX on a CPU, one call of convnet's own kernel."""
@@ -178,7 +178,7 @@ class ConvPool(Op):
 
     __props__ = ("poolsize",)
 
-    def __init__(self, poolsize: tuple[int, int]) -> None:
+    def __init__(self, poolsize: tuple[int, ...]) -> None:
         self.poolsize = (int(poolsize[0]), int(poolsize[1]))
 
     def make_node(self, images, filters):
@@ -211,9 +211,9 @@ def conv_pool_train(
     images: TensorVariable,
     filters: TensorVariable,
     *,
-    image_shape: tuple[int, int, int],
-    filter_shape: tuple[int, int, int, int],
-    poolsize: tuple[int, int],
+    image_shape: tuple[int, ...],
+    filter_shape: tuple[int, ...],
+    poolsize: tuple[int, ...],
 ) -> TensorVariable:
     """``max_pool(conv2d(images, filters))`` for the training path: one
     :class:`ConvPoolTrain` Op, whose gradient is :class:`ConvPoolGradW` (and
@@ -233,7 +233,7 @@ class ConvPoolTrain(Op):
 
     __props__ = ("poolsize",)
 
-    def __init__(self, poolsize: tuple[int, int]) -> None:
+    def __init__(self, poolsize: tuple[int, ...]) -> None:
         self.poolsize = (int(poolsize[0]), int(poolsize[1]))
         if self.poolsize[0] * self.poolsize[1] > MAX_WINDOW:
             raise ValueError(f"ConvPoolTrain: pooling windows of at most {MAX_WINDOW} places.")
@@ -271,7 +271,7 @@ class ConvPoolGradW(Op):
 
     __props__ = ("filter_hw", "poolsize")
 
-    def __init__(self, filter_hw: tuple[int, int], poolsize: tuple[int, int]) -> None:
+    def __init__(self, filter_hw: tuple[int, ...], poolsize: tuple[int, ...]) -> None:
         self.filter_hw = (int(filter_hw[0]), int(filter_hw[1]))
         self.poolsize = (int(poolsize[0]), int(poolsize[1]))
 
@@ -294,7 +294,7 @@ class ConvPoolGradX(Op):
 
     __props__ = ("image_shape", "poolsize")
 
-    def __init__(self, image_shape: tuple[int, int, int], poolsize: tuple[int, int]) -> None:
+    def __init__(self, image_shape: tuple[int, ...], poolsize: tuple[int, ...]) -> None:
         self.image_shape = tuple(int(v) for v in image_shape)
         self.poolsize = (int(poolsize[0]), int(poolsize[1]))
 
@@ -319,7 +319,7 @@ class ConvPoolGradX(Op):
         output_storage[0][0] = dx.astype(node.outputs[0].dtype)
 
 
-def pool_with_ties(conv: Any, poolsize: tuple[int, int], xp: Any) -> tuple[Any, Any]:
+def pool_with_ties(conv: Any, poolsize: tuple[int, ...], xp: Any) -> tuple[Any, Any]:
     """(pooled, ties) of (n, f, oh, ow) ``conv``, for NumPy and JAX alike (``xp``)."""
     n, f, oh, ow = conv.shape
     (ph, pw), (qh, qw) = poolsize, (oh // poolsize[0], ow // poolsize[1])
@@ -330,12 +330,12 @@ def pool_with_ties(conv: Any, poolsize: tuple[int, int], xp: Any) -> tuple[Any, 
     return pooled, bits.sum(axis=-1, dtype=xp.int32)
 
 
-def window_bits(poolsize: tuple[int, int]) -> np.ndarray:
+def window_bits(poolsize: tuple[int, ...]) -> np.ndarray:
     """The bit of each place a * pw + b of a pooling window in ``ties``."""
     return np.left_shift(1, np.arange(poolsize[0] * poolsize[1], dtype=np.int32))
 
 
-def unpool(ties: Any, grad: Any, conv_hw: tuple[int, int], poolsize: tuple[int, int], xp: Any):
+def unpool(ties: Any, grad: Any, conv_hw: tuple[int, ...], poolsize: tuple[int, ...], xp: Any):
     """The pooled gradient spread onto (n, f, oh, ow): at every place marked in ``ties``."""
     n, f, qh, qw = grad.shape
     ph, pw = poolsize
@@ -351,16 +351,14 @@ def _convolve_numpy(images: np.ndarray, filters: np.ndarray) -> np.ndarray:
     return np.einsum("nchwab,fcab->nfhw", windows, filters[:, :, ::-1, ::-1], optimize=True)
 
 
-def _pool_numpy(conv: np.ndarray, poolsize: tuple[int, int]) -> np.ndarray:
+def _pool_numpy(conv: np.ndarray, poolsize: tuple[int, ...]) -> np.ndarray:
     n, f, h, w = conv.shape
     (ph, pw), (qh, qw) = poolsize, (h // poolsize[0], w // poolsize[1])
     windows = conv[:, :, : qh * ph, : qw * pw].reshape(n, f, qh, ph, qw, pw)
     return windows.max(axis=(3, 5))
 
 
-def im2col_columns(
-    images: Any, image_shape: tuple[int, int, int], kh: int, kw: int, stack: Any
-) -> Any:
+def im2col_columns(images: Any, image_shape: tuple[int, ...], kh: int, kw: int, stack: Any) -> Any:
     """(batch, c, h, w) -> (c*kh*kw, batch*oh*ow): one row per (channel, kernel tap).
 
     Written once for PyTensor graphs, NumPy and JAX alike; ``stack`` is the library's."""

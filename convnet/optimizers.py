@@ -24,6 +24,7 @@ class Optimizer:
     shape of each parameter per slot) and ``scalar_names`` the state shared by all."""
 
     name = "optimizer"
+    eta: float  # the step size: a field of every rule
     state_names: tuple[str, ...] = ()
     scalar_names: tuple[str, ...] = ()
 
@@ -45,7 +46,7 @@ class Optimizer:
         raise NotImplementedError
 
     def describe(self) -> dict[str, Any]:
-        return {"name": self.name, **asdict(self)}  # type: ignore[call-overload]
+        return {"name": self.name, **asdict(self)}  # type: ignore[call-overload]  # subclasses are dataclasses
 
 
 @dataclass(frozen=True)
@@ -66,7 +67,7 @@ class SGD(Optimizer):
             raise ArgumentError("SGD: nesterov=True needs a momentum > 0. Received: 0.")
 
     @property
-    def state_names(self) -> tuple[str, ...]:  # type: ignore[override]
+    def state_names(self) -> tuple[str, ...]:  # type: ignore[override]  # a property, per momentum
         return ("velocity",) if self.momentum > 0 else ()
 
     def step(self, params, grads, state, eta):

@@ -80,7 +80,7 @@ def save(net: Network, path: str | os.PathLike[str], **details: Any) -> Path:
     ``details`` (hyper-parameters, data, history summary) go into the JSON.
     """
     weights_path, json_path = model_paths(path)
-    arrays = dict(zip(weight_names(net), net.get_weights(), strict=True))
+    arrays: dict[str, Any] = dict(zip(weight_names(net), net.get_weights(), strict=True))
     atomic_write(weights_path, lambda h: np.savez(h, **arrays))
     write_json(json_path, architecture(net) | details)
     return weights_path

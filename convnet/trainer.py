@@ -132,7 +132,7 @@ class Trainer:
                 )
         self.net, self.train, self.validation, self.test = net, train, validation, test
         self.epochs, self.optimizer, self.lmbda = epochs, optimizer, lmbda
-        self.eta0 = float(optimizer.eta)  # type: ignore[attr-defined]
+        self.eta0 = float(optimizer.eta)
         self.callbacks, self.verbose, self.label = list(callbacks), verbose, label
         self.keep_best_weights = False  # callbacks that restore the best epoch set it
         self.stopping = False
@@ -212,7 +212,7 @@ class Trainer:
             self.say(f"Restored the weights of epoch {history.best_epoch}, the best one.")
 
     # -- state ------------------------------------------------------------------------
-    def _set(self, variable: Any, value: np.ndarray) -> None:
+    def _set(self, variable: Any, value: np.ndarray | np.generic) -> None:
         variable.set_value(value)
         self.net.backend.place(variable)
 
@@ -246,7 +246,8 @@ class Trainer:
         _, optimizer_state, step = self.snapshot()
         self.state.optimizer_state = optimizer_state or None
         self.state.step = step
-        self.state.shuffle_rng = self.rng.bit_generator.state if self.rng is not None else None
+        rng = self.rng
+        self.state.shuffle_rng = dict(rng.bit_generator.state) if rng is not None else None
 
     def _keep_callback_states(self) -> None:
         kept = {key: c.state_dict() for key, c in callback_keys(self.callbacks).items()}

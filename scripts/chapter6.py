@@ -37,8 +37,8 @@ from convnet import Network, checkpoint, fields, files, interrupts, load, load_m
 from convnet.book import ENSEMBLE_BOOK_ACCURACY, ENSEMBLE_MEMBERS, RECIPES, layers_for
 from convnet.data.expand import load_expanded
 from convnet.errors import ArgumentError, ConvnetError
+from convnet.runs import jobs, trials
 from convnet.runs import train as training
-from convnet.runs import trials
 
 ROOT = Path(__file__).resolve().parent.parent
 ROWS = (*RECIPES, "ensemble")
@@ -182,7 +182,7 @@ def table(argv: list[str]) -> int:
     commit = _commit()
     published = _published(docs)
     left = [t for t in todo if t.name not in published]
-    with trials.Workers(args.workers, args.cluster) as workers:
+    with jobs.Workers(args.workers, args.cluster) as workers:
         out.mkdir(parents=True, exist_ok=True)
         for trial in left:
             _unpark(docs, out / trial.name)

@@ -37,7 +37,8 @@ def load_data(filename: str | os.PathLike[str] | None = None) -> tuple[Split, Sp
         splits = book_format.read_pickle(BOOK_FILE)
     else:
         splits = mnist.load_mnist(filename, divisor=BOOK_DIVISOR)
-    return tuple((x, y.astype(np.int64)) for x, y in splits)  # type: ignore[return-value]
+    training, validation, test = ((x, y.astype(np.int64)) for x, y in splits)
+    return training, validation, test
 
 
 def load_data_wrapper(

@@ -28,7 +28,7 @@ from convnet.book.sigmoid_network import (
     sigmoid_prime,
 )
 from convnet.errors import ArgumentError, ModelFileError
-from convnet.files import atomic_write
+from convnet.files import write_bytes
 
 __all__ = [
     "CrossEntropyCost",
@@ -134,8 +134,8 @@ class Network(SigmoidNetwork):
                 "monitor_evaluation_cost or monitor_evaluation_accuracy is set. "
                 f"Received: {evaluation_data!r:.40}."
             )
-        if evaluation_data:
-            n_data = len(evaluation_data)
+        evaluation = evaluation_data or []
+        n_data = len(evaluation)
         n = len(training_data) if isinstance(training_data, list | tuple) else 0
         evaluation_cost: list[float] = []
         evaluation_accuracy: list[int] = []
@@ -161,11 +161,11 @@ class Network(SigmoidNetwork):
                 training_accuracy.append(accuracy)
                 print(f"Accuracy on training data: {accuracy} / {n}")
             if monitor_evaluation_cost:
-                cost = self.total_cost(evaluation_data, lmbda, convert=True)
+                cost = self.total_cost(evaluation, lmbda, convert=True)
                 evaluation_cost.append(cost)
                 print(f"Cost on evaluation data: {cost}")
             if monitor_evaluation_accuracy:
-                accuracy = self.accuracy(evaluation_data)
+                accuracy = self.accuracy(evaluation)
                 evaluation_accuracy.append(accuracy)
                 print(f"Accuracy on evaluation data: {accuracy} / {n_data}")
             self._memo = None
@@ -229,7 +229,7 @@ class Network(SigmoidNetwork):
             "biases": [np.asarray(b).tolist() for b in self.biases],
             "cost": str(cost.__name__),
         }
-        atomic_write(Path(filename), lambda handle: handle.write(json.dumps(data).encode()))
+        write_bytes(Path(filename), json.dumps(data).encode())
 
 
 COSTS = {"QuadraticCost": QuadraticCost, "CrossEntropyCost": CrossEntropyCost}

@@ -14,6 +14,7 @@ from __future__ import annotations
 import gzip
 import pickle
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -94,7 +95,7 @@ def write(path: Path, splits: tuple[Split, Split, Split]) -> Path:
     path = Path(path)
     pairs = tuple((np.asarray(x, np.float32), np.asarray(y, np.int64)) for x, y in splits)
     if path.suffix == ".npz":
-        arrays: dict[str, np.ndarray] = {}
+        arrays: dict[str, Any] = {}
         for what, (x, y) in zip(SPLITS, pairs, strict=True):
             as_bytes = np.round(x * 255)
             exact = np.array_equal(as_bytes / 255, x)

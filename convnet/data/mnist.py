@@ -10,6 +10,7 @@ import gzip
 import os
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -28,7 +29,14 @@ IDX_FILES = {
 BOOK_PICKLES = ("mnist.pkl.gz", "mnist.pkl")
 N_TRAIN = 50_000
 
-_IDX_DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
+_IDX_DTYPES: dict[int, Any] = {
+    0x08: np.uint8,
+    0x09: np.int8,
+    0x0B: ">i2",
+    0x0C: ">i4",
+    0x0D: ">f4",
+    0x0E: ">f8",
+}
 
 HOW_TO_GET = (
     "Get MNIST with `convnet download mnist`, or copy the four IDX files "
@@ -81,13 +89,14 @@ def _find_idx(folder: Path, stem: str) -> Path | None:
 
 
 def _from_idx_folder(folder: Path, divisor: float) -> tuple[Split, Split, Split]:
-    paths = {key: _find_idx(folder, stem) for key, stem in IDX_FILES.items()}
-    missing = [IDX_FILES[k] for k, p in paths.items() if p is None]
+    found = {key: _find_idx(folder, stem) for key, stem in IDX_FILES.items()}
+    paths = {key: path for key, path in found.items() if path is not None}
+    missing = [IDX_FILES[k] for k in found if k not in paths]
     if missing:
         raise DataNotFoundError(
             f"{folder}: missing {', '.join(missing)} (.gz or raw). {HOW_TO_GET}"
         )
-    arrays = {key: read_idx(path) for key, path in paths.items()}  # type: ignore[arg-type]
+    arrays = {key: read_idx(path) for key, path in paths.items()}
     for kind in ("train", "test"):
         images, labels = arrays[f"{kind}_images"], arrays[f"{kind}_labels"]
         if images.ndim != 3 or labels.ndim != 1 or len(images) != len(labels):
@@ -95,11 +104,11 @@ def _from_idx_folder(folder: Path, divisor: float) -> tuple[Split, Split, Split]
                 f"{folder}: {kind} images {images.shape} and labels {labels.shape} don't pair up."
             )
 
-    def images(a: np.ndarray) -> np.ndarray:
+    def pixels(a: np.ndarray) -> np.ndarray:
         return a.reshape(len(a), -1).astype(np.float32) / np.float32(divisor)
 
-    train_x, train_y = images(arrays["train_images"]), arrays["train_labels"].astype(np.int32)
-    test = (images(arrays["test_images"]), arrays["test_labels"].astype(np.int32))
+    train_x, train_y = pixels(arrays["train_images"]), arrays["train_labels"].astype(np.int32)
+    test = (pixels(arrays["test_images"]), arrays["test_labels"].astype(np.int32))
     return (
         (train_x[:N_TRAIN], train_y[:N_TRAIN]),
         (train_x[N_TRAIN:], train_y[N_TRAIN:]),

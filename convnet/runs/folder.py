@@ -226,7 +226,7 @@ def write_probabilities(run_dir: Path, probabilities: np.ndarray) -> None:
     digest = np.array(_model_digest(run_dir))
     buffer = io.BytesIO()
     np.savez(buffer, test=probabilities.astype(np.float32), model_sha256=digest)
-    files.atomic_write(run_dir / PROBABILITIES_FILE, lambda h: h.write(buffer.getvalue()))
+    files.write_bytes(run_dir / PROBABILITIES_FILE, buffer.getvalue())
 
 
 def test_probabilities(
@@ -253,7 +253,7 @@ def test_probabilities(
 
 def write_history(run_dir: Path, history: History) -> None:
     files.write_json(run_dir / "history.json", history.as_dict())
-    files.atomic_write(run_dir / "history.csv", lambda h: h.write(history.to_csv().encode()))
+    files.write_bytes(run_dir / "history.csv", history.to_csv().encode())
 
 
 def write_ensemble(

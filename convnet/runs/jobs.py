@@ -1,4 +1,7 @@
-"""Independent trainings at once, each on a core of its own.
+"""The one scheduler of independent trainings: an ensemble's members and a sweep's trials,
+each a run folder, on a pool of pinned local processes, a Dask cluster, or one after
+another in this process. It never sees a flag: a job is a folder and the arguments of
+the function that trains it.
 
 Two trainings sharing a core slow each other down (XLA's GEMMs use every core they may,
 whatever its thread flags), so the local pool starts one worker process per core and pins
@@ -15,14 +18,144 @@ import multiprocessing
 import os
 import signal
 import sys
-from collections.abc import Callable
-from concurrent.futures import Executor, ProcessPoolExecutor
+from collections.abc import Callable, Sequence
+from concurrent.futures import BrokenExecutor, Executor, Future, ProcessPoolExecutor, as_completed
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
 from typing import Any
 
+from convnet import checkpoint, files
 from convnet.config import VERSION
 from convnet.errors import ArgumentError, check_number
 
 CONNECT_SECONDS = 5  # how long a --cluster address may take to answer
+ATTEMPTS = 3  # a job whose worker process died this many times in a row fails
+
+
+@dataclass(frozen=True)
+class Job:
+    """One run folder to train: ``work(arguments, str(folder), send_back, resume_from,
+    resume)`` trains it (see :func:`run`)."""
+
+    folder: Path
+    arguments: dict[str, Any]
+
+
+# work(arguments, folder, send_back, resume_from, resume) -> result, whose "files" (name:
+# bytes) a worker on another machine sends back
+Work = Callable[[dict[str, Any], str, bool, "bytes | None", bool], dict[str, Any]]
+
+
+def run(
+    jobs: Sequence[Job],
+    workers: Workers,
+    work: Work,
+    *,
+    on_done: Callable[[Job, dict[str, Any]], None],
+    on_failure: Callable[[Job, Exception], bool] | None = None,
+) -> None:
+    """Train every job on ``workers``, each from its folder's checkpoint when it has one
+    (sent along to a cluster's worker, whose disk is not this one; the files it makes come
+    back and are written here). ``on_done(job, result)`` as each one ends. A job that
+    raises: ``on_failure(job, error)``, and the others go on if it returns True; else the
+    error ends the run. A local worker that dies (kill -9, out of memory) breaks its pool:
+    its jobs train again in a fresh pool, from their checkpoints, up to ATTEMPTS times."""
+
+    def ended(job: Job, outcome: Callable[[], dict[str, Any]]) -> None:
+        try:
+            result = outcome()
+            for name, content in result.get("files", {}).items():
+                files.write_bytes(job.folder / name, content)
+        except Exception as exc:
+            if on_failure is None or not on_failure(job, exc):
+                raise
+            return
+        on_done(job, result)
+
+    if workers.executor is None:
+        for job in jobs:
+            ended(job, partial(work, *_task(job, send_back=False)))
+        return
+    deaths = dict.fromkeys((job.folder for job in jobs), 0)
+    todo = list(jobs)
+    while todo:
+        send_back = workers.sends_back
+        futures: dict[Future, Job] = {
+            workers.executor.submit(work, *_task(job, send_back)): job for job in todo
+        }
+        todo = []
+        for future in as_completed(futures):
+            job = futures[future]
+            if isinstance(future.exception(), BrokenExecutor):
+                deaths[job.folder] += 1
+                if deaths[job.folder] < ATTEMPTS:
+                    todo.append(job)  # again, from its checkpoint, in a fresh pool
+                    continue
+            ended(job, partial(_result, future, job))
+        if todo:
+            workers.renew()
+
+
+def _result(future: Future, job: Job) -> dict[str, Any]:
+    if isinstance(future.exception(), BrokenExecutor):
+        raise RuntimeError(f"{job.folder.name}: its worker process died {ATTEMPTS} times")
+    return future.result()
+
+
+def _task(job: Job, send_back: bool) -> tuple[dict[str, Any], str, bool, bytes | None, bool]:
+    """``work``'s arguments: resumed from the folder's checkpoint when there is one."""
+    saved = checkpoint.path_in(job.folder)
+    resume = saved.exists()
+    resume_from = saved.read_bytes() if send_back and resume else None
+    return job.arguments, str(job.folder), send_back, resume_from, resume
+
+
+class Workers:
+    """Where jobs train: ``workers`` pinned local processes (a fresh pool when one dies),
+    a Dask cluster at ``cluster``, or neither: one after another in this process. Made,
+    and a cluster checked, before anything is written."""
+
+    def __init__(self, workers: int | None = None, cluster: str | None = None) -> None:
+        self.workers, self.cluster = workers, cluster
+        self.executor: Executor | None = None
+        self._close: Callable[[], None] = lambda: None
+        if cluster:
+            self.executor, self._close = cluster_executor(cluster)
+        elif workers is not None and workers > 1:
+            self.renew()
+        elif workers is not None:
+            pinned_pool(workers).shutdown()  # checks --workers as the pool does
+
+    @property
+    def sends_back(self) -> bool:
+        """Whether a job's files come back from a worker (a cluster's: another disk)."""
+        return bool(self.cluster)
+
+    def renew(self) -> None:
+        """A fresh pinned pool, in place of one a dead worker broke."""
+        self._close()
+        pool = pinned_pool(self.workers or 1)
+        self.executor, self._close = pool, lambda: pool.shutdown(cancel_futures=True)
+
+    def describe(self) -> str:
+        if self.cluster:
+            return f"on the Dask cluster at {self.cluster}"
+        if self.executor is not None:
+            return f"{self.workers} at a time (one core each)"
+        return "one after another"
+
+    def close(self, interrupted: bool = False) -> None:
+        if interrupted and not self.cluster:
+            for child in multiprocessing.active_children():  # each keeps its checkpoint
+                child.terminate()
+        self._close()
+
+    def __enter__(self) -> Workers:
+        return self
+
+    def __exit__(self, kind: type | None, *_: object) -> None:
+        self.close(interrupted=kind is not None and issubclass(kind, KeyboardInterrupt))
 
 
 def cores() -> list[int]:

@@ -12,15 +12,15 @@ from __future__ import annotations
 import csv
 import io
 import itertools
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from convnet import fields, files, plots
 from convnet.errors import ArgumentError
 from convnet.runs import folder as run_folder
+from convnet.runs import jobs, trials
 from convnet.runs import train as training
-from convnet.runs import trials
 
 PLAN_FILE = "sweep-plan.json"
 TABLE_FILE = "sweep.csv"
@@ -86,7 +86,7 @@ def plan(grid: dict[str, list[Any]], repeats: int, fixed: dict[str, Any]) -> lis
             "sweep it or fix it, not both."
         )
     seed = fixed.get("seed") or 0
-    planned = []
+    planned: list[trials.Trial] = []
     for point in itertools.product(*grid.values()):
         for repeat in range(repeats):
             arguments = fixed | dict(zip(grid, point, strict=True)) | {"seed": seed + repeat}
@@ -98,7 +98,7 @@ def plan(grid: dict[str, list[Any]], repeats: int, fixed: dict[str, Any]) -> lis
 
 def sweep(
     out: str | Path,
-    grid: dict[str, Sequence[Any]] | None = None,
+    grid: Mapping[str, Sequence[Any]] | None = None,
     *,
     repeats: int = 1,
     workers: int | None = None,
@@ -118,23 +118,23 @@ def sweep(
                 f"--resume {out}: runs the sweep planned there; give only --workers or "
                 "--cluster with it."
             )
-        grid, planned = read_plan(out)
+        points, planned = read_plan(out)
     else:
         if not grid and repeats < 2:
             raise ArgumentError(
                 "sweep: expected at least one --grid NAME=V1,V2,... or --repeats R (R >= 2: "
                 "the same network at R seeds)."
             )
-        grid = {name: list(values) for name, values in (grid or {}).items()}
-        planned = plan(grid, repeats, fixed)
+        points = {name: list(values) for name, values in (grid or {}).items()}
+        planned = plan(points, repeats, fixed)
         if (out / PLAN_FILE).exists():
             raise ArgumentError(
                 f"--out {out}: already holds a sweep. Continue it with --resume {out}, "
                 "or choose another --out."
             )
     try:
-        with trials.Workers(workers, cluster) as pool:  # a bad --workers/--cluster writes nothing
-            rows = _train(out, grid, planned, pool, resume, verbose)
+        with jobs.Workers(workers, cluster) as pool:  # a bad --workers/--cluster writes nothing
+            rows = _train(out, points, planned, pool, resume, verbose)
     except (KeyboardInterrupt, training.RunInterruptedError):
         finished = sum(trials.status(out / t.name) == "finished" for t in planned)
         raise SweepInterruptedError(out, finished, len(planned)) from None
@@ -163,7 +163,7 @@ def _train(
     out: Path,
     grid: dict[str, list[Any]],
     planned: list[trials.Trial],
-    pool: trials.Workers,
+    pool: jobs.Workers,
     resume: bool,
     verbose: bool,
 ) -> list[dict[str, Any]]:
@@ -244,7 +244,7 @@ def write_table(
     writer = csv.DictWriter(text, fieldnames=["trial", *grid, "seed", *RESULTS])
     writer.writeheader()
     writer.writerows(rows)
-    files.atomic_write(out / TABLE_FILE, lambda h: h.write(text.getvalue().encode()))
+    files.write_bytes(out / TABLE_FILE, text.getvalue().encode())
     return rows
 
 

@@ -9,10 +9,10 @@ folder it writes is :mod:`convnet.runs.folder`'.
 from __future__ import annotations
 
 import argparse
+import socket
 import tempfile
-from collections.abc import Iterator
-from concurrent.futures import as_completed
-from contextlib import contextmanager, nullcontext
+import time
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -382,12 +382,12 @@ def train(given: dict[str, Any], resume: str | None = None) -> int:
     run_dir = Path(args.out)
     members = args.ensemble or 1
     _check_ensemble_flags(args, members)
-    with _executor(args, members) as pool:  # a bad --workers or --cluster writes nothing
+    with _workers(args, members) as workers:  # a bad --workers or --cluster writes nothing
         run_folder.prepare_out(run_dir, args.overwrite)
         with run_folder.locked(run_dir):
             if members > 1:
                 run_folder.write_plan(run_dir, vars(args), members)
-            _train_members(args, run_dir, members, hyper, list(range(members)), set(), pool)
+            _train_members(args, run_dir, members, hyper, list(range(members)), set(), workers)
     return 0
 
 
@@ -411,22 +411,13 @@ def _check_ensemble_flags(args: argparse.Namespace, members: int) -> None:
         )
 
 
-@contextmanager
-def _executor(args: argparse.Namespace, members: int) -> Iterator[Any]:
+def _workers(args: argparse.Namespace, members: int) -> jobs.Workers:
     """Where members train at once (``--workers``' pinned pool or a ``--cluster``'s
-    executor), ready and checked before anything is written; None: one after another."""
+    executor), made and checked before anything is written; no executor: one after
+    another in this process."""
     if members < 2 or not (args.cluster or (args.workers or 1) > 1):
-        yield None
-        return
-    if args.cluster:
-        executor, close = jobs.cluster_executor(args.cluster)
-    else:
-        executor = jobs.pinned_pool(args.workers)
-        close = executor.shutdown
-    try:
-        yield executor
-    finally:
-        close()
+        return jobs.Workers()
+    return jobs.Workers(args.workers, args.cluster)
 
 
 def _train_members(
@@ -436,12 +427,12 @@ def _train_members(
     hyper: dict[str, Any],
     todo: list[int],
     resumed: set[int],
-    pool: Any,
+    workers: jobs.Workers,
 ) -> None:
-    """Train members ``todo`` (those in ``resumed`` from their checkpoints) on ``pool``, or
-    one after another without one; then take the vote of all of them."""
-    if pool is not None and todo:
-        _train_in_parallel(args, run_dir, members, todo, resumed, pool)
+    """Train members ``todo`` (those in ``resumed`` from their checkpoints) on ``workers``,
+    or one after another in this process; then take the vote of all of them."""
+    if workers.executor is not None and todo:
+        _train_in_parallel(args, run_dir, members, todo, workers)
     elif args.together and len(todo) > 1:
         _train_together(args, run_dir, members, hyper, todo, resumed)
     elif todo:
@@ -516,20 +507,23 @@ def train_member(
     folder: str,
     send_back: bool = False,
     resume_from: bytes | None = None,
-) -> tuple[float, dict[str, bytes]]:
-    """One ensemble member, in a worker process: trains ``folder`` as ``convnet train``
-    trains a member in this process (the same seeds, data and code), quietly, from the
-    checkpoint there (or ``resume_from``, its bytes) when given one. With ``send_back`` (a
-    cluster's worker, whose disk is not the driver's) it trains in a temporary folder
-    there and returns the files. Returns the final test accuracy and those files."""
+    resume: bool = False,
+) -> dict[str, Any]:
+    """One ensemble member or sweep trial, in a worker (:func:`convnet.runs.jobs.run`) or
+    this process: trains ``folder`` as ``convnet train`` trains a member (the same seeds,
+    data and code), quietly, from its checkpoint with ``resume`` (``resume_from``: the
+    checkpoint's bytes, for a worker on another machine). With ``send_back`` it trains in
+    a temporary folder there and returns the files. Returns the final test accuracy, the
+    files, the worker's host and the seconds it took."""
+    start = time.perf_counter()
     args = _with_defaults(arguments)
     hyper = _hyper(args)
     with tempfile.TemporaryDirectory() as scratch:
         target = Path(scratch) if send_back else Path(folder)
         if resume_from is not None:
-            files.atomic_write(checkpoint.path_in(target), lambda h: h.write(resume_from))
+            files.write_bytes(checkpoint.path_in(target), resume_from)
         state = None
-        if resume_from is not None or (not send_back and arguments.get("resume_member")):
+        if resume:
             net, training_state, _ = checkpoint.load(
                 target, backend=args.backend, device=args.device
             )
@@ -538,48 +532,40 @@ def train_member(
         made = (
             {p.name: p.read_bytes() for p in target.iterdir() if p.is_file()} if send_back else {}
         )
-    return float(net.history.test_accuracy[-1]), made
+    return {
+        "accuracy": float(net.history.test_accuracy[-1]),
+        "files": made,
+        "host": socket.gethostname(),
+        "seconds": time.perf_counter() - start,
+    }
 
 
 def _train_in_parallel(
-    args: argparse.Namespace,
-    run_dir: Path,
-    members: int,
-    todo: list[int],
-    resumed: set[int],
-    pool: Any,
+    args: argparse.Namespace, run_dir: Path, members: int, todo: list[int], workers: jobs.Workers
 ) -> None:
-    """Members ``todo`` at once on ``pool``: ``--workers`` pinned local processes, or a
+    """Members ``todo`` at once on ``workers``: ``--workers`` pinned local processes, or a
     ``--cluster``'s workers (whose run folders come back and are written here)."""
     shared = vars(args) | {"ensemble": members, "workers": None, "cluster": None, "quiet": True}
-    folders = {k: run_folder.member_dir(run_dir, k, members) for k in todo}
-    send_back = bool(args.cluster)
-    futures = {}
-    for k, folder in folders.items():
-        member = shared | {"seed": args.seed + k}
-        resume_from = None
-        if k in resumed and send_back:
-            resume_from = checkpoint.path_in(folder).read_bytes()
-        elif k in resumed:
-            member |= {"resume_member": True}
-        futures[pool.submit(train_member, member, str(folder), send_back, resume_from)] = k
+    index = {run_folder.member_dir(run_dir, k, members): k for k in todo}
+    member_jobs = [
+        jobs.Job(folder, shared | {"seed": args.seed + k, "out": str(folder)})
+        for folder, k in index.items()
+    ]
     if not args.quiet:
-        where = (
-            f"on the Dask cluster at {args.cluster}"
-            if send_back
-            else (f"{args.workers} at a time (one core each)")
-        )
-        print(f"Training {len(todo)} of {members} members {where}")
-    for finished, future in enumerate(as_completed(futures), 1):
-        k = futures[future]
-        accuracy, made = future.result()  # a member's error ends the run here
-        for name, content in made.items():
-            files.atomic_write(folders[k] / name, lambda h, c=content: h.write(c))
+        print(f"Training {len(todo)} of {members} members {workers.describe()}")
+    finished = 0
+
+    def done(job: jobs.Job, result: dict[str, Any]) -> None:
+        nonlocal finished
+        finished += 1
         if not args.quiet:
+            k = index[job.folder]
             print(
-                f"member {k} (seed {args.seed + k}): test accuracy {accuracy:.2%}; "
+                f"member {k} (seed {args.seed + k}): test accuracy {result['accuracy']:.2%}; "
                 f"{finished} of {len(todo)} done"
             )
+
+    jobs.run(member_jobs, workers, train_member, on_done=done)  # a member's error ends it
 
 
 def _resume_ensemble(run_dir: Path, given: dict[str, Any]) -> int:
@@ -617,8 +603,8 @@ def _resume_ensemble(run_dir: Path, given: dict[str, Any]) -> int:
             f"checkpoints, {fresh or 'none'} from the start, "
             f"{[k for k in range(members) if k not in todo] or 'none'} done."
         )
-    with _executor(args, members) as pool, run_folder.locked(run_dir):
-        _train_members(args, run_dir, members, hyper, todo, resumed, pool)
+    with _workers(args, members) as workers, run_folder.locked(run_dir):
+        _train_members(args, run_dir, members, hyper, todo, resumed, workers)
     return 0
 
 

@@ -1,23 +1,16 @@
 """Many independent trainings, each a run folder under one parent: what ``convnet sweep``
 and the chapter-6 table are made of.
 
-A trial is a run folder trained with ``convnet train``'s flags, on the pinned pool of
-:mod:`convnet.runs.jobs`, on a Dask cluster's executor, or one after another here. What a
-folder holds says where its trial stands, so running the same trials again trains only
-the missing, unfinished and failed ones. A trial that fails is recorded with its reason
-and the others go on. A local worker that dies (kill -9, out of memory) breaks its pool:
-the trials it held are trained again in a fresh pool, from their last checkpoints; a
-Dask cluster reschedules them itself.
+A trial is a run folder trained with ``convnet train``'s flags, by the one scheduler
+(:mod:`convnet.runs.jobs`: a pinned pool, a Dask cluster, or one after another here).
+What a folder holds says where its trial stands, so running the same trials again trains
+only the missing, unfinished and failed ones. A trial that fails is recorded with its
+reason and the others go on.
 """
 
 from __future__ import annotations
 
-import multiprocessing
-import socket
-import time
-from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import BrokenExecutor, Executor, Future, as_completed
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,7 +22,6 @@ from convnet.runs import train as training
 
 FAILED_FILE = "failed.json"  # why the trial's last attempt failed, and whether to retry
 TRIAL_FILE = "trial.json"  # where and how long its last attempt trained
-ATTEMPTS = 3  # a trial whose worker died this many times in a row is recorded as failed
 
 
 @dataclass(frozen=True)
@@ -86,144 +78,46 @@ def summary(folder: Path) -> dict[str, Any]:
     }
 
 
-def train_trial(
-    arguments: dict[str, Any], folder: str, send_back: bool, resume_from: bytes | None
-) -> dict[str, Any]:
-    """One trial, in a worker (or this process): trains ``folder`` quietly, from its
-    checkpoint when it has one. Returns the worker's host, the attempt's seconds and, with
-    ``send_back`` (a cluster's worker, whose disk is not the driver's), the files made."""
-    start = time.perf_counter()
-    _, made = training.train_member(arguments, folder, send_back, resume_from)
-    return {"host": socket.gethostname(), "seconds": time.perf_counter() - start, "files": made}
-
-
-class Workers:
-    """Where trials train: ``workers`` pinned local processes (a fresh pool when one
-    dies), a Dask cluster at ``cluster``, or neither: one after another in this process.
-    Made, and a cluster checked, before anything is written."""
-
-    def __init__(self, workers: int | None = None, cluster: str | None = None) -> None:
-        self.workers, self.cluster = workers, cluster
-        self.executor: Executor | None = None
-        self._close: Callable[[], None] = lambda: None
-        if cluster:
-            self.executor, self._close = jobs.cluster_executor(cluster)
-        elif workers is not None and workers > 1:
-            self.renew()
-        elif workers is not None:
-            jobs.pinned_pool(workers).shutdown()  # checks --workers as the pool does
-
-    def renew(self) -> None:
-        """A fresh pinned pool, in place of one a dead worker broke."""
-        self._close()
-        pool = jobs.pinned_pool(self.workers or 1)
-        self.executor, self._close = pool, lambda: pool.shutdown(cancel_futures=True)
-
-    def describe(self) -> str:
-        if self.cluster:
-            return f"on the Dask cluster at {self.cluster}"
-        if self.executor is not None:
-            return f"{self.workers} at a time (one core each)"
-        return "one after another"
-
-    def close(self, interrupted: bool = False) -> None:
-        if interrupted and not self.cluster:
-            for child in multiprocessing.active_children():  # each keeps its checkpoint
-                child.terminate()
-        self._close()
-
-    def __enter__(self) -> Workers:
-        return self
-
-    def __exit__(self, kind: type | None, *_: object) -> None:
-        self.close(interrupted=kind is not None and issubclass(kind, KeyboardInterrupt))
-
-
-@contextmanager
-def _recording(folder: Path) -> Iterator[None]:
-    """A failed attempt leaves ``failed.json`` (a diverged one marked not to retry)."""
-    try:
-        yield
-    except (KeyboardInterrupt, training.RunInterruptedError):
-        raise
-    except Exception as exc:  # the trial fails, the others go on
-        reason = f"{type(exc).__name__}: {exc}"
-        retry = not isinstance(exc, DivergenceError)
-        files.write_json(folder / FAILED_FILE, {"reason": reason, "retry": retry})
-
-
 def run(
     trials: Sequence[Trial],
     parent: Path,
-    workers: Workers,
+    workers: jobs.Workers,
     on_done: Callable[[Trial, dict[str, Any], str], None],
 ) -> None:
     """Train each trial of ``trials`` not yet finished (nor diverged) into
-    ``parent/name``; ``on_done(trial, summary, "K of N ended")`` as each one ends,
-    finished or failed."""
+    ``parent/name`` on ``workers`` (:func:`convnet.runs.jobs.run`); a trial that fails
+    leaves ``failed.json`` (a diverged one marked not to retry) and the others go on.
+    ``on_done(trial, summary, "K of N ended")`` as each one ends, finished or failed."""
     todo = [t for t in trials if status(parent / t.name) not in ("finished", "diverged")]
-    total, ended = len(todo), 0
+    by_folder = {parent / t.name: t for t in todo}
+    for folder in by_folder:
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / FAILED_FILE).unlink(missing_ok=True)
+    ended = 0
 
-    def done(trial: Trial) -> None:
+    def report(job: jobs.Job) -> None:
         nonlocal ended
         ended += 1
-        on_done(trial, summary(parent / trial.name), f"{ended} of {total} ended")
+        on_done(by_folder[job.folder], summary(job.folder), f"{ended} of {len(todo)} ended")
 
-    for trial in todo:
-        (parent / trial.name).mkdir(parents=True, exist_ok=True)
-    if workers.executor is None:
-        for trial in todo:
-            folder = parent / trial.name
-            with _recording(folder):
-                _start(folder)
-                _finish(folder, train_trial(*_task(trial, folder, send_back=False)))
-            done(trial)
-        return
-    deaths = dict.fromkeys((t.name for t in todo), 0)
-    while todo:
-        assert workers.executor is not None
-        send_back = bool(workers.cluster)
-        futures: dict[Future, Trial] = {}
-        for trial in todo:
-            folder = parent / trial.name
-            _start(folder)
-            futures[workers.executor.submit(train_trial, *_task(trial, folder, send_back))] = trial
-        todo = []
-        for future in as_completed(futures):
-            trial = futures[future]
-            folder = parent / trial.name
-            with _recording(folder):
-                try:
-                    result = future.result()
-                except BrokenExecutor:
-                    deaths[trial.name] += 1
-                    if deaths[trial.name] < ATTEMPTS:
-                        todo.append(trial)  # again, from its checkpoint, in a fresh pool
-                        continue
-                    raise RuntimeError(f"its worker process died {ATTEMPTS} times") from None
-                _finish(folder, result)
-            done(trial)
-        if todo:
-            workers.renew()
+    def finished(job: jobs.Job, result: dict[str, Any]) -> None:
+        files.write_json(
+            job.folder / TRIAL_FILE,
+            {"host": result["host"], "seconds": round(result["seconds"], 3)},
+        )
+        report(job)
 
+    def failed(job: jobs.Job, exc: Exception) -> bool:
+        if isinstance(exc, training.RunInterruptedError):
+            return False
+        reason = f"{type(exc).__name__}: {exc}"
+        retry = not isinstance(exc, DivergenceError)
+        files.write_json(job.folder / FAILED_FILE, {"reason": reason, "retry": retry})
+        report(job)
+        return True
 
-def _start(folder: Path) -> None:
-    (folder / FAILED_FILE).unlink(missing_ok=True)
-
-
-def _task(trial: Trial, folder: Path, send_back: bool) -> tuple:
-    """``train_trial``'s arguments: resumed from the checkpoint when there is one."""
-    saved = checkpoint.path_in(folder)
-    arguments = dict(trial.arguments) | {"quiet": True, "out": str(folder)}
-    resume_from = saved.read_bytes() if send_back and saved.exists() else None
-    if saved.exists() and not send_back:
-        arguments["resume_member"] = True
-    return arguments, str(folder), send_back, resume_from
-
-
-def _finish(folder: Path, result: dict[str, Any]) -> None:
-    for name, content in result["files"].items():
-        files.atomic_write(folder / name, lambda h, c=content: h.write(c))
-    files.write_json(
-        folder / TRIAL_FILE, {"host": result["host"], "seconds": round(result["seconds"], 3)}
-    )
+    trial_jobs = [
+        jobs.Job(folder, dict(t.arguments) | {"quiet": True, "out": str(folder)})
+        for folder, t in by_folder.items()
+    ]
+    jobs.run(trial_jobs, workers, training.train_member, on_done=finished, on_failure=failed)

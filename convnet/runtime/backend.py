@@ -260,7 +260,7 @@ class Backend:
             storage[0] = np.asarray(storage[0])
         return variable
 
-    def shared(self, value: np.ndarray, name: str) -> SharedVariable:
+    def shared(self, value: np.ndarray | np.generic, name: str) -> SharedVariable:
         value = np.asarray(value)
         return self.place(pytensor.shared(value, name=name, borrow=True, shape=value.shape))
 

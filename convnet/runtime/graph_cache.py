@@ -31,7 +31,7 @@ from pytensor.graph.fg import FunctionGraph
 from pytensor.graph.rewriting.basic import GraphRewriter
 
 from convnet import config
-from convnet.files import atomic_write
+from convnet.files import write_bytes
 
 FORMAT = 1  # bump when the key or the stored form changes
 MAX_ENTRIES = 256  # beyond this, the least recently used entries are removed (~0.5 MB each)
@@ -168,7 +168,7 @@ class CachedRewriter(GraphRewriter):
         buffer = io.BytesIO()
         try:
             _Pickler(buffer, fgraph.inputs).dump(list(fgraph.outputs))
-            atomic_write(path, lambda handle: handle.write(buffer.getvalue()))
+            write_bytes(path, buffer.getvalue())
             _prune(self.folder, MAX_ENTRIES)
         except Exception:  # an unpicklable op or a read-only cache: just don't cache
             return

@@ -73,7 +73,7 @@ def register() -> None:
             pooled = jax.ShapeDtypeStruct((n, f, oh // ph, ow // pw), images.dtype)
             ties = jax.ShapeDtypeStruct(pooled.shape, jnp.int32)
             call = jax.ffi.ffi_call(
-                target + ("_train" if train else ""),
+                f"{target}{'_train' if train else ''}",
                 (pooled, ties) if train else pooled,
                 vmap_method=ONE_CALL_PER_MEMBER,
             )
@@ -105,7 +105,7 @@ def register() -> None:
             _, c = images.shape[:2]
             f = grad.shape[1]
             out = jax.ShapeDtypeStruct((c * kh * kw, f + -f % kernel.lanes()), images.dtype)
-            call = jax.ffi.ffi_call(target + "_grad_w", out, vmap_method=ONE_CALL_PER_MEMBER)
+            call = jax.ffi.ffi_call(f"{target}_grad_w", out, vmap_method=ONE_CALL_PER_MEMBER)
             dw = call(images, ties, grad, **window(kh, kw, ph, pw))
             return dw[:, :f].T.reshape(f, c, kh, kw)[:, :, ::-1, ::-1]
 
@@ -129,7 +129,7 @@ def register() -> None:
                 return without_kernel(images, filters, ties, grad)
             _, _, kh, kw = filters.shape
             out = jax.ShapeDtypeStruct((grad.shape[0], c, h, w), grad.dtype)
-            call = jax.ffi.ffi_call(target + "_grad_x", out, vmap_method=ONE_CALL_PER_MEMBER)
+            call = jax.ffi.ffi_call(f"{target}_grad_x", out, vmap_method=ONE_CALL_PER_MEMBER)
             return call(flipped_weights(filters), ties, grad, **window(kh, kw, ph, pw))
 
         def without_kernel(images, filters, ties, grad):
