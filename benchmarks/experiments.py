@@ -269,7 +269,7 @@ import numpy as np
 from convnet import Network
 from convnet.book import layers_for
 from convnet.optimizers import SGD
-from convnet.trainer import Trainer
+from convnet.trainer import FitOptions, Trainer
 marks = {"import": time.perf_counter() - t0}
 rng = np.random.default_rng(0)
 x, y = rng.random((5000, 784), dtype=np.float32), rng.integers(0, 10, 5000).astype(np.int32)
@@ -281,7 +281,7 @@ net = Network(layers_for("relu", 10), 10, seed=0)
 train = net.to_device((x, y), "training_data")
 validation = net.to_device((x[:1000], y[:1000]), "validation_data")
 t = lap("network", t)
-trainer = Trainer(net, train, None, None, 1, SGD(0.03), 0.1, verbose=False)
+trainer = Trainer(net, train, None, None, FitOptions(1, SGD(0.03), 0.1, verbose=False))
 t = lap("train: PyTensor", t)
 fn, index, _ = trainer.calls[0]
 fn(index)

@@ -60,15 +60,15 @@ import numpy as np
 from convnet import Network
 from convnet.book import layers_for
 from convnet.optimizers import SGD
-from convnet.trainer import Trainer
+from convnet.trainer import FitOptions, Trainer
 imported = time.perf_counter() - t0
 rng = np.random.default_rng(0)
 x, y = rng.random((5000, 784), dtype=np.float32), rng.integers(0, 10, 5000).astype(np.int32)
 start = time.perf_counter()
 net = Network(layers_for("relu", 10), 10, device=sys.argv[1], seed=0)
 trainer = Trainer(net, net.to_device((x, y), "training_data"),
-                  net.to_device((x[:1000], y[:1000]), "validation_data"), None, 1, SGD(0.03), 0.1,
-                  verbose=False, steps_per_call=int(sys.argv[2]))
+                  net.to_device((x[:1000], y[:1000]), "validation_data"), None,
+                  FitOptions(1, SGD(0.03), 0.1, verbose=False, steps_per_call=int(sys.argv[2])))
 fn, index, _ = trainer.calls[0]
 fn(index)
 int(net.evaluation_function(trainer.validation)(np.array(0, dtype=np.int64))[0])

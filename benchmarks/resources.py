@@ -22,7 +22,7 @@ import numpy as np
 from convnet import Network, load_mnist
 from convnet.book import layers_for
 from convnet.optimizers import SGD
-from convnet.trainer import Trainer
+from convnet.trainer import FitOptions, Trainer
 t_import = time.perf_counter() - t0
 (train_x, train_y), validation, test = load_mnist()
 
@@ -30,8 +30,8 @@ def build():
     start = time.perf_counter()
     net = Network(layers_for("relu", 10), 10, seed=0)
     tr = Trainer(net, net.to_device((train_x[:5000], train_y[:5000]), "training_data"),
-                 net.to_device(validation, "validation_data"), None, 1, SGD(0.03), 0.1,
-                 verbose=False)
+                 net.to_device(validation, "validation_data"), None,
+                 FitOptions(1, SGD(0.03), 0.1, verbose=False))
     fn, index, _ = tr.calls[0]
     fn(index)                                    # JAX compiles on the first call
     correct = net.evaluation_function(tr.validation)

@@ -5,21 +5,18 @@ from __future__ import annotations
 
 import os
 import sys
-import time
 from collections.abc import Sequence
 from typing import Any
 
-import numpy as np
-
-from convnet import interrupts, optimizers, serialization
+from convnet import optimizers, serialization
 from convnet.callbacks import Callback, EarlyStopping, EpochEndFunction, EtaSchedule, ProgressBar
-from convnet.errors import ArgumentError, DivergenceError, ModelFileError, ShapeError, check_number
+from convnet.errors import ArgumentError, ModelFileError, ShapeError, check_number
 from convnet.fields import Fields
 from convnet.history import History
 from convnet.lockstep import Lockstep, check_alike
 from convnet.model import DeviceData, Model
 from convnet.optimizers import Optimizer
-from convnet.trainer import Trainer, TrainingState, epoch_calls
+from convnet.trainer import FitOptions, TogetherLoop, Trainer, TrainingState
 
 
 class Network(Model):
@@ -65,24 +62,33 @@ class Network(Model):
         resumes a checkpointed run; ``steps_per_call`` and ``micro_batch`` override the
         backend's measured choices.
         """
-        _check_fit(epochs, lmbda, steps_per_call, micro_batch)
+        options = FitOptions(
+            epochs, optimizer, float(lmbda), shuffle, verbose, steps_per_call, micro_batch
+        )
+        return self.fit_with(
+            options, training_data, validation_data, test_data,
+            callbacks=callbacks, state=state, progress=progress,
+        )  # fmt: skip
+
+    def fit_with(
+        self,
+        options: FitOptions,
+        training_data: Any,
+        validation_data: Any = None,
+        test_data: Any = None,
+        *,
+        callbacks: Sequence[Callback] = (),
+        state: TrainingState | None = None,
+        progress: bool | None = None,
+    ) -> History:
+        """:meth:`fit` with its options in one :class:`~convnet.trainer.FitOptions` (what
+        the run folders pass down)."""
         train = self._training_set(training_data)
         validation, test = self._evaluation_sets(validation_data, test_data)
-        show = progress if progress is not None else verbose and sys.stdout.isatty()
+        show = progress if progress is not None else options.verbose and sys.stdout.isatty()
+        bar = [ProgressBar()] if show else []
         trainer = Trainer(
-            self,
-            train,
-            validation,
-            test,
-            epochs,
-            optimizer,
-            float(lmbda),
-            callbacks=[*callbacks, *([ProgressBar()] if show else [])],
-            shuffle=shuffle,
-            verbose=verbose,
-            state=state,
-            steps_per_call=steps_per_call,
-            micro_batch=micro_batch,
+            self, train, validation, test, options, callbacks=[*callbacks, *bar], state=state
         )
         return trainer.run()
 
@@ -163,16 +169,6 @@ class Network(Model):
         )
 
 
-def _check_fit(
-    epochs: int, lmbda: float, steps_per_call: int | None, micro_batch: int | None
-) -> None:
-    check_number(epochs, "epochs", integer=True)
-    check_number(lmbda, "lmbda", inclusive=True)
-    for value, what in ((steps_per_call, "steps_per_call"), (micro_batch, "micro_batch")):
-        if value is not None:
-            check_number(value, what, integer=True)
-
-
 def fit_together(
     nets: Sequence[Network],
     training_data: Any,
@@ -197,6 +193,25 @@ def fit_together(
     that a callback stops keeps the weights it stopped with while the others train on.
     The JAX backend only; whole mini-batches (no micro-batches).
     """
+    options = FitOptions(epochs, optimizer, float(lmbda), shuffle, verbose, steps_per_call)
+    return fit_together_with(
+        nets, options, training_data, validation_data, test_data,
+        callbacks=callbacks, states=states,
+    )  # fmt: skip
+
+
+def fit_together_with(
+    nets: Sequence[Network],
+    options: FitOptions,
+    training_data: Any,
+    validation_data: Any = None,
+    test_data: Any = None,
+    *,
+    callbacks: Sequence[Sequence[Callback]] | None = None,
+    states: Sequence[TrainingState | None] | None = None,
+) -> list[History]:
+    """:func:`fit_together` with its options in one :class:`~convnet.trainer.FitOptions`
+    (whole mini-batches: its ``micro_batch`` must be None)."""
     check_alike(nets)
     nets = list(nets)
     template, count = nets[0], len(nets)
@@ -205,7 +220,8 @@ def fit_together(
             f"fit_together: networks train as one program on the JAX backend only. "
             f"Received: backend {template.backend.name!r}; train them one after another."
         )
-    _check_fit(epochs, lmbda, steps_per_call, None)
+    if options.micro_batch is not None:
+        raise ArgumentError("fit_together: trains whole mini-batches; micro_batch must be None.")
     for what, given in (("callbacks", callbacks), ("states", states)):
         if given is not None and len(given) != count:
             raise ArgumentError(
@@ -215,122 +231,15 @@ def fit_together(
     trainers = []
     for k, net in enumerate(nets):
         validation, test = net._evaluation_sets(validation_data, test_data)
-        trainers.append(
-            Trainer(
-                net,
-                train,
-                validation,
-                test,
-                epochs,
-                optimizer,
-                float(lmbda),
-                callbacks=callbacks[k] if callbacks is not None else (),
-                shuffle=shuffle,
-                verbose=verbose,
-                state=states[k] if states is not None else None,
-                own_steps=False,
-                label=f"[net {k}] " if count > 1 else "",
-            )
-        )
-    return _Together(Lockstep(nets), trainers, train, steps_per_call).run()
-
-
-class _Together:
-    """The epoch loop of :func:`fit_together`: one program's steps, then each member's
-    own trainer (evaluation, history, callbacks) as after its own epoch."""
-
-    def __init__(
-        self,
-        program: Lockstep,
-        trainers: list[Trainer],
-        train: DeviceData,
-        steps_per_call: int | None,
-    ) -> None:
-        first = trainers[0]
-        where = [(t.state.epoch, t.state.step) for t in trainers]
-        if len(set(where)) > 1:
-            raise ArgumentError(
-                "states: networks trained as one program must stand at the same epoch and "
-                f"step. Received (epoch, step): {where}."
-            )
-        self.program, self.trainers = program, trainers
-        program.push()  # the members' weights, resumed ones included
-        backend = program.backend
-        self.orders = program.stacked([t.order.get_value(borrow=True) for t in trainers], "orders")
-        self.etas = program.stacked([np.float32(t.state.eta) for t in trainers], "etas")
-        self.cost_sums = program.stacked([np.float32(0.0)] * len(trainers), "cost_sums")
-        self.optimizer_state = [
-            program.stacked([t.optimizer_state[j].get_value(borrow=True) for t in trainers], name)
-            for j, name in enumerate(v.name for v in first.optimizer_state)
-        ]
-        self.step = backend.shared(np.int64(first.state.step), "step")
-        limit = steps_per_call or backend.steps_per_call
-        start = time.perf_counter()
-        first.say(f"Compiling the training step of {len(trainers)} networks as one program")
-
-        one_step = program.train_function(
-            train,
-            self.orders,
-            self.etas,
-            first.lmbda,
-            self.cost_sums,
-            self.step,
-            first.optimizer,
-            self.optimizer_state,
-        )
-
-        def compile_steps(steps: int) -> Any:
-            return backend.repeat(one_step, steps)
-
-        self.calls = epoch_calls(first.num_batches, limit, compile_steps)
-        first.say(f"Compiled in {time.perf_counter() - start:.1f} s")
-
-    def _run_steps(self, active: list[int]) -> float:
-        """The epoch's steps for every member; the active members get their results."""
-        trainers, mbs = self.trainers, self.trainers[0].net.mini_batch_size
-        program = self.program
-        program.set_stacked(self.orders, [t.order.get_value(borrow=True) for t in trainers])
-        program.set_stacked(self.etas, [np.float32(t.state.eta) for t in trainers])
-        program.set_stacked(self.cost_sums, [np.float32(0.0)] * len(trainers))
-        tick, done = time.perf_counter(), 0
-        try:
-            for function, index, steps in self.calls:
-                function(index)
-                interrupts.check()
-                done += steps * mbs
-                for k in active:
-                    trainers[k].batches_done(done)
-        finally:  # interrupted too: each member's network holds the weights it has
-            self._hand_back(active)
-        return time.perf_counter() - tick
-
-    def _hand_back(self, active: list[int]) -> None:
-        step = int(np.asarray(self.step.get_value(borrow=True)))
-        sums = np.asarray(self.cost_sums.get_value(borrow=True))
-        state = [np.asarray(v.get_value(borrow=True)) for v in self.optimizer_state]
-        for k in active:
-            weights = self.program.member_weights(k)
-            self.trainers[k].take_steps(weights, [v[k] for v in state], step, float(sums[k]))
-
-    def run(self) -> list[History]:
-        trainers = self.trainers
-        active = list(range(len(trainers)))
-        for trainer in trainers:
-            trainer.begin()
-        with self.program.backend.threads():
-            for epoch in range(trainers[0].state.epoch, trainers[0].epochs):
-                before = {k: trainers[k].start_epoch(epoch) for k in active}
-                seconds = self._run_steps(active)
-                for k in active:
-                    try:
-                        mean_cost = trainers[k].epoch_cost(epoch, before[k])
-                    except DivergenceError as exc:
-                        raise DivergenceError(f"nets[{k}]: {exc}") from None
-                    trainers[k].end_epoch(epoch, mean_cost, seconds)
-                active = [k for k in active if not trainers[k].stopping]
-                if not active:
-                    break
-        return [trainer.end() for trainer in trainers]
+        own = callbacks[k] if callbacks is not None else ()
+        state = states[k] if states is not None else None
+        label = f"[net {k}] " if count > 1 else ""
+        trainer = Trainer(
+            net, train, validation, test, options, callbacks=own, state=state, own_steps=False,
+            label=label,
+        )  # fmt: skip
+        trainers.append(trainer)
+    return TogetherLoop(Lockstep(nets), trainers, train).run()
 
 
 SGD_OPTIONS = {

@@ -1,4 +1,5 @@
-"""The epoch loop: network3's algorithm and printout; callbacks do the rest.
+"""The epoch loop, for one network or several trained as one program: network3's
+algorithm and printout; callbacks do the rest.
 
 Beyond the book: every example is trained on and evaluated, a ``History`` is kept, the
 optimizer is a parameter (:mod:`convnet.optimizers`), divergence is caught with the exact
@@ -19,11 +20,12 @@ import numpy as np
 
 from convnet import interrupts
 from convnet.callbacks import Callback
-from convnet.errors import ArgumentError, DivergenceError
+from convnet.errors import ArgumentError, DivergenceError, check_number
 from convnet.history import History
 from convnet.optimizers import Optimizer
 
 if TYPE_CHECKING:
+    from convnet.lockstep import Lockstep
     from convnet.model import DeviceData, Model
 
 
@@ -41,6 +43,35 @@ class TrainingState:
     best_weights: list[np.ndarray] | None = None
     optimizer_state: list[np.ndarray] | None = None
     step: int = 0
+
+
+@dataclass(frozen=True)
+class FitOptions:
+    """How a run trains, checked once: what ``fit``, ``SGD``, ``fit_together`` and the
+    run folders pass down to the trainer (one object, not the same keywords re-spelled)."""
+
+    epochs: int
+    optimizer: Optimizer
+    lmbda: float = 0.0
+    shuffle: bool = False
+    verbose: bool = True
+    steps_per_call: int | None = None  # None: the backend's measured choice
+    micro_batch: int | None = None  # None: the backend's measured choice
+
+    def __post_init__(self) -> None:
+        check_number(self.epochs, "epochs", integer=True)
+        check_number(self.lmbda, "lmbda", inclusive=True)
+        for value, what in (
+            (self.steps_per_call, "steps_per_call"),
+            (self.micro_batch, "micro_batch"),
+        ):
+            if value is not None:
+                check_number(value, what, integer=True)
+        if not isinstance(self.optimizer, Optimizer):
+            raise ArgumentError(
+                "optimizer: expected a convnet.optimizers optimizer, e.g. "
+                f"optimizers.SGD(eta=0.1). Received: {self.optimizer!r}."
+            )
 
 
 def callback_keys(callbacks: Sequence[Callback]) -> dict[str, Callback]:
@@ -103,27 +134,16 @@ class Trainer:
         train: DeviceData,
         validation: DeviceData | None,
         test: DeviceData | None,
-        epochs: int,
-        optimizer: Optimizer,
-        lmbda: float,
+        options: FitOptions,
         *,
         callbacks: Sequence[Callback] = (),
-        shuffle: bool = False,
-        verbose: bool = True,
         state: TrainingState | None = None,
-        steps_per_call: int | None = None,
-        micro_batch: int | None = None,
         own_steps: bool = True,
         label: str = "",
     ) -> None:
         """``own_steps=False``: the steps are run by another program (one that trains
         several networks at once, :func:`convnet.network.fit_together`), so none is
         compiled here. ``label`` starts every line this trainer prints."""
-        if not isinstance(optimizer, Optimizer):
-            raise ArgumentError(
-                "optimizer: expected a convnet.optimizers optimizer, e.g. "
-                f"optimizers.SGD(eta=0.1). Received: {optimizer!r}."
-            )
         for index, callback in enumerate(callbacks):
             if not isinstance(callback, Callback):
                 raise ArgumentError(
@@ -131,20 +151,22 @@ class Trainer:
                     f"Received: {callback!r}."
                 )
         self.net, self.train, self.validation, self.test = net, train, validation, test
-        self.epochs, self.optimizer, self.lmbda = epochs, optimizer, lmbda
-        self.eta0 = float(optimizer.eta)
-        self.callbacks, self.verbose, self.label = list(callbacks), verbose, label
+        self.options = options
+        self.epochs, self.optimizer, self.lmbda = options.epochs, options.optimizer, options.lmbda
+        self.eta0 = float(options.optimizer.eta)
+        self.callbacks, self.verbose, self.label = list(callbacks), options.verbose, label
         self.keep_best_weights = False  # callbacks that restore the best epoch set it
         self.stopping = False
         backend, mbs = net.backend, net.mini_batch_size
         self.state = state or TrainingState(eta=self.eta0)
-        self.rng = np.random.default_rng(net.seed) if shuffle else None
+        self.rng = np.random.default_rng(net.seed) if options.shuffle else None
         if self.rng is not None and self.state.shuffle_rng is not None:
             self.rng.bit_generator.state = self.state.shuffle_rng
         self.order = backend.shared(batch_order(train.n, mbs, None), "order")
         self.eta = backend.shared(np.float32(self.state.eta), "eta")
         self.cost_sum = backend.shared(np.float32(0.0), "cost_sum")
         shapes = [p.type.shape for p in net.params]
+        optimizer = options.optimizer
         fresh = optimizer.initial_state(shapes)
         starts = self.state.optimizer_state or fresh
         labels = optimizer.state_labels([p.name for p in net.params])
@@ -161,13 +183,13 @@ class Trainer:
         net.step.set_value(np.int64(self.state.step))
         self.num_batches = len(self.order.get_value(borrow=True)) // mbs
         self.images_per_epoch = self.num_batches * mbs
-        self.micro_batch = micro_batch
+        self.micro_batch = options.micro_batch
         self._one_step: Any = None  # compiled on first use, repeated by the calls
 
         start = time.perf_counter()
         what = "training step" if own_steps else "evaluation"
         self.say(f"Compiling the {what} on {backend.describe()} (cached after the first run)")
-        limit = steps_per_call or backend.steps_per_call
+        limit = options.steps_per_call or backend.steps_per_call
         self.calls = epoch_calls(self.num_batches, limit, self._step_function) if own_steps else []
         for dataset in (validation, test):
             if dataset is not None:
@@ -419,3 +441,101 @@ class Trainer:
             )
         if history.test_accuracy_at_best is not None:
             self.say(f"Corresponding test accuracy of {history.test_accuracy_at_best:.2%}")
+
+
+class TogetherLoop:
+    """The epoch loop of several networks trained as one program
+    (:func:`convnet.network.fit_together`): the program's steps, then each member's own
+    trainer (evaluation, history, callbacks) as after its own epoch."""
+
+    def __init__(
+        self,
+        program: Lockstep,
+        trainers: list[Trainer],
+        train: DeviceData,
+    ) -> None:
+        first = trainers[0]
+        where = [(t.state.epoch, t.state.step) for t in trainers]
+        if len(set(where)) > 1:
+            raise ArgumentError(
+                "states: networks trained as one program must stand at the same epoch and "
+                f"step. Received (epoch, step): {where}."
+            )
+        self.program, self.trainers = program, trainers
+        program.push()  # the members' weights, resumed ones included
+        backend = program.backend
+        self.orders = program.stacked([t.order.get_value(borrow=True) for t in trainers], "orders")
+        self.etas = program.stacked([np.float32(t.state.eta) for t in trainers], "etas")
+        self.cost_sums = program.stacked([np.float32(0.0)] * len(trainers), "cost_sums")
+        self.optimizer_state = [
+            program.stacked([t.optimizer_state[j].get_value(borrow=True) for t in trainers], name)
+            for j, name in enumerate(v.name for v in first.optimizer_state)
+        ]
+        self.step = backend.shared(np.int64(first.state.step), "step")
+        limit = first.options.steps_per_call or backend.steps_per_call
+        start = time.perf_counter()
+        first.say(f"Compiling the training step of {len(trainers)} networks as one program")
+
+        one_step = program.train_function(
+            train,
+            self.orders,
+            self.etas,
+            first.lmbda,
+            self.cost_sums,
+            self.step,
+            first.optimizer,
+            self.optimizer_state,
+        )
+
+        def compile_steps(steps: int) -> Any:
+            return backend.repeat(one_step, steps)
+
+        self.calls = epoch_calls(first.num_batches, limit, compile_steps)
+        first.say(f"Compiled in {time.perf_counter() - start:.1f} s")
+
+    def _run_steps(self, active: list[int]) -> float:
+        """The epoch's steps for every member; the active members get their results."""
+        trainers, mbs = self.trainers, self.trainers[0].net.mini_batch_size
+        program = self.program
+        program.set_stacked(self.orders, [t.order.get_value(borrow=True) for t in trainers])
+        program.set_stacked(self.etas, [np.float32(t.state.eta) for t in trainers])
+        program.set_stacked(self.cost_sums, [np.float32(0.0)] * len(trainers))
+        tick, done = time.perf_counter(), 0
+        try:
+            for function, index, steps in self.calls:
+                function(index)
+                interrupts.check()
+                done += steps * mbs
+                for k in active:
+                    trainers[k].batches_done(done)
+        finally:  # interrupted too: each member's network holds the weights it has
+            self._hand_back(active)
+        return time.perf_counter() - tick
+
+    def _hand_back(self, active: list[int]) -> None:
+        step = int(np.asarray(self.step.get_value(borrow=True)))
+        sums = np.asarray(self.cost_sums.get_value(borrow=True))
+        state = [np.asarray(v.get_value(borrow=True)) for v in self.optimizer_state]
+        for k in active:
+            weights = self.program.member_weights(k)
+            self.trainers[k].take_steps(weights, [v[k] for v in state], step, float(sums[k]))
+
+    def run(self) -> list[History]:
+        trainers = self.trainers
+        active = list(range(len(trainers)))
+        for trainer in trainers:
+            trainer.begin()
+        with self.program.backend.threads():
+            for epoch in range(trainers[0].state.epoch, trainers[0].epochs):
+                before = {k: trainers[k].start_epoch(epoch) for k in active}
+                seconds = self._run_steps(active)
+                for k in active:
+                    try:
+                        mean_cost = trainers[k].epoch_cost(epoch, before[k])
+                    except DivergenceError as exc:
+                        raise DivergenceError(f"nets[{k}]: {exc}") from None
+                    trainers[k].end_epoch(epoch, mean_cost, seconds)
+                active = [k for k in active if not trainers[k].stopping]
+                if not active:
+                    break
+        return [trainer.end() for trainer in trainers]

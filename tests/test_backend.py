@@ -140,7 +140,7 @@ def test_a_loop_of_steps_runs_under_the_precision_and_trains_as_single_steps(mon
 
     from convnet.optimizers import SGD
     from convnet.runtime.step_loop import StepLoop
-    from convnet.trainer import Trainer
+    from convnet.trainer import FitOptions, Trainer
 
     monkeypatch.setattr(backends.Backend, "matmul_precision", property(lambda self: "highest"))
     rng = np.random.default_rng(2)
@@ -150,10 +150,8 @@ def test_a_loop_of_steps_runs_under_the_precision_and_trains_as_single_steps(mon
     results = []
     for steps in (1, 3):
         net = Network([FullyConnectedLayer(6, 5), SoftmaxLayer(5, 3)], 10, backend="jax", seed=1)
-        trainer = Trainer(
-            net, net.to_device((x, y), "training_data"), None, None, 1, SGD(0.5), 0.0,
-            verbose=False, steps_per_call=steps,
-        )  # fmt: skip
+        options = FitOptions(1, SGD(0.5), verbose=False, steps_per_call=steps)
+        trainer = Trainer(net, net.to_device((x, y), "training_data"), None, None, options)
         function, _, _ = trainer.calls[0]
         assert isinstance(function, backends.PreciseFunction)
         if steps > 1:

@@ -29,9 +29,8 @@ from convnet.callbacks import Callback
 from convnet.ensemble import vote
 from convnet.errors import ArgumentError, DivergenceError, ModelFileError
 from convnet.history import History
-from convnet.network import Network, fit_together, load
-from convnet.optimizers import Optimizer
-from convnet.trainer import TrainingState
+from convnet.network import Network, fit_together_with, load
+from convnet.trainer import FitOptions, TrainingState
 
 Split = tuple[np.ndarray, np.ndarray]
 LOCK_FILE = ".convnet.lock"
@@ -105,12 +104,8 @@ def train(
     validation: Split | None,
     test: Split | None,
     *,
-    epochs: int,
-    optimizer: Optimizer,
-    lmbda: float,
+    options: FitOptions,
     callbacks: Sequence[Callback] = (),
-    shuffle: bool = False,
-    verbose: bool = True,
     state: TrainingState | None = None,
     arguments: dict[str, Any] | None = None,
     checkpoint_every: int = 1,
@@ -121,22 +116,13 @@ def train(
     history and the pictures. A run that diverges keeps its last good weights on disk."""
     saver = checkpoint.ModelCheckpoint(run_dir, checkpoint_every, arguments)
     try:
-        history = net.fit(
-            training,
-            epochs,
-            optimizer=optimizer,
-            validation_data=validation,
-            test_data=test,
-            lmbda=lmbda,
-            callbacks=[*callbacks, saver],
-            shuffle=shuffle,
-            verbose=verbose,
-            state=state,
+        history = net.fit_with(
+            options, training, validation, test, callbacks=[*callbacks, saver], state=state
         )
     except DivergenceError:
         serialization.save(net, run_dir, training=details or {}, diverged=net.history.stopped)
         raise
-    _save_trained(net, run_dir, history, test, details, verbose)
+    _save_trained(net, run_dir, history, test, details, options.verbose)
     return history
 
 
@@ -147,12 +133,8 @@ def train_together(
     validation: Split | None,
     test: Split | None,
     *,
-    epochs: int,
-    optimizer: Optimizer,
-    lmbda: float,
+    options: FitOptions,
     callbacks: Sequence[Sequence[Callback]],
-    shuffle: bool = False,
-    verbose: bool = True,
     states: Sequence[TrainingState | None] | None = None,
     arguments: Sequence[dict[str, Any]],
     checkpoint_every: int = 1,
@@ -167,19 +149,11 @@ def train_together(
         for run_dir, args in zip(run_dirs, arguments, strict=True)
     ]
     try:
-        histories = fit_together(
-            nets,
-            training,
-            epochs,
-            optimizer=optimizer,
-            validation_data=validation,
-            test_data=test,
-            lmbda=lmbda,
+        histories = fit_together_with(
+            nets, options, training, validation, test,
             callbacks=[[*own, saver] for own, saver in zip(callbacks, savers, strict=True)],
-            shuffle=shuffle,
-            verbose=verbose,
             states=states,
-        )
+        )  # fmt: skip
     except DivergenceError:
         for net, run_dir, about in zip(nets, run_dirs, details, strict=True):
             stopped = net.history.stopped if net.history is not None else None
@@ -187,7 +161,7 @@ def train_together(
                 serialization.save(net, run_dir, training=about, diverged=stopped)
         raise
     for net, run_dir, history, about in zip(nets, run_dirs, histories, details, strict=True):
-        _save_trained(net, run_dir, history, test, about, verbose)
+        _save_trained(net, run_dir, history, test, about, options.verbose)
     return histories
 
 

@@ -29,6 +29,7 @@ from convnet.network import Network
 from convnet.runs import folder as run_folder
 from convnet.runs import jobs
 from convnet.runtime import backend
+from convnet.trainer import FitOptions
 
 DEFAULT_MOMENTUM = {"sgd": 0.0, "nesterov": 0.9, "adam": 0.0}
 # Adam's own default; sgd and nesterov: the book's eta for the chosen net times
@@ -279,15 +280,11 @@ def _train_one(
 
 
 def _training_options(args: argparse.Namespace, hyper: dict[str, Any]) -> dict[str, Any]:
-    """How every run of this command trains (run_folder.train's and train_together's options)."""
-    return {
-        "epochs": hyper["epochs"],
-        "optimizer": _optimizer(hyper),
-        "lmbda": hyper["lmbda"],
-        "shuffle": args.shuffle,
-        "verbose": not args.quiet,
-        "checkpoint_every": args.checkpoint_every,
-    }
+    """How every run of this command trains (run_folder.train's and train_together's)."""
+    options = FitOptions(
+        hyper["epochs"], _optimizer(hyper), hyper["lmbda"], args.shuffle, not args.quiet
+    )
+    return {"options": options, "checkpoint_every": args.checkpoint_every}
 
 
 def _stopping(args: argparse.Namespace) -> list[Callback]:

@@ -1,19 +1,15 @@
 """Everything that knows about PyTensor modes, JAX, devices, BLAS and threads.
 
 A :class:`Backend` is chosen per network (never by an import-time switch) from the
-arguments, else from ``CONVNET_BACKEND`` / ``CONVNET_DEVICE``, else automatically:
-
-* ``jax`` when JAX is installed: the fastest per step on the book's nets here and it
-  compiles net C in seconds (the Numba and C backends took 30 and 24 s cold; see
-  benchmarks/RESULTS.md); it is also PyTensor's only way onto a GPU.
-* ``c`` otherwise, linked against OpenBLAS when the system has it.
+arguments, else from ``CONVNET_BACKEND`` / ``CONVNET_DEVICE``, else ``jax`` when JAX is
+installed (the fastest steps here, net C built in seconds, and PyTensor's only way onto a
+GPU), else ``c``. Why: docs/design.md, "Backends".
 
 In JAX mode PyTensor re-copies a numpy-backed shared variable to the device on every
-call, so :meth:`Backend.place` puts the value itself on the device: convnet's own data and
-counters then stay there for the whole run. The shared variables a user can reach (the
-book's ``layer.w``, ``net.params``) must keep numpy values instead, because plain PyTensor
-in its default (Numba) or C mode cannot read a JAX array: for those, convnet's compiled
-functions compute on a :class:`DeviceMirror`.
+call, so :meth:`Backend.place` puts convnet's own data and counters on the device once.
+The shared variables a user can reach (``layer.w``, ``net.params``) keep numpy values,
+which plain PyTensor in its Numba or C mode can read; convnet's functions compute on
+their :class:`DeviceMirror` twins.
 """
 
 from __future__ import annotations
@@ -138,28 +134,19 @@ class Backend:
 
     @property
     def steps_per_call(self) -> int:
-        """Optimizer steps per compiled call (:meth:`repeat`).
-
-        Under JAX, 100: one XLA loop around the one-step program took 12% less time per
-        step than one step per call for net C on a CPU (the book's dropout net: the same)
-        and built within 0.1 s of it, so even a 1-epoch run gains (``benchmarks/
-        experiments.py scan-threshold``); 50, 100 and 500 steps ran within noise of each
-        other (``steps-per-call``). On an H200 PyTensor's scan, the same loop, ran net C at
-        mini-batch 10 3-6 times faster than one step per call (``benchmarks/gpu_check.py``).
-        Other backends: one step per call (nothing to gain from a loop in Python).
-        """
+        """Optimizer steps per compiled call (:meth:`repeat`): 100 under JAX, one XLA loop
+        around the one-step program (12% less time per step than one call per step on a
+        CPU, built as fast, and 3-6x faster on an H200); 1 elsewhere, where a Python loop
+        gains nothing. Why: benchmarks/RESULTS.md, "Every run in one XLA loop" and the
+        optimisation log's ``steps-per-call``."""
         return 100 if self.name == "jax" else 1
 
     def micro_batch(self, mini_batch_size: int) -> int:
-        """Rows per forward/backward pass inside one SGD step (see Network.train_function).
-
-        Under JAX on a CPU a mini-batch larger than 16 is split into the largest part
-        <= 16 that divides it (when that is >= 8). Measured for net C (``benchmarks/
-        experiments.py micro-batch``, medians): at mini-batch 256, 94.6 ms/step whole, 42.0
-        in parts of 32, 38.8 in parts of 16; at 128, 48.0 -> 21.7. A GPU gets the whole batch
-        (it has the memory and wants the parallelism; not yet measured there), and so do the
-        C and Numba backends (not measured; ``micro_batch=`` asks for parts anywhere).
-        """
+        """Rows per forward/backward pass inside one SGD step (see Network.train_function):
+        under JAX on a CPU a mini-batch larger than 16 is split into the largest part
+        <= 16 that divides it (when that is >= 8), so that im2col's buffers stay in cache
+        (2x per image at mini-batch 256); the whole batch elsewhere. Why:
+        benchmarks/RESULTS.md, the optimisation log's ``micro-batch``."""
         if self.name != "jax" or self.device == "gpu" or mini_batch_size <= MICRO_BATCH:
             return mini_batch_size
         part = max(d for d in range(1, MICRO_BATCH + 1) if mini_batch_size % d == 0)
@@ -167,38 +154,23 @@ class Backend:
 
     @cached_property
     def eval_batch(self) -> int:
-        """Examples per evaluation call. Measured on a CPU for net C's 10,000-image pass
-        with XLA's im2col: 1,000 -> 1.75 s, 100 -> 0.84 s, 50 -> 0.69 s (its buffers must fit
-        the cache). The fused kernel keeps no buffers beyond one image, so a large batch
-        costs it nothing and saves calls (one core: 1,000 -> 0.48 s, 50 -> 0.57 s;
-        ``benchmarks/experiments.py eval-batch``). GPUs want large batches."""
+        """Examples per evaluation call: 1,000 on a GPU and with the fused kernel (which
+        keeps no buffers beyond one image), else 50 (XLA's im2col buffers must fit the
+        cache). Why: benchmarks/RESULTS.md, the optimisation log's ``eval-batch``."""
         if self.device == "gpu" or self.conv_implementation == "fused":
             return 1000
         return 50
 
     @cached_property
     def conv_implementation(self) -> str:
-        """How conv layers build their training output: "fused" under JAX on a CPU where
-        convnet's kernel can be built (:mod:`convnet.runtime.kernel`: convolution and max-pooling
-        in one pass that also marks each window's maxima, and a backward pass that sends
-        the gradient straight there and reads the images in place; net C's step measured
-        13-20% faster than "patches", ``benchmarks/training_floor.py``). Otherwise
-        "patches" (one Im2Col Op) on every backend (its implementations: jax_dispatch.py,
-        linkers.py for Numba, C code in ops.py). The evaluation output uses the same
-        choice ("fused": the kernel's evaluation pass, without the marks).
-
-        Measured under JAX on a CPU against the "im2col" graph of slices: training function
-        rewritten in 0.62-0.67 s instead of 1.93-2.04 s, XLA 1.23-1.37 s instead of
-        1.61-2.23 s, 1.39-1.58 instead of 1.83-1.96 ms/step (``benchmarks/experiments.py
-        conv-op``). On an H200 it trained net C 2.5-3x (mini-batch 10, 100 steps per call)
-        and 2-2.8x (256, one step per call) faster than "native", XLA's own convolution
-        (cuDNN) (``benchmarks/gpu_check.py``); "native" stays available for measuring. On
-        the C and Numba backends net C's training function built cold in 24 s against 40 s
-        (C) and 30 s against 161 s (Numba), with faster steps (``benchmarks/experiments.py
-        linker-conv``).
-
-        ``CONVNET_CONV`` (im2col | patches | native | fused) overrides it, for measuring.
-        """
+        """How conv layers build their outputs: "fused" (convnet's kernel, :mod:`convnet.
+        runtime.kernel`: convolution and max-pooling in one pass, gradients read off the
+        window maxima) under JAX on a CPU where the kernel can be built; else "patches"
+        (one Im2Col Op, with JAX, Numba and C implementations). Both measured faster than
+        the graph of slices ("im2col") and than XLA's own convolution ("native", cuDNN on
+        GPUs): benchmarks/RESULTS.md, "The fused conv-pool training kernel", "The book's
+        own functions" and the optimisation log's ``conv-op``. ``CONVNET_CONV``
+        (im2col | patches | native | fused) overrides it, for measuring."""
         chosen = config.setting("CONVNET_CONV")
         if chosen:
             return chosen
@@ -209,16 +181,10 @@ class Backend:
     @property
     def matmul_precision(self) -> str | None:
         """JAX's precision for float32 products in this backend's functions; None: XLA's own.
-
-        XLA's default on NVIDIA GPUs ("tf32", convnet's default too) multiplies float32
-        matrices in TensorFloat-32 (10-bit mantissas), as PyTorch does for convolutions.
-        Measured on an H200 (``benchmarks/gpu_check.py``): one SGD step of net C then
-        differs from the CPU's by 1.8e-5; with ``precision="float32"`` (or
-        ``CONVNET_PRECISION=float32``) by 2e-8. Full float32 ran 19-27% slower, its cold
-        compile took 15-18 s against 8-10 s (one run each, on different machines), and the
-        book's 60-epoch net C reached 99.12% against 99.10%: TF32 costs the book's results
-        nothing. CPUs compute float32 either way.
-        """
+        On NVIDIA GPUs XLA's default (and convnet's) is TF32, which cost the book's net C
+        nothing (99.10% against 99.12% in float32) and ran it 19-27% faster;
+        ``precision="float32"`` (``CONVNET_PRECISION``) asks for full float32. CPUs compute
+        float32 either way. Why: benchmarks/RESULTS.md, "GPU"."""
         if self.name != "jax" or self.device != "gpu" or self.precision == "tf32":
             return None
         return "highest"

@@ -7,12 +7,10 @@ builds it. The rest of this text is about ``conv_pool.cc``, called by XLA (its F
 Under JAX on a CPU a conv layer is ``conv_pool.cc`` instead of XLA's im2col, GEMM and
 pooling passes: its evaluation output is one call (convolution + max-pooling, the image
 read in place); its training output is one call that also marks where each window's
-maxima are, and its gradients are one call each, read off those maxima alone (3 of 4
-places of a 2 x 2 window get no gradient, which a GEMM over every place would multiply
-anyway; GEMMs that read the images in place remain for the shapes that don't fit). On the
-2-core machine measured, net C's 10,000-image evaluation pass went from 0.70 s to 0.26 s
-(one core: 0.99 to 0.48 s; ``benchmarks/experiments.py eval-limit``); its training step
-see ``benchmarks/training_floor.py``.
+maxima are, and its gradients are one call each, read off those maxima alone (the other
+places of a window get no gradient). Why: net C's 10,000-image evaluation pass took
+0.26 s against XLA's 0.70 s on two cores (benchmarks/RESULTS.md, "The evaluation pass:
+convnet's own kernel"); the training step: "The fused conv-pool training kernel".
 
 The source is compiled with the system C++ compiler (``$CXX``, else ``c++``, ``g++`` or
 ``clang++``) for this CPU (``-march=native``), against the XLA FFI headers that jaxlib
