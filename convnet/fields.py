@@ -20,6 +20,7 @@ from typing import Any, Literal, NoReturn, overload
 
 import numpy as np
 
+from convnet import limits
 from convnet.errors import ModelFileError
 from convnet.history import PER_EPOCH, History
 
@@ -285,12 +286,10 @@ def read_json(path: Path, what: str, *, hint: str = "") -> Fields:
 
 def read_npz(path: Path, what: str, *, hint: str = "") -> dict[str, np.ndarray]:
     """Every array of the ``.npz`` at ``path``, read in full (so a damaged member is found
-    here, by its CRC, not later), without pickle."""
+    here, by its CRC, not later), without pickle, its size checked first (:mod:`convnet.
+    limits`)."""
     try:
-        with np.load(path, allow_pickle=False) as stored:
-            if not isinstance(stored, np.lib.npyio.NpzFile):
-                raise ValueError("a single .npy array, not an .npz archive")
-            return {name: stored[name] for name in stored.files}
+        return limits.read_npz(path)
     except FileNotFoundError:
         raise ModelFileError(f"{path}: no such {what}.{hint}") from None
     except IsADirectoryError:

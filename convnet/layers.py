@@ -24,7 +24,7 @@ import pytensor.tensor as pt
 from pytensor.compile.sharedvalue import SharedVariable
 from pytensor.tensor.variable import TensorVariable
 
-from convnet import activations, init, noise, ops
+from convnet import activations, init, limits, noise, ops
 from convnet.activations import Activation, sigmoid
 from convnet.errors import ArgumentError, ShapeError, check_number
 
@@ -69,6 +69,14 @@ def _shape(value: object, length: int, what: str) -> tuple[int, ...]:
             f"{what}: expected a tuple of {length} positive integers. Received: {value!r}."
         )
     return tuple(_positive_int(v, what) for v in items)
+
+
+def _check_size(layer: str, shape: tuple[int, ...]) -> None:
+    """A layer's weights are refused, naming it, before an absurd size is allocated."""
+    try:
+        limits.check_bytes(prod(shape) * 4, f"its weights, shape {shape} in float32,")
+    except limits.TooLargeError as exc:
+        raise ArgumentError(f"{layer}: {exc}.") from None
 
 
 def _dropout_probability(p: Any, layer: str) -> float:
@@ -200,6 +208,7 @@ class _Dense(Layer):
         self.input_shape = (_positive_int(n_in, f"{self.name}: n_in"),)
         self.output_shape = (_positive_int(n_out, f"{self.name}: n_out"),)
         self.p_dropout = _dropout_probability(p_dropout, self.name)
+        _check_size(self.name, (n_in, n_out))
         self.w = self.add_param(np.zeros((n_in, n_out), np.float32), "w", regularizable=True)
         self.b = self.add_param(np.zeros(n_out, np.float32), "b", regularizable=False)
         self.initialize(rng or np.random.default_rng())
@@ -371,6 +380,7 @@ class ConvPoolLayer(Layer):
         self.input_shape = (channels, height, width)
         self.output_shape = (n_filters, *pooled)
         self._conv_shape = (n_filters, *conv_hw)
+        _check_size(self.name, self.filter_shape)
         self.w = self.add_param(np.zeros(self.filter_shape, np.float32), "w", regularizable=True)
         self.b = self.add_param(np.zeros(n_filters, np.float32), "b", regularizable=False)
         # How the convolution is built for training and for evaluation: set by the Network

@@ -17,6 +17,7 @@ import pickle
 import shutil
 import tempfile
 import warnings
+import zipfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -102,7 +103,78 @@ def expanded_cache_npz() -> None:
     load_mnist(path)
 
 
+def idx_wrapping_header() -> None:
+    path = TMP / "train-images-idx3-ubyte"
+    path.write_bytes(
+        bytes([0, 0, 8, 3]) + b"".join(n.to_bytes(4, "big") for n in (2**22, 2**21, 2**21))
+    )
+    read_idx(path)
+
+
+def gzip_bomb_idx() -> None:
+    path = TMP / "t10k-labels-idx1-ubyte.gz"
+    path.write_bytes(gzip.compress(bytes([0, 0, 8, 1, 0, 0, 0, 100]) + bytes(50 * 2**20)))
+    read_idx(path)
+
+
+def ndarray_pickle() -> None:
+    class Bomb:
+        def __reduce__(self):
+            return np.ndarray, ((10**12,),)
+
+    path = TMP / "mnist.pkl.gz"
+    path.write_bytes(gzip.compress(pickle.dumps(Bomb(), protocol=2)))
+    load_mnist(path)
+
+
+def terabyte_pickle() -> None:
+    path = TMP / "mnist.pkl"
+    path.write_bytes(b"\x80\x04\x8e" + (10**12).to_bytes(8, "little") + b"abc")
+    load_mnist(path)
+
+
+def npz_header_bomb() -> None:
+    small().save(TMP / "bomb")
+    buffer = io.BytesIO()
+    np.lib.format.write_array_header_1_0(
+        buffer, {"descr": "<f4", "fortran_order": False, "shape": (10**12,)}
+    )
+    with zipfile.ZipFile(TMP / "bomb" / "model.npz", "w") as archive:
+        archive.writestr("layers.0.w.npy", buffer.getvalue() + bytes(64))
+    load(TMP / "bomb")
+
+
 CASES: list[tuple[str, Callable[[], object], str]] = [
+    (
+        "An IDX header whose sizes wrap around (2^22 x 2^21 x 2^21)",
+        idx_wrapping_header,
+        "test_limits.py::test_an_idx_header_whose_sizes_wrap_is_refused_by_name",
+    ),
+    (
+        "A 50 KB .gz that inflates to 50 MB past its IDX header's 100 bytes",
+        gzip_bomb_idx,
+        "test_limits.py::test_a_gzip_bomb_is_inflated_no_further_than_its_header_promises",
+    ),
+    (
+        "A pickle calling numpy.ndarray((10**12,))",
+        ndarray_pickle,
+        "test_limits.py::test_a_pickle_that_calls_ndarray_with_a_size_is_refused",
+    ),
+    (
+        "A pickle whose bytes claim 10^12 bytes",
+        terabyte_pickle,
+        "test_limits.py::test_a_pickle_that_claims_a_terabyte_of_bytes_is_refused_unallocated",
+    ),
+    (
+        "A model.npz whose array header claims 10^12 values",
+        npz_header_bomb,
+        "test_limits.py::test_an_npz_array_header_past_its_bytes_is_refused_by_name",
+    ),
+    (
+        "A layer of 784 x 10^15 weights",
+        lambda: FullyConnectedLayer(784, 10**15),
+        "test_limits.py::test_a_layer_or_model_of_absurd_size_is_refused_before_allocating",
+    ),
     (
         "Layers that don't chain",
         lambda: Network([FullyConnectedLayer(784, 100), SoftmaxLayer(30, 10)], 10),

@@ -13,11 +13,13 @@ from __future__ import annotations
 
 import gzip
 import pickle
+import zipfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from convnet import limits
 from convnet.data import safe_pickle
 from convnet.errors import DataError
 from convnet.files import atomic_write
@@ -62,9 +64,8 @@ def read_pickle(path: Path) -> tuple[Split, Split, Split]:
 def read_npz(path: Path) -> tuple[Split, Split, Split]:
     """The three splits of a ``.npz`` written by :func:`write`."""
     try:
-        with np.load(path, allow_pickle=False) as stored:
-            arrays = {key: stored[key] for key in stored.files}
-    except (OSError, ValueError, EOFError) as exc:
+        arrays = limits.read_npz(path)
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
         raise DataError(f"{path}: not a readable .npz file ({exc}).") from None
     if set(arrays) == {"x", "y"}:
         whole = path.with_name("mnist_expanded.npz")

@@ -7,14 +7,16 @@ training = the first 50,000 training images, validation = the last 10,000, test 
 from __future__ import annotations
 
 import gzip
+import math
 import os
 import sys
+import zlib
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from convnet import config
+from convnet import config, limits
 from convnet.data import book_format, download
 from convnet.errors import DataError, DataNotFoundError
 
@@ -55,30 +57,40 @@ def default_locations() -> list[Path]:
 
 
 def read_idx(path: Path) -> np.ndarray:
-    """Read one IDX file (gzipped or raw), checking its header against its size."""
+    """Read one IDX file (gzipped or raw): its header first, then exactly the bytes it
+    promises (a gzip stream is inflated no further), checked against :mod:`convnet.limits`
+    before anything is allocated."""
     opener = gzip.open if path.suffix == ".gz" else open
     try:
         with opener(path, "rb") as handle:
-            raw = handle.read()
-    except (OSError, EOFError) as exc:
+            magic = handle.read(4)
+            if len(magic) < 4 or magic[0] != 0 or magic[1] != 0 or magic[2] not in _IDX_DTYPES:
+                raise DataError(
+                    f"{path}: not an IDX file (bad magic number {magic.hex() or 'empty'})."
+                )
+            dims = handle.read(4 * magic[3])
+            if len(dims) < 4 * magic[3]:
+                raise DataError(f"{path}: truncated IDX header.")
+            shape = tuple(int.from_bytes(dims[4 * k : 4 * k + 4], "big") for k in range(magic[3]))
+            dtype = np.dtype(_IDX_DTYPES[magic[2]])
+            nbytes = math.prod(shape) * dtype.itemsize
+            try:
+                limits.check_bytes(nbytes, f"its header's shape {shape}")
+            except limits.TooLargeError as exc:
+                raise DataError(f"{path}: {exc}.") from None
+            raw = handle.read(nbytes + 1)  # one byte more than promised: there must be none
+    except (OSError, EOFError, zlib.error) as exc:
         raise DataError(
             f"{path}: cannot be read as {'gzip' if path.suffix == '.gz' else 'IDX'} ({exc})."
         ) from None
-    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in _IDX_DTYPES:
-        raise DataError(f"{path}: not an IDX file (bad magic number {raw[:4].hex() or 'empty'}).")
-    ndim = raw[3]
-    header = 4 + 4 * ndim
-    if len(raw) < header:
-        raise DataError(f"{path}: truncated IDX header.")
-    shape = tuple(int.from_bytes(raw[4 + 4 * k : 8 + 4 * k], "big") for k in range(ndim))
-    dtype = np.dtype(_IDX_DTYPES[raw[2]])
-    expected = header + int(np.prod(shape)) * dtype.itemsize
-    if len(raw) != expected:
+    if len(raw) != nbytes:
+        header = 4 + len(dims)
         raise DataError(
             f"{path}: truncated or corrupt: its header promises shape {shape} "
-            f"({expected} bytes). Received: {len(raw)} bytes."
+            f"({header + nbytes} bytes). Received: "
+            + ("more than that." if len(raw) > nbytes else f"{header + len(raw)} bytes.")
         )
-    return np.frombuffer(raw, dtype=dtype, offset=header).reshape(shape)
+    return np.frombuffer(raw, dtype=dtype).reshape(shape)
 
 
 def _find_idx(folder: Path, stem: str) -> Path | None:

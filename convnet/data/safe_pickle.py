@@ -11,10 +11,11 @@ import gzip
 import io
 import pickle
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
+from convnet import limits
 from convnet.errors import DataError, UnsafePickleError
 
 _ALLOWED = {
@@ -30,8 +31,45 @@ _ALLOWED = {
 }
 
 
-class _RestrictedUnpickler(pickle.Unpickler):
+class _Budget:
+    """The file as the unpickler reads it: in chunks of at most 16 MB (a count the file
+    names is never allocated before the bytes are there), and never more than
+    :data:`convnet.limits.MAX_ARRAY_BYTES` in all (a gzip stream is inflated no further)."""
+
+    CHUNK = 16 * 2**20
+
     def __init__(self, file: io.BufferedIOBase, source: str) -> None:
+        self.file, self.source, self.left = file, source, limits.MAX_ARRAY_BYTES
+
+    def _spend(self, n: int) -> None:
+        if n > self.left:
+            raise DataError(
+                f"{self.source}: asks for more than the {limits.MAX_ARRAY_BYTES:,} bytes "
+                "convnet allows any one file; it was not loaded."
+            )
+        self.left -= n
+
+    def read(self, n: int) -> bytes:
+        self._spend(n)
+        parts, wanted = [], n
+        while wanted > 0:
+            part = self.file.read(min(wanted, self.CHUNK))
+            if not part:
+                break
+            parts.append(part)
+            wanted -= len(part)
+        return b"".join(parts)
+
+    def readline(self) -> bytes:
+        line = self.file.readline(self.CHUNK)
+        self._spend(len(line))
+        return line
+
+
+class _RestrictedUnpickler(pickle._Unpickler):  # the Python one: its steps can be checked
+    stack: list[Any]  # the Python unpickler's own
+
+    def __init__(self, file: _Budget, source: str) -> None:
         super().__init__(file, encoding="latin1")
         self.source = source
 
@@ -42,6 +80,21 @@ class _RestrictedUnpickler(pickle.Unpickler):
             f"{self.source}: refused to load {module}.{name}: this pickle asks for "
             "something other than numpy arrays, so it was not loaded (no code from it ran)."
         )
+
+    def load_reduce(self) -> None:
+        """A call the pickle makes: never ``numpy.ndarray(shape)``, which would allocate a
+        size the file names (numpy's own pickles build arrays from their bytes)."""
+        if self.stack[-2] is np.ndarray:
+            raise UnsafePickleError(
+                f"{self.source}: refused to call numpy.ndarray({self.stack[-1]!r:.60}): an "
+                "array whose size the file names, not one built from its bytes."
+            )
+        pickle._Unpickler.load_reduce(self)  # type: ignore[attr-defined]  # untyped there
+
+    dispatch: ClassVar[dict[int, Any]] = {
+        **pickle._Unpickler.dispatch,  # its opcode table
+        pickle.REDUCE[0]: load_reduce,
+    }
 
 
 def _check_arrays(value: Any, source: str) -> None:
@@ -65,8 +118,8 @@ def load(path: Path) -> Any:
     opener = gzip.open if path.suffix == ".gz" else open
     try:
         with opener(path, "rb") as handle:
-            value = _RestrictedUnpickler(handle, str(path)).load()
-    except UnsafePickleError:
+            value = _RestrictedUnpickler(_Budget(handle, str(path)), str(path)).load()
+    except (UnsafePickleError, DataError):
         raise
     except (OSError, EOFError, pickle.UnpicklingError, ValueError, TypeError) as exc:
         raise DataError(f"{path}: not a readable pickle of numpy arrays ({exc}).") from None
