@@ -12,6 +12,10 @@ import hashlib
 import io
 import json
 import shutil
+import signal
+import subprocess
+import sys
+import time
 import zipfile
 from pathlib import Path
 
@@ -23,6 +27,7 @@ from convnet import checkpoint, load
 from convnet.cli.main import main
 from convnet.data import book_format
 from convnet.errors import ModelFileError
+from convnet.runs import folder as run_folder
 from tests.datasets import learnable_splits
 
 LAYERS = "fc:8:sigmoid,softmax"
@@ -242,3 +247,79 @@ def test_the_api_readers_raise_model_file_errors_for_the_same_damage(pristine, t
             caught += 1
         assert _fingerprint(folder) == before, what
     assert caught >= 25
+
+
+# -- a run killed between its last checkpoint and its last file ---------------------------
+def _files(folder: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in folder.iterdir() if p.suffix in (".npz", ".json")}
+
+
+@pytest.mark.parametrize("lost", [["model.json"], ["model.json", "errors.png", "history.csv"]])
+def test_resume_finishes_a_trained_run_whose_files_are_missing(pristine, tmp_path, lost, capsys):
+    """Killed after its last checkpoint, before its last file: ``--resume`` writes the
+    missing files from the checkpoint, the same model as the run would have written."""
+    run = tmp_path / "run"
+    shutil.copytree(pristine[0], run)
+    want = _files(run)
+    for name in lost:
+        (run / name).unlink()
+    assert main(["train", "--resume", str(run)]) == 0
+    assert "missing: writing them from its checkpoint" in capsys.readouterr().out
+    assert all((run / name).is_file() for name in lost)
+    got = _files(run)
+    for name in ("model.npz", "checkpoint.npz", "test-probabilities.npz"):
+        assert got[name] == want[name], name
+    assert json.loads(got["model.json"]) == json.loads(want["model.json"])
+    assert main(["train", "--resume", str(run)]) == 0  # now finished: nothing changes
+    assert "Nothing was changed" in capsys.readouterr().out
+    assert _files(run) == got
+
+
+def test_an_ensemble_member_killed_before_its_model_file_is_finished_on_resume(
+    pristine, tmp_path, capsys
+):
+    data = pristine[1]
+    run = tmp_path / "ensemble"
+    argv = ["train", "--layers", LAYERS, "--epochs", "2", "--quiet", "--data", str(data)]
+    assert main([*argv, "--ensemble", "2", "--out", str(run)]) == 0
+    vote = json.loads((run / "ensemble.json").read_text())
+    (run / "member-1" / "model.json").unlink()
+    (run / "ensemble.json").unlink()
+    assert main(["train", "--resume", str(run)]) == 0
+    assert (run / "member-1" / "model.json").is_file()
+    assert json.loads((run / "ensemble.json").read_text()) == vote
+
+
+def test_an_ensemble_killed_at_any_moment_resumes_to_the_same_vote(pristine, tmp_path):
+    """The driver killed with kill -9 at moments spread over an ensemble's whole life
+    (building, training, between checkpoint and model files, the vote): ``--resume``
+    always ends with every member's files and the vote of an uninterrupted run."""
+    data = pristine[1]
+    argv = ["train", "--layers", LAYERS, "--epochs", "3", "--quiet", "--data", str(data)]
+    argv += ["--ensemble", "2"]
+    reference = tmp_path / "reference"
+    start = time.monotonic()
+    assert main([*argv, "--out", str(reference)]) == 0
+    vote = json.loads((reference / "ensemble.json").read_text())
+    want = {k: _files(reference / f"member-{k}")["model.npz"] for k in (0, 1)}
+    command = [sys.executable, "-m", "convnet.cli"]
+    lifetime = 3.0 + 2 * (time.monotonic() - start)  # a new process starts slower
+    for k, delay in enumerate(np.linspace(0.5, lifetime, 6)):
+        run = tmp_path / f"killed-{k}"
+        process = subprocess.Popen([*command, *argv, "--out", str(run)])
+        time.sleep(delay)
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+        if (run / "ensemble-plan.json").exists():
+            assert (
+                subprocess.run([*command, "train", "--resume", str(run), "--quiet"]).returncode == 0
+            )
+        else:  # killed before anything was planned: nothing to resume, start again
+            assert (
+                subprocess.run([*command, *argv, "--out", str(run), "--overwrite"]).returncode == 0
+            )
+        assert json.loads((run / "ensemble.json").read_text()) == vote, delay
+        for member in (0, 1):
+            folder = run / f"member-{member}"
+            assert not run_folder.missing_files(folder), (delay, member)
+            assert _files(folder)["model.npz"] == want[member], (delay, member)

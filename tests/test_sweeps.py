@@ -95,6 +95,17 @@ def test_resume_trains_only_the_missing_trials_and_refuses_a_second_plan(tmp_pat
     for key in before:
         np.testing.assert_array_equal(before[key], after[key])
 
+    # a trial killed after its last checkpoint, before its last files: finished on resume
+    for name in ("model.json", "curves.png", "trial.json"):
+        (out / "trial-002" / name).unlink()
+    model = (out / "trial-002" / "model.npz").read_bytes()
+    assert main(["sweep", "--resume", str(out), "--quiet"]) == 0
+    assert all(
+        (out / "trial-002" / n).is_file() for n in ("model.json", "curves.png", "trial.json")
+    )
+    assert (out / "trial-002" / "model.npz").read_bytes() == model
+    assert [r["status"] for r in _rows(out)] == ["finished"] * 4
+
     assert main([*argv, "--out", str(out)]) == 2
     assert f"--out {out}: already holds a sweep. Continue it with --resume" in (
         capsys.readouterr().err

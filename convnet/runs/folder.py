@@ -40,6 +40,19 @@ PROBABILITIES_FILE = "test-probabilities.npz"  # with the sha256 of the model.np
 KEPT_FILES = ("model.npz", "checkpoint.npz", ENSEMBLE_FILE, PLAN_FILE)  # never replaced
 
 
+# What a finished run folder holds (written last to first by _save_trained's end): a run
+# whose checkpoint says it is done but lacks one of them is finished by --resume.
+FINISHED_FILES = (
+    "model.npz", "model.json", "history.json", "history.csv", "curves.png",
+    PROBABILITIES_FILE, "errors.png",
+)  # fmt: skip
+
+
+def missing_files(run_dir: Path) -> list[str]:
+    """The files of a finished run that ``run_dir`` lacks (none: it is finished)."""
+    return [name for name in FINISHED_FILES if not (run_dir / name).is_file()]
+
+
 def member_dir(run_dir: Path, index: int, members: int) -> Path:
     """Where ensemble member ``index`` lives (the run folder itself for a single net)."""
     return run_dir if members == 1 else run_dir / f"member-{index}"

@@ -256,6 +256,8 @@ def _train_one(
     mbs = args.mini_batch_size
     if resume is not None:
         net, state = resume
+        if state.history.stopped:  # stopped early: nothing to train, only files to write
+            hyper = hyper | {"epochs": state.epoch}
     else:
         net = Network(_layers(args, mbs), mbs, backend=args.backend, device=args.device, seed=seed)
         state = None
@@ -584,8 +586,12 @@ def _resume_ensemble(run_dir: Path, given: dict[str, Any]) -> int:
                 f"--epochs: member {k} has already trained {_epochs(state.epoch)}; expected "
                 f"--epochs >= {state.epoch}. Received: {given['epochs']}."
             )
-        if state.epoch < hyper["epochs"] and not state.history.stopped:
-            todo.append(k)
+        stopped = state.history.stopped
+        trained = state.epoch >= hyper["epochs"] or stopped
+        if not trained or (not _diverged(stopped) and run_folder.missing_files(folder)):
+            todo.append(
+                k
+            )  # unfinished, or trained with files missing: finished from its checkpoint
             resumed.add(k)
     if not todo and (run_dir / run_folder.ENSEMBLE_FILE).exists():
         print(
@@ -603,6 +609,10 @@ def _resume_ensemble(run_dir: Path, given: dict[str, Any]) -> int:
     with _workers(args, members) as workers, run_folder.locked(run_dir):
         _train_members(args, run_dir, members, hyper, todo, resumed, workers)
     return 0
+
+
+def _diverged(stopped: str | None) -> bool:
+    return bool(stopped and stopped.startswith("diverged"))
 
 
 def _resume(run_dir: Path, given: dict[str, Any]) -> int:
@@ -642,7 +652,15 @@ def _resume(run_dir: Path, given: dict[str, Any]) -> int:
                 f"--epochs: {run_dir} has already trained {_epochs(done)}; expected "
                 f"--epochs >= {done} to train it on. Received: {given['epochs']}."
             )
-        if done >= hyper["epochs"] or history.stopped:
+        trained = done >= hyper["epochs"] or history.stopped
+        missing = [] if _diverged(history.stopped) else run_folder.missing_files(run_dir)
+        if trained and missing:
+            print(
+                f"{run_dir}: its training is done, but {', '.join(missing)} "
+                f"{'is' if len(missing) == 1 else 'are'} missing: writing them from its "
+                "checkpoint."
+            )
+        elif trained:
             why = f"stopped early: {history.stopped}" if history.stopped else "all epochs done"
             print(
                 f"{run_dir}: finished ({done} of {_epochs(hyper['epochs'])}, {why}; {best}). "
@@ -650,7 +668,7 @@ def _resume(run_dir: Path, given: dict[str, Any]) -> int:
                 f"--epochs N."
             )
             return 0
-        if not args.quiet:
+        if not trained and not args.quiet:
             print(
                 f"Resuming {run_dir}: {done} of {_epochs(hyper['epochs'])} done, "
                 f"eta {state.eta:g}, {best}."

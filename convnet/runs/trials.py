@@ -17,6 +17,7 @@ from typing import Any
 
 from convnet import checkpoint, fields, files
 from convnet.errors import DivergenceError
+from convnet.runs import folder as run_folder
 from convnet.runs import jobs
 from convnet.runs import train as training
 
@@ -39,7 +40,7 @@ def status(folder: Path) -> str:
     if (folder / FAILED_FILE).exists():
         failure = fields.read_json(folder / FAILED_FILE, "trial failure record")
         return "failed" if failure.flag("retry") else "diverged"
-    if (folder / "model.json").exists() and (folder / "history.json").exists():
+    if not run_folder.missing_files(folder) and (folder / TRIAL_FILE).exists():
         return "finished"
     if checkpoint.path_in(folder).exists():
         return "unfinished"
