@@ -10,9 +10,12 @@ from __future__ import annotations
 import errno
 import json
 import os
+import shutil
+import stat
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -20,9 +23,11 @@ from PIL import Image
 
 from convnet import FullyConnectedLayer, Network, SoftmaxLayer, files
 from convnet.cli.main import main
+from convnet.data import book_format
 from convnet.errors import DataError, DataWarning
 from convnet.runs import folder as run_folder
 from convnet.runs.train import TRAIN_FLAGS
+from tests.datasets import learnable_splits
 from tests.test_run_folders import LAYERS, _dataset, _fingerprint
 
 
@@ -258,3 +263,58 @@ def test_momentum_takes_the_books_step_unless_eta_is_given(data, tmp_path):
         assert _train(data, out, *extra) == 0
         stored = json.loads((out / "model.json").read_text())["training"]
         assert stored["eta"] == pytest.approx(want), extra
+
+
+# -- nothing read or written outside the folder named (issue 31) ---------------------------
+def _link_out(link: Path, target: Path) -> dict[str, bytes]:
+    """``link`` made a symlink to ``target``, a folder outside; its contents before."""
+    target.mkdir(parents=True, exist_ok=True)
+    (target / "mine.txt").write_text("a user's own file")
+    shutil.rmtree(link, ignore_errors=True)
+    link.symlink_to(target, target_is_directory=True)
+    return {p.name: p.read_bytes() for p in target.iterdir()}
+
+
+def test_an_ensemble_member_linked_elsewhere_is_neither_read_nor_written(tmp_path, capsys):
+    data = book_format.write(tmp_path / "data.npz", learnable_splits(0, (200, 50, 50)))
+    run = tmp_path / "ensemble"
+    argv = ["train", "--layers", "fc:8:sigmoid,softmax", "--epochs", "1", "--quiet"]
+    argv += ["--data", str(data), "--ensemble", "2", "--out", str(run)]
+    assert main(argv) == 0
+    elsewhere = tmp_path / "elsewhere"
+    shutil.copytree(run / "member-1", elsewhere)
+    before = _link_out(run / "member-1", elsewhere)
+    capsys.readouterr()
+    for command in (["evaluate", str(run)], ["info", str(run)], ["train", "--resume", str(run)]):
+        assert main(command) == 2, command
+        assert "outside" in capsys.readouterr().err, command
+    assert {p.name: p.read_bytes() for p in elsewhere.iterdir()} == before
+
+
+def test_a_sweep_trial_linked_elsewhere_or_replaced_by_a_file_is_refused(tmp_path, capsys):
+    data = book_format.write(tmp_path / "data.npz", learnable_splits(0, (200, 50, 50)))
+    out = tmp_path / "sweep"
+    argv = ["sweep", "--layers", "fc:8:sigmoid,softmax", "--epochs", "1", "--quiet"]
+    argv += ["--data", str(data), "--grid", "eta=0.1,0.2", "--out", str(out)]
+    assert main(argv) == 0
+    shutil.rmtree(out / "trial-001")
+    before = _link_out(out / "trial-001", tmp_path / "elsewhere")
+    capsys.readouterr()
+    assert main(["sweep", "--resume", str(out)]) == 2
+    assert "outside" in capsys.readouterr().err
+    assert {p.name: p.read_bytes() for p in (tmp_path / "elsewhere").iterdir()} == before
+    (out / "trial-001").unlink()
+    (out / "trial-001").write_text("my notes")
+    assert main(["sweep", "--resume", str(out)]) == 2
+    assert "trial-001: is a file, not a run folder" in capsys.readouterr().err
+    assert (out / "trial-001").read_text() == "my notes"
+
+
+def test_an_out_that_is_a_device_or_a_fifo_is_never_written_over(tmp_path, capsys):
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    assert main(["train", "--net", "shallow", "--out", str(fifo)]) == 2
+    assert "is a FIFO, not a folder" in capsys.readouterr().err
+    assert main(["expand-mnist", "--out", "/dev/null", "--overwrite"]) == 2
+    assert "/dev/null: is a device, not a file convnet writes" in capsys.readouterr().err
+    assert stat.S_ISFIFO(fifo.stat().st_mode) and stat.S_ISCHR(os.stat("/dev/null").st_mode)

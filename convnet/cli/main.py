@@ -134,6 +134,11 @@ def cmd_plot(args: argparse.Namespace) -> int:
 def cmd_expand(args: argparse.Namespace) -> int:
 
     out = Path(args.out).expanduser() if args.out else None
+    kind = run_folder.special_kind(out) if out is not None else None
+    if kind or (out is not None and out.is_dir()):
+        raise ArgumentError(
+            f"--out {out}: is {kind or 'a folder'}, not a file convnet writes; nothing was written."
+        )
     if out is not None and out.exists() and not args.overwrite:
         raise ArgumentError(
             f"--out: {out} already exists; it was left as it is. Pass --overwrite to replace it."

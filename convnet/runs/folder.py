@@ -16,6 +16,7 @@ import fcntl
 import hashlib
 import io
 import os
+import stat
 import tempfile
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -55,14 +56,48 @@ def missing_files(run_dir: Path) -> list[str]:
 
 def member_dir(run_dir: Path, index: int, members: int) -> Path:
     """Where ensemble member ``index`` lives (the run folder itself for a single net)."""
-    return run_dir if members == 1 else run_dir / f"member-{index}"
+    return run_dir if members == 1 else inside(run_dir, run_dir / f"member-{index}")
+
+
+def inside(parent: Path, path: Path) -> Path:
+    """``path``, derived inside ``parent`` (a member's or a trial's folder), refused if a
+    link takes it elsewhere or it is a file: convnet reads and writes only inside the
+    folder it was given."""
+    if not path.resolve().is_relative_to(parent.resolve()):
+        raise ArgumentError(
+            f"{path}: is a link to {path.resolve()}, outside {parent}; convnet reads and "
+            "writes only inside the folder it was given. Nothing was read or written there."
+        )
+    if path.exists() and not path.is_dir():
+        raise ArgumentError(
+            f"{path}: is a file, not a run folder; move it out of {parent} to go on."
+        )
+    return path
+
+
+def special_kind(path: Path) -> str | None:
+    """ "a device", "a FIFO" or "a socket" if ``path`` is one (never written over)."""
+    try:
+        mode = path.stat().st_mode
+    except OSError:
+        return None
+    for test, kind in (
+        (stat.S_ISCHR, "a device"), (stat.S_ISBLK, "a device"), (stat.S_ISFIFO, "a FIFO"),
+        (stat.S_ISSOCK, "a socket"),
+    ):  # fmt: skip
+        if test(mode):
+            return kind
+    return None
 
 
 def prepare_out(run_dir: Path, overwrite: bool) -> None:
     """Before anything trains: ``run_dir`` is (or can be made) a folder this process can
     write in, and holds no trained model unless ``overwrite``."""
-    if run_dir.exists() and not run_dir.is_dir():
-        raise ArgumentError(f"--out {run_dir}: is a file, not a folder; nothing was trained.")
+    kind = special_kind(run_dir)
+    if kind or (run_dir.exists() and not run_dir.is_dir()):
+        raise ArgumentError(
+            f"--out {run_dir}: is {kind or 'a file'}, not a folder; nothing was trained."
+        )
     existing = [name for name in KEPT_FILES if (run_dir / name).exists()]
     if existing and not overwrite:
         raise ArgumentError(

@@ -36,7 +36,8 @@ class Trial:
 def status(folder: Path) -> str:
     """``"finished"``, ``"unfinished"`` (a checkpoint to resume), ``"failed"`` (retried
     on the next run), ``"diverged"`` (not retried: its seeds would diverge again) or
-    ``"new"``."""
+    ``"new"``. A trial folder that is a link out of its sweep's folder is refused."""
+    run_folder.inside(folder.parent, folder)
     if (folder / FAILED_FILE).exists():
         failure = fields.read_json(folder / FAILED_FILE, "trial failure record")
         return "failed" if failure.flag("retry") else "diverged"
@@ -90,7 +91,7 @@ def run(
     leaves ``failed.json`` (a diverged one marked not to retry) and the others go on.
     ``on_done(trial, summary, "K of N ended")`` as each one ends, finished or failed."""
     todo = [t for t in trials if status(parent / t.name) not in ("finished", "diverged")]
-    by_folder = {parent / t.name: t for t in todo}
+    by_folder = {run_folder.inside(parent, parent / t.name): t for t in todo}
     for folder in by_folder:
         folder.mkdir(parents=True, exist_ok=True)
         (folder / FAILED_FILE).unlink(missing_ok=True)
