@@ -340,6 +340,23 @@ def cli_setup() -> dict[str, Path]:
     return {"data": data, "run": TMP / "run", "ensemble": TMP / "ensemble"}
 
 
+def fifo() -> Path:
+    path = TMP / "pipe"
+    if not path.exists():
+        os.mkfifo(path)
+    return path
+
+
+def linked_member(ensemble: Path) -> Path:
+    """A copy of ``ensemble`` whose member-1 is a link to a folder outside it."""
+    copy = TMP / "linked-ensemble"
+    if not copy.exists():
+        shutil.copytree(ensemble, copy)
+        shutil.move(copy / "member-1", TMP / "elsewhere")
+        (copy / "member-1").symlink_to(TMP / "elsewhere", target_is_directory=True)
+    return copy
+
+
 def damaged(name: str, edit: Callable[[Path], None]) -> Path:
     """A copy of the finished run with ``edit`` applied to it."""
     folder = TMP / name
@@ -420,6 +437,21 @@ def cli_cases(at: dict[str, Path]) -> list[tuple[str, Callable[[], list[str]], s
             "`--out` that is a file",
             lambda: [*train, "--out", str(a_file)],
             test + "test_an_out_that_cannot_be_a_run_folder_is_refused_before_training",
+        ),
+        (
+            "`--out` that is a FIFO (or a device, a socket)",
+            lambda: [*train, "--out", str(fifo())],
+            test + "test_an_out_that_is_a_device_or_a_fifo_is_never_written_over",
+        ),
+        (
+            "`expand-mnist --out /dev/null --overwrite`",
+            lambda: ["expand-mnist", "--out", "/dev/null", "--overwrite"],
+            test + "test_an_out_that_is_a_device_or_a_fifo_is_never_written_over",
+        ),
+        (
+            "An ensemble member that is a link to a folder elsewhere",
+            lambda: ["evaluate", str(linked_member(at["ensemble"]))],
+            test + "test_an_ensemble_member_linked_elsewhere_is_neither_read_nor_written",
         ),
         (
             "`--out` that cannot be written",
