@@ -124,14 +124,40 @@ def test_resume_trains_only_the_missing_trials_and_refuses_a_second_plan(tmp_pat
         ("optimizer=sgd,rmsprop", "optimizer is one of sgd, nesterov, adam. Received: 'rmsprop'"),
         ("eta=0.1,0.1", "--grid eta=0.1,0.1: expected distinct values for eta."),
         ("epochs=2,0", "--epochs: expected an integer >= 1"),
+        ("lmbda=-1,0", "--lmbda: expected a number >= 0"),
+        ("net=shallow,conv", "--grid net: --layers is given too"),
+        ("eta=0.1,0.2 --repeats 0", "--repeats: expected at least 1. Received: 0."),
+        ("eta=0.1,0.2 --data nowhere.npz", "nowhere.npz"),
     ],
 )
 def test_a_bad_grid_is_refused_before_anything_is_written(tmp_path, capsys, grid, message):
+    """Every value is checked as ``convnet train`` checks its flag, before any folder."""
     out = tmp_path / "sweep"
-    argv = ["sweep", "--layers", LAYERS, "--grid", grid, "--out", str(out)]
+    text, *more = grid.split(" ")
+    argv = ["sweep", "--layers", LAYERS, "--grid", text, *more, "--out", str(out)]
     assert main(argv) == 2
     assert message in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_a_sweep_whose_every_trial_failed_exits_non_zero(tmp_path, capsys):
+    data = _dataset(tmp_path / "data.npz")
+    argv = ["sweep", "--layers", LAYERS, "--grid", "eta=1e30,1e31", "--epochs", "1"]
+    assert main([*argv, "--data", str(data), "--out", str(tmp_path / "s")]) == 1
+    assert "0 trials finished, 2 failed" in capsys.readouterr().out
+
+
+def test_a_damaged_plan_names_the_file_and_the_trial(tmp_path, capsys):
+    data = _dataset(tmp_path / "data.npz")
+    out = tmp_path / "sweep"
+    argv = ["sweep", "--layers", LAYERS, "--grid", "eta=0.1,0.2", "--epochs", "1", "--quiet"]
+    assert main([*argv, "--data", str(data), "--out", str(out)]) == 0
+    plan = json.loads((out / "sweep-plan.json").read_text())
+    plan["trials"][1]["arguments"]["epochs"] = "1"
+    (out / "sweep-plan.json").write_text(json.dumps(plan))
+    assert main(["sweep", "--resume", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "sweep-plan.json: trials[1].arguments (trial-001)" in err and "--epochs" in err
 
 
 def test_a_parameter_both_swept_and_fixed_is_refused(tmp_path, capsys):

@@ -51,26 +51,26 @@ def cmd_sweep(args: argparse.Namespace) -> int:
                 f"--resume {args.resume}: runs the trials planned there, so only --workers, "
                 f"--cluster and --quiet may be given with it. Received: {' '.join(given)}."
             )
-        sweeps.sweep(
+        rows = sweeps.sweep(
             args.resume,
             resume=True,
             workers=args.workers,
             cluster=args.cluster,
             verbose=not args.quiet,
         )
-        return 0
+        return 0 if any(row["status"] == "finished" for row in rows) else 1
     if not args.out:
         raise ArgumentError("sweep: expected --out DIR (or --resume DIR).")
-    sweeps.sweep(
+    rows = sweeps.sweep(
         args.out,
         sweeps.parse_grid(args.grid or []),
-        repeats=args.repeats or 1,
+        repeats=1 if args.repeats is None else args.repeats,
         workers=args.workers,
         cluster=args.cluster,
         verbose=not args.quiet,
         **fixed,
     )
-    return 0
+    return 0 if any(row["status"] == "finished" for row in rows) else 1
 
 
 # -- the other commands -------------------------------------------------------------------

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from convnet import fields, files, plots
+from convnet.data.mnist import find_mnist
 from convnet.errors import ArgumentError
 from convnet.runs import folder as run_folder
 from convnet.runs import jobs, trials
@@ -79,6 +80,11 @@ def plan(grid: dict[str, list[Any]], repeats: int, fixed: dict[str, Any]) -> lis
     (``fixed``'s seed, or 0, onwards), each checked before anything trains."""
     if repeats < 1:
         raise ArgumentError(f"--repeats: expected at least 1. Received: {repeats}.")
+    if "net" in grid and fixed.get("layers"):
+        raise ArgumentError(
+            "--grid net: --layers is given too; a net by name and --layers are exclusive, "
+            "as for convnet train. Sweep one or the other."
+        )
     clash = sorted(set(grid) & {k for k, v in fixed.items() if v is not None})
     if clash:
         raise ArgumentError(
@@ -127,6 +133,7 @@ def sweep(
             )
         points = {name: list(values) for name, values in (grid or {}).items()}
         planned = plan(points, repeats, fixed)
+        find_mnist(fixed.get("data"))  # every trial reads it: a missing --data fails here, once
         if (out / PLAN_FILE).exists():
             raise ArgumentError(
                 f"--out {out}: already holds a sweep. Continue it with --resume {out}, "
@@ -225,7 +232,12 @@ def read_plan(out: Path) -> tuple[dict[str, list[Any]], list[trials.Trial]]:
         name = str(entry.get("name"))
         if Path(name).name != name or not name.startswith("trial-"):
             stored.fail(f"trials[{index}].name", "trial-NNN", name)
-        training.check_arguments(entry["arguments"])
+        try:
+            training.check_arguments(entry["arguments"])
+        except ArgumentError as exc:  # a flag the user typed once, now a field of the plan
+            stored.fail(
+                f"trials[{index}].arguments ({name})", "the flags it was planned with", str(exc)
+            )
         planned.append(trials.Trial(name, entry["arguments"]))
     return grid, planned
 
@@ -249,8 +261,9 @@ def write_table(
 
 
 def _describe(trial: trials.Trial, grid: dict[str, list[Any]], result: dict[str, Any]) -> str:
-    point = ", ".join(f"{name}={trial.arguments.get(name)}" for name in grid)
-    head = f"{trial.name} ({point}, seed {trial.arguments.get('seed', 0)})"
+    seed = trial.arguments.get("seed", 0)
+    point = [f"{name}={trial.arguments.get(name)}" for name in grid] + [f"seed {seed}"]
+    head = f"{trial.name} ({', '.join(point)})"
     if result["status"] != "finished":
         return f"{head}: {result['status']}: {result['reason']}"
     best = result["best_validation_accuracy"]

@@ -340,6 +340,7 @@ def _hyper(args: argparse.Namespace) -> dict[str, Any]:
         "limit": args.limit,
         "expanded": bool(args.expanded or (recipe and recipe.expanded)),
     }
+    check_number(hyper["lmbda"], "--lmbda", inclusive=True)
     _optimizer(hyper)  # a bad --optimizer/--eta/--momentum fails before any data is read
     return hyper
 
