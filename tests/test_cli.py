@@ -150,13 +150,17 @@ def test_expand_mnist_caches_the_expansion(tmp_path, monkeypatch, capsys):
     _write_fake_mnist(data, gz=True, n_train=120, n_test=5)
     assert main(["expand-mnist", "--data", str(data)]) == 0
     assert "600 training images" in capsys.readouterr().out
-    cache = tmp_path / "cache" / "mnist_expanded_120.npz"
+    (cache,) = (tmp_path / "cache").glob("mnist_expanded_120_*.npz")
     with np.load(cache) as stored:
         assert stored["x"].shape == (600, 784)
     training = load_mnist(data)[0]
     from convnet.data.expand import load_expanded
 
     np.testing.assert_array_equal(load_expanded(training)[1], load_expanded(training)[1])
+    # another training set of the same size gets its own expansion, never this cache's
+    other = (training[0][::-1].copy(), training[1][::-1].copy())
+    assert not np.array_equal(load_expanded(other)[0][:5], load_expanded(training)[0][:5])
+    assert len(list((tmp_path / "cache").glob("mnist_expanded_120_*.npz"))) == 2
 
 
 def test_train_never_overwrites_a_trained_model_unless_asked(run_dir, capsys):

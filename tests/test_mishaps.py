@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from convnet import FullyConnectedLayer, Network, SoftmaxLayer, files
+from convnet import FullyConnectedLayer, Network, SoftmaxLayer, files, load_mnist
 from convnet.cli.main import main
 from convnet.data import book_format
 from convnet.errors import DataError, DataWarning
@@ -318,3 +318,34 @@ def test_an_out_that_is_a_device_or_a_fifo_is_never_written_over(tmp_path, capsy
     assert main(["expand-mnist", "--out", "/dev/null", "--overwrite"]) == 2
     assert "/dev/null: is a device, not a file convnet writes" in capsys.readouterr().err
     assert stat.S_ISFIFO(fifo.stat().st_mode) and stat.S_ISCHR(os.stat("/dev/null").st_mode)
+
+
+def test_the_smaller_mistakes_of_issue_31_are_named(tmp_path, capsys):
+    assert main(["train", "--net", "shallow", "--ensemble", "2", "--cluster", "", "--out",
+                 str(tmp_path / "r")]) == 2  # fmt: skip
+    assert "--cluster: expected a scheduler address" in capsys.readouterr().err
+    assert not (tmp_path / "r").exists()
+    assert main(["train", "--net", "shallow", "--optimizer", "nesterov", "--momentum", "1.5",
+                 "--out", str(tmp_path / "r")]) == 2  # fmt: skip
+    assert "--momentum: expected a number" in capsys.readouterr().err
+    folder = tmp_path / "mnist"
+    folder.mkdir()
+    labels = bytes([0, 0, 8, 1]) + (10).to_bytes(4, "big") + bytes(10)
+    images = bytes([0, 0, 8, 3]) + b"".join(n.to_bytes(4, "big") for n in (10, 28, 28))
+    for name, raw in (("train-images-idx3-ubyte", labels), ("train-labels-idx1-ubyte", labels),
+                      ("t10k-images-idx3-ubyte", images + bytes(7840)),
+                      ("t10k-labels-idx1-ubyte", labels)):  # fmt: skip
+        (folder / name).write_bytes(raw)
+    with pytest.raises(DataError, match=r"train-images-idx3-ubyte: expected images .* 1-d"):
+        load_mnist(folder)
+
+
+def test_predict_into_a_closed_pipe_ends_quietly(tmp_path):
+    """``convnet predict RUN pictures... | head -1``: no BrokenPipeError traceback."""
+    code = (
+        "import sys; from convnet.cli.main import main; "
+        "sys.stdout.write = lambda text: (_ for _ in ()).throw(BrokenPipeError(32, 'pipe')); "
+        "sys.exit(main(['info']))"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 141 and "Traceback" not in result.stderr

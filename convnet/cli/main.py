@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import errno
+import os
 import platform
 import sys
 from pathlib import Path
@@ -151,7 +152,7 @@ def cmd_expand(args: argparse.Namespace) -> int:
     if out is None:
         print(
             f"{len(expanded[0]):,} training images (the book's expansion) cached at "
-            f"{default_cache(len(training[0]))}. For the book's conv.py, write its file with: "
+            f"{default_cache(training)}. For the book's conv.py, write its file with: "
             "convnet expand-mnist --out ../data/mnist_expanded.pkl.gz"
         )
         return 0
@@ -384,6 +385,9 @@ def main(argv: list[str] | None = None) -> int:
     except ConvnetError as exc:  # our errors already say what is wrong: no traceback
         print(f"convnet {args.command}: error: {exc}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # the reader went away (| head): stop quietly, as cat does
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141  # 128 + SIGPIPE
     except OSError as exc:
         if exc.errno not in DISK_ERRORS or exc.filename is None:
             raise

@@ -7,6 +7,7 @@ The expansion is cached as ``.npz`` so later runs load it in a second.
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 import numpy as np
@@ -38,8 +39,15 @@ def expand(x: np.ndarray, y: np.ndarray, *, seed: int = 0) -> tuple[np.ndarray, 
     return images[order], labels[order]
 
 
-def default_cache(n_images: int = 50_000) -> Path:
-    return config.cache_root() / f"mnist_expanded_{n_images}.npz"
+def default_cache(training: tuple[np.ndarray, np.ndarray]) -> Path:
+    """The cache of ``training``'s expansion, named by a digest of its images and labels:
+    another training set of the same size (Fashion-MNIST, say) never gets MNIST's."""
+    x, y = training
+    digest = hashlib.blake2b(digest_size=8)
+    for array in (x, y):
+        digest.update(f"{array.dtype}{array.shape}".encode())
+        digest.update(np.ascontiguousarray(array).data.cast("B"))
+    return config.cache_root() / f"mnist_expanded_{len(x)}_{digest.hexdigest()}.npz"
 
 
 def load_expanded(
@@ -47,7 +55,7 @@ def load_expanded(
 ) -> tuple[np.ndarray, np.ndarray]:
     """The expanded set for ``training``, from the cache when it matches, else built."""
     x, y = training
-    cache = cache or default_cache(len(x))
+    cache = cache or default_cache(training)
     if cache.is_file():
         with np.load(cache, allow_pickle=False) as stored:
             if stored["x"].shape == (5 * len(x), x.shape[1]):

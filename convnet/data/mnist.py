@@ -111,7 +111,12 @@ def _from_idx_folder(folder: Path, divisor: float) -> tuple[Split, Split, Split]
     arrays = {key: read_idx(path) for key, path in paths.items()}
     for kind in ("train", "test"):
         images, labels = arrays[f"{kind}_images"], arrays[f"{kind}_labels"]
-        if images.ndim != 3 or labels.ndim != 1 or len(images) != len(labels):
+        if images.ndim != 3:
+            raise DataError(
+                f"{paths[f'{kind}_images']}: expected images (a 3-d IDX array: count x rows x "
+                f"columns). Received: {images.ndim}-d data of shape {images.shape}."
+            )
+        if labels.ndim != 1 or len(images) != len(labels):
             raise DataError(
                 f"{folder}: {kind} images {images.shape} and labels {labels.shape} don't pair up."
             )

@@ -117,6 +117,11 @@ class Workers:
     and a cluster checked, before anything is written."""
 
     def __init__(self, workers: int | None = None, cluster: str | None = None) -> None:
+        if cluster is not None and not cluster.strip():
+            raise ArgumentError(
+                "--cluster: expected a scheduler address such as tcp://HOST:8786. Received: '' "
+                "(an unset shell variable?); nothing was trained."
+            )
         self.workers, self.cluster = workers, cluster
         self.executor: Executor | None = None
         self._close: Callable[[], None] = lambda: None

@@ -324,6 +324,8 @@ def _hyper(args: argparse.Namespace) -> dict[str, Any]:
                 inclusive=True,
                 high=flag.high + 1,
             )
+    if args.momentum is not None:  # checked before the default eta is derived from it
+        check_number(args.momentum, "--momentum", inclusive=True, high=1.0)
     recipe = RECIPES.get(args.net) if not args.layers else None
     book_eta = recipe.eta if recipe else 0.1
     momentum = args.momentum if args.momentum is not None else DEFAULT_MOMENTUM[args.optimizer]
@@ -415,6 +417,8 @@ def _workers(args: argparse.Namespace, members: int) -> jobs.Workers:
     """Where members train at once (``--workers``' pinned pool or a ``--cluster``'s
     executor), made and checked before anything is written; no executor: one after
     another in this process."""
+    if args.cluster is not None and not args.cluster.strip():
+        return jobs.Workers(cluster=args.cluster)  # refuses it by name
     if members < 2 or not (args.cluster or (args.workers or 1) > 1):
         return jobs.Workers()
     return jobs.Workers(args.workers, args.cluster)
