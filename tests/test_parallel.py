@@ -191,3 +191,48 @@ def _running(pid: int) -> bool:
         return False
     state = Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0]
     return state != "Z"  # a zombie has ended, waiting for its parent to be told
+
+
+@pytest.mark.skipif(len(jobs.cores()) < 2, reason="needs 2 cores")
+@pytest.mark.parametrize("how", [signal.SIGTERM, signal.SIGINT], ids=["sigterm", "ctrl-c"])
+def test_interrupting_an_ensembles_driver_stops_every_worker_at_once(tmp_path, how):
+    """SIGTERM to the driver, or Ctrl-C to its process group, of ``--ensemble 3 --workers
+    2``: every worker stops at once, the queued member never starts, one line names the
+    ensemble's folder to resume (never a member's), exit 130, no worker's traceback."""
+    from convnet.data import book_format
+    from tests.datasets import learnable_splits
+
+    data = book_format.write(tmp_path / "data.npz", learnable_splits(1, (3000, 100, 100)))
+    run = tmp_path / "ensemble"
+    argv = [*ARGV[:-1], "3", "--epochs", "20", "--workers", "2", "--data", str(data)]
+    process = subprocess.Popen(
+        [sys.executable, "-m", "convnet.cli", *argv, "--out", str(run)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True,
+    )  # fmt: skip
+    started = [run / f"member-{k}" / "checkpoint.npz" for k in (0, 1)]
+    deadline = time.monotonic() + 240
+    while not all(p.exists() for p in started) and time.monotonic() < deadline:
+        assert process.poll() is None, process.stderr.read().decode()
+        time.sleep(0.1)
+    assert all(p.exists() for p in started), "the members never wrote a checkpoint"
+    asked = time.monotonic()
+    if how == signal.SIGINT:
+        os.killpg(process.pid, signal.SIGINT)  # what Ctrl-C in a terminal does
+    else:
+        process.send_signal(signal.SIGTERM)
+    _, errors = process.communicate(timeout=60)
+    took = time.monotonic() - asked
+    text = errors.decode()
+    assert process.returncode == 130, text
+    assert took < 10, f"took {took:.1f} s to stop"
+    assert "Traceback" not in text, text
+    assert f"Resume with: convnet train --resume {run}\n" in text, text
+    assert "members none finished, [0, 1] keep their last checkpoints" in text, text
+    assert not (run / "member-2").exists() or not any((run / "member-2").iterdir())
+    left = "?"
+    for _ in range(50):  # the session's processes: the workers, multiprocessing's tracker
+        left = subprocess.run(["pgrep", "-s", str(process.pid)], capture_output=True).stdout
+        if not left.strip():
+            break
+        time.sleep(0.1)
+    assert not left.strip(), f"processes left running 5 s after the driver: {left!r}"

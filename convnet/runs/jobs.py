@@ -197,6 +197,9 @@ def _pin(queue: Any, parent: int) -> None:
     train on with nobody to hand the result to, into a folder a new run may take over."""
     if hasattr(os, "sched_setaffinity"):
         os.sched_setaffinity(0, {queue.get()})
+    # A Ctrl-C reaches the whole process group: the driver stops its workers (SIGTERM, each
+    # keeps its last checkpoint), so a worker leaves it to the driver, without a traceback.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     _end_with_parent(parent)
 
 

@@ -224,8 +224,9 @@ def _layers(args: argparse.Namespace, mbs: int):
     return layers_for(args.net, mbs)
 
 
-class RunInterruptedError(Exception):
-    """Ctrl-C (or SIGTERM) during training; says where, and how to continue."""
+class RunInterruptedError(KeyboardInterrupt):
+    """Ctrl-C (or SIGTERM) during training; says where, and how to continue (still an
+    interruption: ``except Exception`` does not swallow it, and workers are stopped)."""
 
     def __init__(self, run_dir: Path, position: Position) -> None:
         where = (
@@ -242,6 +243,23 @@ class RunInterruptedError(Exception):
             kept = "no checkpoint yet"
         super().__init__(
             f"Interrupted {where}; {kept}. Resume with: convnet train --resume {run_dir}"
+        )
+
+
+class EnsembleInterruptedError(RunInterruptedError):
+    """Ctrl-C (or SIGTERM) while an ensemble's members train: which members are done, and
+    the ensemble's folder (never a member's) to resume."""
+
+    def __init__(self, run_dir: Path, members: int) -> None:
+        folders = [run_folder.member_dir(run_dir, k, members) for k in range(members)]
+        done = [k for k, f in enumerate(folders) if not run_folder.missing_files(f)]
+        started = [
+            k for k, f in enumerate(folders) if k not in done and checkpoint.path_in(f).exists()
+        ]
+        KeyboardInterrupt.__init__(
+            self,
+            f"Interrupted; members {done or 'none'} finished, {started or 'none'} keep their "
+            f"last checkpoints. Resume with: convnet train --resume {run_dir}",
         )
 
 
@@ -435,6 +453,31 @@ def _train_members(
 ) -> None:
     """Train members ``todo`` (those in ``resumed`` from their checkpoints) on ``workers``,
     or one after another in this process; then take the vote of all of them."""
+    if members == 1:
+        _train_unvoted(args, run_dir, members, hyper, todo, resumed, workers)
+        return
+    try:
+        _train_unvoted(args, run_dir, members, hyper, todo, resumed, workers)
+    except (RunInterruptedError, KeyboardInterrupt):
+        raise EnsembleInterruptedError(run_dir, members) from None
+    test = _data(args)[2]
+    result = run_folder.write_ensemble(
+        run_dir, members, test, backend=args.backend, device=args.device
+    )
+    for k, accuracy in enumerate(result["members"]):
+        print(f"member {k}: test accuracy {accuracy:.2%}")
+    print(f"voted ({members} nets): test accuracy {result['voted']:.2%}")
+
+
+def _train_unvoted(
+    args: argparse.Namespace,
+    run_dir: Path,
+    members: int,
+    hyper: dict[str, Any],
+    todo: list[int],
+    resumed: set[int],
+    workers: jobs.Workers,
+) -> None:
     if workers.executor is not None and todo:
         _train_in_parallel(args, run_dir, members, todo, workers)
     elif args.together and len(todo) > 1:
@@ -454,14 +497,6 @@ def _train_members(
             _train_one(args, folder, args.seed + k, data, hyper, state)
             if not args.quiet:
                 print(f"Saved {folder}/model.npz, model.json, history, curves.png, errors.png")
-    if members > 1:
-        test = _data(args)[2]
-        result = run_folder.write_ensemble(
-            run_dir, members, test, backend=args.backend, device=args.device
-        )
-        for k, accuracy in enumerate(result["members"]):
-            print(f"member {k}: test accuracy {accuracy:.2%}")
-        print(f"voted ({members} nets): test accuracy {result['voted']:.2%}")
 
 
 def _train_together(

@@ -110,8 +110,6 @@ def run(
         report(job)
 
     def failed(job: jobs.Job, exc: Exception) -> bool:
-        if isinstance(exc, training.RunInterruptedError):
-            return False
         reason = f"{type(exc).__name__}: {exc}"
         retry = not isinstance(exc, DivergenceError)
         files.write_json(job.folder / FAILED_FILE, {"reason": reason, "retry": retry})
