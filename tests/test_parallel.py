@@ -236,3 +236,27 @@ def test_interrupting_an_ensembles_driver_stops_every_worker_at_once(tmp_path, h
             break
         time.sleep(0.1)
     assert not left.strip(), f"processes left running 5 s after the driver: {left!r}"
+
+
+def test_a_cluster_address_that_takes_the_connection_and_says_nothing_fails_in_time(
+    tmp_path, capsys
+):
+    import socket
+    import threading
+
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(8)
+    held = []
+    threading.Thread(
+        target=lambda: held.extend(server.accept() for _ in range(8)), daemon=True
+    ).start()
+    address = f"tcp://127.0.0.1:{server.getsockname()[1]}"
+    data = _dataset(tmp_path / "data.npz")
+    start = time.monotonic()
+    argv = [*ARGV, "--data", str(data), "--cluster", address, "--out", str(tmp_path / "r")]
+    assert main(argv) == 2
+    assert time.monotonic() - start < 30
+    assert f"--cluster {address}: no Dask scheduler answered within" in capsys.readouterr().err
+    assert not (tmp_path / "r").exists()
+    server.close()

@@ -128,6 +128,7 @@ def test_resume_trains_only_the_missing_trials_and_refuses_a_second_plan(tmp_pat
         ("net=shallow,conv", "--grid net: --layers is given too"),
         ("eta=0.1,0.2 --repeats 0", "--repeats: expected at least 1. Received: 0."),
         ("eta=0.1,0.2 --data nowhere.npz", "nowhere.npz"),
+        ("eta=0.1,0.2 --repeats 1000000000", "sweep: 2,000,000,000 trials"),
     ],
 )
 def test_a_bad_grid_is_refused_before_anything_is_written(tmp_path, capsys, grid, message):

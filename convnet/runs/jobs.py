@@ -18,6 +18,7 @@ import multiprocessing
 import os
 import signal
 import sys
+import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import BrokenExecutor, Executor, Future, ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
@@ -226,7 +227,12 @@ def cluster_executor(address: str) -> tuple[Executor, Callable[[], None]]:
             "pip install 'convnet[cluster]'."
         ) from None
     try:
-        client = Client(address, timeout=f"{CONNECT_SECONDS}s")
+        client = _bounded(lambda: Client(address, timeout=f"{CONNECT_SECONDS}s"))
+    except _NoAnswerError:
+        raise ArgumentError(
+            f"--cluster {address}: no Dask scheduler answered within {2 * CONNECT_SECONDS} s "
+            "(something there took the connection and said nothing)."
+        ) from None
     except ValueError as exc:
         raise ArgumentError(
             f"--cluster {address}: expected a scheduler address such as tcp://HOST:8786 ({exc})."
@@ -244,7 +250,13 @@ def cluster_executor(address: str) -> tuple[Executor, Callable[[], None]]:
         except PackageNotFoundError:
             return None
 
-    found = client.run(installed)
+    try:
+        found = _bounded(lambda: client.run(installed))
+    except _NoAnswerError:
+        client.close(timeout=1)
+        raise ArgumentError(
+            f"--cluster {address}: its workers did not answer within {2 * CONNECT_SECONDS} s."
+        ) from None
     wrong = {worker: v for worker, v in found.items() if v != VERSION}
     if not found or wrong:
         client.close()
@@ -253,3 +265,29 @@ def cluster_executor(address: str) -> tuple[Executor, Callable[[], None]]:
             f"--cluster {address}: expected workers with convnet {VERSION}. Received: {seen}."
         )
     return client.get_executor(), client.close
+
+
+class _NoAnswerError(TimeoutError):
+    pass
+
+
+def _bounded(call: Callable[[], Any]) -> Any:
+    """``call()``, or _NoAnswerError after 2 x CONNECT_SECONDS: Dask's own timeouts do not
+    cover a peer that accepts the connection and then says nothing (measured: a hang of
+    minutes). The call goes on in a daemon thread that the process does not wait for."""
+    outcome: dict[str, Any] = {}
+
+    def run() -> None:
+        try:
+            outcome["value"] = call()
+        except BaseException as exc:  # handed to the caller's thread
+            outcome["error"] = exc
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    thread.join(2 * CONNECT_SECONDS)
+    if thread.is_alive():
+        raise _NoAnswerError(f"no answer within {2 * CONNECT_SECONDS} s")
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["value"]

@@ -12,6 +12,7 @@ from __future__ import annotations
 import csv
 import io
 import itertools
+import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,7 @@ from convnet.runs import folder as run_folder
 from convnet.runs import jobs, trials
 from convnet.runs import train as training
 
+MAX_TRIALS = 10_000  # a sweep's trials are planned (and checked) before any trains
 PLAN_FILE = "sweep-plan.json"
 TABLE_FILE = "sweep.csv"
 FIGURE_FILE = "sweep.png"
@@ -132,6 +134,12 @@ def sweep(
                 "the same network at R seeds)."
             )
         points = {name: list(values) for name, values in (grid or {}).items()}
+        count = math.prod(len(values) for values in points.values()) * max(repeats, 1)
+        if count > MAX_TRIALS:
+            raise ArgumentError(
+                f"sweep: {count:,} trials (the grid's points times --repeats); expected at most "
+                f"{MAX_TRIALS:,} in one sweep. Split it, or sweep fewer values."
+            )
         planned = plan(points, repeats, fixed)
         find_mnist(fixed.get("data"))  # every trial reads it: a missing --data fails here, once
         if (out / PLAN_FILE).exists():
