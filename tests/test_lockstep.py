@@ -4,6 +4,7 @@ the same networks trained one after another."""
 from __future__ import annotations
 
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -227,3 +228,18 @@ def test_the_program_is_one_batched_gemm_per_layer_and_pass():
     assert len(batched) == len(single) == 5
     for line in batched:
         assert "batching_dims = [0] x [0]" in line and "tensor<3x" in line, line
+
+
+def test_resume_together_of_members_at_different_epochs_is_refused_by_member(tmp_path, capsys):
+    data = _dataset(tmp_path / "data.npz")
+    run = tmp_path / "run"
+    argv = [*ARGV, "--backend", "jax", "--data", str(data), "--epochs", "1", "--out", str(run)]
+    assert main(argv) == 0
+    shutil.rmtree(run / "member-1")  # as if killed before member 1 started
+    (run / "ensemble.json").unlink()
+    capsys.readouterr()
+    resume = ["train", "--resume", str(run), "--epochs", "2", "--backend", "jax"]
+    assert main([*resume, "--together"]) == 2
+    assert "member 0 at epoch 1, member 1 at epoch 0" in capsys.readouterr().err
+    assert main(resume) == 0  # one after another, each from where it stands
+    assert (run / "ensemble.json").is_file()

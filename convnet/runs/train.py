@@ -521,6 +521,14 @@ def _train_together(
             state = None
         nets.append(net)
         states.append(state)
+    epochs = {k: s.epoch if s is not None else 0 for k, s in zip(todo, states, strict=True)}
+    if len(set(epochs.values())) > 1:
+        where = ", ".join(f"member {k} at epoch {e}" for k, e in epochs.items())
+        raise ArgumentError(
+            f"--together: trains members as one program, which must all stand at the same "
+            f"epoch; {run_dir} has {where}. Resume without --together (members one after "
+            "another, or --workers)."
+        )
     if not args.quiet:
         nets[0].summary()
         print(f"Training members {todo} of {members} as one program")
