@@ -586,6 +586,45 @@ def cli_cases(at: dict[str, Path]) -> list[tuple[str, Callable[[], list[str]], s
             "test_sweeps.py::test_a_parameter_both_swept_and_fixed_is_refused",
         ),
         (
+            "A sweep grid value `train` would refuse (`--grid lmbda=-1,0`)",
+            lambda: [
+                *["sweep", "--layers", LAYERS, "--grid", "lmbda=-1,0"],
+                "--out",
+                str(TMP / "s"),
+            ],
+            "test_sweeps.py::test_a_bad_grid_is_refused_before_anything_is_written",
+        ),
+        (
+            "A sweep with `--repeats 0`",
+            lambda: [
+                *["sweep", "--layers", LAYERS, "--grid", "eta=0.1,0.2", "--repeats", "0"],
+                *["--out", str(TMP / "s")],
+            ],
+            "test_sweeps.py::test_a_bad_grid_is_refused_before_anything_is_written",
+        ),
+        (
+            "A sweep of `--net` names with `--layers`",
+            lambda: [
+                *["sweep", "--layers", LAYERS, "--grid", "net=shallow,conv"],
+                "--out",
+                str(TMP / "s"),
+            ],
+            "test_sweeps.py::test_a_bad_grid_is_refused_before_anything_is_written",
+        ),
+        (
+            "A sweep of a billion trials",
+            lambda: [
+                *["sweep", "--layers", LAYERS, "--grid", "eta=0.1,0.2", "--repeats", "1000000000"],
+                *["--out", str(TMP / "s")],
+            ],
+            "test_sweeps.py::test_a_bad_grid_is_refused_before_anything_is_written",
+        ),
+        (
+            "`--cluster ''` (an unset shell variable)",
+            lambda: [*train, "--ensemble", "2", "--cluster", "", "--out", str(TMP / "v")],
+            test + "test_the_smaller_mistakes_of_issue_31_are_named",
+        ),
+        (
             "A sweep with nothing to sweep",
             lambda: ["sweep", "--layers", LAYERS, "--out", str(TMP / "s")],
             "test_sweeps.py::test_repeats_alone_give_one_networks_spread_over_seeds",

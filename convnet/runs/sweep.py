@@ -99,7 +99,13 @@ def plan(grid: dict[str, list[Any]], repeats: int, fixed: dict[str, Any]) -> lis
         for repeat in range(repeats):
             arguments = fixed | dict(zip(grid, point, strict=True)) | {"seed": seed + repeat}
             arguments = {k: v for k, v in arguments.items() if v is not None}
-            training.check_arguments(arguments)
+            try:
+                training.check_arguments(arguments)
+            except ArgumentError as exc:
+                if not grid:
+                    raise
+                where = " ".join(f"{k}={v}" for k, v in zip(grid, point, strict=True))
+                raise ArgumentError(f"--grid {where}: {exc}") from None
             planned.append(trials.Trial(f"trial-{len(planned):03d}", arguments))
     return planned
 
