@@ -20,6 +20,8 @@ import pytest
 import convnet as network3
 from convnet import ConvPoolLayer, FullyConnectedLayer, Network, ReLU, SoftmaxLayer
 from convnet.cli.main import main
+from convnet.data import book_format
+from convnet.data.mnist import load_mnist
 from convnet.errors import DataError, DataNotFoundError
 
 MBS = 10
@@ -222,3 +224,16 @@ def test_expand_mnist_names_an_out_path_it_cannot_write(tmp_path, monkeypatch, m
     assert main(["expand-mnist", "--limit", "5", "--out", str(blocker / "x.pkl.gz")]) == 2
     assert f"{blocker / 'x.pkl.gz'}: cannot be written" in capsys.readouterr().err
     assert blocker.read_text() == "not a folder"
+
+
+def test_expand_mnist_writes_a_plain_pkl_and_refuses_a_suffix_it_cannot_write(tmp_path, capsys):
+    splits = tuple((np.zeros((3, 784), np.float32), np.arange(3)) for _ in range(3))
+    plain = book_format.write(tmp_path / "expanded.pkl", splits)
+    assert plain.read_bytes()[:1] == b"\x80"  # a pickle, not a gzip stream
+    assert load_mnist(plain)[2][0].shape == (3, 784)
+    with pytest.raises(DataError, match=r"expanded\.txt: convnet writes the book's format as"):
+        book_format.write(tmp_path / "expanded.txt", splits)
+    assert not (tmp_path / "expanded.txt").exists()
+    (tmp_path / "garbage.pkl").write_bytes(b"\x1f\x8bnot a pickle")
+    with pytest.raises(DataError, match=r"garbage\.pkl: not a readable pickle .*KeyError"):
+        load_mnist(tmp_path / "garbage.pkl")

@@ -140,6 +140,8 @@ def cmd_expand(args: argparse.Namespace) -> int:
         raise ArgumentError(
             f"--out {out}: is {kind or 'a folder'}, not a file convnet writes; nothing was written."
         )
+    if out is not None:
+        book_format.writable(out)  # a suffix it can't write fails before the work
     if out is not None and out.exists() and not args.overwrite:
         raise ArgumentError(
             f"--out: {out} already exists; it was left as it is. Pass --overwrite to replace it."

@@ -93,7 +93,7 @@ def write(path: Path, splits: tuple[Split, Split, Split]) -> Path:
     protocol 4, not the book's 2: numpy 2 names its array constructors in a module old
     numpy lacks, so no Python 2 reader could load the file either way, and protocol 2
     stores array bytes as text (measured for the 250,000-image set: 4.5 GB peak memory)."""
-    path = Path(path)
+    path = writable(Path(path))
     pairs = tuple((np.asarray(x, np.float32), np.asarray(y, np.int64)) for x, y in splits)
     if path.suffix == ".npz":
         arrays: dict[str, Any] = {}
@@ -106,13 +106,23 @@ def write(path: Path, splits: tuple[Split, Split, Split]) -> Path:
         return path
 
     def dump(handle) -> None:
-        opened = gzip.GzipFile(fileobj=handle, mode="wb", compresslevel=1)
-        target = opened if path.suffix == ".gz" else handle
-        pickle.dump(pairs, target, protocol=4)
-        if target is opened:
-            opened.close()
+        if path.suffix != ".gz":  # a plain .pkl (GzipFile would write its header regardless)
+            pickle.dump(pairs, handle, protocol=4)
+            return
+        with gzip.GzipFile(fileobj=handle, mode="wb", compresslevel=1) as opened:
+            pickle.dump(pairs, opened, protocol=4)
 
     _write(path, dump)
+    return path
+
+
+def writable(path: Path) -> Path:
+    """``path``, if its suffix is one :func:`write` writes (checked before any work)."""
+    if path.suffix not in (".npz", ".pkl", ".gz"):
+        raise DataError(
+            f"{path}: convnet writes the book's format as .pkl.gz (the book's), .pkl or .npz. "
+            f"Received: {path.suffix or 'no suffix'}; nothing was written."
+        )
     return path
 
 

@@ -121,7 +121,9 @@ def load(path: Path) -> Any:
             value = _RestrictedUnpickler(_Budget(handle, str(path)), str(path)).load()
     except (UnsafePickleError, DataError):
         raise
-    except (OSError, EOFError, pickle.UnpicklingError, ValueError, TypeError) as exc:
-        raise DataError(f"{path}: not a readable pickle of numpy arrays ({exc}).") from None
+    except Exception as exc:  # the Python unpickler's errors for garbage are of many kinds
+        raise DataError(
+            f"{path}: not a readable pickle of numpy arrays ({type(exc).__name__}: {exc})."
+        ) from None
     _check_arrays(value, str(path))
     return value
