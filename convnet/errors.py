@@ -70,7 +70,8 @@ def check_number(
     """Raise ArgumentError naming ``what`` unless ``value`` is a finite number (an integer
     with ``integer``) above ``low`` (or at it, with ``inclusive``) and below ``high``."""
     kind = (int, np.integer) if integer else (int, float, np.integer, np.floating)
-    ok = isinstance(value, kind) and not isinstance(value, bool) and np.isfinite(value)
+    ok = isinstance(value, kind) and not isinstance(value, bool)
+    ok = ok and (isinstance(value, int | np.integer) or bool(np.isfinite(value)))  # ints are
     ok = ok and (value >= low if inclusive else value > low) and value < high
     if not ok:
         noun = "an integer" if integer else "a number"

@@ -323,3 +323,86 @@ def test_an_ensemble_killed_at_any_moment_resumes_to_the_same_vote(pristine, tmp
             folder = run / f"member-{member}"
             assert not run_folder.missing_files(folder), (delay, member)
             assert _files(folder)["model.npz"] == want[member], (delay, member)
+
+
+# -- the same fuzz over ensemble and sweep folders ----------------------------------------
+@pytest.fixture(scope="module")
+def pristine_many(tmp_path_factory, pristine) -> tuple[Path, Path, Path]:
+    """(a finished 2-member ensemble, a finished 2-trial sweep, the dataset)."""
+    root = tmp_path_factory.mktemp("many")
+    data = pristine[1]
+    base = ["--layers", LAYERS, "--epochs", "1", "--quiet", "--data", str(data)]
+    ensemble, sweep = root / "ensemble", root / "sweep"
+    assert main(["train", *base, "--ensemble", "2", "--out", str(ensemble)]) == 0
+    assert main(["sweep", *base, "--grid", "eta=0.1,0.2", "--out", str(sweep)]) == 0
+    return ensemble, sweep, data
+
+
+def corrupt_many(top: Path, rng: np.random.Generator, outside: Path) -> str:
+    """Damage an ensemble's or a sweep's folder: its plans and records, a member's or a
+    trial's files, or the member/trial folder itself (a link out, a file, gone)."""
+    plans = [p for p in top.iterdir() if p.suffix == ".json"]
+    members = sorted(p for p in top.iterdir() if p.is_dir())
+    choice = rng.random()
+    if choice < 0.3:
+        target = plans[int(rng.integers(len(plans)))]
+        raw = target.read_bytes()
+        if rng.random() < 0.5:
+            target.write_text(json.dumps(_edit_json(json.loads(raw), rng)))
+            return f"{target.name}: JSON edited"
+        cut = int(rng.integers(0, len(raw)))
+        target.write_bytes(raw[:cut])
+        return f"{target.name}: truncated to {cut} bytes"
+    member = members[int(rng.integers(len(members)))]
+    if choice < 0.4:
+        shutil.rmtree(member)
+        member.symlink_to(outside, target_is_directory=True)
+        return f"{member.name}: a link out of the folder"
+    if choice < 0.45:
+        shutil.rmtree(member)
+        member.write_text("a user's notes")
+        return f"{member.name}: replaced by a file"
+    if choice < 0.5:
+        victim = sorted(member.iterdir())[int(rng.integers(len(list(member.iterdir()))))]
+        victim.unlink()
+        return f"{member.name}/{victim.name}: deleted"
+    return f"{member.name}/" + corrupt(member, rng)
+
+
+def test_random_corruptions_of_ensembles_and_sweeps(pristine_many, tmp_path, capsys):
+    ensemble, sweep, data = pristine_many
+    outside = tmp_path / "outside"
+    shutil.copytree(ensemble / "member-0", outside)
+    kept = _fingerprint(outside)
+    rng = np.random.default_rng(31)
+    outcomes = {"error": 0, "ok": 0}
+    for trial in range(220):
+        pristine_top = ensemble if trial % 2 == 0 else sweep
+        top = tmp_path / f"case-{trial}"
+        shutil.copytree(pristine_top, top, symlinks=True)
+        what = corrupt_many(top, rng, outside)
+        if pristine_top is ensemble:
+            commands = [
+                ["evaluate", str(top), "--data", str(data)],
+                ["info", str(top)],
+                ["train", "--resume", str(top), "--quiet", "--data", str(data)],
+            ]
+        else:
+            commands = [["sweep", "--resume", str(top), "--quiet"]]
+        for argv in commands:
+            before = _fingerprint(top) if not (top / "member-0").is_symlink() else None
+            code, _, err = _run(argv, capsys)
+            case = f"case {trial} ({what}), convnet {' '.join(argv[:2])}"
+            assert code in (0, 1, 2), (case, err)
+            if code == 2:
+                lines = err.strip().splitlines()
+                assert len(lines) == 1 and lines[0].startswith(f"convnet {argv[0]}: error: "), (
+                    case,
+                    err,
+                )
+                if before is not None:
+                    assert _fingerprint(top) == before, case
+            outcomes["ok" if code == 0 else "error"] += 1
+            assert _fingerprint(outside) == kept, f"{case}: wrote outside the folder"
+        shutil.rmtree(top)
+    assert outcomes["error"] >= 60 and outcomes["ok"] >= 60, outcomes

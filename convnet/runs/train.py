@@ -368,6 +368,20 @@ def _hyper(args: argparse.Namespace) -> dict[str, Any]:
 def check_arguments(arguments: dict[str, Any]) -> dict[str, Any]:
     """The hyper-parameters a run with these ``convnet train`` flags trains with; a bad flag
     or a misspelt ``layers`` fails here, before any data is read."""
+    for flag in TRAIN_FLAGS:  # the types the parser would have given them
+        value = arguments.get(flag.name)
+        if value is None:
+            continue
+        kinds = {bool: (bool,), int: (int,), float: (int, float), str: (str,)}[flag.kind]
+        if not isinstance(value, kinds) or (flag.kind is not bool and isinstance(value, bool)):
+            raise ArgumentError(
+                f"{flag_name(flag.name)}: expected {flag.kind.__name__}. Received: {value!r}."
+            )
+        if flag.choices and value not in flag.choices:
+            raise ArgumentError(
+                f"{flag_name(flag.name)}: expected one of {', '.join(flag.choices)}. "
+                f"Received: {value!r}."
+            )
     args = _with_defaults(arguments)
     hyper = _hyper(args)
     if args.layers:
