@@ -466,14 +466,21 @@ def _train_members(
     workers: jobs.Workers,
 ) -> None:
     """Train members ``todo`` (those in ``resumed`` from their checkpoints) on ``workers``,
-    or one after another in this process; then take the vote of all of them."""
-    if members == 1:
-        _train_unvoted(args, run_dir, members, hyper, todo, resumed, workers)
-        return
+    as one program, or one after another in this process; then take the vote of all of
+    them. An interruption names the ensemble's folder to resume, never a member's."""
     try:
-        _train_unvoted(args, run_dir, members, hyper, todo, resumed, workers)
+        if workers.executor is not None and todo:
+            _train_in_parallel(args, run_dir, members, todo, workers)
+        elif args.together and len(todo) > 1:
+            _train_together(args, run_dir, members, hyper, todo, resumed)
+        elif todo:
+            _train_in_turn(args, run_dir, members, hyper, todo, resumed)
     except (RunInterruptedError, KeyboardInterrupt):
+        if members == 1:
+            raise
         raise EnsembleInterruptedError(run_dir, members) from None
+    if members == 1:
+        return
     test = _data(args)[2]
     result = run_folder.write_ensemble(
         run_dir, members, test, backend=args.backend, device=args.device
@@ -483,34 +490,29 @@ def _train_members(
     print(f"voted ({members} nets): test accuracy {result['voted']:.2%}")
 
 
-def _train_unvoted(
+def _train_in_turn(
     args: argparse.Namespace,
     run_dir: Path,
     members: int,
     hyper: dict[str, Any],
     todo: list[int],
     resumed: set[int],
-    workers: jobs.Workers,
 ) -> None:
-    if workers.executor is not None and todo:
-        _train_in_parallel(args, run_dir, members, todo, workers)
-    elif args.together and len(todo) > 1:
-        _train_together(args, run_dir, members, hyper, todo, resumed)
-    elif todo:
-        data = _training_data(args, hyper)
-        for k in todo:
-            folder = run_folder.member_dir(run_dir, k, members)
-            if members > 1 and not args.quiet:
-                print(f"\n== ensemble member {k + 1} of {members} (seed {args.seed + k}) ==")
-            state = None
-            if k in resumed:
-                net, training_state, _ = checkpoint.load(
-                    folder, backend=args.backend, device=args.device
-                )
-                state = (net, training_state)
-            _train_one(args, folder, args.seed + k, data, hyper, state)
-            if not args.quiet:
-                print(f"Saved {folder}/model.npz, model.json, history, curves.png, errors.png")
+    """Members ``todo`` one after another in this process, the data read once."""
+    data = _training_data(args, hyper)
+    for k in todo:
+        folder = run_folder.member_dir(run_dir, k, members)
+        if members > 1 and not args.quiet:
+            print(f"\n== ensemble member {k + 1} of {members} (seed {args.seed + k}) ==")
+        state = None
+        if k in resumed:
+            net, training_state, _ = checkpoint.load(
+                folder, backend=args.backend, device=args.device
+            )
+            state = (net, training_state)
+        _train_one(args, folder, args.seed + k, data, hyper, state)
+        if not args.quiet:
+            print(f"Saved {folder}/model.npz, model.json, history, curves.png, errors.png")
 
 
 def _train_together(
