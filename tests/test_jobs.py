@@ -5,12 +5,14 @@ test_sweeps.py)."""
 from __future__ import annotations
 
 import os
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 
 from convnet import checkpoint
+from convnet.errors import BackendError
 from convnet.runs import jobs
 
 
@@ -92,3 +94,23 @@ def test_a_dead_worker_costs_its_job_a_retry_in_a_fresh_pool_then_a_failure(tmp_
     with jobs.Workers(2) as workers:
         done, failed = _run(doomed, workers, failures=True)
     assert not done and f"died {jobs.ATTEMPTS} times" in str(failed["job-0"])
+
+
+def _slow(arguments, folder, send_back, resume_from, resume):
+    time.sleep(arguments["seconds"])
+    return {"files": {}}
+
+
+def test_a_cluster_that_lost_every_worker_ends_the_wait_in_bounded_time(tmp_path, monkeypatch):
+    """Dask waits for a worker forever; the scheduler asks, and gives up after a while."""
+    monkeypatch.setattr(jobs, "POLL_SECONDS", 0.05)
+    monkeypatch.setattr(jobs, "NO_WORKERS_SECONDS", 0.3)
+    remote = _Remote()
+    remote.cluster = "tcp://127.0.0.1:1"
+    counts = iter([1, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0])
+    monkeypatch.setattr(remote, "worker_count", lambda: next(counts, 0))
+    start = time.monotonic()
+    with pytest.raises(BackendError, match="no worker has been there for"):
+        jobs.run(_jobs(tmp_path, {"seconds": 3}), remote, _slow, on_done=lambda job, r: None)
+    assert time.monotonic() - start < 2
+    assert _Remote().worker_count() == 1  # a pool, not a cluster: never asked

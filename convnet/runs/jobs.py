@@ -19,7 +19,8 @@ import os
 import signal
 import sys
 import threading
-from collections.abc import Callable, Sequence
+import time
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import BrokenExecutor, Executor, Future, ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 from functools import partial
@@ -28,10 +29,12 @@ from typing import Any
 
 from convnet import checkpoint, files
 from convnet.config import VERSION
-from convnet.errors import ArgumentError, check_number
+from convnet.errors import ArgumentError, BackendError, check_number
 
 CONNECT_SECONDS = 5  # how long a --cluster address may take to answer
 ATTEMPTS = 3  # a job whose worker process died this many times in a row fails
+POLL_SECONDS = 5.0  # how often a wait on jobs asks whether any worker is left
+NO_WORKERS_SECONDS = 60.0  # a cluster without workers this long ends the wait
 
 
 @dataclass(frozen=True)
@@ -86,7 +89,7 @@ def run(
             workers.executor.submit(work, *_task(job, send_back)): job for job in todo
         }
         todo = []
-        for future in as_completed(futures):
+        for future in _as_completed(futures, workers):
             job = futures[future]
             if isinstance(future.exception(), BrokenExecutor):
                 deaths[job.folder] += 1
@@ -96,6 +99,20 @@ def run(
             ended(job, partial(_result, future, job))
         if todo:
             workers.renew()
+
+
+def _as_completed(futures: dict[Future, Job], workers: Workers) -> Iterator[Future]:
+    """``as_completed``, asking every POLL_SECONDS whether anyone is still working on
+    them (:meth:`Workers.check_alive`): a cluster that lost every worker is an error in
+    bounded time, not a silent wait."""
+    pending = set(futures)
+    while pending:
+        try:
+            for future in as_completed(pending, timeout=POLL_SECONDS):
+                pending.discard(future)
+                yield future
+        except TimeoutError:
+            workers.check_alive()
 
 
 def _result(future: Future, job: Job) -> dict[str, Any]:
@@ -124,6 +141,7 @@ class Workers:
                 "(an unset shell variable?); nothing was trained."
             )
         self.workers, self.cluster = workers, cluster
+        self._empty_since: float | None = None
         self.executor: Executor | None = None
         self._close: Callable[[], None] = lambda: None
         if cluster:
@@ -132,6 +150,32 @@ class Workers:
             self.renew()
         elif workers is not None:
             pinned_pool(workers).shutdown()  # checks --workers as the pool does
+
+    def check_alive(self) -> None:
+        """Raise once a cluster has had no worker for NO_WORKERS_SECONDS (Dask would
+        wait for one forever); the jobs keep their checkpoints for a resume."""
+        if not self.cluster:
+            return
+        count = self.worker_count()
+        now = time.monotonic()
+        if count:
+            self._empty_since = None
+            return
+        self._empty_since = self._empty_since or now
+        if now - self._empty_since >= NO_WORKERS_SECONDS:
+            raise BackendError(
+                f"--cluster {self.cluster}: no worker has been there for "
+                f"{NO_WORKERS_SECONDS:.0f} s (all lost?); each job keeps its last checkpoint. "
+                "Resume once workers are back."
+            )
+
+    def worker_count(self) -> int:
+        """How many workers the cluster has now."""
+        client = getattr(self.executor, "_client", None)
+        try:
+            return len(client.scheduler_info()["workers"]) if client is not None else 1
+        except Exception:  # a scheduler that does not answer has no workers for us
+            return 0
 
     @property
     def sends_back(self) -> bool:
