@@ -153,7 +153,6 @@ class Trainer:
         self.net, self.train, self.validation, self.test = net, train, validation, test
         self.options = options
         self.epochs, self.optimizer, self.lmbda = options.epochs, options.optimizer, options.lmbda
-        self.eta0 = float(options.optimizer.eta)
         self.callbacks, self.verbose, self.label = list(callbacks), options.verbose, label
         self.keep_best_weights = False  # callbacks that restore the best epoch set it
         self.stopping = False
@@ -212,6 +211,11 @@ class Trainer:
         return self.net.backend.repeat(self._one_step, steps)
 
     # -- what callbacks use -----------------------------------------------------------
+    @property
+    def eta0(self) -> float:
+        """The step size the run started with (the optimizer's); ``state.eta`` is now's."""
+        return float(self.options.optimizer.eta)
+
     def say(self, line: str) -> None:
         if self.verbose:
             print(f"{self.label}{line}", flush=True)
