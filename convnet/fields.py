@@ -270,9 +270,20 @@ def parse_json(text: bytes | str, source: Path, what: str) -> Fields:
     return Fields(value, source)
 
 
+def _inside_its_folder(path: Path, what: str) -> None:
+    """A run folder's file that is a link out of its folder is refused, never followed: a
+    folder handed over by someone else must not make convnet read elsewhere."""
+    if path.is_symlink() and not path.resolve().is_relative_to(path.parent.resolve()):
+        raise ModelFileError(
+            f"{path}: is a link to {path.resolve()}, outside {path.parent}; convnet reads a "
+            f"{what} only inside its folder."
+        )
+
+
 def read_json(path: Path, what: str, *, hint: str = "") -> Fields:
     """The JSON object in ``path``; ``what`` names it in messages, ``hint`` says what to
     do when the file is missing."""
+    _inside_its_folder(path, what)
     try:
         text = path.read_bytes()
     except FileNotFoundError:
@@ -288,6 +299,7 @@ def read_npz(path: Path, what: str, *, hint: str = "") -> dict[str, np.ndarray]:
     """Every array of the ``.npz`` at ``path``, read in full (so a damaged member is found
     here, by its CRC, not later), without pickle, its size checked first (:mod:`convnet.
     limits`)."""
+    _inside_its_folder(path, what)
     try:
         return limits.read_npz(path)
     except FileNotFoundError:

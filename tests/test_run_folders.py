@@ -406,3 +406,16 @@ def test_random_corruptions_of_ensembles_and_sweeps(pristine_many, tmp_path, cap
             assert _fingerprint(outside) == kept, f"{case}: wrote outside the folder"
         shutil.rmtree(top)
     assert outcomes["error"] >= 60 and outcomes["ok"] >= 60, outcomes
+
+
+@pytest.mark.parametrize("name", ["model.json", "model.npz", "checkpoint.npz"])
+def test_a_file_that_links_out_of_its_run_folder_is_never_read(pristine, tmp_path, name, capsys):
+    run = tmp_path / "run"
+    shutil.copytree(pristine[0], run)
+    elsewhere = tmp_path / "elsewhere" / name
+    elsewhere.parent.mkdir()
+    (run / name).rename(elsewhere)
+    (run / name).symlink_to(elsewhere)
+    command = ["train", "--resume", str(run)] if name == "checkpoint.npz" else ["info", str(run)]
+    assert main(command) == 2
+    assert f"{name}: is a link to {elsewhere}, outside {run}" in capsys.readouterr().err
