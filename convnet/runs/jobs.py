@@ -317,8 +317,8 @@ class _NoAnswerError(TimeoutError):
 
 def _bounded(call: Callable[[], Any]) -> Any:
     """``call()``, or _NoAnswerError after 2 x CONNECT_SECONDS: Dask's own timeouts do not
-    cover a peer that accepts the connection and then says nothing (measured: a hang of
-    minutes). The call goes on in a daemon thread that the process does not wait for."""
+    cover a peer that accepts the connection and then says nothing (it waits on). The call
+    goes on in a daemon thread that the process does not wait for."""
     outcome: dict[str, Any] = {}
 
     def run() -> None:

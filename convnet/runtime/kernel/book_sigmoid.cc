@@ -24,8 +24,8 @@ namespace {
 
 constexpr int kBytes = 64;  // one vector: 8 doubles or 16 floats (two AVX2 registers)
 // A forward pass over a data set takes the first layer's inputs in chunks of at most this
-// many bytes of weights, kBlock examples at a time (64 KB beat chunks that fit L1: fewer,
-// longer tasks; benchmarks/RESULTS.md, issue 29).
+// many bytes of weights, kBlock examples at a time: each chunk is read from L2 once per
+// block, and larger chunks make fewer, longer tasks (benchmarks/RESULTS.md, issue 29).
 constexpr int64_t kChunkBytes = 64 * 1024;
 constexpr int64_t kBlock = 64;
 constexpr int kGroup = 4;  // examples whose dense layers are summed at once
