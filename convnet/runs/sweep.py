@@ -93,6 +93,7 @@ def plan(grid: dict[str, list[Any]], repeats: int, fixed: dict[str, Any]) -> lis
             f"--grid {clash[0]}: is also given as --{clash[0].replace('_', '-')}; "
             "sweep it or fix it, not both."
         )
+    training.check_arguments({k: v for k, v in fixed.items() if v is not None})  # its own fault
     seed = fixed.get("seed") or 0
     planned: list[trials.Trial] = []
     for point in itertools.product(*grid.values()):
