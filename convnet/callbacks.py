@@ -114,7 +114,11 @@ class EarlyStopping(Callback):
         trainer.keep_best_weights = trainer.keep_best_weights or self.restore_best
 
     def on_epoch_end(self, trainer, epoch, logs):
-        if self.patience is None or trainer.stopping or trainer.state.stalled < self.patience:
+        if (
+            self.patience is None
+            or trainer.stopping
+            or trainer.state.history.stalled < self.patience
+        ):
             return
         trainer.stop(f"early stopping: no improvement for {self.patience} epochs")
         trainer.say(f"Stopping early: no improvement for {self.patience} epochs.")

@@ -3,8 +3,8 @@
 One file, ``checkpoint.npz``, written atomically (temporary file in the same folder,
 fsync, ``os.replace``), so a run killed at any moment leaves either the previous or the
 new checkpoint, never half of one. It holds the weights, the optimizer's state, the
-best weights (for early stopping), and a JSON record: epoch, eta, early-stopping
-counters, each stateful callback's ``state_dict``, the shuffling RNG's state, the
+best weights (for early stopping), and a JSON record: epoch, eta, each stateful
+callback's ``state_dict``, the shuffling RNG's state, the
 dropout step counter (the only state of convnet's counter-based dropout), the history,
 the architecture and the caller's arguments. Resuming from it reproduces an
 uninterrupted run bit for bit on the CPU.
@@ -57,8 +57,6 @@ def save(
         "arguments": arguments or {},
         "epoch": state.epoch,
         "eta": state.eta,
-        "best_score": state.best_score if np.isfinite(state.best_score) else None,
-        "stalled": state.stalled,
         "callbacks": state.callbacks,
         "shuffle_rng": state.shuffle_rng,
         "step": state.step,
@@ -156,12 +154,9 @@ def load(
     epoch = meta.integer("epoch", low=0)
     if len(history.epoch) != epoch:
         meta.fail("epoch", f"{len(history.epoch)}, the epochs in its history", epoch)
-    best = meta.number("best_score", optional=True)
     state = TrainingState(
         epoch=epoch,
         eta=meta.number("eta", low=0, above=True, high=float(np.finfo(np.float32).max)),
-        best_score=-np.inf if best is None else best,
-        stalled=meta.integer("stalled", low=0),
         callbacks=_callback_states(meta),
         shuffle_rng=_shuffle_state(meta),
         history=history,

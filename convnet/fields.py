@@ -314,7 +314,8 @@ def read_npz(path: Path, what: str, *, hint: str = "") -> dict[str, np.ndarray]:
 
 def history(fields: Fields) -> History:
     """A :class:`History` from :meth:`History.as_dict`'s form, every column checked and
-    of one length (a column an older convnet did not write is filled with None)."""
+    of one length (a column an older convnet did not write is filled with None; the best
+    epoch's figures stored beside them are derived again, not read)."""
     epochs = fields.column("epoch", integers=True, nullable=False)
     columns: dict[str, list] = {"epoch": epochs}
     for name in PER_EPOCH[1:]:
@@ -322,12 +323,4 @@ def history(fields: Fields) -> History:
         if name in fields and len(column) != len(epochs):
             fields.fail(name, f"{len(epochs)} entries (one per epoch)", len(column))
         columns[name] = column if name in fields else [None] * len(epochs)
-    return History(
-        **columns,
-        best_validation_accuracy=fields.number(
-            "best_validation_accuracy", low=0, high=1, optional=True
-        ),
-        best_epoch=fields.integer("best_epoch", low=0, optional=True),
-        test_accuracy_at_best=fields.number("test_accuracy_at_best", low=0, high=1, optional=True),
-        stopped=fields.text("stopped", optional=True),
-    )
+    return History(**columns, stopped=fields.text("stopped", optional=True))

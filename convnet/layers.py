@@ -168,13 +168,24 @@ class Layer:
         if dropout is None:
             step = pytensor.shared(np.int64(0), name=f"{self.name}.step")
             dropout = DropoutSource(0, 0, step, mini_batch_size)
+        output = self.get_output_for(inpt, deterministic=True)
+        output_dropout = self.get_output_for(inpt_dropout, deterministic=False, dropout=dropout)
+        self.attach(inpt, inpt_dropout, output, output_dropout, dropout)
+
+    def attach(
+        self,
+        inpt: TensorVariable,
+        inpt_dropout: TensorVariable,
+        output: TensorVariable,
+        output_dropout: TensorVariable,
+        dropout: DropoutSource,
+    ) -> None:
+        """Keep the graphs network3's scripts read (``output``, ``output_dropout``,
+        ``y_out``), computed by the caller's walk over the layers."""
         self._dropout_source = dropout
         self.inpt, self.inpt_dropout = inpt, inpt_dropout
-        self.output = self.get_output_for(inpt, deterministic=True)
-        self.output_dropout = self.get_output_for(
-            inpt_dropout, deterministic=False, dropout=dropout
-        )
-        self.y_out = pt.argmax(self.output, axis=1)
+        self.output, self.output_dropout = output, output_dropout
+        self.y_out = pt.argmax(output, axis=1)
 
     def accuracy(self, y: TensorVariable) -> TensorVariable:
         """Fraction of the mini-batch classified correctly (deterministic path)."""
@@ -305,23 +316,16 @@ class SoftmaxLayer(_Dense):
         logits = self.logits_for(inpt, deterministic=deterministic, dropout=dropout)
         return pt.special.softmax(logits, axis=-1)
 
-    def set_inpt(self, inpt, inpt_dropout, mini_batch_size, *, dropout=None) -> None:
-        super().set_inpt(inpt, inpt_dropout, mini_batch_size, dropout=dropout)
-        # Kept for a numerically stable cost: log(softmax(z)) is computed as log_softmax(z).
-        # The graph is identical to the one inside output_dropout; PyTensor merges them.
-        self._logits_dropout = self.logits_for(
-            inpt_dropout, deterministic=False, dropout=self._dropout_source
-        )
-
     def cost(self, net: Any) -> TensorVariable:
         """Mean negative log-likelihood of ``net.y`` on the dropout path (network3's);
         ``net``: the Model (layers sit below model.py, so it is not named here)."""
-        return _mean_nll(self._logits_dropout, net.y)
+        return self.cost_for(self.inpt_dropout, net.y, dropout=self._dropout_source)
 
     def cost_for(
         self, inpt: TensorVariable, y: TensorVariable, *, dropout: DropoutSource
     ) -> TensorVariable:
-        """:meth:`cost` for any batch ``inpt`` with labels ``y`` (e.g. a micro-batch)."""
+        """:meth:`cost` for any batch ``inpt`` with labels ``y`` (e.g. a micro-batch): the
+        log-likelihood from the logits, so log(softmax(z)) is computed as log_softmax(z)."""
         return _mean_nll(self.logits_for(inpt, deterministic=False, dropout=dropout), y)
 
     def describe(self) -> dict[str, object]:

@@ -160,14 +160,55 @@ class Model:
         return cast(SoftmaxLayer, self.layers[-1])
 
     def _wire(self) -> None:
+        """Give each layer network3's graphs of ``self.x``, from :meth:`forward`."""
         self.backend.apply()
-        inpt, inpt_dropout = self.x, self.x
-        for index, layer in enumerate(self.layers):
+        for layer in self.layers:
             if isinstance(layer, ConvPoolLayer):
                 layer.conv_implementation = self.backend.conv_implementation
-            source = DropoutSource(self.seed, index, self.step, self.mini_batch_size)
-            layer.set_inpt(inpt, inpt_dropout, self.mini_batch_size, dropout=source)
-            inpt, inpt_dropout = layer.output, layer.output_dropout
+        mbs = self.mini_batch_size
+        clean = self.forward(self.x, mbs, deterministic=True)
+        noisy = self.forward(self.x, mbs, deterministic=False)
+        for index, layer in enumerate(self.layers):
+            source = self.dropout_source(index, mbs)
+            layer.attach(clean[index], noisy[index], clean[index + 1], noisy[index + 1], source)
+
+    def dropout_source(
+        self,
+        index: int,
+        size: int,
+        first_row: TensorVariable | int = 0,
+        seed: TensorVariable | None = None,
+        step: TensorVariable | None = None,
+    ) -> DropoutSource:
+        """Layer ``index``'s masks for ``size`` rows from ``first_row`` of a mini-batch
+        (``seed`` and ``step`` default to this model's)."""
+        seed = self.seed if seed is None else seed
+        step = self.step if step is None else step
+        return DropoutSource(seed, index, step, size, first_row)
+
+    def forward(
+        self,
+        x: TensorVariable,
+        size: int,
+        first_row: TensorVariable | int = 0,
+        *,
+        deterministic: bool,
+        seed: TensorVariable | None = None,
+        step: TensorVariable | None = None,
+        through: int | None = None,
+    ) -> list[TensorVariable]:
+        """The one forward walk: ``x`` and each layer's output in turn (the first
+        ``through`` layers; all by default). Training, evaluation and network3's
+        ``output`` / ``output_dropout`` graphs all come from it."""
+        outputs = [x]
+        for index, layer in enumerate(self.layers[:through]):
+            source = None
+            if not deterministic:
+                source = self.dropout_source(index, size, first_row, seed, step)
+            outputs.append(
+                layer.get_output_for(outputs[-1], deterministic=deterministic, dropout=source)
+            )
+        return outputs
 
     def summary(self, show: bool = True) -> str:
         """A table of the layers: output shape, parameters and multiply-adds per example,
@@ -274,7 +315,7 @@ class Model:
                 f"micro_batch: expected a divisor of mini_batch_size {mbs}. Received: {part!r}."
             )
         if part == mbs:
-            cost = self.head.cost(self) + l2
+            cost = self.training_cost(self.x, self.y, mbs) + l2
             grads = pt.grad(cost, self.params)
         else:
             cost, grads = self._micro_batched(part, l2)
@@ -308,14 +349,12 @@ class Model:
         ``seed`` and ``step`` (default: this model's) may be symbolic, so that one graph
         draws the dropout masks of several networks (:mod:`convnet.lockstep`).
         """
-        out = x
-        seed = self.seed if seed is None else seed
-        step = self.step if step is None else step
-        for index, layer in enumerate(self.layers[:-1]):
-            source = DropoutSource(seed, index, step, size, first_row)
-            out = layer.get_output_for(out, deterministic=False, dropout=source)
-        last = DropoutSource(seed, len(self.layers) - 1, step, size, first_row)
-        return self.head.cost_for(out, y, dropout=last)
+        last = len(self.layers) - 1
+        walk = self.forward(
+            x, size, first_row, deterministic=False, seed=seed, step=step, through=last
+        )
+        source = self.dropout_source(last, size, first_row, seed, step)
+        return self.head.cost_for(walk[-1], y, dropout=source)
 
     def _micro_batched(self, part: int, l2: TensorVariable) -> tuple[Any, list[Any]]:
         """Cost and gradients of a mini-batch as a ``scan`` over ``part``-row slices.

@@ -35,8 +35,6 @@ class TrainingState:
 
     epoch: int = 0  # the next epoch to run
     eta: float = 0.0
-    best_score: float = -math.inf
-    stalled: int = 0  # epochs since the score last improved
     callbacks: dict[str, dict[str, Any]] = field(default_factory=dict)  # their state_dicts
     shuffle_rng: dict[str, Any] | None = None
     history: History = field(default_factory=History)
@@ -391,7 +389,7 @@ class Trainer:
             )
         else:
             self.say(f"Epoch {epoch}: training cost {mean_cost:.4f} ({seconds:.1f} s)")
-        logs["improved"] = self._track_best(epoch, val_acc, test_acc, mean_cost)
+        logs["improved"] = self._track_best(val_acc, test_acc)
         state.epoch = epoch + 1
         self._sync_state()
         self._notify("on_epoch_end", epoch, logs)
@@ -413,21 +411,13 @@ class Trainer:
                     break
         return self.end()
 
-    def _track_best(
-        self, epoch: int, val_acc: float | None, test_acc: float | None, mean_cost: float
-    ) -> bool:
-        """Record the epoch if it is the best so far (the book's printout); True if so."""
-        state, history = self.state, self.state.history
-        score = val_acc if val_acc is not None else -mean_cost
-        if score < state.best_score:
-            state.stalled += 1
+    def _track_best(self, val_acc: float | None, test_acc: float | None) -> bool:
+        """True if the epoch just logged is the best so far (the book's printout)."""
+        history = self.state.history
+        if history.stalled:
             return False
-        state.best_score, state.stalled = score, 0
-        history.best_epoch = epoch
-        history.best_validation_accuracy = val_acc
-        history.test_accuracy_at_best = test_acc
         if self.keep_best_weights:
-            state.best_weights = self.net.get_weights()
+            self.state.best_weights = self.net.get_weights()
         if val_acc is not None:
             self.say("This is the best validation accuracy to date.")
             if test_acc is not None:

@@ -575,7 +575,7 @@ def cli_cases(at: dict[str, Path]) -> list[tuple[str, Callable[[], list[str]], s
                 "--out",
                 str(TMP / "s"),
             ],
-            "test_sweeps.py::test_a_bad_grid_is_refused_before_anything_is_written",
+            "test_sweep.py::test_a_bad_grid_is_refused_before_anything_is_written",
         ),
         (
             "A sweep parameter both swept and fixed",
@@ -583,7 +583,7 @@ def cli_cases(at: dict[str, Path]) -> list[tuple[str, Callable[[], list[str]], s
                 *["sweep", "--layers", LAYERS, "--grid", "eta=0.1,0.2", "--eta", "0.3"],
                 *["--out", str(TMP / "s")],
             ],
-            "test_sweeps.py::test_a_parameter_both_swept_and_fixed_is_refused",
+            "test_sweep.py::test_a_parameter_both_swept_and_fixed_is_refused",
         ),
         (
             "A sweep grid value `train` would refuse (`--grid lmbda=-1,0`)",
@@ -592,7 +592,7 @@ def cli_cases(at: dict[str, Path]) -> list[tuple[str, Callable[[], list[str]], s
                 "--out",
                 str(TMP / "s"),
             ],
-            "test_sweeps.py::test_a_bad_grid_is_refused_before_anything_is_written",
+            "test_sweep.py::test_a_bad_grid_is_refused_before_anything_is_written",
         ),
         (
             "A sweep with `--repeats 0`",
@@ -600,7 +600,7 @@ def cli_cases(at: dict[str, Path]) -> list[tuple[str, Callable[[], list[str]], s
                 *["sweep", "--layers", LAYERS, "--grid", "eta=0.1,0.2", "--repeats", "0"],
                 *["--out", str(TMP / "s")],
             ],
-            "test_sweeps.py::test_a_bad_grid_is_refused_before_anything_is_written",
+            "test_sweep.py::test_a_bad_grid_is_refused_before_anything_is_written",
         ),
         (
             "A sweep of `--net` names with `--layers`",
@@ -609,7 +609,7 @@ def cli_cases(at: dict[str, Path]) -> list[tuple[str, Callable[[], list[str]], s
                 "--out",
                 str(TMP / "s"),
             ],
-            "test_sweeps.py::test_a_bad_grid_is_refused_before_anything_is_written",
+            "test_sweep.py::test_a_bad_grid_is_refused_before_anything_is_written",
         ),
         (
             "A sweep of a billion trials",
@@ -617,7 +617,7 @@ def cli_cases(at: dict[str, Path]) -> list[tuple[str, Callable[[], list[str]], s
                 *["sweep", "--layers", LAYERS, "--grid", "eta=0.1,0.2", "--repeats", "1000000000"],
                 *["--out", str(TMP / "s")],
             ],
-            "test_sweeps.py::test_a_bad_grid_is_refused_before_anything_is_written",
+            "test_sweep.py::test_a_bad_grid_is_refused_before_anything_is_written",
         ),
         (
             "`--cluster ''` (an unset shell variable)",
@@ -627,7 +627,7 @@ def cli_cases(at: dict[str, Path]) -> list[tuple[str, Callable[[], list[str]], s
         (
             "A sweep with nothing to sweep",
             lambda: ["sweep", "--layers", LAYERS, "--out", str(TMP / "s")],
-            "test_sweeps.py::test_repeats_alone_give_one_networks_spread_over_seeds",
+            "test_sweep.py::test_repeats_alone_give_one_networks_spread_over_seeds",
         ),
         (
             "A full disk while saving",
@@ -740,7 +740,7 @@ DIVERGENCE_AND_FILES = """
   (`tests/test_reliability.py::test_an_interruption_dropped_inside_a_training_call_still_ends_the_training`,
   `tests/test_reliability.py::test_an_interruption_dropped_on_the_way_is_raised_when_the_work_ends`).
   `convnet sweep` says how many trials finished and gives its own `--resume` command
-  (`tests/test_sweeps.py::test_ctrl_c_on_the_driver_keeps_every_finished_trial`);
+  (`tests/test_sweep.py::test_ctrl_c_on_the_driver_keeps_every_finished_trial`);
   `scripts/chapter6.py table` parks every unfinished checkpoint in `docs/` first, as it also
   does every 10 minutes
   (`tests/test_chapter6_table.py::test_the_table_parks_as_it_goes_and_ends_cleanly_on_sigterm`).

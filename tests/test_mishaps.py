@@ -26,7 +26,7 @@ from convnet.cli.main import main
 from convnet.data import book_format
 from convnet.errors import DataError, DataWarning
 from convnet.runs import folder as run_folder
-from convnet.runs.train import TRAIN_FLAGS
+from convnet.runs.arguments import TRAIN_FLAGS
 from tests.datasets import learnable_splits
 from tests.test_run_folders import LAYERS, _dataset, _fingerprint
 

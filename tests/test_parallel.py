@@ -260,3 +260,49 @@ def test_a_cluster_address_that_takes_the_connection_and_says_nothing_fails_in_t
     assert f"--cluster {address}: no Dask scheduler answered within" in capsys.readouterr().err
     assert not (tmp_path / "r").exists()
     server.close()
+
+
+def test_a_dask_worker_killed_mid_member_does_not_lose_the_ensemble(tmp_path):
+    """kill -9 of a worker process while both members train: the lost member is trained
+    again elsewhere, and the ensemble ends bit-identical to one trained in turn."""
+    distributed = pytest.importorskip("distributed")
+    from tests.test_sweep import SLOW, _slow_dataset, _wait_for
+
+    data = _slow_dataset(tmp_path / "data.npz")
+    argv = ["train", *SLOW, "--epochs", "8", "--ensemble", "2", "--quiet", "--data", str(data)]
+    out = tmp_path / "on-the-cluster"
+    with (
+        distributed.LocalCluster(
+            n_workers=2,
+            threads_per_worker=1,
+            processes=True,
+            host="127.0.0.1",
+            dashboard_address=None,
+        ) as local,
+        distributed.Client(local) as client,
+    ):
+        pids = client.run(os.getpid)
+        where = ["--out", str(out), "--cluster", local.scheduler_address]
+        driver = subprocess.Popen(
+            [sys.executable, "-m", "convnet.cli", *argv, *where],
+            cwd=Path(__file__).parent.parent,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        _wait_for(
+            lambda: all(client.processing().get(w) for w in pids) or driver.poll() is not None
+        )
+        time.sleep(3)
+        assert driver.poll() is None, "the members finished before a worker could be killed"
+        os.kill(next(iter(pids.values())), signal.SIGKILL)
+        _, stderr = driver.communicate(timeout=300)
+    assert driver.returncode == 0, stderr
+    assert main([*argv, "--out", str(tmp_path / "in-turn")]) == 0
+    for k in range(2):
+        with (
+            np.load(tmp_path / "in-turn" / f"member-{k}" / "model.npz") as a,
+            np.load(out / f"member-{k}" / "model.npz") as b,
+        ):
+            for name in a.files:
+                np.testing.assert_array_equal(a[name], b[name], err_msg=f"member {k} {name}")

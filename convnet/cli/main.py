@@ -9,6 +9,7 @@ import os
 import platform
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -21,6 +22,7 @@ from convnet.ensemble import vote
 from convnet.errors import ArgumentError, ConvnetError, check_number
 from convnet.images import load_image
 from convnet.network import Network, load
+from convnet.runs import arguments as run_arguments
 from convnet.runs import folder as run_folder
 from convnet.runs import sweep as sweeps
 from convnet.runs import train as training
@@ -32,8 +34,17 @@ from convnet.runtime import kernel
 DISK_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EFBIG}
 
 
+def typed_flags(args: argparse.Namespace) -> dict[str, Any]:
+    """The train flags typed on this command line (every flag's parser default is None;
+    a command without a flag has it as None)."""
+    values = {f.name: getattr(args, f.name, None) for f in run_arguments.TRAIN_FLAGS}
+    return {
+        name: value for name, value in values.items() if value is not None and value is not False
+    }
+
+
 def cmd_train(args: argparse.Namespace) -> int:
-    return training.train(training.typed_flags(args), args.resume)
+    return training.train(typed_flags(args), args.resume)
 
 
 SWEEP_OWN = ("workers", "cluster", "out", "quiet")  # how and where a sweep runs
@@ -41,10 +52,10 @@ NOT_SWEPT = ("ensemble", "overwrite")  # a sweep's trials are single runs, in ne
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
-    typed = training.typed_flags(args)
+    typed = typed_flags(args)
     fixed = {name: value for name, value in typed.items() if name not in SWEEP_OWN}
     if args.resume:
-        given = [training.flag_name(n) for n in fixed] + [
+        given = [run_arguments.flag_name(n) for n in fixed] + [
             f for f, v in (("--grid", args.grid), ("--repeats", args.repeats)) if v is not None
         ]
         if given:
@@ -244,9 +255,10 @@ def _add_train_flags(
     metavars: dict[str, str] | None = None,
     with_defaults: bool = False,
 ) -> None:
-    """``convnet train``'s flags (:data:`training.TRAIN_FLAGS`), --net and --layers exclusive."""
+    """``convnet train``'s flags (:data:`~convnet.runs.arguments.TRAIN_FLAGS`), --net and
+    --layers exclusive."""
     choice = parser.add_mutually_exclusive_group()
-    for flag in training.TRAIN_FLAGS:
+    for flag in run_arguments.TRAIN_FLAGS:
         if flag.name in skip:
             continue
         where = choice if flag.name in ("net", "layers") else parser
@@ -254,10 +266,12 @@ def _add_train_flags(
         if with_defaults and flag.default is not None:
             help_text += f" (default: {flag.default})"
         if flag.kind is bool:
-            where.add_argument(training.flag_name(flag.name), action="store_true", help=help_text)
+            where.add_argument(
+                run_arguments.flag_name(flag.name), action="store_true", help=help_text
+            )
         else:
             where.add_argument(
-                training.flag_name(flag.name),
+                run_arguments.flag_name(flag.name),
                 type=flag.kind,
                 choices=flag.choices,
                 metavar=(metavars or {}).get(flag.name, flag.metavar),
@@ -274,9 +288,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     def common(p: argparse.ArgumentParser, data: bool = True) -> None:
         """--data (for commands that read MNIST), --backend, --device."""
-        for flag in training.TRAIN_FLAGS:
+        for flag in run_arguments.TRAIN_FLAGS:
             if flag.name in ("backend", "device") or (data and flag.name == "data"):
-                p.add_argument(training.flag_name(flag.name), choices=flag.choices, help=flag.help)
+                p.add_argument(
+                    run_arguments.flag_name(flag.name), choices=flag.choices, help=flag.help
+                )
 
     def member(p: argparse.ArgumentParser) -> None:
         p.add_argument(

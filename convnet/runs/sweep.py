@@ -20,6 +20,7 @@ from typing import Any
 from convnet import fields, files, plots
 from convnet.data.mnist import find_mnist
 from convnet.errors import ArgumentError
+from convnet.runs import arguments as run_arguments
 from convnet.runs import folder as run_folder
 from convnet.runs import jobs, trials
 from convnet.runs import train as training
@@ -40,7 +41,7 @@ RESULTS = (
     "host",
     "reason",
 )
-_FLAGS = {flag.name: flag for flag in training.TRAIN_FLAGS}
+_FLAGS = {flag.name: flag for flag in run_arguments.TRAIN_FLAGS}
 
 
 def parse_grid(texts: Sequence[str]) -> dict[str, list[Any]]:
@@ -93,7 +94,9 @@ def plan(grid: dict[str, list[Any]], repeats: int, fixed: dict[str, Any]) -> lis
             f"--grid {clash[0]}: is also given as --{clash[0].replace('_', '-')}; "
             "sweep it or fix it, not both."
         )
-    training.check_arguments({k: v for k, v in fixed.items() if v is not None})  # its own fault
+    run_arguments.check_arguments(
+        {k: v for k, v in fixed.items() if v is not None}
+    )  # its own fault
     seed = fixed.get("seed") or 0
     planned: list[trials.Trial] = []
     for point in itertools.product(*grid.values()):
@@ -101,7 +104,7 @@ def plan(grid: dict[str, list[Any]], repeats: int, fixed: dict[str, Any]) -> lis
             arguments = fixed | dict(zip(grid, point, strict=True)) | {"seed": seed + repeat}
             arguments = {k: v for k, v in arguments.items() if v is not None}
             try:
-                training.check_arguments(arguments)
+                run_arguments.check_arguments(arguments)
             except ArgumentError as exc:
                 if not grid:
                     raise
@@ -248,7 +251,7 @@ def read_plan(out: Path) -> tuple[dict[str, list[Any]], list[trials.Trial]]:
         if Path(name).name != name or not name.startswith("trial-"):
             stored.fail(f"trials[{index}].name", "trial-NNN", name)
         try:
-            training.check_arguments(entry["arguments"])
+            run_arguments.check_arguments(entry["arguments"])
         except ArgumentError as exc:  # a flag the user typed once, now a field of the plan
             stored.fail(
                 f"trials[{index}].arguments ({name})", "the flags it was planned with", str(exc)

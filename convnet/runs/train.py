@@ -1,229 +1,38 @@
-"""What ``convnet train`` does with its flags: one run, an ensemble's members one after
-another or at once (:mod:`convnet.runs.jobs`), and ``--resume`` of either.
-
-The flags are a table (:data:`TRAIN_FLAGS`) that the command's parser, ``--help``, the
-check of the arguments a checkpoint stored and ``--resume``'s rules all read; every run
-folder it writes is :mod:`convnet.runs.folder`'.
+"""What ``convnet train`` does with a run's arguments (:mod:`convnet.runs.arguments`): one
+run, an ensemble's members one after another or at once (:mod:`convnet.runs.jobs`), and
+``--resume`` of either. Every run folder it writes is :mod:`convnet.runs.folder`'.
 """
 
 from __future__ import annotations
 
-import argparse
 import socket
 import tempfile
 import time
 from contextlib import nullcontext
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from convnet import checkpoint, files, optimizers
-from convnet.book import RECIPES, layers_for
+from convnet import checkpoint, files
 from convnet.callbacks import Callback, EarlyStopping, EtaSchedule, Position
 from convnet.data.expand import load_expanded
 from convnet.data.mnist import load_mnist
-from convnet.errors import ArgumentError, check_number
-from convnet.fields import Fields
-from convnet.layer_spec import parse
+from convnet.errors import ArgumentError
 from convnet.network import Network
+from convnet.runs import arguments, jobs
 from convnet.runs import folder as run_folder
-from convnet.runs import jobs
 from convnet.runtime import backend
 from convnet.trainer import FitOptions
-
-DEFAULT_MOMENTUM = {"sgd": 0.0, "nesterov": 0.9, "adam": 0.0}
-# Adam's own default; sgd and nesterov: the book's eta for the chosen net times
-# (1 - momentum), so that momentum's steady step eta / (1 - momentum) is the book's step.
-DEFAULT_ETA = {"adam": 0.001}
-
-
-@dataclass(frozen=True)
-class Flag:
-    """One ``convnet train`` option: the parser, ``--help``, the check of the arguments a
-    checkpoint stored, and what ``--resume`` may change are all read from this table."""
-
-    name: str
-    kind: type
-    help: str
-    default: Any = None  # applied when the flag is not given (None: decided in cmd_train)
-    choices: tuple[str, ...] | None = None
-    low: int = 1  # the whole numbers accepted (int flags)
-    high: int = 2**31 - 1
-    metavar: str | None = None
-    on_resume: bool = False  # may be given with --resume
-    per_invocation: bool = False  # how a command shows and runs: never taken from a stored run
-
-
-TRAIN_FLAGS = (
-    Flag("net", str, "a chapter-6 network of the book", "relu", tuple(RECIPES)),
-    Flag("layers", str, "your own network instead, e.g. conv:20:5:relu,fc:100:relu,softmax"),
-    Flag(
-        "epochs",
-        int,
-        "epochs to train (default: the book's for --net, e.g. 60; 10 for --layers); "
-        "with --resume: train the run on to this many",
-        metavar="N",
-        on_resume=True,
-    ),
-    Flag("mini_batch_size", int, "examples per gradient step", 10, metavar="N"),
-    Flag(
-        "eta",
-        float,
-        "step size (default: the book's for --net, times 1 - momentum with momentum; "
-        "0.001 for adam)",
-    ),
-    Flag("lmbda", float, "L2 regularization (default: the book's for --net; 0 for --layers)"),
-    Flag(
-        "optimizer", str, "the update rule (sgd is the book's)", "sgd", ("sgd", "nesterov", "adam")
-    ),
-    Flag("momentum", float, "momentum (default: 0 for sgd, 0.9 for nesterov)"),
-    Flag(
-        "patience",
-        int,
-        "stop early after N epochs without a better validation accuracy (default: never)",
-        metavar="N",
-    ),
-    Flag(
-        "eta_schedule",
-        int,
-        "halve eta after N epochs without improvement, stop at eta/128 (default: fixed eta)",
-        metavar="N",
-    ),
-    Flag("shuffle", bool, "reshuffle the training set every epoch (the book did not)"),
-    Flag("seed", int, "seed of the weights, dropout and shuffling", 0, low=0, high=2**63 - 1),
-    Flag("limit", int, "train on the first N training images (default: all 50,000)", metavar="N"),
-    Flag("expanded", bool, "train on the book's expanded training set (250,000 images)"),
-    Flag(
-        "ensemble", int, "train N nets with seeds seed..seed+N-1 and vote (default: 1)", metavar="N"
-    ),
-    Flag(
-        "workers",
-        int,
-        "with --ensemble: train N members at a time, each in a process of its own on a core "
-        "of its own (default: one after another)",
-        metavar="N",
-        on_resume=True,
-        per_invocation=True,
-    ),
-    Flag(
-        "cluster",
-        str,
-        "with --ensemble: train the members on the Dask cluster whose scheduler is at ADDR "
-        "(e.g. tcp://10.0.0.5:8786; pip install 'convnet[cluster]')",
-        metavar="ADDR",
-        on_resume=True,
-        per_invocation=True,
-    ),
-    Flag(
-        "together",
-        bool,
-        "with --ensemble: train the members as one program (stacked weights, one batched "
-        "GEMM per layer; JAX backend), for GPUs; on a CPU core it measured slower than one "
-        "after another",
-        on_resume=True,
-        per_invocation=True,
-    ),
-    Flag("out", str, "the run folder to write", metavar="RUN_DIR"),
-    Flag(
-        "checkpoint_every",
-        int,
-        "write RUN_DIR/checkpoint.npz every N epochs",
-        1,
-        metavar="N",
-        on_resume=True,
-    ),
-    Flag("overwrite", bool, "replace the model in an --out folder that already has one"),
-    Flag("quiet", bool, "print only errors and results", on_resume=True, per_invocation=True),
-    Flag(
-        "data",
-        str,
-        "MNIST folder or mnist.pkl.gz (default: $CONVNET_DATA, then the cache)",
-        on_resume=True,
-    ),
-    Flag(
-        "backend",
-        str,
-        "PyTensor backend (default: $CONVNET_BACKEND, else auto)",
-        choices=("auto", "c", "numba", "jax"),
-        on_resume=True,
-        per_invocation=True,
-    ),
-    Flag(
-        "device",
-        str,
-        "cpu or gpu (default: $CONVNET_DEVICE, else cpu)",
-        choices=("cpu", "gpu"),
-        on_resume=True,
-        per_invocation=True,
-    ),
-)
-
-
-PER_INVOCATION = tuple(f.name for f in TRAIN_FLAGS if f.per_invocation)
-
-
-def typed_flags(args: argparse.Namespace) -> dict[str, Any]:
-    """The train flags typed on this command line (every flag's parser default is None;
-    a command without a flag has it as None)."""
-    values = {f.name: getattr(args, f.name, None) for f in TRAIN_FLAGS}
-    return {
-        name: value for name, value in values.items() if value is not None and value is not False
-    }
-
-
-def _with_defaults(values: dict[str, Any]) -> argparse.Namespace:
-    return argparse.Namespace(
-        **{
-            f.name: values.get(f.name) if values.get(f.name) is not None else f.default
-            for f in TRAIN_FLAGS
-        }
-    )
 
 
 def _epochs(n: int) -> str:
     return f"{n} epoch" if n == 1 else f"{n} epochs"
 
 
-def flag_name(name: str) -> str:
-    """``mini_batch_size`` -> ``--mini-batch-size``."""
-    return "--" + name.replace("_", "-")
-
-
-def _stored_arguments(stored: Fields) -> dict[str, Any]:
-    """The arguments a checkpoint holds, each checked as the parser checks it."""
-    values: dict[str, Any] = {}
-    for flag in TRAIN_FLAGS:
-        if flag.kind is bool:
-            values[flag.name] = bool(stored.flag(flag.name, optional=True))
-        elif flag.kind is int:
-            values[flag.name] = stored.integer(
-                flag.name, low=flag.low, high=flag.high, optional=True
-            )
-        elif flag.kind is float:
-            values[flag.name] = stored.number(flag.name, optional=True)
-        else:
-            values[flag.name] = stored.text(flag.name, choices=flag.choices, optional=True)
-    return values
-
-
-def _data(args: argparse.Namespace):
+def _data(args: arguments.Arguments):
     return load_mnist(args.data)
 
 
-def _resumed_arguments(stored: Fields, given: dict[str, Any], **fixed: Any) -> argparse.Namespace:
-    """A stored run's arguments, checked, with this command's per-invocation flags and the
-    flags typed on it (those --resume allows), and ``fixed`` (where it lives, its size)."""
-    values = _stored_arguments(stored) | {name: None for name in PER_INVOCATION}
-    return _with_defaults(values | given | fixed | {"overwrite": False})
-
-
 # -- train --------------------------------------------------------------------------------
-def _layers(args: argparse.Namespace, mbs: int):
-    if args.layers:
-        return parse(args.layers, mbs)
-    return layers_for(args.net, mbs)
-
-
 class RunInterruptedError(KeyboardInterrupt):
     """Ctrl-C (or SIGTERM) during training; says where, and how to continue (still an
     interruption: ``except Exception`` does not swallow it, and workers are stopped)."""
@@ -277,7 +86,13 @@ def _train_one(
         if state.history.stopped:  # stopped early: nothing to train, only files to write
             hyper = hyper | {"epochs": state.epoch}
     else:
-        net = Network(_layers(args, mbs), mbs, backend=args.backend, device=args.device, seed=seed)
+        net = Network(
+            arguments.network_layers(args, mbs),
+            mbs,
+            backend=args.backend,
+            device=args.device,
+            seed=seed,
+        )
         state = None
     if not args.quiet:
         net.summary()
@@ -299,15 +114,19 @@ def _train_one(
     return net
 
 
-def _training_options(args: argparse.Namespace, hyper: dict[str, Any]) -> dict[str, Any]:
+def _training_options(args: arguments.Arguments, hyper: dict[str, Any]) -> dict[str, Any]:
     """How every run of this command trains (run_folder.train's and train_together's)."""
     options = FitOptions(
-        hyper["epochs"], _optimizer(hyper), hyper["lmbda"], args.shuffle, not args.quiet
+        hyper["epochs"],
+        arguments.build_optimizer(hyper),
+        hyper["lmbda"],
+        args.shuffle,
+        not args.quiet,
     )
     return {"options": options, "checkpoint_every": args.checkpoint_every}
 
 
-def _stopping(args: argparse.Namespace) -> list[Callback]:
+def _stopping(args: arguments.Arguments) -> list[Callback]:
     """The callbacks of ``--eta-schedule`` and ``--patience``, fresh for one run."""
     callbacks: list[Callback] = []
     if args.eta_schedule is not None:
@@ -317,79 +136,7 @@ def _stopping(args: argparse.Namespace) -> list[Callback]:
     return callbacks
 
 
-def _optimizer(hyper: dict) -> optimizers.Optimizer:
-    """``--optimizer sgd|nesterov|adam`` with ``--eta`` and ``--momentum``."""
-    if hyper["optimizer"] == "adam":
-        if hyper["momentum"]:
-            raise ArgumentError(
-                f"--momentum: Adam keeps its own moments; --momentum is for sgd and nesterov. "
-                f"Received: --optimizer adam --momentum {hyper['momentum']}."
-            )
-        return optimizers.Adam(hyper["eta"])
-    return optimizers.SGD(hyper["eta"], hyper["momentum"], hyper["optimizer"] == "nesterov")
-
-
-def _hyper(args: argparse.Namespace) -> dict[str, Any]:
-    """The run's hyper-parameters: the flags, else the book's values for ``--net``."""
-    for flag in TRAIN_FLAGS:
-        value = getattr(args, flag.name)
-        if flag.kind is int and value is not None:
-            check_number(
-                value,
-                flag_name(flag.name),
-                integer=True,
-                low=flag.low,
-                inclusive=True,
-                high=flag.high + 1,
-            )
-    if args.momentum is not None:  # checked before the default eta is derived from it
-        check_number(args.momentum, "--momentum", inclusive=True, high=1.0)
-    recipe = RECIPES.get(args.net) if not args.layers else None
-    book_eta = recipe.eta if recipe else 0.1
-    momentum = args.momentum if args.momentum is not None else DEFAULT_MOMENTUM[args.optimizer]
-    hyper = {
-        "net": args.layers or args.net,
-        "epochs": args.epochs if args.epochs is not None else (recipe.epochs if recipe else 10),
-        "optimizer": args.optimizer,
-        "eta": args.eta
-        if args.eta is not None
-        else DEFAULT_ETA.get(args.optimizer, book_eta * (1 - momentum)),
-        "lmbda": args.lmbda if args.lmbda is not None else (recipe.lmbda if recipe else 0.0),
-        "mini_batch_size": args.mini_batch_size,
-        "momentum": momentum,
-        "limit": args.limit,
-        "expanded": bool(args.expanded or (recipe and recipe.expanded)),
-    }
-    check_number(hyper["lmbda"], "--lmbda", inclusive=True)
-    _optimizer(hyper)  # a bad --optimizer/--eta/--momentum fails before any data is read
-    return hyper
-
-
-def check_arguments(arguments: dict[str, Any]) -> dict[str, Any]:
-    """The hyper-parameters a run with these ``convnet train`` flags trains with; a bad flag
-    or a misspelt ``layers`` fails here, before any data is read."""
-    for flag in TRAIN_FLAGS:  # the types the parser would have given them
-        value = arguments.get(flag.name)
-        if value is None:
-            continue
-        kinds = {bool: (bool,), int: (int,), float: (int, float), str: (str,)}[flag.kind]
-        if not isinstance(value, kinds) or (flag.kind is not bool and isinstance(value, bool)):
-            raise ArgumentError(
-                f"{flag_name(flag.name)}: expected {flag.kind.__name__}. Received: {value!r}."
-            )
-        if flag.choices and value not in flag.choices:
-            raise ArgumentError(
-                f"{flag_name(flag.name)}: expected one of {', '.join(flag.choices)}. "
-                f"Received: {value!r}."
-            )
-    args = _with_defaults(arguments)
-    hyper = _hyper(args)
-    if args.layers:
-        _layers(args, args.mini_batch_size)
-    return hyper
-
-
-def _training_data(args: argparse.Namespace, hyper: dict) -> tuple:
+def _training_data(args: arguments.Arguments, hyper: dict) -> tuple:
     training, validation, test = _data(args)
     if hyper["expanded"]:
         training = load_expanded(training)
@@ -409,10 +156,12 @@ def train(given: dict[str, Any], resume: str | None = None) -> int:
         return _resume(Path(resume), given)
     if not given.get("out"):
         raise ArgumentError("train: expected --out RUN_DIR (or --resume RUN_DIR).")
-    args = _with_defaults(given)
-    hyper = _hyper(args)
+    args = arguments.with_defaults(given)
+    hyper = arguments.hyper_parameters(args)
     if args.layers:
-        _layers(args, args.mini_batch_size)  # a misspelt --layers fails before any data is read
+        arguments.network_layers(
+            args, args.mini_batch_size
+        )  # a misspelt --layers fails before any data is read
     run_dir = Path(args.out)
     members = args.ensemble or 1
     _check_ensemble_flags(args, members)
@@ -425,7 +174,7 @@ def train(given: dict[str, Any], resume: str | None = None) -> int:
     return 0
 
 
-def _check_ensemble_flags(args: argparse.Namespace, members: int) -> None:
+def _check_ensemble_flags(args: arguments.Arguments, members: int) -> None:
     """--workers, --cluster and --together are ways to train an ensemble's members: one."""
     given = [name for name in ("workers", "cluster", "together") if getattr(args, name)]
     if given and members == 1:
@@ -445,7 +194,7 @@ def _check_ensemble_flags(args: argparse.Namespace, members: int) -> None:
         )
 
 
-def _workers(args: argparse.Namespace, members: int) -> jobs.Workers:
+def _workers(args: arguments.Arguments, members: int) -> jobs.Workers:
     """Where members train at once (``--workers``' pinned pool or a ``--cluster``'s
     executor), made and checked before anything is written; no executor: one after
     another in this process."""
@@ -457,7 +206,7 @@ def _workers(args: argparse.Namespace, members: int) -> jobs.Workers:
 
 
 def _train_members(
-    args: argparse.Namespace,
+    args: arguments.Arguments,
     run_dir: Path,
     members: int,
     hyper: dict[str, Any],
@@ -491,7 +240,7 @@ def _train_members(
 
 
 def _train_in_turn(
-    args: argparse.Namespace,
+    args: arguments.Arguments,
     run_dir: Path,
     members: int,
     hyper: dict[str, Any],
@@ -516,7 +265,7 @@ def _train_in_turn(
 
 
 def _train_together(
-    args: argparse.Namespace,
+    args: arguments.Arguments,
     run_dir: Path,
     members: int,
     hyper: dict[str, Any],
@@ -532,7 +281,7 @@ def _train_together(
         if k in resumed:
             net, state, _ = checkpoint.load(folder, backend=args.backend, device=args.device)
         else:
-            layers, seed = _layers(args, mbs), args.seed + k
+            layers, seed = arguments.network_layers(args, mbs), args.seed + k
             net = Network(layers, mbs, backend=args.backend, device=args.device, seed=seed)
             state = None
         nets.append(net)
@@ -566,21 +315,21 @@ def _train_together(
 
 
 def train_member(
-    arguments: dict[str, Any],
+    values: dict[str, Any],
     folder: str,
     send_back: bool = False,
     resume_from: bytes | None = None,
     resume: bool = False,
 ) -> dict[str, Any]:
-    """One ensemble member or sweep trial, in a worker (:func:`convnet.runs.jobs.run`) or
-    this process: trains ``folder`` as ``convnet train`` trains a member (the same seeds,
-    data and code), quietly, from its checkpoint with ``resume`` (``resume_from``: the
-    checkpoint's bytes, for a worker on another machine). With ``send_back`` it trains in
-    a temporary folder there and returns the files. Returns the final test accuracy, the
-    files, the worker's host and the seconds it took."""
+    """One ensemble member or sweep trial (its arguments: ``values``), in a worker
+    (:func:`convnet.runs.jobs.run`) or this process: trains ``folder`` as ``convnet train``
+    trains a member (the same seeds, data and code), quietly, from its checkpoint with
+    ``resume`` (``resume_from``: the checkpoint's bytes, for a worker on another machine).
+    With ``send_back`` it trains in a temporary folder there and returns the files. Returns
+    the final test accuracy, the files, the worker's host and the seconds it took."""
     start = time.perf_counter()
-    args = _with_defaults(arguments)
-    hyper = _hyper(args)
+    args = arguments.with_defaults(values)
+    hyper = arguments.hyper_parameters(args)
     with tempfile.TemporaryDirectory() as scratch:
         target = Path(scratch) if send_back else Path(folder)
         if resume_from is not None:
@@ -604,7 +353,7 @@ def train_member(
 
 
 def _train_in_parallel(
-    args: argparse.Namespace, run_dir: Path, members: int, todo: list[int], workers: jobs.Workers
+    args: arguments.Arguments, run_dir: Path, members: int, todo: list[int], workers: jobs.Workers
 ) -> None:
     """Members ``todo`` at once on ``workers``: ``--workers`` pinned local processes, or a
     ``--cluster``'s workers (whose run folders come back and are written here)."""
@@ -635,9 +384,9 @@ def _resume_ensemble(run_dir: Path, given: dict[str, Any]) -> int:
     """``--resume`` of an ensemble's folder: the members not yet trained, the unfinished
     ones from their checkpoints, then the vote; finished members are left as they are."""
     members, stored = run_folder.read_plan(run_dir)
-    args = _resumed_arguments(stored, given, out=str(run_dir), ensemble=members)
+    args = arguments.resumed_arguments(stored, given, out=str(run_dir), ensemble=members)
     _check_ensemble_flags(args, members)
-    hyper = _hyper(args)
+    hyper = arguments.hyper_parameters(args)
     todo, resumed = [], set()
     for k in range(members):
         folder = run_folder.member_dir(run_dir, k, members)
@@ -681,15 +430,16 @@ def _diverged(stopped: str | None) -> bool:
 
 def _resume(run_dir: Path, given: dict[str, Any]) -> int:
     """``--resume RUN_DIR``: the run's own arguments; ``--epochs`` trains it on further."""
-    refused = [f for f in TRAIN_FLAGS if f.name in given and not f.on_resume]
+    refused = [f for f in arguments.TRAIN_FLAGS if f.name in given and not f.on_resume]
     if refused:
         typed = " ".join(
-            f"{flag_name(f.name)}" + ("" if f.kind is bool else f" {given[f.name]}")
+            f"{arguments.flag_name(f.name)}" + ("" if f.kind is bool else f" {given[f.name]}")
             for f in refused
         )
+        allowed = [arguments.flag_name(f.name) for f in arguments.TRAIN_FLAGS if f.on_resume]
         raise ArgumentError(
             f"--resume {run_dir}: continues the run with the arguments it was started with, "
-            f"so only {', '.join(flag_name(f.name) for f in TRAIN_FLAGS if f.on_resume)} may be "
+            f"so only {', '.join(allowed)} may be "
             f"given with it. Received: {typed}. Drop them, or start a new run with --out."
         )
     if run_folder.is_ensemble(run_dir):
@@ -702,8 +452,8 @@ def _resume(run_dir: Path, given: dict[str, Any]) -> int:
         net, state, stored = checkpoint.load(
             run_dir, backend=given.get("backend"), device=given.get("device")
         )
-        args = _resumed_arguments(stored, given, out=str(run_dir), ensemble=None)
-        hyper = _hyper(args)
+        args = arguments.resumed_arguments(stored, given, out=str(run_dir), ensemble=None)
+        hyper = arguments.hyper_parameters(args)
         done, history = state.epoch, state.history
         best = (
             f"best validation accuracy {history.best_validation_accuracy:.2%} "
