@@ -18,7 +18,9 @@
     python benchmarks/experiments.py train-breakdown     # net C's conv layers: fused vs XLA, by pass
     python benchmarks/experiments.py ensemble-bound      # what 5 nets as one program could gain here
     python benchmarks/experiments.py fc-profile          # the dropout net's FC1000 passes under XLA
+    python benchmarks/experiments.py dense-sgd           # the fused dense backward + SGD step vs XLA
     python benchmarks/experiments.py step-profile        # net C's step, op by op (XLA's profiler)
+    python benchmarks/experiments.py dropout-step-profile  # the same for the dropout net
     python benchmarks/experiments.py scan-threshold      # short runs: 1 or 100 steps per call?
 
 Each prints its own table. They run on synthetic MNIST-shaped data except eval-batch and
@@ -44,10 +46,16 @@ import numpy as np  # noqa: E402 - after the pinning above
 
 
 def _net_c_step(
-    mbs: int, steps: int = 1, n: int = 2000, optimizer: str | None = None, real: bool = False
+    mbs: int,
+    steps: int = 1,
+    n: int = 2000,
+    optimizer: str | None = None,
+    real: bool = False,
+    name: str = "relu",
 ):
-    """A compiled training function of net C on synthetic data (``real``: the first ``n``
-    MNIST training images, from CONVNET_DATA), and its call list."""
+    """A compiled training function of net C (or the book's net ``name``, with net C's eta
+    and lmbda) on synthetic data (``real``: the first ``n`` MNIST training images, from
+    CONVNET_DATA), and its call list."""
     import convnet.runtime.backend as backends
     from convnet import Network
     from convnet.book import layers_for
@@ -61,7 +69,7 @@ def _net_c_step(
         backend = type(
             "Custom", (backends.Backend,), {"mode": Mode(linker=mode.linker, optimizer=optimizer)}
         )("jax", "cpu")
-    net = Network(layers_for("relu", mbs), mbs, backend=backend, seed=0)
+    net = Network(layers_for(name, mbs), mbs, backend=backend, seed=0)
     rng = np.random.default_rng(0)
     xy = (rng.random((n, 784), dtype=np.float32), rng.integers(0, 10, n).astype(np.int32))
     if real:
@@ -778,6 +786,56 @@ def fc_profile() -> None:
         print(f"| {k} x {n} | " + " | ".join(f"{v:.0f}" for v in row) + " |", flush=True)
 
 
+def dense_sgd() -> None:
+    """Microseconds per call of the fused dense backward + plain-SGD step (convnet's kernel,
+    ``DenseSgd``) against XLA's products and step, both stepping donated weights in place,
+    for the book's FC1000 layers' weights at mini-batches 1 to 32: where the kernel pays
+    (convnet.dense.FUSED_ROWS). One pinned core, best of 3 x 100 calls."""
+    import jax
+    import jax.numpy as jnp
+
+    from convnet.runtime import kernel
+
+    target = kernel.dense_target()
+    if target is None:
+        raise SystemExit(f"the kernel is not built here: {kernel.why_not()}")
+    rng = np.random.default_rng(0)
+    eta, decay = np.float32(0.03), np.float32(1e-4)
+
+    def micros(function: Any, w: Any, x: Any, g: Any) -> float:
+        _, w = function(w, x, g)
+        jax.block_until_ready(w)
+        best = np.inf
+        for _ in range(3):
+            start = time.perf_counter()
+            for _ in range(100):
+                _, w = function(w, x, g)
+            jax.block_until_ready(w)
+            best = min(best, (time.perf_counter() - start) / 100)
+        return best * 1e6
+
+    print("| weights | mini-batch | kernel (us) | XLA (us) | XLA / kernel |")
+    print("|---|---|---|---|---|")
+    for k, n in ((640, 1000), (1000, 1000)):
+        for m in (1, 2, 4, 6, 8, 10, 12, 16, 32):
+            x = jnp.asarray(rng.standard_normal((m, k), dtype=np.float32))
+            g = jnp.asarray(rng.standard_normal((m, n), dtype=np.float32))
+            shapes = (
+                jax.ShapeDtypeStruct((m, k), jnp.float32),
+                jax.ShapeDtypeStruct((k, n), jnp.float32),
+            )
+            call = jax.ffi.ffi_call(f"{target}_sgd", shapes, input_output_aliases={0: 1})
+            fused = jax.jit(lambda w, x, g, call=call: call(w, x, g, eta, decay), donate_argnums=0)
+            xla = jax.jit(
+                lambda w, x, g: (g @ w.T, w - eta * (x.T @ g + decay * w)), donate_argnums=0
+            )
+            ours = micros(fused, jnp.asarray(rng.standard_normal((k, n), dtype=np.float32)), x, g)
+            theirs = micros(xla, jnp.asarray(rng.standard_normal((k, n), dtype=np.float32)), x, g)
+            print(
+                f"| {k} x {n} | {m} | {ours:.0f} | {theirs:.0f} | {theirs / ours:.2f} |", flush=True
+            )
+
+
 def _hlo_ops(hlo: str) -> dict[str, str]:
     """What each instruction of a compiled HLO module is, by name: the kernel's entry
     point for a custom call, "GEMM" for a dot or an XNNPACK fusion, else its kind and
@@ -799,7 +857,9 @@ def _hlo_ops(hlo: str) -> dict[str, str]:
     return kinds
 
 
-def step_profile() -> None:
+def step_profile(
+    net_name: str = "relu", shapes: tuple = ((10, 1), (10, 100), (64, 1), (256, 1))
+) -> None:
     """Net C's training step op by op: XLA's profiler traces a pass of about 1,000 images
     through the compiled training function (one step per call, or 100 in a loop), and
     each op's time is summed per image; "outside the ops" is the step's time (measured
@@ -812,10 +872,10 @@ def step_profile() -> None:
     import jax
 
     real = bool(os.environ.get("CONVNET_DATA"))
-    print(f"# net C on {'MNIST (CONVNET_DATA)' if real else 'synthetic data'}")
-    for mbs, steps in ((10, 1), (10, 100), (64, 1), (256, 1)):
+    print(f"# net {net_name} on {'MNIST (CONVNET_DATA)' if real else 'synthetic data'}")
+    for mbs, steps in shapes:
         images = 1024 if mbs == 256 else 1000
-        net, fn, calls, _, total = _net_c_step(mbs, steps, n=images, real=real)
+        net, fn, calls, _, total = _net_c_step(mbs, steps, n=images, real=real, name=net_name)
         per_image = _best_per_step(net, fn, calls, total) / mbs * 1e6
         if steps > 1:  # a StepLoop
             lowered = fn.lower(calls[0])
@@ -917,7 +977,9 @@ COMMANDS = {
     "train-breakdown": train_breakdown,
     "ensemble-bound": ensemble_bound,
     "fc-profile": fc_profile,
+    "dense-sgd": dense_sgd,
     "step-profile": step_profile,
+    "dropout-step-profile": lambda: step_profile("dropout", ((10, 1),)),
     "scan-threshold": scan_threshold,
     "optimizers": optimizers,
     "linker-conv": linker_conv,

@@ -4,7 +4,9 @@ CUDA graphs) and hand-written JAX (one jitted step per call, or ``lax.scan`` ove
 Each builds the same network as a convnet ``Network`` from the same initial weights (conv
 kernels flipped: convnet convolves, PyTorch and lax correlate), trains it on the same
 mini-batches in the same order with network3's cost (log-likelihood + L2 on weights), and
-returns (seconds, mean training loss) so the harness can check the math agrees.
+returns (seconds, mean training loss) so the harness can check the math agrees. A layer
+with ``p_dropout`` zeroes each of its inputs with that probability while training, without
+rescaling (network3's dropout; the masks are each framework's own draws).
 """
 
 from __future__ import annotations
@@ -52,12 +54,19 @@ def torch_model(net, initial):
                     pooled = torch.nn.functional.max_pool2d(conv, layer.poolsize)
                     x = acts[_act(layer)](pooled + m.bias.view(1, -1, 1, 1))
                 elif kind == "fc":
-                    x = acts[_act(layer)](m(x.reshape(x.shape[0], -1)))
+                    x = acts[_act(layer)](m(_torch_drop(x.reshape(x.shape[0], -1), layer)))
                 else:
-                    x = m(x)
+                    x = m(_torch_drop(x, layer))
             return x
 
     return Model()
+
+
+def _torch_drop(x, layer):
+    import torch
+
+    p = getattr(layer, "p_dropout", 0.0)
+    return x * (torch.rand_like(x) >= p).to(x.dtype) if p else x
 
 
 def _act(layer):
@@ -123,7 +132,8 @@ def torch_run(net, initial, data, mbs, eta, lmbda, compiled, device="cpu", mode=
 
 
 def _jax_model(net, initial, mbs, lmbda, n_batches):
-    """(params, cost(params, x, y)) of ``net`` in plain JAX, from convnet's weights."""
+    """(params, cost(params, x, y, key)) of ``net`` in plain JAX, from convnet's weights
+    (``key``: the step's dropout masks)."""
     import jax
     import jax.numpy as jnp
 
@@ -136,8 +146,13 @@ def _jax_model(net, initial, mbs, lmbda, n_batches):
             w = w[:, :, ::-1, ::-1]  # lax convolves without flipping; convnet flips
         params.append((jnp.asarray(np.ascontiguousarray(w)), jnp.asarray(b)))
 
-    def forward(params, x):
-        for layer, (w, b) in zip(net.layers, params, strict=True):
+    def drop(x, layer, key):
+        p = getattr(layer, "p_dropout", 0.0)
+        return x * (jax.random.uniform(key, x.shape) >= p).astype(x.dtype) if p else x
+
+    def forward(params, x, key):
+        keys = jax.random.split(key, len(net.layers))
+        for layer, (w, b), k in zip(net.layers, params, keys, strict=True):
             if isinstance(layer, ConvPoolLayer):
                 x = x.reshape(-1, *layer.input_shape)
                 conv = jax.lax.conv_general_dilated(x, w, (1, 1), "VALID")
@@ -147,17 +162,20 @@ def _jax_model(net, initial, mbs, lmbda, n_batches):
                 )
                 x = acts[_act(layer)](pooled + b[None, :, None, None])
             elif isinstance(layer, SoftmaxLayer):
-                x = x.reshape(x.shape[0], -1) @ w + b
+                x = drop(x.reshape(x.shape[0], -1), layer, k) @ w + b
             else:
-                x = acts[_act(layer)](x.reshape(x.shape[0], -1) @ w + b)
+                x = acts[_act(layer)](drop(x.reshape(x.shape[0], -1), layer, k) @ w + b)
         return x
 
-    def cost(params, x, y):
-        logp = jax.nn.log_softmax(forward(params, x))
+    def cost(params, x, y, key):
+        logp = jax.nn.log_softmax(forward(params, x, key))
         l2 = sum((w * w).sum() for w, _ in params)
         return -logp[jnp.arange(mbs), y].mean() + 0.5 * lmbda / n_batches * l2
 
     return params, cost
+
+
+KEY_SEED = 0  # the JAX peers' dropout masks
 
 
 def _jax_device(device):
@@ -181,7 +199,9 @@ def jax_run(net, initial, data, mbs, eta, lmbda, device="cpu"):
             # Data passed as arguments: captured arrays would be baked into the program.
             x = jax.lax.dynamic_slice_in_dim(x_all, i * mbs, mbs)
             y = jax.lax.dynamic_slice_in_dim(y_all, i * mbs, mbs)
-            loss, grads = jax.value_and_grad(cost)(params, x, y)
+            loss, grads = jax.value_and_grad(cost)(
+                params, x, y, jax.random.fold_in(jax.random.key(KEY_SEED), i)
+            )
             return jax.tree.map(lambda p, g: p - eta * g, params, grads), loss
 
         jax.block_until_ready(step(params, 0, x_all, y_all))  # compile
@@ -211,7 +231,9 @@ def jax_scan_run(net, initial, data, mbs, eta, lmbda, device="cpu", steps=100):
             def one(params, i):
                 x = jax.lax.dynamic_slice_in_dim(x_all, i * mbs, mbs)
                 y = jax.lax.dynamic_slice_in_dim(y_all, i * mbs, mbs)
-                loss, grads = jax.value_and_grad(cost)(params, x, y)
+                loss, grads = jax.value_and_grad(cost)(
+                    params, x, y, jax.random.fold_in(jax.random.key(KEY_SEED), i)
+                )
                 return jax.tree.map(lambda p, g: p - eta * g, params, grads), loss
 
             return jax.lax.scan(one, params, first + jnp.arange(count))

@@ -1,20 +1,27 @@
 #!/usr/bin/env python
-"""Net C's training speed against the core's own limit and against its peers, one run.
+"""A book network's training speed against the core's own limit and its peers, one run.
 
-The floor is net C's training arithmetic (forward, weight gradients, image gradients
-below the first layer: 9.2 MFLOP per image, counted from the layers) divided by this
+``--net relu`` (net C, the default) or ``--net dropout`` (the chapter's costliest row: two
+ConvPools, two FC1000 layers and the softmax, each FC input dropped with p 0.5).
+The floor is the net's training arithmetic (forward, weight gradients, image gradients
+below the first layer, counted from the layers: net C 9.2 MFLOP per image) divided by this
 core's single-thread sgemm rate, measured here (OpenBLAS, 2048^3, best of 5). Each
 repeat trains 5,000 images (after a warm-up pass) in a new process per variant, pinned to
 the same core, alternating the order: convnet with its fused conv-pool kernel
-(``CONVNET_CONV=fused``) and with XLA's im2col formulation (``patches``), each with the
-steps per compiled call convnet picks for any run, 1-epoch or 60-epoch (100, in one XLA
-loop), and with one step per call (for comparison); then
+(``CONVNET_CONV=fused``) and with XLA's im2col formulation (``patches``), and its dense
+kernel (``CONVNET_DENSE=kernel``) against XLA's product (``dot``), with the steps per
+compiled call convnet picks for any run, 1-epoch or 60-epoch (100, in one XLA loop), and
+with one step per call (for comparison); then
 PyTorch eager, torch.compile and hand-written JAX in this process (bench.py's peers,
 from the same initial weights). Medians. As in bench.py, the figures count only if every
 variant's first-pass mean training cost agrees within 2%.
 
     env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE CONVNET_DATA=../shared/data/mnist \
-        python benchmarks/training_floor.py [--mbs 10] [--repeats 3] [--peers torch,jax]
+        python benchmarks/training_floor.py [--net relu|dropout] [--mbs 10] [--repeats 3] \
+        [--peers torch,torch-compile,jax]
+
+The peers draw their own dropout masks, so for the dropout net the first-pass costs are
+compared within 5% (2% for the others).
 """
 
 from __future__ import annotations
@@ -37,17 +44,19 @@ from peers import jax_run, torch_run  # noqa: E402 - the peers live beside this 
 from threadpoolctl import threadpool_limits  # noqa: E402
 
 from convnet import Network, load_mnist  # noqa: E402
-from convnet.book import layers_for  # noqa: E402
+from convnet.book import RECIPES, layers_for  # noqa: E402
 
 CHILD = r"""
 import hashlib, sys
 from convnet import Network, load_mnist
-from convnet.book import layers_for
+from convnet.book import RECIPES, layers_for
 images, mbs, steps = map(int, sys.argv[1:4])
+name = sys.argv[4] if len(sys.argv) > 4 else "relu"
 (x, y), _, _ = load_mnist()
-net = Network(layers_for("relu", mbs), mbs, seed=0)
+net = Network(layers_for(name, mbs), mbs, seed=0)
 print(net.layers[0].conv_implementation)
-history = net.SGD((x[:images], y[:images]), 2, mbs, 0.03, lmbda=0.1, verbose=False,
+history = net.SGD((x[:images], y[:images]), 2, mbs, RECIPES[name].eta,
+                  lmbda=RECIPES[name].lmbda, verbose=False,
                   steps_per_call=steps or None)  # 0: convnet's choice
 digest = hashlib.sha256(b"".join(w.tobytes() for w in net.get_weights())).hexdigest()[:16]
 print(history.seconds[1], history.train_cost[0], digest)  # the peers' cost: the first pass's
@@ -67,10 +76,10 @@ def sgemm_gflops() -> float:
     return 2 * 2048**3 / best / 1e9
 
 
-def training_flops_per_image(mbs: int) -> float:
+def training_flops_per_image(mbs: int, name: str = "relu") -> float:
     """Forward and weight-gradient multiply-adds of every layer, image gradients of all
-    but the first: net C's arithmetic per training image, as FLOPs."""
-    net = Network(layers_for("relu", mbs), mbs, seed=0)
+    but the first: the net's arithmetic per training image, as FLOPs."""
+    net = Network(layers_for(name, mbs), mbs, seed=0)
     adds = [layer.multiply_adds() for layer in net.layers]
     return 2.0 * (2 * sum(adds) + sum(adds[1:]))
 
@@ -85,15 +94,21 @@ if not os.path.abspath(convnet.__file__).startswith(os.path.abspath(tree) + os.s
 
 
 def convnet_seconds(
-    conv: str, images: int, mbs: int, steps: int, checkout: str | None = None
+    conv: str,
+    images: int,
+    mbs: int,
+    steps: int,
+    checkout: str | None = None,
+    name: str = "relu",
+    env: dict[str, str] | None = None,
 ) -> tuple[float, float, str]:
     """Seconds of the child's second pass, its first pass's cost and a digest of the
     weights it ends with (equal digests: bit-identical training); with ``checkout``, of
     the convnet in that folder (``-P``: no current folder ahead of PYTHONPATH, which would
     import this folder's convnet; run from here, so relative paths such as CONVNET_DATA's
     still hold)."""
-    env = dict(os.environ, CONVNET_CONV=conv)
-    command = [sys.executable, "-c", CHILD, str(images), str(mbs), str(steps)]
+    env = dict(os.environ, CONVNET_CONV=conv, **(env or {}))
+    command = [sys.executable, "-c", CHILD, str(images), str(mbs), str(steps), name]
     if checkout is not None:
         env["PYTHONPATH"] = checkout
         command[1:3] = ["-P", "-c", CHECK_CHECKOUT + CHILD, checkout]
@@ -113,6 +128,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
+    parser.add_argument("--net", default="relu", choices=("relu", "dropout"))
     parser.add_argument("--mbs", type=int, default=10)
     parser.add_argument("--images", type=int, default=5_000)
     parser.add_argument("--repeats", type=int, default=3)
@@ -121,39 +137,52 @@ def main(argv: list[str] | None = None) -> int:
     peers = [p for p in args.peers.split(",") if p]
 
     rate = sgemm_gflops()
-    per_image = training_flops_per_image(args.mbs)
+    per_image = training_flops_per_image(args.mbs, args.net)
+    recipe = RECIPES[args.net]
     floor = per_image * args.images / (rate * 1e9)
     print(
-        f"# core {CORE}: single-thread sgemm {rate:.0f} GFLOP/s; net C trains "
+        f"# core {CORE}: single-thread sgemm {rate:.0f} GFLOP/s; net {args.net} trains "
         f"{per_image / 1e6:.2f} MFLOP per image; floor {floor:.2f} s per {args.images:,} "
         f"images; mini-batch {args.mbs}; {args.repeats} repeats"
     )
-    variants = [(conv, steps) for steps in (0, 1) for conv in ("fused", "patches")]
+    # (conv form, dense form, steps per call): convnet's choices first, then XLA's forms.
+    variants = [
+        ("fused", "kernel", 0),
+        ("fused", "kernel", 1),
+        ("fused", "dot", 0),
+        ("patches", "dot", 0),
+    ]
     times: dict[str, list[float]] = {}
     costs: dict[str, float] = {}
     for repeat in range(args.repeats):
         order = variants if repeat % 2 == 0 else variants[::-1]
-        for conv, steps in order:
-            seconds, cost, _ = convnet_seconds(conv, args.images, args.mbs, steps)
-            key = f"convnet {conv}, " + ("any run (its choice)" if steps == 0 else "1 step/call")
+        for conv, form, steps in order:
+            seconds, cost, _ = convnet_seconds(
+                conv, args.images, args.mbs, steps, name=args.net, env={"CONVNET_DENSE": form}
+            )
+            calls = "any run (its choice)" if steps == 0 else "1 step/call"
+            key = f"convnet {conv} conv, {form} dense, {calls}"
             times.setdefault(key, []).append(seconds)
             costs[key] = cost
     if peers:
         (x, y), _, _ = load_mnist()
         data = (x[: args.images], y[: args.images])
-        net = Network(layers_for("relu", args.mbs), args.mbs, seed=0)
+        net = Network(layers_for(args.net, args.mbs), args.mbs, seed=0)
         initial = [np.asarray(p.get_value()).copy() for p in net.params]
         for _ in range(args.repeats):
             for peer in peers:
                 if peer == "jax":
-                    seconds, cost = jax_run(net, initial, data, args.mbs, 0.03, 0.1)
+                    seconds, cost = jax_run(net, initial, data, args.mbs, recipe.eta, recipe.lmbda)
                 else:
                     compiled = peer == "torch-compile"
-                    seconds, cost = torch_run(net, initial, data, args.mbs, 0.03, 0.1, compiled)
+                    seconds, cost = torch_run(
+                        net, initial, data, args.mbs, recipe.eta, recipe.lmbda, compiled
+                    )
                 times.setdefault(peer, []).append(seconds)
                 costs[peer] = cost
-    reference = costs["convnet fused, any run (its choice)"]
-    disagree = [k for k, c in costs.items() if abs(c - reference) > 0.02 * abs(reference) + 1e-3]
+    reference = costs["convnet fused conv, kernel dense, any run (its choice)"]
+    within = 0.05 if args.net == "dropout" else 0.02  # the peers' own dropout masks
+    disagree = [k for k, c in costs.items() if abs(c - reference) > within * abs(reference) + 1e-3]
     if disagree:
         print(f"Results withheld: first-pass costs disagree: {costs}", file=sys.stderr)
         return 1

@@ -36,8 +36,13 @@ VARIABLES = {
             ("im2col", "patches", "native", "fused"),
         ),
         Variable(
+            "CONVNET_DENSE",
+            "large dense layers' product (and plain SGD's step), for measuring",
+            ("kernel", "dot"),
+        ),
+        Variable(
             "CONVNET_KERNEL",
-            "convnet's hand-written CPU kernels (conv-pool, the book's sigmoid nets): 0 off",
+            "convnet's hand-written CPU kernels (conv-pool, dense, the book's sigmoid nets): 0 off",
             ("0", "1"),
         ),
         Variable("CONVNET_GRAPH_CACHE", "the cache of rewritten graphs: 0 off", ("0", "1")),

@@ -24,7 +24,7 @@ import pytensor.tensor as pt
 from pytensor.compile.sharedvalue import SharedVariable
 from pytensor.tensor.variable import TensorVariable
 
-from convnet import activations, init, limits, noise, ops
+from convnet import activations, dense, init, limits, noise, ops
 from convnet.activations import Activation, sigmoid
 from convnet.errors import ArgumentError, ShapeError, check_number
 
@@ -222,6 +222,9 @@ class _Dense(Layer):
         _check_size(self.name, (n_in, n_out))
         self.w = self.add_param(np.zeros((n_in, n_out), np.float32), "w", regularizable=True)
         self.b = self.add_param(np.zeros(n_out, np.float32), "b", regularizable=False)
+        # "kernel": convnet's dense Ops (convnet.dense), set by the network for large layers
+        # where its backend chooses them; "dot": PyTensor's product, the book's.
+        self.dense_implementation = "dot"
         self.initialize(rng or np.random.default_rng())
 
     def initialize(self, rng: np.random.Generator) -> None:
@@ -256,6 +259,8 @@ class _Dense(Layer):
                 if dropout is None:
                     raise ValueError(f"{self.name}: the dropout path needs a DropoutSource.")
                 x = dropout.drop(x, self.p_dropout, self.n_in)
+        if self.dense_implementation == "kernel":
+            return dense.dense(x, self.w) + self.b
         return pt.dot(x, self.w) + self.b
 
 

@@ -22,10 +22,11 @@ from pytensor.compile.sharedvalue import SharedVariable
 from pytensor.graph.replace import clone_replace
 from pytensor.tensor.variable import TensorVariable
 
+from convnet import dense
 from convnet.data import arrays
 from convnet.data.arrays import as_arrays
 from convnet.errors import ArgumentError, ShapeError, check_number
-from convnet.layers import ConvPoolLayer, DropoutSource, Layer, SoftmaxLayer
+from convnet.layers import ConvPoolLayer, DropoutSource, FullyConnectedLayer, Layer, SoftmaxLayer
 from convnet.runtime import backend as backends
 
 if TYPE_CHECKING:
@@ -165,6 +166,9 @@ class Model:
         for layer in self.layers:
             if isinstance(layer, ConvPoolLayer):
                 layer.conv_implementation = self.backend.conv_implementation
+            if isinstance(layer, FullyConnectedLayer | SoftmaxLayer):
+                large = layer.n_in * layer.n_out >= dense.MIN_WEIGHTS
+                layer.dense_implementation = self.backend.dense_implementation if large else "dot"
         mbs = self.mini_batch_size
         clean = self.forward(self.x, mbs, deterministic=True)
         noisy = self.forward(self.x, mbs, deterministic=False)
@@ -325,14 +329,21 @@ class Model:
         new_params, new_state = optimizer.step(self.params, step_grads, optimizer_state, eta)
         state = [*self.params, *optimizer_state, self.step, cost_sum]
         after = [*new_params, *new_state, self.step + 1, cost_sum + step_cost]
+        if part == mbs <= dense.MAX_ROWS and optimizer.plain_sgd:
+            decays = {w: lmbda / -(-data.n // mbs) for w in self.regularized()} if lmbda else {}
+            steps = {p: index for index, p in enumerate(self.params)}
+            after = dense.fuse_sgd(after, steps, eta, decays)
         return self._compile([i], [], updates=list(zip(state, after, strict=True)))
 
     def l2_cost(self, lmbda: float, n_train: int) -> TensorVariable:
         """network3's L2 term: ``0.5*lmbda*sum(w**2)/num_training_batches`` over the
         weights (not the biases)."""
         num_batches = -(-n_train // self.mini_batch_size)
-        weights = [w for layer in self.layers for w in layer.get_params(regularizable=True)]
-        return np.float32(0.5 * lmbda / num_batches) * sum((w**2).sum() for w in weights)
+        return np.float32(0.5 * lmbda / num_batches) * sum((w**2).sum() for w in self.regularized())
+
+    def regularized(self) -> list[SharedVariable]:
+        """The parameters the L2 term covers: the weights, not the biases."""
+        return [w for layer in self.layers for w in layer.get_params(regularizable=True)]
 
     def training_cost(
         self,

@@ -45,6 +45,12 @@ class Optimizer:
         """(new params, new state) as expressions; ``eta`` is the (scheduled) step size."""
         raise NotImplementedError
 
+    @property
+    def plain_sgd(self) -> bool:
+        """Whether each step is ``p - eta * grad`` and nothing else (no state), so that a
+        dense layer may take it inside its backward pass (:func:`convnet.dense.fuse_sgd`)."""
+        return False
+
     def describe(self) -> dict[str, Any]:
         return {"name": self.name, **asdict(self)}  # type: ignore[call-overload]  # subclasses are dataclasses
 
@@ -69,6 +75,10 @@ class SGD(Optimizer):
     @property
     def state_names(self) -> tuple[str, ...]:  # type: ignore[override]  # a property, per momentum
         return ("velocity",) if self.momentum > 0 else ()
+
+    @property
+    def plain_sgd(self) -> bool:
+        return self.momentum == 0.0
 
     def step(self, params, grads, state, eta):
         if self.momentum == 0.0:

@@ -50,9 +50,21 @@ def _weights(run_dir: Path) -> dict[str, np.ndarray]:
 
 
 ADAM = [*TRAIN[: TRAIN.index("--momentum")], "--optimizer", "adam", "--eta", "0.002", "--quiet"]
+# Plain SGD with an FC layer of 460,800 weights: its backward and step are convnet's fused
+# dense kernel (convnet.dense), stepping the weights in place.
+FUSED = [
+    *TRAIN[:2],
+    "conv:8:5:relu,fc:400:relu:dropout=0.5,softmax:dropout=0.5",
+    *TRAIN[3 : TRAIN.index("--momentum")],
+    "--eta",
+    "0.05",
+    "--quiet",
+]
 
 
-@pytest.mark.parametrize("train", [TRAIN, ADAM], ids=["sgd-momentum", "adam"])
+@pytest.mark.parametrize(
+    "train", [TRAIN, ADAM, FUSED], ids=["sgd-momentum", "adam", "sgd-fused-dense"]
+)
 def test_sigkill_at_random_moments_then_resume_equals_an_uninterrupted_run(
     tmp_path, mnist_dir, train
 ):

@@ -178,6 +178,20 @@ class Backend:
             return "fused"  # built beside PyTensor's graph building (patches.apply)
         return "patches"
 
+    @cached_property
+    def dense_implementation(self) -> str:
+        """How large dense layers (:data:`convnet.dense.MIN_WEIGHTS` weights and more)
+        multiply: "kernel" (convnet's, :mod:`convnet.dense`; with plain SGD the step and
+        the inputs' gradient in one pass over the weights) under JAX on a CPU where the
+        kernel can be built; else "dot" (PyTensor's). ``CONVNET_DENSE`` (kernel | dot)
+        overrides it, for measuring. Why: benchmarks/RESULTS.md, "The dense kernel"."""
+        chosen = config.setting("CONVNET_DENSE")
+        if chosen:
+            return chosen
+        if self.name == "jax" and self.device == "cpu" and kernel.enabled():
+            return "kernel"
+        return "dot"
+
     @property
     def matmul_precision(self) -> str | None:
         """JAX's precision for float32 products in this backend's functions; None: XLA's own.

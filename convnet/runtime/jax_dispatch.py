@@ -2,8 +2,9 @@
 
 ``Im2Col`` lowers to the same slicing program as the graph form and ``Col2Im`` to JAX's
 exact transpose of it; ``Conv2D`` is ``lax.conv_general_dilated`` (cuDNN on NVIDIA GPUs);
-``ConvPool`` calls convnet's own C++ kernel (:mod:`convnet.runtime.kernel`) when it is built, else
-it is the im2col formulation in JAX. :func:`convnet.runtime.patches.apply` registers them
+``ConvPool`` calls convnet's own C++ kernel (:mod:`convnet.runtime.kernel`) when it is
+built, else it is the im2col formulation in JAX; so does ``DenseSgd`` (:mod:`convnet.dense`),
+else it is XLA's products and step. :func:`convnet.runtime.patches.apply` registers them
 when a network is built.
 """
 
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from convnet import dense as dense_ops
 from convnet import ops
 from convnet.runtime import kernel
 
@@ -141,6 +143,39 @@ def register() -> None:
             return transpose(dcolumns)[0]
 
         return with_kernel if target is not None else without_kernel
+
+    # The product and its gradients are XLA's own GEMMs (as fast as any kernel measured at
+    # mini-batch 10); the fused backward and SGD step is convnet's kernel where it is built.
+    jax_funcify.register(dense_ops.Dense)(lambda op, **kwargs: jnp.dot)
+    jax_funcify.register(dense_ops.DenseGradX)(lambda op, **kwargs: lambda g, w: g @ w.T)
+    jax_funcify.register(dense_ops.DenseGradW)(lambda op, **kwargs: lambda x, g: x.T @ g)
+
+    @jax_funcify.register(dense_ops.DenseSgd)
+    def _dense_sgd(op, **kwargs):
+        target = kernel.dense_target()
+
+        def in_jax(w, x, g, eta, decay):
+            return g @ w.T, w - eta * (x.T @ g + decay * w)
+
+        def with_kernel(w, x, g, eta, decay):
+            # Scalars may come as Python floats, which JAX (with 64-bit types on) makes float64.
+            eta, decay = jnp.asarray(eta, jnp.float32), jnp.asarray(decay, jnp.float32)
+            if any(a.dtype != jnp.float32 for a in (w, x, g)):
+                return in_jax(w, x, g, eta, decay)
+            call = jax.ffi.ffi_call(
+                f"{target}_sgd",
+                (
+                    jax.ShapeDtypeStruct((g.shape[0], w.shape[0]), jnp.float32),
+                    jax.ShapeDtypeStruct(w.shape, jnp.float32),
+                ),
+                vmap_method=ONE_CALL_PER_MEMBER,
+                # w is stepped in place: inside a loop of steps its buffer is the loop's own,
+                # so nothing is copied, and its lines are in the cache when they are written.
+                input_output_aliases={0: 1},
+            )
+            return call(w, x, g, eta, decay)
+
+        return with_kernel if target is not None else in_jax
 
     @jax_funcify.register(ops.Col2Im)
     def _col2im(op, **kwargs):

@@ -2,7 +2,9 @@
 
 ``book_sigmoid.cc`` runs the book's network.py / network2.py nets (an epoch, a forward
 pass), called through ctypes by :mod:`convnet.book.sigmoid_kernel`; :func:`book_library`
-builds it. The rest of this text is about ``conv_pool.cc``, called by XLA (its FFI).
+builds it. ``dense.cc`` is a dense layer's backward pass fused with a plain-SGD step
+(:mod:`convnet.dense`), called by XLA and built with ``conv_pool.cc``, which the rest of
+this text is about.
 
 Under JAX on a CPU a conv layer is ``conv_pool.cc`` instead of XLA's im2col, GEMM and
 pooling passes: its evaluation output is one call (convolution + max-pooling, the image
@@ -48,6 +50,11 @@ ENTRY_POINTS = {
     "_grad_w": "ConvnetConvPoolGradW",
     "_grad_x": "ConvnetConvPoolGradX",
 }
+DENSE_SOURCE = Path(__file__).with_name("dense.cc")
+DENSE_TARGET = "convnet_dense"
+# A dense layer's inputs' gradient and plain-SGD step in one pass (see dense.cc).
+DENSE_ENTRY_POINTS = {"_sgd": "ConvnetDenseSgd"}
+HEADER = Path(__file__).with_name("xla_call.h")  # shared by the kernels XLA calls
 FLAGS = ("-O3", "-march=native", "-std=c++17", "-shared", "-fPIC", "-w")
 BUILD_SECONDS = 300
 
@@ -130,15 +137,26 @@ def _build_and_register() -> None:
             import jax
 
             library = _load(_library())
+            dense = _load(_library(DENSE_SOURCE), lambda: _library(DENSE_SOURCE))
             if not _registered:  # XLA takes one handler per name and process
-                for suffix, symbol in ENTRY_POINTS.items():
-                    function = jax.ffi.pycapsule(getattr(library, symbol))
-                    jax.ffi.register_ffi_target(TARGET + suffix, function, platform="cpu")
+                for target, entries, lib in (
+                    (TARGET, ENTRY_POINTS, library),
+                    (DENSE_TARGET, DENSE_ENTRY_POINTS, dense),
+                ):
+                    for suffix, symbol in entries.items():
+                        function = jax.ffi.pycapsule(getattr(lib, symbol))
+                        jax.ffi.register_ffi_target(target + suffix, function, platform="cpu")
                 library.ConvnetLanes.restype = ctypes.c_int64
                 _registered.append(int(library.ConvnetLanes()))
     except Exception as exc:  # a speed-up must never break a run: report, fall back
         why = f"the kernel could not be built or loaded: {exc}"
     _result.update(target=None if why else TARGET, why=why)
+
+
+def dense_target() -> str | None:
+    """The dense kernel's XLA target name (+ ``_sgd``), built with the conv-pool kernel;
+    None where that could not be built (:func:`why_not`)."""
+    return DENSE_TARGET if conv_pool_target() is not None else None
 
 
 def _load(library: Path, build: Callable[[], Path] | None = None) -> ctypes.CDLL:
@@ -202,6 +220,7 @@ def _library(source: Path = SOURCE, flags: tuple[str, ...] = FLAGS, *, xla: bool
         import jaxlib
 
         key.update(jaxlib.__version__.encode())
+        key.update(HEADER.read_bytes())
     key.update(_cpu_identity().encode())
     folder = config.cache_root() / "kernels"
     library = folder / f"{source.stem}-{key.hexdigest()[:16]}.so"
@@ -216,7 +235,7 @@ def _library(source: Path = SOURCE, flags: tuple[str, ...] = FLAGS, *, xla: bool
         if xla:
             import jax.ffi
 
-            headers = ["-I", jax.ffi.include_dir()]
+            headers = ["-I", jax.ffi.include_dir(), "-I", str(HEADER.parent)]
         command = [compiler, *flags, *headers, str(source), "-o", partial]
         done = subprocess.run(command, capture_output=True, text=True, timeout=BUILD_SECONDS)
         if done.returncode != 0:

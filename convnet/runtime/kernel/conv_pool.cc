@@ -10,8 +10,7 @@
 // image, so no columns are built), the products of one image stay in cache, and only the
 // pooled values are written. Images are shared out over XLA's CPU thread pool.
 //
-// The binding uses XLA's plain C API (c_api.h), not its C++ wrapper (ffi.h): the wrapper's
-// templates took ~3 s of the ~3.5 s build, which a user's first run would wait for.
+// How XLA calls it: xla_call.h.
 #include <algorithm>
 #include <atomic>
 #include <cstdint>
@@ -21,7 +20,7 @@
 #include <thread>
 #include <vector>
 
-#include "xla/ffi/api/c_api.h"
+#include "xla_call.h"
 
 namespace {
 
@@ -517,78 +516,21 @@ void ImageGradientSparse(const Shape& s, const float* wt, const int64_t* tap_cel
     for (int64_t yx = 0; yx < s.h * s.w; ++yx) dx[ch * s.h * s.w + yx] = gathered[yx * cpad + ch];
 }
 
-// Images are claimed a chunk at a time by the calling thread and by helpers on XLA's
-// thread pool; the caller never waits on a helper that has not started, so a busy or
-// single-thread pool cannot deadlock it. `image(i, scratch)` does image i, writing only
-// image i's own outputs: results never depend on which thread did what.
-struct Work {
+// An image at a time (`item(i, scratch)` does image i), with the offsets every image's
+// loops share.
+struct Work : xla_call::Tasks {
   Shape s;
-  int64_t n = 0, chunk = 1, scratch = 0;
-  std::function<void(int64_t, float*)> image;
-  std::atomic<int64_t> next{0}, done{0};
-
   std::vector<int64_t> tap;  // offset of each kernel tap (c, a, b) in an image
   std::vector<int64_t> pos;  // offset of each output position (y, x) in an image
-
-  void Run() {
-    std::vector<float> buffer(scratch);
-    for (;;) {
-      const int64_t start = next.fetch_add(chunk);
-      if (start >= n) return;
-      const int64_t stop = std::min(n, start + chunk);
-      for (int64_t i = start; i < stop; ++i) image(i, buffer.data());
-      done.fetch_add(stop - start);
-    }
-  }
-
-  void Wait() {
-    while (done.load() < n) std::this_thread::yield();
-  }
 };
 
-XLA_FFI_Error* Fail(const XLA_FFI_Api* api, const char* message) {
-  XLA_FFI_Error_Create_Args args = {XLA_FFI_Error_Create_Args_STRUCT_SIZE, nullptr, message,
-                                    XLA_FFI_Error_Code_INVALID_ARGUMENT};
-  return api->XLA_FFI_Error_Create(&args);
-}
+using xla_call::Answered;
+using xla_call::Attribute;
+using xla_call::Fail;
+using xla_call::Float32Buffer;
+using xla_call::Int32Buffer;
 
-// The int64 scalar attribute `index` (XLA sorts attributes by name: kh, kw, ph, pw).
-bool Attribute(const XLA_FFI_Attrs& attrs, int64_t index, const char* name, int64_t* value) {
-  if (index >= attrs.size || attrs.types[index] != XLA_FFI_AttrType_SCALAR) return false;
-  const XLA_FFI_ByteSpan* key = attrs.names[index];
-  const auto* scalar = static_cast<const XLA_FFI_Scalar*>(attrs.attrs[index]);
-  if (key->len != std::strlen(name) || std::memcmp(key->ptr, name, key->len) != 0 ||
-      scalar->dtype != XLA_FFI_DataType_S64)
-    return false;
-  *value = *static_cast<const int64_t*>(scalar->value);
-  return true;
-}
-
-const XLA_FFI_Buffer* Float32Buffer(void* buffer, int64_t rank) {
-  const auto* b = static_cast<const XLA_FFI_Buffer*>(buffer);
-  return b->dtype == XLA_FFI_DataType_F32 && b->rank == rank ? b : nullptr;
-}
-
-int64_t Threads(const XLA_FFI_Api* api, XLA_FFI_ExecutionContext* ctx) {
-  int64_t threads = 1;
-  XLA_FFI_ThreadPool_NumThreads_Args args = {XLA_FFI_ThreadPool_NumThreads_Args_STRUCT_SIZE,
-                                             nullptr, ctx, &threads};
-  if (XLA_FFI_Error* error = api->XLA_FFI_ThreadPool_NumThreads(&args)) {
-    XLA_FFI_Error_Destroy_Args destroy = {XLA_FFI_Error_Destroy_Args_STRUCT_SIZE, nullptr, error};
-    api->XLA_FFI_Error_Destroy(&destroy);
-    return 1;
-  }
-  return std::max<int64_t>(1, threads);
-}
-
-// A helper's task: owns one reference to the shared work.
-void Help(void* data) {
-  auto* work = static_cast<std::shared_ptr<Work>*>(data);
-  (*work)->Run();
-  delete work;
-}
-
-// Share the images out over XLA's thread pool, take part, and wait for all of them.
+// Share the images out over XLA's thread pool, with the layer's offsets.
 void Launch(const XLA_FFI_Api* api, XLA_FFI_ExecutionContext* ctx, std::shared_ptr<Work> work) {
   const Shape& s = work->s;
   for (int64_t ch = 0; ch < s.c; ++ch)
@@ -596,41 +538,7 @@ void Launch(const XLA_FFI_Api* api, XLA_FFI_ExecutionContext* ctx, std::shared_p
       for (int64_t b = 0; b < s.kw; ++b) work->tap.push_back((ch * s.h + a) * s.w + b);
   for (int64_t y = 0; y < s.oh; ++y)
     for (int64_t x = 0; x < s.ow; ++x) work->pos.push_back(y * s.w + x);
-  const int64_t threads = Threads(api, ctx);
-  work->chunk = std::max<int64_t>(1, work->n / (4 * threads));
-  for (int64_t t = 1; t < std::min(threads, work->n); ++t) {
-    auto* task = new std::shared_ptr<Work>(work);
-    XLA_FFI_ThreadPool_Schedule_Args args = {XLA_FFI_ThreadPool_Schedule_Args_STRUCT_SIZE,
-                                             nullptr, ctx, Help, task};
-    if (XLA_FFI_Error* error = api->XLA_FFI_ThreadPool_Schedule(&args)) {
-      XLA_FFI_Error_Destroy_Args destroy = {XLA_FFI_Error_Destroy_Args_STRUCT_SIZE, nullptr,
-                                            error};
-      api->XLA_FFI_Error_Destroy(&destroy);
-      delete task;  // no pool: this thread does the work
-    }
-  }
-  work->Run();
-  work->Wait();
-}
-
-// The metadata query and the stages other than execution: nothing to do. Returns true
-// when the call is answered.
-bool Answered(XLA_FFI_CallFrame* frame) {
-  if (frame->extension_start != nullptr &&
-      frame->extension_start->type == XLA_FFI_Extension_Metadata) {
-    auto* metadata = reinterpret_cast<XLA_FFI_Metadata_Extension*>(frame->extension_start)->metadata;
-    metadata->api_version = {XLA_FFI_Api_Version_STRUCT_SIZE, nullptr, XLA_FFI_API_MAJOR,
-                             XLA_FFI_API_MINOR};
-    metadata->traits = 0;
-    metadata->state_type_id = XLA_FFI_UNKNOWN_TYPE_ID;
-    return true;
-  }
-  return frame->stage != XLA_FFI_ExecutionStage_EXECUTE;
-}
-
-const XLA_FFI_Buffer* Int32Buffer(void* buffer, int64_t rank) {
-  const auto* b = static_cast<const XLA_FFI_Buffer*>(buffer);
-  return b->dtype == XLA_FFI_DataType_S32 && b->rank == rank ? b : nullptr;
+  xla_call::Launch(api, ctx, work);
 }
 
 // The window attributes; a pooling window has at most 31 places (one bit each in `ties`).
@@ -680,7 +588,7 @@ XLA_FFI_Error* Forward(XLA_FFI_CallFrame* frame, bool train) {
   work->n = images->dims[0];
   work->scratch = (s.P + 2) * s.fpad;  // products, the best row and its positions
   Work* self = work.get();
-  work->image = [=](int64_t i, float* conv) {
+  work->item = [=](int64_t i, float* conv) {
     ConvolveImage(s, self->tap.data(), x + i * in, w, conv);
     Pool(s, conv, out + i * cells, at == nullptr ? nullptr : at + i * cells);
   };
@@ -714,7 +622,7 @@ void WeightGradientSparse(const XLA_FFI_Api* api, XLA_FFI_ExecutionContext* ctx,
   auto pad = std::make_shared<Work>();
   pad->s = s;
   pad->n = n;
-  pad->image = [=](int64_t i, float*) { PadRows(s, images + i * in, padded + i * padded_in); };
+  pad->item = [=](int64_t i, float*) { PadRows(s, images + i * in, padded + i * padded_in); };
   Launch(api, ctx, pad);
 
   std::vector<int32_t> offsets(rows);  // each kernel row (c, a) in a padded image
@@ -727,7 +635,7 @@ void WeightGradientSparse(const XLA_FFI_Api* api, XLA_FFI_ExecutionContext* ctx,
   sums->s = s;
   sums->n = s.f;
   sums->scratch = rows * kRowLanes + 2 * most;
-  sums->image = [=](int64_t f, float* scratch) {
+  sums->item = [=](int64_t f, float* scratch) {
     float* sum = scratch;  // sum[(c, a)][kRowLanes]: lanes past kw are dropped below
     float* gain = sum + rows * kRowLanes;
     auto* place = reinterpret_cast<int32_t*>(gain + most);
@@ -790,7 +698,7 @@ extern "C" XLA_FFI_Error* ConvnetConvPoolGradW(XLA_FFI_CallFrame* frame) {
   std::vector<float> each(std::max<int64_t>(1, work->n) * size, 0.0f);
   float* own = each.data();
   Work* self = work.get();
-  work->image = [=](int64_t i, float* scratch) {
+  work->item = [=](int64_t i, float* scratch) {
     Unpool(s, at + i * cells, g + i * cells, scratch);
     AddWeightGradient(s, self->tap.data(), self->pos.data(), x + i * in, scratch,
                       own + i * size);
@@ -836,7 +744,7 @@ extern "C" XLA_FFI_Error* ConvnetConvPoolGradX(XLA_FFI_CallFrame* frame) {
     const float* filter_major = wt.data();
     const int64_t* tap_cell = taps.data();
     work->scratch = SparseImageScratch(s);
-    work->image = [=](int64_t i, float* scratch) {
+    work->item = [=](int64_t i, float* scratch) {
       ImageGradientSparse(s, filter_major, tap_cell, at + i * cells, g + i * cells, scratch,
                           out + i * in);
     };
@@ -844,7 +752,7 @@ extern "C" XLA_FFI_Error* ConvnetConvPoolGradX(XLA_FFI_CallFrame* frame) {
     return nullptr;
   }
   work->scratch = (s.f + s.K) * ppad;
-  work->image = [=](int64_t i, float* scratch) {
+  work->item = [=](int64_t i, float* scratch) {
     AddImageGradient(s, ppad, w, at + i * cells, g + i * cells, scratch, out + i * in);
   };
   Launch(api, frame->ctx, work);

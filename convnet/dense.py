@@ -1,0 +1,157 @@
+"""A dense layer's product as Ops that convnet's CPU kernel runs (``runtime/kernel/dense.cc``):
+:class:`Dense` (``x . w``), its two gradients, and :class:`DenseSgd`, the inputs' gradient
+and a plain-SGD step of ``w`` in one pass over ``w``; :func:`fuse_sgd` puts it in place of
+the gradient, the separate step and the inputs' gradient of a training graph.
+
+Why: at the book's mini-batch of 10 each pass over a large weight matrix is as fast as the
+matrix streams through the core, and XLA makes four passes for a layer's backward and step
+where the fused Op makes one (benchmarks/RESULTS.md, "The dense kernel"). ``perform``
+(NumPy) serves the other modes and the tests.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import pytensor.tensor as pt
+from pytensor.graph.basic import Apply, Variable
+from pytensor.graph.fg import FunctionGraph
+from pytensor.graph.op import Op
+
+# The smallest weight matrix (values) a layer's product is a Dense Op for: the fused step
+# is for the layers that dominate a step (the dropout net's FC1000s); smaller ones, net C's
+# FC100 among them, keep PyTensor's product and XLA's step, bit for bit as before.
+MIN_WEIGHTS = 1 << 17
+# The largest mini-batch the fused step is used at: beyond 16 rows XLA's GEMMs are faster
+# (``python benchmarks/experiments.py dense-sgd``; benchmarks/RESULTS.md, "The dense kernel").
+MAX_ROWS = 16
+
+
+def _matrix(value: Any) -> Any:
+    value = pt.as_tensor_variable(value)
+    if value.type.ndim != 2:
+        raise TypeError(f"dense: expected a matrix. Received: {value.type}.")
+    return value
+
+
+class Dense(Op):
+    """``x (m, k) . w (k, n)``; its gradients are :class:`DenseGradX` and :class:`DenseGradW`."""
+
+    __props__ = ()
+
+    def make_node(self, x, w):
+        x, w = _matrix(x), _matrix(w)
+        out = pt.tensor(dtype=x.type.dtype, shape=(x.type.shape[0], w.type.shape[1]))
+        return Apply(self, [x, w], [out])
+
+    def perform(self, node, inputs, output_storage):
+        x, w = inputs
+        output_storage[0][0] = np.dot(x, w).astype(node.outputs[0].dtype)
+
+    def pullback(self, inputs, outputs, cotangents):
+        x, w = inputs
+        (g,) = cotangents
+        return [DenseGradX()(g, w), DenseGradW()(x, g)]
+
+
+class DenseGradX(Op):
+    """``g (m, n) . w (k, n)^T``: the inputs' gradient of :class:`Dense`."""
+
+    __props__ = ()
+
+    def make_node(self, g, w):
+        g, w = _matrix(g), _matrix(w)
+        out = pt.tensor(dtype=g.type.dtype, shape=(g.type.shape[0], w.type.shape[0]))
+        return Apply(self, [g, w], [out])
+
+    def perform(self, node, inputs, output_storage):
+        g, w = inputs
+        output_storage[0][0] = np.dot(g, w.T).astype(node.outputs[0].dtype)
+
+
+class DenseGradW(Op):
+    """``x (m, k)^T . g (m, n)``: the weights' gradient of :class:`Dense`."""
+
+    __props__ = ()
+
+    def make_node(self, x, g):
+        x, g = _matrix(x), _matrix(g)
+        out = pt.tensor(dtype=g.type.dtype, shape=(x.type.shape[1], g.type.shape[1]))
+        return Apply(self, [x, g], [out])
+
+    def perform(self, node, inputs, output_storage):
+        x, g = inputs
+        output_storage[0][0] = np.dot(x.T, g).astype(node.outputs[0].dtype)
+
+
+class DenseSgd(Op):
+    """``(w, x, g, eta, decay) -> (g . w^T, w - eta * (x^T . g + decay * w))``: the inputs'
+    gradient (from ``w`` before the step) and the plain-SGD step of ``w`` with the L2
+    term's gradient ``decay * w``. Only in update graphs: it has no gradient."""
+
+    __props__ = ()
+
+    def make_node(self, w, x, g, eta, decay):
+        w, x, g = _matrix(w), _matrix(x), _matrix(g)
+        eta = pt.as_tensor_variable(eta).astype(w.type.dtype)
+        decay = pt.as_tensor_variable(decay).astype(w.type.dtype)
+        dx = pt.tensor(dtype=g.type.dtype, shape=(g.type.shape[0], w.type.shape[0]))
+        return Apply(self, [w, x, g, eta, decay], [dx, w.type()])
+
+    def perform(self, node, inputs, output_storage):
+        w, x, g, eta, decay = inputs
+        output_storage[0][0] = np.dot(g, w.T).astype(node.outputs[0].dtype)
+        step = w - eta * (np.dot(x.T, g).astype(w.dtype) + decay * w)
+        output_storage[1][0] = step.astype(node.outputs[1].dtype)
+
+
+def dense(x: Any, w: Any) -> Any:
+    """``x . w`` as one :class:`Dense` Op."""
+    return Dense()(x, w)
+
+
+def fuse_sgd(
+    outputs: Sequence[Variable],
+    steps: Mapping[Variable, int],
+    eta: Variable,
+    decays: Mapping[Variable, float],
+) -> list[Variable]:
+    """``outputs`` with each plain-SGD step of a :class:`Dense` weight made by :class:`DenseSgd`.
+
+    ``steps[w]`` is the position in ``outputs`` of ``w``'s new value (``w - eta * grad``,
+    where the gradient is the product's plus ``decays[w] * w``); that value and every use
+    of the inputs' gradient of ``w``'s product are replaced by the fused Op's two results.
+    Layers are fused from the last one back, so each fused Op reads a gradient already
+    made by the fused Ops after it. A weight used by more than one product is left alone."""
+    # The step's graph is this function's own clone, so it is edited in place: every use of
+    # a replaced variable, wherever it is, then sees the fused Op's result.
+    graph = FunctionGraph(outputs=list(outputs), clone=False)
+    done: set[Variable] = set()
+    while True:
+        nodes = graph.toposort()
+        products = [
+            n
+            for n in nodes
+            if isinstance(n.op, Dense)
+            and n.inputs[1] in steps
+            and n.inputs[1] not in done
+            and sum(isinstance(m.op, Dense) and m.inputs[1] is n.inputs[1] for m in nodes) == 1
+        ]
+        if not products:
+            break
+        x, w = products[-1].inputs  # the last in topological order: nearest the cost
+        done.add(w)
+        grad_w = [n for n in nodes if isinstance(n.op, DenseGradW) and n.inputs[0] is x]
+        if len(grad_w) != 1:
+            continue
+        g = grad_w[0].inputs[1]
+        dx, stepped = DenseSgd()(w, x, g, eta, np.float32(decays.get(w, 0.0)))
+        pairs = [
+            (n.outputs[0], dx)
+            for n in nodes
+            if isinstance(n.op, DenseGradX) and n.inputs[0] is g and n.inputs[1] is w
+        ]
+        graph.replace_all([*pairs, (graph.outputs[steps[w]], stepped)], import_missing=True)
+    return list(graph.outputs)

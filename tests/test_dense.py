@@ -1,0 +1,165 @@
+"""convnet.dense and its kernel (runtime/kernel/dense.cc): the product, its gradients and
+the fused SGD step against NumPy in float64 (odd shapes, more rows than one register
+block, rows zeroed by dropout), with and without the kernel; the gradient numerically;
+the same bits on one core or many; and whole networks trained with the fused step
+against PyTorch-free references: PyTensor's own product."""
+
+from __future__ import annotations
+
+import os
+import platform
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytensor
+import pytensor.tensor as pt
+import pytest
+from pytensor.gradient import verify_grad
+
+from convnet import FullyConnectedLayer, Network, SoftmaxLayer, dense
+from convnet.optimizers import SGD
+from convnet.runtime import backend as backends
+from convnet.runtime import kernel
+
+HAS_COMPILER = platform.machine().lower() in ("x86_64", "amd64") and any(
+    shutil.which(name) for name in ("c++", "g++", "clang++")
+)
+# (m, k, n): the book's FC1000 layers at mini-batch 10; columns not a whole number of
+# vectors (of 8 or 16) and fewer than one; rows beyond one block of 12; a single row.
+SHAPES = [(10, 640, 1000), (10, 1000, 1000), (7, 333, 77), (13, 50, 37), (25, 9, 5), (1, 3, 1)]
+
+
+def _operands(rng, m, k, n):
+    x = rng.standard_normal((m, k)).astype(np.float32)
+    x[:, ::3] = 0.0  # dropout's zeros
+    w = rng.standard_normal((k, n)).astype(np.float32)
+    g = rng.standard_normal((m, n)).astype(np.float32)
+    return x, w, g
+
+
+def _functions(mode):
+    x, w, g = (pt.matrix(name, dtype="float32") for name in "xwg")
+    eta, decay = pt.scalar("eta", dtype="float32"), pt.scalar("decay", dtype="float32")
+    return {
+        "dense": pytensor.function([x, w], dense.Dense()(x, w), mode=mode),
+        "grad_x": pytensor.function([g, w], dense.DenseGradX()(g, w), mode=mode),
+        "grad_w": pytensor.function([x, g], dense.DenseGradW()(x, g), mode=mode),
+        "sgd": pytensor.function(
+            [w, x, g, eta, decay], dense.DenseSgd()(w, x, g, eta, decay), mode=mode
+        ),
+    }
+
+
+def _check(functions, rng):
+    for m, k, n in SHAPES:
+        x, w, g = _operands(rng, m, k, n)
+        x64, w64, g64 = (a.astype(np.float64) for a in (x, w, g))
+        tol = {"rtol": 1e-5, "atol": 1e-4 * np.sqrt(max(k, n))}
+        np.testing.assert_allclose(functions["dense"](x, w), x64 @ w64, **tol)
+        np.testing.assert_allclose(functions["grad_x"](g, w), g64 @ w64.T, **tol)
+        np.testing.assert_allclose(functions["grad_w"](x, g), x64.T @ g64, **tol)
+        dx, stepped = functions["sgd"](w, x, g, np.float32(0.03), np.float32(1e-3))
+        np.testing.assert_allclose(dx, g64 @ w64.T, **tol)
+        want = w64 - 0.03 * (x64.T @ g64 + 1e-3 * w64)
+        np.testing.assert_allclose(stepped, want, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("backend", ["jax", "c"])
+def test_the_dense_ops_match_numpy(backend, rng):
+    """Under JAX on a CPU: the kernel; under the C backend: NumPy (``perform``)."""
+    _check(_functions(backends.resolve(backend, "cpu").apply()), rng)
+
+
+def test_the_dense_ops_without_the_kernel_match_numpy(rng, monkeypatch):
+    monkeypatch.setattr(kernel, "dense_target", lambda: None)
+    _check(_functions(backends.resolve("jax", "cpu").apply()), rng)
+
+
+def test_the_products_gradient_numerically():
+    rng = np.random.default_rng(3)
+    x, w, _ = _operands(rng, 4, 6, 5)
+    verify_grad(
+        lambda a, b: dense.dense(a, b), [x.astype(np.float64), w.astype(np.float64)], rng=rng
+    )
+
+
+def _net(implementation, monkeypatch, p_dropout=0.5):
+    monkeypatch.setenv("CONVNET_DENSE", implementation)
+    layers = [
+        FullyConnectedLayer(784, 200, "relu", p_dropout=p_dropout),  # 156,800 weights: large
+        SoftmaxLayer(200, 10, p_dropout=p_dropout),
+    ]
+    return Network(layers, 10, seed=4, backend="jax")
+
+
+def _fused_ops(net, optimizer):
+    rng = np.random.default_rng(0)
+    data = net.to_device(
+        (rng.random((30, 784), dtype=np.float32), rng.integers(0, 10, 30).astype(np.int32)), "t"
+    )
+    order = net.backend.shared(np.arange(30), "order")
+    eta = net.backend.shared(np.float32(0.1), "eta")
+    cost = net.backend.shared(np.float32(0.0), "cost")
+    shapes = [p.type.shape for p in net.params]
+    state = [net.backend.shared(v, f"s{i}") for i, v in enumerate(optimizer.initial_state(shapes))]
+    fn = net.train_function(data, order, eta, 0.5, cost, optimizer, state)
+    return [type(node.op).__name__ for node in fn.maker.fgraph.toposort()]
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "momentum"])
+def test_training_with_the_kernel_equals_pytensors_product(rng, monkeypatch, optimizer):
+    """Plain SGD takes the fused step, momentum the product's gradients: either way the
+    weights after two epochs are PyTensor's own to float32 rounding."""
+    x = rng.random((60, 784), dtype=np.float32)
+    y = rng.integers(0, 10, 60).astype(np.int32)
+    step = SGD(0.1) if optimizer == "sgd" else SGD(0.1, momentum=0.5)
+    nets = {form: _net(form, monkeypatch) for form in ("kernel", "dot")}
+    assert nets["kernel"].layers[0].dense_implementation == "kernel"
+    assert nets["kernel"].layers[1].dense_implementation == "dot"  # 2,000 weights: XLA's
+    ops = _fused_ops(nets["kernel"], step)
+    assert ("DenseSgd" in ops) == (optimizer == "sgd") and "Dense" in ops
+    assert "Dense" not in _fused_ops(nets["dot"], step)
+    for net in nets.values():
+        net.fit((x, y), epochs=2, optimizer=step, lmbda=0.5, verbose=False)
+    for a, b in zip(nets["kernel"].get_weights(), nets["dot"].get_weights(), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+    initial = _net("dot", monkeypatch).get_weights()[0]
+    assert not np.allclose(nets["kernel"].get_weights()[0], initial)  # it trained
+
+
+THREADS_CHILD = r"""
+import os, sys
+os.sched_setaffinity(0, {int(c) for c in sys.argv[2].split(",")})  # before JAX starts
+import numpy as np, pytensor, pytensor.tensor as pt
+from convnet import dense
+from convnet.runtime import backend as backends
+mode = backends.resolve("jax", "cpu").apply()
+rng = np.random.default_rng(0)
+x, w, g = (pt.matrix(n, dtype="float32") for n in "xwg")
+fn = pytensor.function(
+    [x, w, g],
+    [dense.dense(x, w), dense.DenseGradX()(g, w), dense.DenseGradW()(x, g),
+     *dense.DenseSgd()(w, x, g, np.float32(0.03), np.float32(1e-3))],
+    mode=mode,
+)
+arrays = fn(rng.standard_normal((10, 700)).astype(np.float32),
+            rng.standard_normal((700, 1000)).astype(np.float32),
+            rng.standard_normal((10, 1000)).astype(np.float32))
+np.save(sys.argv[1], np.concatenate([a.ravel() for a in arrays]))
+"""
+
+
+@pytest.mark.skipif(
+    not HAS_COMPILER or len(os.sched_getaffinity(0)) < 2, reason="needs the kernel and 2 cores"
+)
+def test_the_dense_kernels_do_not_depend_on_the_number_of_threads(tmp_path):
+    """Each output is one sum in a fixed order, whichever thread makes it."""
+    results = []
+    for cores in ({min(os.sched_getaffinity(0))}, os.sched_getaffinity(0)):
+        out = tmp_path / f"{len(cores)}.npy"
+        cores_arg = ",".join(map(str, sorted(cores)))
+        subprocess.run([sys.executable, "-c", THREADS_CHILD, str(out), cores_arg], check=True)
+        results.append(np.load(out))
+    np.testing.assert_array_equal(results[0], results[1])
