@@ -8,6 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tests.devices import local_cluster
+
 REPO = Path(__file__).resolve().parents[1]
 SHARED_MNIST = REPO.parent / "shared" / "data" / "mnist"
 
@@ -71,12 +73,5 @@ def rng() -> np.random.Generator:
 @pytest.fixture(scope="session")
 def cluster():
     """A real Dask cluster on 127.0.0.1: a scheduler and 2 worker processes, 1 thread each."""
-    distributed = pytest.importorskip("distributed")
-    with distributed.LocalCluster(
-        n_workers=2,
-        threads_per_worker=1,
-        processes=True,
-        host="127.0.0.1",
-        dashboard_address=None,
-    ) as local:
+    with local_cluster() as local:
         yield local.scheduler_address

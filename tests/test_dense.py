@@ -9,8 +9,6 @@ from __future__ import annotations
 import os
 import platform
 import shutil
-import subprocess
-import sys
 
 import numpy as np
 import pytensor
@@ -22,6 +20,7 @@ from convnet import FullyConnectedLayer, Network, SoftmaxLayer, dense
 from convnet.optimizers import SGD
 from convnet.runtime import backend as backends
 from convnet.runtime import kernel
+from tests.devices import on_one_core_and_all
 
 HAS_COMPILER = platform.machine().lower() in ("x86_64", "amd64") and any(
     shutil.which(name) for name in ("c++", "g++", "clang++")
@@ -156,10 +155,5 @@ np.save(sys.argv[1], np.concatenate([a.ravel() for a in arrays]))
 )
 def test_the_dense_kernels_do_not_depend_on_the_number_of_threads(tmp_path):
     """Each output is one sum in a fixed order, whichever thread makes it."""
-    results = []
-    for cores in ({min(os.sched_getaffinity(0))}, os.sched_getaffinity(0)):
-        out = tmp_path / f"{len(cores)}.npy"
-        cores_arg = ",".join(map(str, sorted(cores)))
-        subprocess.run([sys.executable, "-c", THREADS_CHILD, str(out), cores_arg], check=True)
-        results.append(np.load(out))
+    results = on_one_core_and_all(THREADS_CHILD, tmp_path)
     np.testing.assert_array_equal(results[0], results[1])

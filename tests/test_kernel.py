@@ -8,8 +8,6 @@ from __future__ import annotations
 import os
 import platform
 import shutil
-import subprocess
-import sys
 
 import numpy as np
 import pytensor
@@ -24,7 +22,7 @@ from convnet.ops import conv_pool, conv_pool_train
 from convnet.runtime import backend as backends
 from convnet.runtime import kernel
 from tests import reference
-from tests.devices import device_for
+from tests.devices import device_for, on_one_core_and_all
 
 CASES = [  # (N, C, H, W), (F, kh, kw), pool: net C's layers, ragged borders, > 48 filters
     ((3, 1, 28, 28), (20, 5, 5), (2, 2)),
@@ -279,10 +277,5 @@ np.save(sys.argv[1], np.concatenate([dx.ravel(), dw.ravel()]))
 def test_the_kernels_gradients_do_not_depend_on_the_number_of_threads(tmp_path):
     """Each image's weight gradient is summed in image order, whichever thread made it:
     a run, and a resumed run, repeat bit for bit on one core or many."""
-    results = []
-    for cores in ({min(os.sched_getaffinity(0))}, os.sched_getaffinity(0)):
-        out = tmp_path / f"{len(cores)}.npy"
-        cores_arg = ",".join(map(str, sorted(cores)))
-        subprocess.run([sys.executable, "-c", THREADS_CHILD, str(out), cores_arg], check=True)
-        results.append(np.load(out))
+    results = on_one_core_and_all(THREADS_CHILD, tmp_path)
     np.testing.assert_array_equal(results[0], results[1])

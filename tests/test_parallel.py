@@ -17,6 +17,7 @@ import pytest
 
 from convnet.cli.main import main
 from convnet.runs import jobs
+from tests.devices import local_cluster
 from tests.test_run_folders import _dataset
 
 ARGV = [
@@ -272,13 +273,7 @@ def test_a_dask_worker_killed_mid_member_does_not_lose_the_ensemble(tmp_path):
     argv = ["train", *SLOW, "--epochs", "8", "--ensemble", "2", "--quiet", "--data", str(data)]
     out = tmp_path / "on-the-cluster"
     with (
-        distributed.LocalCluster(
-            n_workers=2,
-            threads_per_worker=1,
-            processes=True,
-            host="127.0.0.1",
-            dashboard_address=None,
-        ) as local,
+        local_cluster() as local,
         distributed.Client(local) as client,
     ):
         pids = client.run(os.getpid)

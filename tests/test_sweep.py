@@ -22,6 +22,7 @@ from convnet.runs import jobs, trials
 from convnet.runs import sweep as sweeps
 from tests.conftest import REPO
 from tests.datasets import learnable_splits
+from tests.devices import local_cluster
 from tests.test_run_folders import _dataset
 
 LAYERS = "fc:16:relu,softmax"
@@ -352,13 +353,7 @@ def test_a_dask_worker_killed_mid_trial_does_not_lose_the_sweep(tmp_path):
     data = _slow_dataset(tmp_path / "data.npz")
     out = tmp_path / "sweep"
     with (
-        distributed.LocalCluster(
-            n_workers=2,
-            threads_per_worker=1,
-            processes=True,
-            host="127.0.0.1",
-            dashboard_address=None,
-        ) as local,
+        local_cluster() as local,
         distributed.Client(local) as client,
     ):
         pids = client.run(os.getpid)
