@@ -301,3 +301,37 @@ def test_a_dask_worker_killed_mid_member_does_not_lose_the_ensemble(tmp_path):
         ):
             for name in a.files:
                 np.testing.assert_array_equal(a[name], b[name], err_msg=f"member {k} {name}")
+
+
+def test_a_dask_cluster_that_loses_every_worker_ends_the_ensemble_in_bounded_time(
+    tmp_path, monkeypatch, capsys
+):
+    """Every worker of a real cluster retired mid-member: the driver says so and stops
+    (Dask alone would wait for a worker forever); the members keep their folders."""
+    import threading
+
+    distributed = pytest.importorskip("distributed")
+    from tests.test_sweep import SLOW, _slow_dataset, _wait_for
+
+    monkeypatch.setattr(jobs, "POLL_SECONDS", 0.5)
+    monkeypatch.setattr(jobs, "NO_WORKERS_SECONDS", 3.0)
+    data = _slow_dataset(tmp_path / "data.npz")
+    out = tmp_path / "ensemble"
+    argv = ["train", *SLOW, "--epochs", "30", "--ensemble", "2", "--quiet", "--data", str(data)]
+    with local_cluster() as local, distributed.Client(local) as client:
+
+        def retire_when_busy():
+            _wait_for(lambda: any(client.processing().values()))
+            local.scale(0)
+
+        retiring = threading.Thread(target=retire_when_busy, daemon=True)
+        retiring.start()
+        start = time.monotonic()
+        code = main([*argv, "--out", str(out), "--cluster", local.scheduler_address])
+        took = time.monotonic() - start
+        retiring.join(timeout=30)
+    assert code != 0
+    err = capsys.readouterr().err
+    assert f"--cluster {local.scheduler_address}: no worker has been there for 3 s" in err
+    assert took < 120, took
+    assert (out / "ensemble.json").exists() or any(out.iterdir())  # the folder is kept
