@@ -504,7 +504,7 @@ def cli_cases(at: dict[str, Path]) -> list[tuple[str, Callable[[], list[str]], s
             lambda: [
                 "train",
                 "--resume",
-                str(damaged("meta", edit_checkpoint_record(lambda m: m.pop("stalled")))),
+                str(damaged("meta", edit_checkpoint_record(lambda m: m.pop("step")))),
             ],
             folders + "test_random_corruptions_end_in_a_clear_error_or_a_correct_result",
         ),
@@ -717,8 +717,8 @@ DIVERGENCE_AND_FILES = """
   epoch; `convnet train` also writes them to `model.npz`
   (`tests/test_training.py::test_divergence_names_epoch_and_batch_and_keeps_last_good_weights`).
 * **Checkpoints.** `convnet train --checkpoint-every N` writes `checkpoint.npz` (weights,
-  the optimizer's state, best weights, epoch, eta, early-stopping counters, the shuffling
-  RNG's state, the dropout step counter, history, architecture, arguments) as one file:
+  the optimizer's state, best weights, epoch, eta, each stateful callback's counters, the
+  shuffling RNG's state, the dropout step counter, history, architecture, arguments) as one file:
   temporary file in the same folder, fsync, `os.replace`. `convnet train --resume RUN_DIR`
   continues with the original arguments. Runs killed with SIGKILL at random moments resume
   to weights equal bit for bit to an uninterrupted run
@@ -751,6 +751,13 @@ DIVERGENCE_AND_FILES = """
   two processes writing the same file (two workers building the expanded set's cache) both
   succeed, and only a killed writer's leftovers are cleared
   (`tests/test_reliability.py::test_a_writer_never_removes_the_file_another_is_still_writing`).
+* **A lost cluster worker.** A Dask worker killed with kill -9 while it trains an ensemble
+  member: the member is trained again on another worker, and the ensemble ends
+  bit-identical to one trained in turn
+  (`tests/test_parallel.py::test_a_dask_worker_killed_mid_member_does_not_lose_the_ensemble`);
+  a cluster left with no worker at all ends the run after 60 s with one line naming the
+  cluster, each member keeping its checkpoint (Dask alone would wait forever)
+  (`tests/test_parallel.py::test_a_dask_cluster_that_loses_every_worker_ends_the_ensemble_in_bounded_time`).
 * **A new run never overwrites a trained model.** `convnet train --out DIR` refuses a folder
   that already holds a model or checkpoint (use `--resume`, another folder, or
   `--overwrite`) (`tests/test_cli.py::test_train_never_overwrites_a_trained_model_unless_asked`).
