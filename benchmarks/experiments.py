@@ -787,10 +787,11 @@ def fc_profile() -> None:
 
 
 def dense_sgd() -> None:
-    """Microseconds per call of the fused dense backward + plain-SGD step (convnet's kernel,
+    """Microseconds per call of the fused dense backward + SGD step (convnet's kernel,
     ``DenseSgd``) against XLA's products and step, both stepping donated weights in place,
-    for the book's FC1000 layers' weights at mini-batches 1 to 32: where the kernel pays
-    (convnet.dense.FUSED_ROWS). One pinned core, best of 3 x 100 calls."""
+    for the book's FC1000 layers' weights at mini-batches 1 to 32 (where the kernel pays:
+    convnet.dense.MAX_ROWS), then with momentum at mini-batch 10. One pinned core, best of
+    3 x 100 calls."""
     import jax
     import jax.numpy as jnp
 
@@ -834,6 +835,32 @@ def dense_sgd() -> None:
             print(
                 f"| {k} x {n} | {m} | {ours:.0f} | {theirs:.0f} | {theirs / ours:.2f} |", flush=True
             )
+    print("\nWith momentum 0.9 (classical), mini-batch 10, the velocity stepped in place too:")
+    print("| weights | kernel (us) | XLA (us) | XLA / kernel |")
+    print("|---|---|---|---|")
+    mu, classical = np.float32(0.9), np.float32(0.0)
+    for k, n in ((640, 1000), (1000, 1000)):
+        x = jnp.asarray(rng.standard_normal((10, k), dtype=np.float32))
+        g = jnp.asarray(rng.standard_normal((10, n), dtype=np.float32))
+        shape = jax.ShapeDtypeStruct((k, n), jnp.float32)
+        results = (jax.ShapeDtypeStruct((10, k), jnp.float32), shape, shape)
+        call = jax.ffi.ffi_call(f"{target}_sgd", results, input_output_aliases={0: 1, 5: 2})
+
+        def fused(wv, x, g, call=call):
+            dx, w, v = call(wv[0], x, g, eta, decay, wv[1], mu, classical)
+            return dx, (w, v)
+
+        def xla(wv, x, g):
+            w, v = wv
+            moved = mu * v - eta * (x.T @ g + decay * w)
+            return g @ w.T, (w + moved, moved)
+
+        def pair(k=k, n=n):
+            return tuple(jnp.asarray(rng.standard_normal((k, n), dtype=np.float32)) for _ in "wv")
+
+        ours = micros(jax.jit(fused, donate_argnums=0), pair(), x, g)
+        theirs = micros(jax.jit(xla, donate_argnums=0), pair(), x, g)
+        print(f"| {k} x {n} | {ours:.0f} | {theirs:.0f} | {theirs / ours:.2f} |", flush=True)
 
 
 def _hlo_ops(hlo: str) -> dict[str, str]:

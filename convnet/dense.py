@@ -1,7 +1,8 @@
-"""A dense layer's product as Ops that convnet's CPU kernel runs (``runtime/kernel/dense.cc``):
-:class:`Dense` (``x . w``), its two gradients, and :class:`DenseSgd`, the inputs' gradient
-and a plain-SGD step of ``w`` in one pass over ``w``; :func:`fuse_sgd` puts it in place of
-the gradient, the separate step and the inputs' gradient of a training graph.
+"""A dense layer's product as Ops: :class:`Dense` (``x . w``), its two gradients, and
+:class:`DenseSgd`, the inputs' gradient and an SGD step of ``w`` (with or without momentum)
+in one pass over ``w`` (convnet's CPU kernel, ``runtime/kernel/dense.cc``); :func:`fuse_sgd`
+puts it in place of the gradient, the separate step and the inputs' gradient of a training
+graph.
 
 Why: at the book's mini-batch of 10 each pass over a large weight matrix is as fast as the
 matrix streams through the core, and XLA makes four passes for a layer's backward and step
@@ -87,24 +88,45 @@ class DenseGradW(Op):
 
 
 class DenseSgd(Op):
-    """``(w, x, g, eta, decay) -> (g . w^T, w - eta * (x^T . g + decay * w))``: the inputs'
-    gradient (from ``w`` before the step) and the plain-SGD step of ``w`` with the L2
-    term's gradient ``decay * w``. Only in update graphs: it has no gradient."""
+    """``(w, x, g, eta, decay) -> (g . w^T, w - eta * grad)`` with ``grad = x^T . g + decay
+    * w``: the inputs' gradient (from ``w`` before the step) and an SGD step of ``w`` with
+    the L2 term's gradient. With ``momentum``, three more inputs ``(v, mu, nesterov)`` and a
+    third result: ``v' = mu * v - eta * grad``, ``w' = w + v'`` (or Nesterov's ``w + mu * v'
+    - eta * grad``), as :class:`convnet.optimizers.SGD` steps. Only in update graphs: it
+    has no gradient."""
 
-    __props__ = ()
+    __props__ = ("momentum",)
 
-    def make_node(self, w, x, g, eta, decay):
+    def __init__(self, momentum: bool = False) -> None:
+        self.momentum = bool(momentum)
+
+    def make_node(self, w, x, g, eta, decay, *velocity):
         w, x, g = _matrix(w), _matrix(x), _matrix(g)
-        eta = pt.as_tensor_variable(eta).astype(w.type.dtype)
-        decay = pt.as_tensor_variable(decay).astype(w.type.dtype)
-        dx = pt.tensor(dtype=g.type.dtype, shape=(g.type.shape[0], w.type.shape[0]))
-        return Apply(self, [w, x, g, eta, decay], [dx, w.type()])
+        scalars = [pt.as_tensor_variable(s).astype(w.type.dtype) for s in (eta, decay)]
+        inputs = [w, x, g, *scalars]
+        outputs = [
+            pt.tensor(dtype=g.type.dtype, shape=(g.type.shape[0], w.type.shape[0])),
+            w.type(),
+        ]
+        if self.momentum:
+            v, mu, nesterov = velocity
+            v = _matrix(v)
+            inputs += [v, *(pt.as_tensor_variable(s).astype(w.type.dtype) for s in (mu, nesterov))]
+            outputs.append(v.type())
+        return Apply(self, inputs, outputs)
 
     def perform(self, node, inputs, output_storage):
-        w, x, g, eta, decay = inputs
+        w, x, g, eta, decay = inputs[:5]
         output_storage[0][0] = np.dot(g, w.T).astype(node.outputs[0].dtype)
-        step = w - eta * (np.dot(x.T, g).astype(w.dtype) + decay * w)
-        output_storage[1][0] = step.astype(node.outputs[1].dtype)
+        grad = np.dot(x.T, g).astype(w.dtype) + decay * w
+        if not self.momentum:
+            output_storage[1][0] = (w - eta * grad).astype(node.outputs[1].dtype)
+            return
+        v, mu, nesterov = inputs[5:]
+        velocity = (mu * v - eta * grad).astype(v.dtype)
+        stepped = w + mu * velocity - eta * grad if nesterov else w + velocity
+        output_storage[1][0] = stepped.astype(node.outputs[1].dtype)
+        output_storage[2][0] = velocity
 
 
 def dense(x: Any, w: Any) -> Any:
@@ -117,14 +139,19 @@ def fuse_sgd(
     steps: Mapping[Variable, int],
     eta: Variable,
     decays: Mapping[Variable, float],
+    velocities: Mapping[Variable, tuple[Variable, int]] | None = None,
+    mu: float = 0.0,
+    nesterov: bool = False,
 ) -> list[Variable]:
-    """``outputs`` with each plain-SGD step of a :class:`Dense` weight made by :class:`DenseSgd`.
+    """``outputs`` with each SGD step of a :class:`Dense` weight made by :class:`DenseSgd`.
 
-    ``steps[w]`` is the position in ``outputs`` of ``w``'s new value (``w - eta * grad``,
-    where the gradient is the product's plus ``decays[w] * w``); that value and every use
-    of the inputs' gradient of ``w``'s product are replaced by the fused Op's two results.
-    Layers are fused from the last one back, so each fused Op reads a gradient already
-    made by the fused Ops after it. A weight used by more than one product is left alone."""
+    ``steps[w]`` is the position in ``outputs`` of ``w``'s new value (the SGD rule's, with
+    the product's gradient plus ``decays[w] * w``); that value and every use of the inputs'
+    gradient of ``w``'s product are replaced by the fused Op's results. With momentum
+    ``mu``, ``velocities[w]`` is ``w``'s velocity and the position of its new value, which
+    the fused Op makes too. Layers are fused from the last one back, so each fused Op reads
+    a gradient already made by the fused Ops after it. A weight used by more than one
+    product is left alone."""
     # The step's graph is this function's own clone, so it is edited in place: every use of
     # a replaced variable, wherever it is, then sees the fused Op's result.
     graph = FunctionGraph(outputs=list(outputs), clone=False)
@@ -147,8 +174,18 @@ def fuse_sgd(
         if len(grad_w) != 1:
             continue
         g = grad_w[0].inputs[1]
-        dx, stepped = DenseSgd()(w, x, g, eta, np.float32(decays.get(w, 0.0)))
-        pairs = [
+        decay = np.float32(decays.get(w, 0.0))
+        if mu:
+            velocity, moved = (velocities or {})[w]
+            flag = np.float32(nesterov)
+            dx, stepped, stepped_v = DenseSgd(momentum=True)(
+                w, x, g, eta, decay, velocity, np.float32(mu), flag
+            )
+            pairs = [(graph.outputs[moved], stepped_v)]
+        else:
+            dx, stepped = DenseSgd()(w, x, g, eta, decay)
+            pairs = []
+        pairs += [
             (n.outputs[0], dx)
             for n in nodes
             if isinstance(n.op, DenseGradX) and n.inputs[0] is g and n.inputs[1] is w

@@ -329,10 +329,16 @@ class Model:
         new_params, new_state = optimizer.step(self.params, step_grads, optimizer_state, eta)
         state = [*self.params, *optimizer_state, self.step, cost_sum]
         after = [*new_params, *new_state, self.step + 1, cost_sum + step_cost]
-        if part == mbs <= dense.MAX_ROWS and optimizer.plain_sgd:
+        rule = optimizer.sgd_momentum
+        if part == mbs <= dense.MAX_ROWS and rule is not None:
             decays = {w: lmbda / -(-data.n // mbs) for w in self.regularized()} if lmbda else {}
             steps = {p: index for index, p in enumerate(self.params)}
-            after = dense.fuse_sgd(after, steps, eta, decays)
+            velocities = {  # SGD keeps one velocity per parameter, in order, with momentum
+                p: (v, len(self.params) + index)
+                for index, (p, v) in enumerate(zip(self.params, optimizer_state, strict=False))
+            }
+            mu, nesterov = rule
+            after = dense.fuse_sgd(after, steps, eta, decays, velocities, mu, nesterov)
         return self._compile([i], [], updates=list(zip(state, after, strict=True)))
 
     def l2_cost(self, lmbda: float, n_train: int) -> TensorVariable:

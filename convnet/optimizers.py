@@ -46,10 +46,10 @@ class Optimizer:
         raise NotImplementedError
 
     @property
-    def plain_sgd(self) -> bool:
-        """Whether each step is ``p - eta * grad`` and nothing else (no state), so that a
-        dense layer may take it inside its backward pass (:func:`convnet.dense.fuse_sgd`)."""
-        return False
+    def sgd_momentum(self) -> tuple[float, bool] | None:
+        """(momentum, nesterov) where the rule is :class:`SGD`'s, whose step a dense layer
+        may take inside its backward pass (:func:`convnet.dense.fuse_sgd`); else None."""
+        return None
 
     def describe(self) -> dict[str, Any]:
         return {"name": self.name, **asdict(self)}  # type: ignore[call-overload]  # subclasses are dataclasses
@@ -77,8 +77,8 @@ class SGD(Optimizer):
         return ("velocity",) if self.momentum > 0 else ()
 
     @property
-    def plain_sgd(self) -> bool:
-        return self.momentum == 0.0
+    def sgd_momentum(self) -> tuple[float, bool] | None:
+        return self.momentum, self.nesterov
 
     def step(self, params, grads, state, eta):
         if self.momentum == 0.0:

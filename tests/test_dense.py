@@ -1,8 +1,8 @@
 """convnet.dense and its kernel (runtime/kernel/dense.cc): the product, its gradients and
-the fused SGD step against NumPy in float64 (odd shapes, more rows than one register
-block, rows zeroed by dropout), with and without the kernel; the gradient numerically;
-the same bits on one core or many; and whole networks trained with the fused step
-against PyTorch-free references: PyTensor's own product."""
+the fused SGD step (plain, momentum, Nesterov's) against NumPy in float64 (odd shapes,
+more rows than one register block, rows zeroed by dropout), with and without the kernel;
+the gradient numerically; the same bits on one core or many; and whole networks trained
+with the fused step against PyTensor's own product."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ import pytest
 from pytensor.gradient import verify_grad
 
 from convnet import FullyConnectedLayer, Network, SoftmaxLayer, dense
-from convnet.optimizers import SGD
+from convnet.optimizers import SGD, Adam
 from convnet.runtime import backend as backends
 from convnet.runtime import kernel
 from tests.devices import on_one_core_and_all
@@ -39,14 +39,19 @@ def _operands(rng, m, k, n):
 
 
 def _functions(mode):
-    x, w, g = (pt.matrix(name, dtype="float32") for name in "xwg")
-    eta, decay = pt.scalar("eta", dtype="float32"), pt.scalar("decay", dtype="float32")
+    x, w, g, v = (pt.matrix(name, dtype="float32") for name in "xwgv")
+    eta, decay, mu, nesterov = (pt.scalar(n, dtype="float32") for n in ("eta", "decay", "mu", "n"))
     return {
         "dense": pytensor.function([x, w], dense.Dense()(x, w), mode=mode),
         "grad_x": pytensor.function([g, w], dense.DenseGradX()(g, w), mode=mode),
         "grad_w": pytensor.function([x, g], dense.DenseGradW()(x, g), mode=mode),
         "sgd": pytensor.function(
             [w, x, g, eta, decay], dense.DenseSgd()(w, x, g, eta, decay), mode=mode
+        ),
+        "momentum": pytensor.function(
+            [w, x, g, eta, decay, v, mu, nesterov],
+            dense.DenseSgd(momentum=True)(w, x, g, eta, decay, v, mu, nesterov),
+            mode=mode,
         ),
     }
 
@@ -61,8 +66,25 @@ def _check(functions, rng):
         np.testing.assert_allclose(functions["grad_w"](x, g), x64.T @ g64, **tol)
         dx, stepped = functions["sgd"](w, x, g, np.float32(0.03), np.float32(1e-3))
         np.testing.assert_allclose(dx, g64 @ w64.T, **tol)
-        want = w64 - 0.03 * (x64.T @ g64 + 1e-3 * w64)
-        np.testing.assert_allclose(stepped, want, rtol=1e-5, atol=1e-5)
+        grad = x64.T @ g64 + 1e-3 * w64
+        np.testing.assert_allclose(stepped, w64 - 0.03 * grad, rtol=1e-5, atol=1e-5)
+        v = rng.standard_normal(w.shape).astype(np.float32)
+        for nesterov in (0.0, 1.0):
+            results = functions["momentum"](
+                w,
+                x,
+                g,
+                np.float32(0.03),
+                np.float32(1e-3),
+                v,
+                np.float32(0.9),
+                np.float32(nesterov),
+            )
+            moved = 0.9 * v.astype(np.float64) - 0.03 * grad
+            want = w64 + 0.9 * moved - 0.03 * grad if nesterov else w64 + moved
+            np.testing.assert_allclose(results[0], g64 @ w64.T, **tol)
+            np.testing.assert_allclose(results[1], want, rtol=1e-5, atol=1e-5)
+            np.testing.assert_allclose(results[2], moved, rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("backend", ["jax", "c"])
@@ -107,18 +129,23 @@ def _fused_ops(net, optimizer):
     return [type(node.op).__name__ for node in fn.maker.fgraph.toposort()]
 
 
-@pytest.mark.parametrize("optimizer", ["sgd", "momentum"])
+@pytest.mark.parametrize("optimizer", ["sgd", "momentum", "nesterov", "adam"])
 def test_training_with_the_kernel_equals_pytensors_product(rng, monkeypatch, optimizer):
-    """Plain SGD takes the fused step, momentum the product's gradients: either way the
-    weights after two epochs are PyTensor's own to float32 rounding."""
+    """SGD (plain, momentum, Nesterov's) takes the fused step, Adam the product's gradients:
+    either way the weights after two epochs are PyTensor's own to float32 rounding."""
     x = rng.random((60, 784), dtype=np.float32)
     y = rng.integers(0, 10, 60).astype(np.int32)
-    step = SGD(0.1) if optimizer == "sgd" else SGD(0.1, momentum=0.5)
+    step = {
+        "sgd": SGD(0.1),
+        "momentum": SGD(0.1, momentum=0.5),
+        "nesterov": SGD(0.1, momentum=0.5, nesterov=True),
+        "adam": Adam(0.001),
+    }[optimizer]
     nets = {form: _net(form, monkeypatch) for form in ("kernel", "dot")}
     assert nets["kernel"].layers[0].dense_implementation == "kernel"
     assert nets["kernel"].layers[1].dense_implementation == "dot"  # 2,000 weights: XLA's
     ops = _fused_ops(nets["kernel"], step)
-    assert ("DenseSgd" in ops) == (optimizer == "sgd") and "Dense" in ops
+    assert ("DenseSgd" in ops) == (optimizer != "adam") and "Dense" in ops
     assert "Dense" not in _fused_ops(nets["dot"], step)
     for net in nets.values():
         net.fit((x, y), epochs=2, optimizer=step, lmbda=0.5, verbose=False)
@@ -140,7 +167,9 @@ x, w, g = (pt.matrix(n, dtype="float32") for n in "xwg")
 fn = pytensor.function(
     [x, w, g],
     [dense.dense(x, w), dense.DenseGradX()(g, w), dense.DenseGradW()(x, g),
-     *dense.DenseSgd()(w, x, g, np.float32(0.03), np.float32(1e-3))],
+     *dense.DenseSgd()(w, x, g, np.float32(0.03), np.float32(1e-3)),
+     *dense.DenseSgd(momentum=True)(w, x, g, np.float32(0.03), np.float32(1e-3), 0.5 * w,
+                                    np.float32(0.9), np.float32(1))],
     mode=mode,
 )
 arrays = fn(rng.standard_normal((10, 700)).astype(np.float32),

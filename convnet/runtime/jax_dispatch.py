@@ -154,26 +154,36 @@ def register() -> None:
     def _dense_sgd(op, **kwargs):
         target = kernel.dense_target()
 
-        def in_jax(w, x, g, eta, decay):
-            return g @ w.T, w - eta * (x.T @ g + decay * w)
+        def in_jax(w, x, g, eta, decay, *velocity):
+            grad = x.T @ g + decay * w
+            if not velocity:
+                return g @ w.T, w - eta * grad
+            v, mu, nesterov = velocity
+            moved = mu * v - eta * grad
+            stepped = jnp.where(nesterov != 0, w + mu * moved - eta * grad, w + moved)
+            return g @ w.T, stepped, moved
 
-        def with_kernel(w, x, g, eta, decay):
+        def with_kernel(w, x, g, *scalars_and_velocity):
+            args = [w, x, g, *scalars_and_velocity]
             # Scalars may come as Python floats, which JAX (with 64-bit types on) makes float64.
-            eta, decay = jnp.asarray(eta, jnp.float32), jnp.asarray(decay, jnp.float32)
-            if any(a.dtype != jnp.float32 for a in (w, x, g)):
-                return in_jax(w, x, g, eta, decay)
+            args = [jnp.asarray(a, jnp.float32) if jnp.ndim(a) == 0 else a for a in args]
+            if any(a.dtype != jnp.float32 for a in args):
+                return in_jax(*args)
+            weights = jax.ShapeDtypeStruct(w.shape, jnp.float32)
+            results = [jax.ShapeDtypeStruct((g.shape[0], w.shape[0]), jnp.float32), weights]
+            # w (and the velocity) are stepped in place: inside a loop of steps their buffers
+            # are the loop's own, so nothing is copied, and their lines are in the cache.
+            aliases = {0: 1}
+            if op.momentum:
+                results.append(weights)
+                aliases[5] = 2
             call = jax.ffi.ffi_call(
                 f"{target}_sgd",
-                (
-                    jax.ShapeDtypeStruct((g.shape[0], w.shape[0]), jnp.float32),
-                    jax.ShapeDtypeStruct(w.shape, jnp.float32),
-                ),
+                tuple(results),
                 vmap_method=ONE_CALL_PER_MEMBER,
-                # w is stepped in place: inside a loop of steps its buffer is the loop's own,
-                # so nothing is copied, and its lines are in the cache when they are written.
-                input_output_aliases={0: 1},
+                input_output_aliases=aliases,
             )
-            return call(w, x, g, eta, decay)
+            return call(*args)
 
         return with_kernel if target is not None else in_jax
 
