@@ -37,7 +37,7 @@ VARIABLES = {
         ),
         Variable(
             "CONVNET_DENSE",
-            "large dense layers' product (and plain SGD's step), for measuring",
+            "large dense layers' product (and SGD's step), for measuring",
             ("kernel", "dot"),
         ),
         Variable(

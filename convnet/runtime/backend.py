@@ -181,7 +181,7 @@ class Backend:
     @cached_property
     def dense_implementation(self) -> str:
         """How large dense layers (:data:`convnet.dense.MIN_WEIGHTS` weights and more)
-        multiply: "kernel" (convnet's, :mod:`convnet.dense`; with plain SGD the step and
+        multiply: "kernel" (convnet's, :mod:`convnet.dense`; with SGD the step and
         the inputs' gradient in one pass over the weights) under JAX on a CPU where the
         kernel can be built; else "dot" (PyTensor's). ``CONVNET_DENSE`` (kernel | dot)
         overrides it, for measuring. Why: benchmarks/RESULTS.md, "The dense kernel"."""

@@ -2,7 +2,7 @@
 
 ``book_sigmoid.cc`` runs the book's network.py / network2.py nets (an epoch, a forward
 pass), called through ctypes by :mod:`convnet.book.sigmoid_kernel`; :func:`book_library`
-builds it. ``dense.cc`` is a dense layer's backward pass fused with a plain-SGD step
+builds it. ``dense.cc`` is a dense layer's backward pass fused with an SGD step
 (:mod:`convnet.dense`), called by XLA and built with ``conv_pool.cc``, which the rest of
 this text is about.
 
@@ -52,7 +52,7 @@ ENTRY_POINTS = {
 }
 DENSE_SOURCE = Path(__file__).with_name("dense.cc")
 DENSE_TARGET = "convnet_dense"
-# A dense layer's inputs' gradient and plain-SGD step in one pass (see dense.cc).
+# A dense layer's inputs' gradient and SGD step in one pass (see dense.cc).
 DENSE_ENTRY_POINTS = {"_sgd": "ConvnetDenseSgd"}
 HEADER = Path(__file__).with_name("xla_call.h")  # shared by the kernels XLA calls
 FLAGS = ("-O3", "-march=native", "-std=c++17", "-shared", "-fPIC", "-w")
