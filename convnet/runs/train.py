@@ -9,6 +9,7 @@ import socket
 import tempfile
 import time
 from contextlib import nullcontext
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -170,7 +171,8 @@ def train(given: dict[str, Any], resume: str | None = None) -> int:
         with run_folder.locked(run_dir):
             if members > 1:
                 run_folder.write_plan(run_dir, vars(args), members)
-            _train_members(args, run_dir, members, hyper, list(range(members)), set(), workers)
+            everyone = _Members(args, run_dir, members, hyper, list(range(members)), set())
+            _train_members(everyone, workers)
     return 0
 
 
@@ -205,80 +207,77 @@ def _workers(args: arguments.Arguments, members: int) -> jobs.Workers:
     return jobs.Workers(args.workers, args.cluster)
 
 
-def _train_members(
-    args: arguments.Arguments,
-    run_dir: Path,
-    members: int,
-    hyper: dict[str, Any],
-    todo: list[int],
-    resumed: set[int],
-    workers: jobs.Workers,
-) -> None:
-    """Train members ``todo`` (those in ``resumed`` from their checkpoints) on ``workers``,
-    as one program, or one after another in this process; then take the vote of all of
-    them. An interruption names the ensemble's folder to resume, never a member's."""
+@dataclass(frozen=True)
+class _Members:
+    """An ensemble's members a command trains: ``todo`` of ``count`` in ``run_dir`` (those
+    in ``resumed`` from their checkpoints), with the run's arguments and hyper-parameters."""
+
+    args: arguments.Arguments
+    run_dir: Path
+    count: int
+    hyper: dict[str, Any]
+    todo: list[int]
+    resumed: set[int]
+
+    def folder(self, k: int) -> Path:
+        return run_folder.member_dir(self.run_dir, k, self.count)
+
+
+def _train_members(m: _Members, workers: jobs.Workers) -> None:
+    """Train the members on ``workers``, as one program, or one after another in this
+    process; then take the vote of all of them. An interruption names the ensemble's
+    folder to resume, never a member's."""
+    args, members = m.args, m.count
     try:
-        if workers.executor is not None and todo:
-            _train_in_parallel(args, run_dir, members, todo, workers)
-        elif args.together and len(todo) > 1:
-            _train_together(args, run_dir, members, hyper, todo, resumed)
-        elif todo:
-            _train_in_turn(args, run_dir, members, hyper, todo, resumed)
+        if workers.executor is not None and m.todo:
+            _train_in_parallel(m, workers)
+        elif args.together and len(m.todo) > 1:
+            _train_together(m)
+        elif m.todo:
+            _train_in_turn(m)
     except (RunInterruptedError, KeyboardInterrupt):
         if members == 1:
             raise
-        raise EnsembleInterruptedError(run_dir, members) from None
+        raise EnsembleInterruptedError(m.run_dir, members) from None
     if members == 1:
         return
     test = _data(args)[2]
     result = run_folder.write_ensemble(
-        run_dir, members, test, backend=args.backend, device=args.device
+        m.run_dir, members, test, backend=args.backend, device=args.device
     )
     for k, accuracy in enumerate(result["members"]):
         print(f"member {k}: test accuracy {accuracy:.2%}")
     print(f"voted ({members} nets): test accuracy {result['voted']:.2%}")
 
 
-def _train_in_turn(
-    args: arguments.Arguments,
-    run_dir: Path,
-    members: int,
-    hyper: dict[str, Any],
-    todo: list[int],
-    resumed: set[int],
-) -> None:
-    """Members ``todo`` one after another in this process, the data read once."""
-    data = _training_data(args, hyper)
-    for k in todo:
-        folder = run_folder.member_dir(run_dir, k, members)
-        if members > 1 and not args.quiet:
-            print(f"\n== ensemble member {k + 1} of {members} (seed {args.seed + k}) ==")
+def _train_in_turn(m: _Members) -> None:
+    """The members one after another in this process, the data read once."""
+    args = m.args
+    data = _training_data(args, m.hyper)
+    for k in m.todo:
+        folder = m.folder(k)
+        if m.count > 1 and not args.quiet:
+            print(f"\n== ensemble member {k + 1} of {m.count} (seed {args.seed + k}) ==")
         state = None
-        if k in resumed:
+        if k in m.resumed:
             net, training_state, _ = checkpoint.load(
                 folder, backend=args.backend, device=args.device
             )
             state = (net, training_state)
-        _train_one(args, folder, args.seed + k, data, hyper, state)
+        _train_one(args, folder, args.seed + k, data, m.hyper, state)
         if not args.quiet:
             print(f"Saved {folder}/model.npz, model.json, history, curves.png, errors.png")
 
 
-def _train_together(
-    args: arguments.Arguments,
-    run_dir: Path,
-    members: int,
-    hyper: dict[str, Any],
-    todo: list[int],
-    resumed: set[int],
-) -> None:
-    """Members ``todo`` as one program (``--together``); resumed ones from their
-    checkpoints, which must all stand at the same epoch."""
+def _train_together(m: _Members) -> None:
+    """The members as one program (``--together``); resumed ones from their checkpoints,
+    which must all stand at the same epoch."""
+    args, todo, hyper = m.args, m.todo, m.hyper
     mbs = args.mini_batch_size
-    folders = [run_folder.member_dir(run_dir, k, members) for k in todo]
+    folders = [m.folder(k) for k in todo]
     nets, states = [], []
     for k, folder in zip(todo, folders, strict=True):
-        if k in resumed:
+        if k in m.resumed:
             net, state, _ = checkpoint.load(folder, backend=args.backend, device=args.device)
         else:
             layers, seed = arguments.network_layers(args, mbs), args.seed + k
@@ -291,12 +290,12 @@ def _train_together(
         where = ", ".join(f"member {k} at epoch {e}" for k, e in epochs.items())
         raise ArgumentError(
             f"--together: trains members as one program, which must all stand at the same "
-            f"epoch; {run_dir} has {where}. Resume without --together (members one after "
+            f"epoch; {m.run_dir} has {where}. Resume without --together (members one after "
             "another, or --workers)."
         )
     if not args.quiet:
         nets[0].summary()
-        print(f"Training members {todo} of {members} as one program")
+        print(f"Training members {todo} of {m.count} as one program")
     positions = [Position() for _ in todo]
     callbacks = [[position, *_stopping(args)] for position in positions]
     try:
@@ -352,19 +351,18 @@ def train_member(
     }
 
 
-def _train_in_parallel(
-    args: arguments.Arguments, run_dir: Path, members: int, todo: list[int], workers: jobs.Workers
-) -> None:
-    """Members ``todo`` at once on ``workers``: ``--workers`` pinned local processes, or a
+def _train_in_parallel(m: _Members, workers: jobs.Workers) -> None:
+    """The members at once on ``workers``: ``--workers`` pinned local processes, or a
     ``--cluster``'s workers (whose run folders come back and are written here)."""
-    shared = vars(args) | {"ensemble": members, "workers": None, "cluster": None, "quiet": True}
-    index = {run_folder.member_dir(run_dir, k, members): k for k in todo}
+    args, todo = m.args, m.todo
+    shared = vars(args) | {"ensemble": m.count, "workers": None, "cluster": None, "quiet": True}
+    index = {m.folder(k): k for k in todo}
     member_jobs = [
         jobs.Job(folder, shared | {"seed": args.seed + k, "out": str(folder)})
         for folder, k in index.items()
     ]
     if not args.quiet:
-        print(f"Training {len(todo)} of {members} members {workers.describe()}")
+        print(f"Training {len(todo)} of {m.count} members {workers.describe()}")
     finished = 0
 
     def done(job: jobs.Job, result: dict[str, Any]) -> None:
@@ -402,9 +400,8 @@ def _resume_ensemble(run_dir: Path, given: dict[str, Any]) -> int:
         stopped = state.history.stopped
         trained = state.epoch >= hyper["epochs"] or stopped
         if not trained or (not _diverged(stopped) and run_folder.missing_files(folder)):
-            todo.append(
-                k
-            )  # unfinished, or trained with files missing: finished from its checkpoint
+            # Unfinished, or trained with files missing: finished from its checkpoint.
+            todo.append(k)
             resumed.add(k)
     if not todo and (run_dir / run_folder.ENSEMBLE_FILE).exists():
         print(
@@ -420,7 +417,7 @@ def _resume_ensemble(run_dir: Path, given: dict[str, Any]) -> int:
             f"{[k for k in range(members) if k not in todo] or 'none'} done."
         )
     with _workers(args, members) as workers, run_folder.locked(run_dir):
-        _train_members(args, run_dir, members, hyper, todo, resumed, workers)
+        _train_members(_Members(args, run_dir, members, hyper, todo, resumed), workers)
     return 0
 
 
