@@ -25,3 +25,13 @@ def test_the_command_line_says_its_version(capsys):
         main(["--version"])
     assert done.value.code == 0
     assert capsys.readouterr().out.strip() == f"convnet {VERSION}"
+
+
+def test_a_bad_environment_variable_is_refused_before_anything_is_written(
+    tmp_path, capsys, monkeypatch
+):
+    monkeypatch.setenv("CONVNET_DENSE", "fast")
+    run = tmp_path / "run"
+    assert main(["train", "--net", "dropout", "--epochs", "1", "--out", str(run)]) == 2
+    assert "environment variable CONVNET_DENSE" in capsys.readouterr().err
+    assert not run.exists()

@@ -398,6 +398,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        for name in config.VARIABLES:  # a bad CONVNET_* value is refused before anything is written
+            config.setting(name)
         with interrupts.interruptible():
             return int(args.func(args) or 0)
     except ConvnetError as exc:  # our errors already say what is wrong: no traceback
