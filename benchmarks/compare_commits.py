@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Net C's training speed at two commits, side by side in one run.
+"""Net C's (or the dropout net's) training speed at two commits, side by side in one run.
 
 A kernel change is judged by the whole training step, and this machine's speed drifts
 between runs, so the two commits are timed alternately in one run: each repeat trains
@@ -10,6 +10,7 @@ whether the two commits end with bit-identical weights.
 
     env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE CONVNET_DATA=../shared/data/mnist \
         python benchmarks/compare_commits.py BEFORE [--after REV] [--mbs 10] [--repeats 4]
+            [--net relu|dropout] [--lmbda L]  (default: the book's lmbda for the net)
 """
 
 from __future__ import annotations
@@ -61,6 +62,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--mbs", type=int, default=10)
     parser.add_argument("--images", type=int, default=5_000)
     parser.add_argument("--repeats", type=int, default=4)
+    parser.add_argument("--net", default="relu", choices=("relu", "dropout"))
+    parser.add_argument("--lmbda", type=float, default=None)
     args = parser.parse_args(argv)
     names = {"before": args.before, "after": args.after or "working tree"}
     times: dict[tuple[str, int], list[float]] = {}
@@ -72,13 +75,21 @@ def main(argv: list[str] | None = None) -> int:
             for side in ("before", "after") if repeat % 2 == 0 else ("after", "before"):
                 for steps in (1, 100):
                     seconds, cost, digest = convnet_seconds(
-                        "fused", args.images, args.mbs, steps, trees[side]
+                        "fused",
+                        args.images,
+                        args.mbs,
+                        steps,
+                        trees[side],
+                        args.net,
+                        None,
+                        args.lmbda,
                     )
                     times.setdefault((side, steps), []).append(seconds)
                     digests.setdefault((side, steps), set()).add(digest)
                     costs[side] = cost
     print(
-        f"# net C, fused kernel, mini-batch {args.mbs}, {args.images:,} images, one core, "
+        f"# net {args.net}, lmbda {'the book' + chr(39) + 's' if args.lmbda is None else args.lmbda}, "
+        f"fused kernel, mini-batch {args.mbs}, {args.images:,} images, one core, "
         f"{args.repeats} repeats; before = {names['before']}, after = {names['after']}; "
         f"first-pass cost {costs['before']:.4f} / {costs['after']:.4f}"
     )

@@ -19,6 +19,7 @@
     python benchmarks/experiments.py ensemble-bound      # what 5 nets as one program could gain here
     python benchmarks/experiments.py fc-profile          # the dropout net's FC1000 passes under XLA
     python benchmarks/experiments.py dense-sgd           # the fused dense backward + SGD step vs XLA
+    python benchmarks/experiments.py dense-forward       # the dense kernel's product vs XLA's GEMM
     python benchmarks/experiments.py step-profile        # net C's step, op by op (XLA's profiler)
     python benchmarks/experiments.py dropout-step-profile  # the same for the dropout net
     python benchmarks/experiments.py scan-threshold      # short runs: 1 or 100 steps per call?
@@ -52,9 +53,10 @@ def _net_c_step(
     optimizer: str | None = None,
     real: bool = False,
     name: str = "relu",
+    lmbda: float = 0.1,
 ):
     """A compiled training function of net C (or the book's net ``name``, with net C's eta
-    and lmbda) on synthetic data (``real``: the first ``n`` MNIST training images, from
+    and, unless given, lmbda) on synthetic data (``real``: the first ``n`` MNIST training images, from
     CONVNET_DATA), and its call list."""
     import convnet.runtime.backend as backends
     from convnet import Network
@@ -82,7 +84,7 @@ def _net_c_step(
     eta = net.backend.shared(np.float32(0.03), "eta")
     cost = net.backend.shared(np.float32(0.0), "cost")
     start = time.perf_counter()
-    fn = net.backend.repeat(net.train_function(data, order, eta, 0.1, cost, SGD(0.03)), steps)
+    fn = net.backend.repeat(net.train_function(data, order, eta, lmbda, cost, SGD(0.03)), steps)
     calls = [np.array(i, dtype=np.int64) for i in range(0, n // mbs, steps)]
     fn(calls[0])
     np.asarray(cost.get_value())
@@ -863,6 +865,53 @@ def dense_sgd() -> None:
         print(f"| {k} x {n} | {ours:.0f} | {theirs:.0f} | {theirs / ours:.2f} |", flush=True)
 
 
+def dense_forward() -> None:
+    """Microseconds per product ``x . w``, the dense kernel's against XLA's GEMM, for the
+    book's FC1000 layers' weights at mini-batches 1 to 16 (convnet.dense.MAX_ROWS): 100
+    products in one XLA program (as training runs its steps), each x made from the last
+    product so none is skipped, the two alternately, one pinned core, best of 2 x 5 runs."""
+    import jax
+    import jax.numpy as jnp
+
+    from convnet.runtime import kernel
+
+    target = kernel.dense_target()
+    if target is None:
+        raise SystemExit(f"the kernel is not built here: {kernel.why_not()}")
+    rng = np.random.default_rng(0)
+
+    def looped(product: Any) -> Any:
+        def run(x, w):
+            def body(_, x):
+                return x + 1e-30 * product(x, w)[:, :1]
+
+            return jax.lax.fori_loop(0, 100, body, x)
+
+        return jax.jit(run)
+
+    def micros(function: Any, x: Any, w: Any) -> float:
+        jax.block_until_ready(function(x, w))
+        best = np.inf
+        for _ in range(5):
+            start = time.perf_counter()
+            jax.block_until_ready(function(x, w))
+            best = min(best, (time.perf_counter() - start) / 100 * 1e6)
+        return best
+
+    print("| weights | mini-batch | kernel (us) | XLA (us) | XLA / kernel |")
+    print("|---|---|---|---|---|")
+    for k, n in ((640, 1000), (1000, 1000)):
+        w = jnp.asarray(rng.standard_normal((k, n), dtype=np.float32))
+        for m in (1, 4, 10, 12, 16):
+            x = jnp.asarray(rng.standard_normal((m, k), dtype=np.float32))
+            out = jax.ShapeDtypeStruct((m, n), jnp.float32)
+            ours = looped(jax.ffi.ffi_call(f"{target}_forward", out))
+            theirs = looped(jnp.dot)
+            a = min(micros(ours, x, w) for _ in range(2))
+            b = min(micros(theirs, x, w) for _ in range(2))
+            print(f"| {k} x {n} | {m} | {a:.0f} | {b:.0f} | {b / a:.2f} |", flush=True)
+
+
 def _hlo_ops(hlo: str) -> dict[str, str]:
     """What each instruction of a compiled HLO module is, by name: the kernel's entry
     point for a custom call, "GEMM" for a dot or an XNNPACK fusion, else its kind and
@@ -884,10 +933,15 @@ def _hlo_ops(hlo: str) -> dict[str, str]:
     return kinds
 
 
+TOP = int(os.environ.get("PROFILE_TOP", "10"))  # ops listed by step_profile
+
+
 def step_profile(
-    net_name: str = "relu", shapes: tuple = ((10, 1), (10, 100), (64, 1), (256, 1))
+    net_name: str = "relu",
+    shapes: tuple = ((10, 1), (10, 100), (64, 1), (256, 1)),
+    lmbda: float = 0.1,
 ) -> None:
-    """Net C's training step op by op: XLA's profiler traces a pass of about 1,000 images
+    """Net C's training step op by op (or net ``net_name``'s, with the L2 term ``lmbda``): XLA's profiler traces a pass of about 1,000 images
     through the compiled training function (one step per call, or 100 in a loop), and
     each op's time is summed per image; "outside the ops" is the step's time (measured
     without the profiler, best of 3) less the ops' (calls, loop control, Python). On
@@ -902,7 +956,9 @@ def step_profile(
     print(f"# net {net_name} on {'MNIST (CONVNET_DATA)' if real else 'synthetic data'}")
     for mbs, steps in shapes:
         images = 1024 if mbs == 256 else 1000
-        net, fn, calls, _, total = _net_c_step(mbs, steps, n=images, real=real, name=net_name)
+        net, fn, calls, _, total = _net_c_step(
+            mbs, steps, n=images, real=real, name=net_name, lmbda=lmbda
+        )
         per_image = _best_per_step(net, fn, calls, total) / mbs * 1e6
         if steps > 1:  # a StepLoop
             lowered = fn.lower(calls[0])
@@ -932,7 +988,7 @@ def step_profile(
         print(f"\nmini-batch {mbs}, {per_call}: {per_image:.1f} us per image")
         print("| op | what | us per image |")
         print("|---|---|---|")
-        for name, micros in sorted(sums.items(), key=lambda item: -item[1])[:10]:
+        for name, micros in sorted(sums.items(), key=lambda item: -item[1])[:TOP]:
             print(f"| {name} | {kinds[name]} | {micros:.1f} |")
         kinds_text = ", ".join(
             f"{kind} {micros:.1f}" for kind, micros in sorted(by_kind.items(), key=lambda i: -i[1])
@@ -1005,8 +1061,10 @@ COMMANDS = {
     "ensemble-bound": ensemble_bound,
     "fc-profile": fc_profile,
     "dense-sgd": dense_sgd,
+    "dense-forward": dense_forward,
     "step-profile": step_profile,
-    "dropout-step-profile": lambda: step_profile("dropout", ((10, 1),)),
+    # the dropout row's own L2 term: none (the book's recipe, convnet.book)
+    "dropout-step-profile": lambda: step_profile("dropout", ((10, 1), (10, 100)), lmbda=0.0),
     "scan-threshold": scan_threshold,
     "optimizers": optimizers,
     "linker-conv": linker_conv,

@@ -52,11 +52,12 @@ from convnet import Network, load_mnist
 from convnet.book import RECIPES, layers_for
 images, mbs, steps = map(int, sys.argv[1:4])
 name = sys.argv[4] if len(sys.argv) > 4 else "relu"
+lmbda = float(sys.argv[5]) if len(sys.argv) > 5 else RECIPES[name].lmbda
 (x, y), _, _ = load_mnist()
 net = Network(layers_for(name, mbs), mbs, seed=0)
 print(net.layers[0].conv_implementation)
 history = net.SGD((x[:images], y[:images]), 2, mbs, RECIPES[name].eta,
-                  lmbda=RECIPES[name].lmbda, verbose=False,
+                  lmbda=lmbda, verbose=False,
                   steps_per_call=steps or None)  # 0: convnet's choice
 digest = hashlib.sha256(b"".join(w.tobytes() for w in net.get_weights())).hexdigest()[:16]
 print(history.seconds[1], history.train_cost[0], digest)  # the peers' cost: the first pass's
@@ -101,14 +102,17 @@ def convnet_seconds(
     checkout: str | None = None,
     name: str = "relu",
     env: dict[str, str] | None = None,
+    lmbda: float | None = None,
 ) -> tuple[float, float, str]:
     """Seconds of the child's second pass, its first pass's cost and a digest of the
-    weights it ends with (equal digests: bit-identical training); with ``checkout``, of
+    weights it ends with (equal digests: bit-identical training), with the book's lmbda
+    for ``name`` unless given; with ``checkout``, of
     the convnet in that folder (``-P``: no current folder ahead of PYTHONPATH, which would
     import this folder's convnet; run from here, so relative paths such as CONVNET_DATA's
     still hold)."""
     env = dict(os.environ, CONVNET_CONV=conv, **(env or {}))
     command = [sys.executable, "-c", CHILD, str(images), str(mbs), str(steps), name]
+    command += [] if lmbda is None else [str(lmbda)]
     if checkout is not None:
         env["PYTHONPATH"] = checkout
         command[1:3] = ["-P", "-c", CHECK_CHECKOUT + CHILD, checkout]

@@ -2,7 +2,7 @@
 :class:`DenseSgd`, the inputs' gradient and an SGD step of ``w`` (with or without momentum)
 in one pass over ``w`` (convnet's CPU kernel, ``runtime/kernel/dense.cc``); :func:`fuse_sgd`
 puts it in place of the gradient, the separate step and the inputs' gradient of a training
-graph.
+graph, and takes the L2 term's :class:`SquaredNorm` of ``w`` from the same pass.
 
 Why: at the book's mini-batch of 10 each pass over a large weight matrix is as fast as the
 matrix streams through the core, and XLA makes four passes for a layer's backward and step
@@ -28,6 +28,10 @@ MIN_WEIGHTS = 1 << 17
 # The largest mini-batch the fused step is used at: beyond 16 rows XLA's GEMMs are faster
 # (``python benchmarks/experiments.py dense-sgd``; benchmarks/RESULTS.md, "The dense kernel").
 MAX_ROWS = 16
+# The largest mini-batch the kernel's forward product is used at: one block of rows in
+# registers (12), so w streams through once; at 16 rows XLA's GEMM is faster
+# (``python benchmarks/experiments.py dense-forward``).
+MAX_FORWARD_ROWS = 12
 
 
 def _matrix(value: Any) -> Any:
@@ -87,18 +91,40 @@ class DenseGradW(Op):
         output_storage[0][0] = np.dot(x.T, g).astype(node.outputs[0].dtype)
 
 
+class SquaredNorm(Op):
+    """``sum(w * w)``, the L2 term of a weight that :func:`fuse_sgd` may step in the
+    kernel: there the fused pass makes it too, so the term neither reads ``w`` again nor
+    makes XLA copy ``w`` before stepping it in place (it cannot know the sum is read first)."""
+
+    __props__ = ()
+
+    def make_node(self, w):
+        w = _matrix(w)
+        return Apply(self, [w], [pt.tensor(dtype=w.type.dtype, shape=())])
+
+    def perform(self, node, inputs, output_storage):
+        (w,) = inputs
+        output_storage[0][0] = np.asarray(np.sum(w * w), dtype=node.outputs[0].dtype)
+
+    def pullback(self, inputs, outputs, cotangents):
+        (w,) = inputs
+        (g,) = cotangents
+        return [2 * g * w]
+
+
 class DenseSgd(Op):
     """``(w, x, g, eta, decay) -> (g . w^T, w - eta * grad)`` with ``grad = x^T . g + decay
     * w``: the inputs' gradient (from ``w`` before the step) and an SGD step of ``w`` with
     the L2 term's gradient. With ``momentum``, three more inputs ``(v, mu, nesterov)`` and a
     third result: ``v' = mu * v - eta * grad``, ``w' = w + v'`` (or Nesterov's ``w + mu * v'
-    - eta * grad``), as :class:`convnet.optimizers.SGD` steps. Only in update graphs: it
-    has no gradient."""
+    - eta * grad``), as :class:`convnet.optimizers.SGD` steps. With ``squares``, a last
+    result: ``sum(w * w)`` before the step. Only in update graphs: it has no gradient."""
 
-    __props__ = ("momentum",)
+    __props__ = ("momentum", "squares")
 
-    def __init__(self, momentum: bool = False) -> None:
+    def __init__(self, momentum: bool = False, squares: bool = False) -> None:
         self.momentum = bool(momentum)
+        self.squares = bool(squares)
 
     def make_node(self, w, x, g, eta, decay, *velocity):
         w, x, g = _matrix(w), _matrix(x), _matrix(g)
@@ -113,11 +139,15 @@ class DenseSgd(Op):
             v = _matrix(v)
             inputs += [v, *(pt.as_tensor_variable(s).astype(w.type.dtype) for s in (mu, nesterov))]
             outputs.append(v.type())
+        if self.squares:
+            outputs.append(pt.tensor(dtype=w.type.dtype, shape=()))
         return Apply(self, inputs, outputs)
 
     def perform(self, node, inputs, output_storage):
         w, x, g, eta, decay = inputs[:5]
         output_storage[0][0] = np.dot(g, w.T).astype(node.outputs[0].dtype)
+        if self.squares:
+            output_storage[-1][0] = np.asarray(np.sum(w * w), dtype=node.outputs[-1].dtype)
         grad = np.dot(x.T, g).astype(w.dtype) + decay * w
         if not self.momentum:
             output_storage[1][0] = (w - eta * grad).astype(node.outputs[1].dtype)
@@ -132,6 +162,11 @@ class DenseSgd(Op):
 def dense(x: Any, w: Any) -> Any:
     """``x . w`` as one :class:`Dense` Op."""
     return Dense()(x, w)
+
+
+def squared_norm(w: Any) -> Any:
+    """``sum(w * w)`` as one :class:`SquaredNorm` Op."""
+    return SquaredNorm()(w)
 
 
 def fuse_sgd(
@@ -149,7 +184,8 @@ def fuse_sgd(
     the product's gradient plus ``decays[w] * w``); that value and every use of the inputs'
     gradient of ``w``'s product are replaced by the fused Op's results. With momentum
     ``mu``, ``velocities[w]`` is ``w``'s velocity and the position of its new value, which
-    the fused Op makes too. Layers are fused from the last one back, so each fused Op reads
+    the fused Op makes too. Each :class:`SquaredNorm` of ``w`` (the L2 term's) becomes the
+    fused Op's too. Layers are fused from the last one back, so each fused Op reads
     a gradient already made by the fused Ops after it. A weight used by more than one
     product is left alone."""
     # The step's graph is this function's own clone, so it is edited in place: every use of
@@ -175,16 +211,22 @@ def fuse_sgd(
             continue
         g = grad_w[0].inputs[1]
         decay = np.float32(decays.get(w, 0.0))
+        # (Without an L2 term, lmbda 0, the graph's rewrites drop its 0 * sum.)
+        norms = [
+            n.outputs[0]
+            for n in nodes
+            if decay and isinstance(n.op, SquaredNorm) and n.inputs[0] is w
+        ]
+        fused = DenseSgd(momentum=bool(mu), squares=bool(norms))
         if mu:
             velocity, moved = (velocities or {})[w]
             flag = np.float32(nesterov)
-            dx, stepped, stepped_v = DenseSgd(momentum=True)(
-                w, x, g, eta, decay, velocity, np.float32(mu), flag
-            )
-            pairs = [(graph.outputs[moved], stepped_v)]
+            dx, stepped, *rest = fused(w, x, g, eta, decay, velocity, np.float32(mu), flag)
+            pairs = [(graph.outputs[moved], rest[0])]
         else:
-            dx, stepped = DenseSgd()(w, x, g, eta, decay)
+            dx, stepped, *rest = fused(w, x, g, eta, decay)
             pairs = []
+        pairs += [(norm, rest[-1]) for norm in norms]
         pairs += [
             (n.outputs[0], dx)
             for n in nodes

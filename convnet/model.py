@@ -319,8 +319,19 @@ class Model:
                 f"micro_batch: expected a divisor of mini_batch_size {mbs}. Received: {part!r}."
             )
         if part == mbs:
-            cost = self.training_cost(self.x, self.y, mbs) + l2
-            grads = pt.grad(cost, self.params)
+            data_cost = self.training_cost(self.x, self.y, mbs)
+            cost = data_cost + l2
+            # The two terms' gradients apart (their sum, as one gradient of the cost makes):
+            # the data term's then does not depend on the cost's value, so the fused dense
+            # step may take the L2 term's sum of squares (dense.fuse_sgd) without a cycle.
+            regularized = set(self.regularized())
+            l2_grads = pt.grad(l2, self.params, disconnected_inputs="ignore")
+            grads = [
+                g + extra if p in regularized else g
+                for p, g, extra in zip(
+                    self.params, pt.grad(data_cost, self.params), l2_grads, strict=True
+                )
+            ]
         else:
             cost, grads = self._micro_batched(part, l2)
         i = pt.scalar("i", dtype="int64")
@@ -345,7 +356,16 @@ class Model:
         """network3's L2 term: ``0.5*lmbda*sum(w**2)/num_training_batches`` over the
         weights (not the biases)."""
         num_batches = -(-n_train // self.mini_batch_size)
-        return np.float32(0.5 * lmbda / num_batches) * sum((w**2).sum() for w in self.regularized())
+        # A weight the dense kernel may step takes its sum as an Op the fused pass replaces.
+        kernel = {
+            layer.w
+            for layer in self.layers
+            if getattr(layer, "dense_implementation", "dot") == "kernel"
+        }
+        squares = [
+            dense.squared_norm(w) if w in kernel else (w**2).sum() for w in self.regularized()
+        ]
+        return np.float32(0.5 * lmbda / num_batches) * sum(squares)
 
     def regularized(self) -> list[SharedVariable]:
         """The parameters the L2 term covers: the weights, not the biases."""

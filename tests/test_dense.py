@@ -1,8 +1,10 @@
-"""convnet.dense and its kernel (runtime/kernel/dense.cc): the product, its gradients and
-the fused SGD step (plain, momentum, Nesterov's) against NumPy in float64 (odd shapes,
-more rows than one register block, rows zeroed by dropout), with and without the kernel;
-the gradient numerically; the same bits on one core or many; and whole networks trained
-with the fused step against PyTensor's own product."""
+"""convnet.dense and its kernel (runtime/kernel/dense.cc): the product, its gradients, the
+L2 term's sum of squares and the fused SGD step (plain, momentum, Nesterov's; with the sum
+of squares) against NumPy in float64 (odd shapes, more rows than one register block, rows
+zeroed by dropout), with and without the kernel; the gradients numerically; where the
+program calls the kernel's product; the same bits on one core or many; whole networks
+trained with the fused step against PyTensor's own product; and no copy of the weights
+for the L2 term."""
 
 from __future__ import annotations
 
@@ -26,8 +28,19 @@ HAS_COMPILER = platform.machine().lower() in ("x86_64", "amd64") and any(
     shutil.which(name) for name in ("c++", "g++", "clang++")
 )
 # (m, k, n): the book's FC1000 layers at mini-batch 10; columns not a whole number of
-# vectors (of 8 or 16) and fewer than one; rows beyond one block of 12; a single row.
-SHAPES = [(10, 640, 1000), (10, 1000, 1000), (7, 333, 77), (13, 50, 37), (25, 9, 5), (1, 3, 1)]
+# vectors (of 8 or 16) and fewer than one; rows beyond one block of 12 (and the most the
+# kernel takes, 16, with columns a whole number of its 32); rows of w one beyond a block of
+# 16; more rows than the kernel takes (XLA's); a single row.
+SHAPES = [
+    (10, 640, 1000),
+    (10, 1000, 1000),
+    (7, 333, 77),
+    (13, 50, 37),
+    (16, 70, 96),
+    (4, 17, 33),
+    (25, 9, 5),
+    (1, 3, 1),
+]
 
 
 def _operands(rng, m, k, n):
@@ -53,6 +66,15 @@ def _functions(mode):
             dense.DenseSgd(momentum=True)(w, x, g, eta, decay, v, mu, nesterov),
             mode=mode,
         ),
+        "sgd_squares": pytensor.function(
+            [w, x, g, eta, decay], dense.DenseSgd(squares=True)(w, x, g, eta, decay), mode=mode
+        ),
+        "momentum_squares": pytensor.function(
+            [w, x, g, eta, decay, v, mu, nesterov],
+            dense.DenseSgd(momentum=True, squares=True)(w, x, g, eta, decay, v, mu, nesterov),
+            mode=mode,
+        ),
+        "squared_norm": pytensor.function([w], dense.squared_norm(w), mode=mode),
     }
 
 
@@ -85,6 +107,15 @@ def _check(functions, rng):
             np.testing.assert_allclose(results[0], g64 @ w64.T, **tol)
             np.testing.assert_allclose(results[1], want, rtol=1e-5, atol=1e-5)
             np.testing.assert_allclose(results[2], moved, rtol=1e-5, atol=1e-5)
+        # The L2 term's sum of squares of w before the step, from the same pass.
+        squares = np.sum(w64**2)
+        np.testing.assert_allclose(functions["squared_norm"](w), squares, rtol=1e-5)
+        fused = functions["sgd_squares"](w, x, g, np.float32(0.03), np.float32(1e-3))
+        np.testing.assert_allclose(fused[1], stepped, rtol=1e-6, atol=1e-6)
+        np.testing.assert_allclose(fused[2], squares, rtol=1e-5)
+        args = (np.float32(0.03), np.float32(1e-3), v, np.float32(0.9), np.float32(0.0))
+        fused = functions["momentum_squares"](w, x, g, *args)
+        np.testing.assert_allclose(fused[3], squares, rtol=1e-5)
 
 
 @pytest.mark.parametrize("backend", ["jax", "c"])
@@ -98,12 +129,25 @@ def test_the_dense_ops_without_the_kernel_match_numpy(rng, monkeypatch):
     _check(_functions(backends.resolve("jax", "cpu").apply()), rng)
 
 
+@pytest.mark.skipif(not HAS_COMPILER, reason="needs the kernel")
+def test_the_product_is_the_kernels_at_a_training_batch_and_xlas_beyond():
+    """Up to dense.MAX_FORWARD_ROWS rows the program calls the kernel; beyond, a GEMM."""
+    x, w = (pt.matrix(name, dtype="float32") for name in "xw")
+    fn = pytensor.function([x, w], dense.dense(x, w), mode=backends.resolve("jax", "cpu").apply())
+    weights = np.ones((30, 20), np.float32)
+    for rows, kernel_call in ((dense.MAX_FORWARD_ROWS, True), (dense.MAX_FORWARD_ROWS + 1, False)):
+        text = fn.vm.jit_fn.lower(np.ones((rows, 30), np.float32), weights).as_text()
+        assert ("convnet_dense_forward" in text) == kernel_call, rows
+        assert ("stablehlo.dot_general" in text) != kernel_call, rows
+
+
 def test_the_products_gradient_numerically():
     rng = np.random.default_rng(3)
     x, w, _ = _operands(rng, 4, 6, 5)
     verify_grad(
         lambda a, b: dense.dense(a, b), [x.astype(np.float64), w.astype(np.float64)], rng=rng
     )
+    verify_grad(dense.squared_norm, [w.astype(np.float64)], rng=rng)
 
 
 def _net(implementation, monkeypatch, p_dropout=0.5):
@@ -146,6 +190,8 @@ def test_training_with_the_kernel_equals_pytensors_product(rng, monkeypatch, opt
     assert nets["kernel"].layers[1].dense_implementation == "dot"  # 2,000 weights: XLA's
     ops = _fused_ops(nets["kernel"], step)
     assert ("DenseSgd" in ops) == (optimizer != "adam") and "Dense" in ops
+    # The L2 term's sum comes from the fused pass, or (Adam) is its own Op.
+    assert ("SquaredNorm" in ops) == (optimizer == "adam")
     assert "Dense" not in _fused_ops(nets["dot"], step)
     for net in nets.values():
         net.fit((x, y), epochs=2, optimizer=step, lmbda=0.5, verbose=False)
@@ -153,6 +199,30 @@ def test_training_with_the_kernel_equals_pytensors_product(rng, monkeypatch, opt
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
     initial = _net("dot", monkeypatch).get_weights()[0]
     assert not np.allclose(nets["kernel"].get_weights()[0], initial)  # it trained
+
+
+def _weight_copies(net, lmbda):
+    """Lines of the compiled program of 3 SGD steps (one XLA loop) copying the first
+    layer's weights."""
+    rng = np.random.default_rng(0)
+    data = net.to_device(
+        (rng.random((30, 784), dtype=np.float32), rng.integers(0, 10, 30).astype(np.int32)), "t"
+    )
+    order = net.backend.shared(np.arange(30), "order")
+    eta = net.backend.shared(np.float32(0.1), "eta")
+    cost = net.backend.shared(np.float32(0.0), "cost")
+    step = net.train_function(data, order, eta, lmbda, cost, SGD(0.1))
+    loop = net.backend.repeat(step, 3)
+    text = loop.lower(np.array(0, dtype=np.int64)).compile().as_text()
+    return [line for line in text.splitlines() if "f32[784,200]{1,0} copy(" in line]
+
+
+@pytest.mark.skipif(not HAS_COMPILER, reason="needs the kernel")
+def test_the_l2_term_costs_no_copy_of_the_weights(monkeypatch):
+    """The weights are stepped in place: a sum of their squares read outside the fused pass
+    made XLA copy them (twice) before every step; taken in the pass, it adds no copy."""
+    net = _net("kernel", monkeypatch)
+    assert len(_weight_copies(net, 0.5)) == len(_weight_copies(net, 0.0))
 
 
 THREADS_CHILD = r"""
@@ -167,7 +237,7 @@ x, w, g = (pt.matrix(n, dtype="float32") for n in "xwg")
 fn = pytensor.function(
     [x, w, g],
     [dense.dense(x, w), dense.DenseGradX()(g, w), dense.DenseGradW()(x, g),
-     *dense.DenseSgd()(w, x, g, np.float32(0.03), np.float32(1e-3)),
+     *dense.DenseSgd(squares=True)(w, x, g, np.float32(0.03), np.float32(1e-3)),
      *dense.DenseSgd(momentum=True)(w, x, g, np.float32(0.03), np.float32(1e-3), 0.5 * w,
                                     np.float32(0.9), np.float32(1))],
     mode=mode,

@@ -144,9 +144,27 @@ def register() -> None:
 
         return with_kernel if target is not None else without_kernel
 
-    # The product and its gradients are XLA's own GEMMs (as fast as any kernel measured at
-    # mini-batch 10); the fused backward and SGD step is convnet's kernel where it is built.
-    jax_funcify.register(dense_ops.Dense)(lambda op, **kwargs: jnp.dot)
+    # A large layer's product at a training mini-batch (dense.MAX_FORWARD_ROWS rows) and its
+    # fused backward and SGD step are convnet's kernel where it is built; larger batches
+    # (evaluation) and the separate gradients are XLA's own GEMMs.
+    @jax_funcify.register(dense_ops.Dense)
+    def _dense(op, **kwargs):
+        target = kernel.dense_target()
+
+        def product(x, w):
+            if (
+                target is None
+                or x.shape[0] > dense_ops.MAX_FORWARD_ROWS
+                or x.dtype != jnp.float32
+                or w.dtype != jnp.float32
+            ):
+                return jnp.dot(x, w)
+            out = jax.ShapeDtypeStruct((x.shape[0], w.shape[1]), jnp.float32)
+            call = jax.ffi.ffi_call(f"{target}_forward", out, vmap_method=ONE_CALL_PER_MEMBER)
+            return call(x, w)
+
+        return product
+
     jax_funcify.register(dense_ops.DenseGradX)(lambda op, **kwargs: lambda g, w: g @ w.T)
     jax_funcify.register(dense_ops.DenseGradW)(lambda op, **kwargs: lambda x, g: x.T @ g)
 
@@ -156,12 +174,13 @@ def register() -> None:
 
         def in_jax(w, x, g, eta, decay, *velocity):
             grad = x.T @ g + decay * w
+            squares = (jnp.sum(w * w),) if op.squares else ()
             if not velocity:
-                return g @ w.T, w - eta * grad
+                return g @ w.T, w - eta * grad, *squares
             v, mu, nesterov = velocity
             moved = mu * v - eta * grad
             stepped = jnp.where(nesterov != 0, w + mu * moved - eta * grad, w + moved)
-            return g @ w.T, stepped, moved
+            return g @ w.T, stepped, moved, *squares
 
         def with_kernel(w, x, g, *scalars_and_velocity):
             args = [w, x, g, *scalars_and_velocity]
@@ -177,6 +196,8 @@ def register() -> None:
             if op.momentum:
                 results.append(weights)
                 aliases[5] = 2
+            if op.squares:
+                results.append(jax.ShapeDtypeStruct((), jnp.float32))
             call = jax.ffi.ffi_call(
                 f"{target}_sgd",
                 tuple(results),
@@ -186,6 +207,8 @@ def register() -> None:
             return call(*args)
 
         return with_kernel if target is not None else in_jax
+
+    jax_funcify.register(dense_ops.SquaredNorm)(lambda op, **kwargs: lambda w: jnp.sum(w * w))
 
     @jax_funcify.register(ops.Col2Im)
     def _col2im(op, **kwargs):

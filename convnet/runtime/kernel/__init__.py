@@ -52,8 +52,9 @@ ENTRY_POINTS = {
 }
 DENSE_SOURCE = Path(__file__).with_name("dense.cc")
 DENSE_TARGET = "convnet_dense"
-# A dense layer's inputs' gradient and SGD step in one pass (see dense.cc).
-DENSE_ENTRY_POINTS = {"_sgd": "ConvnetDenseSgd"}
+# A dense layer's product, and its inputs' gradient with an SGD step in one pass (see
+# dense.cc).
+DENSE_ENTRY_POINTS = {"_sgd": "ConvnetDenseSgd", "_forward": "ConvnetDenseForward"}
 HEADER = Path(__file__).with_name("xla_call.h")  # shared by the kernels XLA calls
 FLAGS = ("-O3", "-march=native", "-std=c++17", "-shared", "-fPIC", "-w")
 BUILD_SECONDS = 300

@@ -1,6 +1,8 @@
-// convnet's dense-layer kernel for CPUs, called by XLA as an FFI custom call:
+// convnet's dense-layer kernels for CPUs, called by XLA as FFI custom calls:
 //
-//   ConvnetDenseSgd   dx = g . w^T  and  w' = w - eta * (x^T . g + decay * w)
+//   ConvnetDenseForward  y = x . w
+//   ConvnetDenseSgd      dx = g . w^T  and  w' = w - eta * (x^T . g + decay * w)
+//                        (and, asked for, sum(w * w) before the step: the L2 term's)
 //
 // the inputs' gradient of a dense layer's product x . w (g: the gradient of the product)
 // and an SGD step of its weights with the L2 term's gradient decay * w, in one pass; with
@@ -13,18 +15,30 @@
 // each row of w once, makes that row's gradient in registers, uses it at once and writes
 // the row back in place: one pass, and the weights' gradient is never stored.
 //
-// Each dx[i, kk] is one sum over the row in a fixed order and each weight's gradient one
-// sum over i in order, whatever thread takes the row: the results repeat bit for bit.
+// The forward product streams w once too, 16 rows at a time, into sums held in registers
+// for 32 columns of every row of x, asking for the next 16 rows' same columns as it goes
+// (~10% faster than the core's own prefetching); XLA's GEMM packs w first, a second pass.
+//
+// Both read x and g from aligned copies: rows of g (n floats) start in mid cache line when n
+// is not a multiple of 16, and a load across two lines cost the fused pass ~30%.
+//
+// Each dx[i, kk] and y[i, j] is one sum in a fixed order and each weight's gradient one sum
+// over i in order, whatever thread takes the row: the results repeat bit for bit.
 #include <immintrin.h>
 
 #include <algorithm>
 #include <cstdint>
+#include <cstring>
 #include <memory>
 #include <type_traits>
+#include <vector>
 
 #include "xla_call.h"
 
 namespace {
+
+// The loops' bodies are lambdas; inlined, their set-up is not redone for every block.
+#define INLINE __attribute__((always_inline))
 
 #ifdef __AVX512F__
 constexpr int kLanes = 16;
@@ -69,11 +83,46 @@ inline float Sum(V v) {
 
 // The most rows of x (or g) one pass keeps in registers; more are taken in blocks.
 constexpr int kRows = 12;
+// Rows of w the forward product takes per pass over its sums (16 streams to prefetch).
+constexpr int kBlock = 16;
+// Rows of g (and the forward's sums) start on a cache line: strides round up to 16 floats.
+constexpr int64_t kLine = 16;
+
+inline int64_t RoundUp(int64_t value, int64_t step) { return (value + step - 1) / step * step; }
+
+// Lanes [0, count) of a vector (all of them from kLanes on, none at 0 or below).
+inline Mask LaneMask(int64_t count) {
+#ifdef __AVX512F__
+  return count >= kLanes ? static_cast<Mask>(0xffff) : TailMask(std::max<int64_t>(count, 0));
+#else
+  return TailMask(std::max<int64_t>(std::min<int64_t>(count, kLanes), 0));
+#endif
+}
+
+// 64-byte aligned floats, with the buffer that holds them.
+struct Aligned {
+  std::vector<float> buffer;
+  float* data;
+  explicit Aligned(int64_t count) : buffer(count + kLine) {
+    const auto at = reinterpret_cast<std::uintptr_t>(buffer.data());
+    data = buffer.data() + (RoundUp(at, 64) - at) / sizeof(float);
+  }
+};
 
 struct Matrix {
   const float* data;
-  int64_t rows, cols;
+  int64_t rows, cols, stride;
 };
+
+// `m`'s rows copied to a row stride of whole cache lines.
+std::shared_ptr<Aligned> LineAligned(Matrix* m) {
+  const int64_t stride = RoundUp(m->cols, kLine);
+  auto copy = std::make_shared<Aligned>(m->rows * stride);
+  for (int64_t i = 0; i < m->rows; ++i)
+    std::memcpy(copy->data + i * stride, m->data + i * m->stride, m->cols * sizeof(float));
+  *m = Matrix{copy->data, m->rows, m->cols, stride};
+  return copy;
+}
 
 // The step's rule: plain SGD, w' = w - eta * grad, where grad = dw + decay * w; with a
 // velocity v (momentum mu), v' = mu * v - eta * grad and w' = w + v' (classical) or
@@ -83,6 +132,7 @@ struct Rule {
   bool nesterov;
   const float* v;  // nullptr: plain SGD
   float* v_new;
+  float* squares;  // sum(w * w) of each row before the step; nullptr: not asked for
 };
 
 // Row kk of the fused pass, for rows i0..i0+R of x and g: dx[i, kk] for those i, and the
@@ -91,37 +141,44 @@ struct Rule {
 template <int R>
 void SgdRow(Matrix x, Matrix g, const float* w, float* dx, float* w_new, float* partial,
             int64_t i0, int64_t kk, const Rule& rule) {
-  const int64_t n = g.cols, k = x.cols;
+  // U vectors of the row at a time: U chains of the weights' gradient (each a sum over i
+  // in order) run side by side; R sums of dx, R of x's values and 2U vectors in registers.
+  constexpr int U = R <= 10 ? 4 : 2;
+  const int64_t n = g.cols, k = x.stride;
   const bool first = i0 == 0, last = i0 + R == x.rows;
   const float* row = w + kk * n;
   float* out = w_new + kk * n;
-  const float* xs = x.data + i0 * k + kk;
-  V acc[R];
+  V acc[R], xs[R], squares = Zero();
+  const bool norm = first && rule.squares != nullptr;
 #pragma GCC unroll 16
-  for (int r = 0; r < R; ++r) acc[r] = Zero();
+  for (int r = 0; r < R; ++r) {
+    acc[r] = Zero();
+    xs[r] = Broadcast(x.data + (i0 + r) * k + kk);
+  }
   const V etas = Broadcast(&rule.eta), decays = Broadcast(&rule.decay), mus = Broadcast(&rule.mu);
   const float* vrow = rule.v == nullptr ? nullptr : rule.v + kk * n;
   float* vout = rule.v == nullptr ? nullptr : rule.v_new + kk * n;
-  // U vectors of the row at a time: U chains of the weights' gradient (each a sum over i
-  // in order) run side by side, not one after another.
-  auto step = [&](auto width, int64_t j, bool tail, Mask mask) {
-    constexpr int U = decltype(width)::value;
+  // Columns j.. (U vectors; with `tail`, masked to the row's end).
+  auto step = [&](int64_t j, auto masked) INLINE {
+    constexpr bool tail = decltype(masked)::value;
     V wv[U], dw[U];
+    Mask masks[U];
 #pragma GCC unroll 4
     for (int u = 0; u < U; ++u) {
       const int64_t at = j + u * kLanes;
-      wv[u] = tail ? LoadMasked(row + at, mask) : Load(row + at);
-      dw[u] = first ? Zero() : (tail ? LoadMasked(partial + at, mask) : Load(partial + at));
+      if (tail) masks[u] = LaneMask(n - at);
+      wv[u] = tail ? LoadMasked(row + at, masks[u]) : Load(row + at);
+      dw[u] = first ? Zero() : (tail ? LoadMasked(partial + at, masks[u]) : Load(partial + at));
+      if (norm) squares = Fma(wv[u], wv[u], squares);
     }
 #pragma GCC unroll 16
     for (int r = 0; r < R; ++r) {
-      const V xb = Broadcast(xs + r * k);
 #pragma GCC unroll 4
       for (int u = 0; u < U; ++u) {
-        const float* gr = g.data + (i0 + r) * n + j + u * kLanes;
-        const V gv = tail ? LoadMasked(gr, mask) : Load(gr);
+        const float* gr = g.data + (i0 + r) * g.stride + j + u * kLanes;
+        const V gv = tail ? LoadMasked(gr, masks[u]) : Load(gr);
         acc[r] = Fma(gv, wv[u], acc[r]);
-        dw[u] = Fma(xb, gv, dw[u]);
+        dw[u] = Fma(xs[r], gv, dw[u]);
       }
     }
 #pragma GCC unroll 4
@@ -134,10 +191,10 @@ void SgdRow(Matrix x, Matrix g, const float* w, float* dx, float* w_new, float* 
         if (vrow == nullptr) {
           result = _sub(wv[u], _mul(etas, grad));
         } else {
-          const V v = tail ? LoadMasked(vrow + at, mask) : Load(vrow + at);
+          const V v = tail ? LoadMasked(vrow + at, masks[u]) : Load(vrow + at);
           const V velocity = _sub(_mul(mus, v), _mul(etas, grad));
           if (tail)
-            StoreMasked(vout + at, velocity, mask);
+            StoreMasked(vout + at, velocity, masks[u]);
           else
             Store(vout + at, velocity);
           result = rule.nesterov ? _sub(_add(wv[u], _mul(mus, velocity)), _mul(etas, grad))
@@ -146,19 +203,17 @@ void SgdRow(Matrix x, Matrix g, const float* w, float* dx, float* w_new, float* 
         target = out + at;
       }
       if (tail)
-        StoreMasked(target, result, mask);
+        StoreMasked(target, result, masks[u]);
       else
         Store(target, result);
     }
   };
-  using Four = std::integral_constant<int, 4>;
-  using One = std::integral_constant<int, 1>;
   int64_t j = 0;
-  for (; j + 4 * kLanes <= n; j += 4 * kLanes) step(Four{}, j, false, Mask{});
-  for (; j + kLanes <= n; j += kLanes) step(One{}, j, false, Mask{});
-  if (j < n) step(One{}, j, true, TailMask(n - j));
+  for (; j + U * kLanes <= n; j += U * kLanes) step(j, std::false_type{});
+  if (j < n) step(j, std::true_type{});
 #pragma GCC unroll 16
   for (int r = 0; r < R; ++r) dx[(i0 + r) * k + kk] = Sum(acc[r]);
+  if (norm) rule.squares[kk] = Sum(squares);
 }
 
 typedef void (*SgdRowFn)(Matrix, Matrix, const float*, float*, float*, float*, int64_t, int64_t,
@@ -175,6 +230,70 @@ void Sgd(Matrix x, Matrix g, const float* w, float* dx, float* w_new, float* par
       kSgdRow[std::min<int64_t>(kRows, x.rows - i0)](x, g, w, dx, w_new, partial, i0, kk, rule);
 }
 
+// The row stride of the forward's sums for a strip `width` columns wide.
+inline int64_t SumsStride(int64_t width) { return RoundUp(width, 32) + kLine; }
+
+// y[i0..i0+R, c0..c1) = x[i0..i0+R] . w[:, c0..c1): for each block of kBlock rows of w, 32
+// columns at a time, the sums of R rows come into registers, take the block's products in
+// order and go back to `sums` (R lines of the strip's width, aligned); then to y.
+template <int R>
+void ForwardRows(Matrix x, const float* w, int64_t n, float* y, float* sums, int64_t i0,
+                 int64_t c0, int64_t c1) {
+  constexpr int U = 2;
+  // A line more than the width: rows of sums a multiple of 4 KB apart would alias
+  // (a load waits on a store to the other row); measured ~1.3x slower.
+  const int64_t k = x.cols, width = c1 - c0, stride = SumsStride(width);
+  std::fill(sums, sums + R * stride, 0.0f);
+  for (int64_t k0 = 0; k0 < k; k0 += kBlock) {
+    const int64_t block = std::min<int64_t>(kBlock, k - k0);
+    auto columns = [&](int64_t j, auto masked) INLINE {
+      constexpr bool tail = decltype(masked)::value;
+      V acc[R][U];
+      Mask masks[U];
+#pragma GCC unroll 16
+      for (int r = 0; r < R; ++r)
+#pragma GCC unroll 2
+        for (int u = 0; u < U; ++u) acc[r][u] = Load(sums + r * stride + j + u * kLanes);
+#pragma GCC unroll 2
+      for (int u = 0; u < U; ++u)
+        if (tail) masks[u] = LaneMask(width - j - u * kLanes);
+      for (int64_t q = 0; q < block; ++q) {
+        const float* wr = w + (k0 + q) * n + c0 + j;
+        if (k0 + kBlock + q < k) {  // the same columns of the next block, into L2
+          _mm_prefetch(reinterpret_cast<const char*>(wr + kBlock * n), _MM_HINT_T1);
+          _mm_prefetch(reinterpret_cast<const char*>(wr + kBlock * n + 16), _MM_HINT_T1);
+        }
+        V wv[U];
+#pragma GCC unroll 2
+        for (int u = 0; u < U; ++u)
+          wv[u] = tail ? LoadMasked(wr + u * kLanes, masks[u]) : Load(wr + u * kLanes);
+#pragma GCC unroll 16
+        for (int r = 0; r < R; ++r) {
+          const V xb = Broadcast(x.data + (i0 + r) * x.stride + k0 + q);
+#pragma GCC unroll 2
+          for (int u = 0; u < U; ++u) acc[r][u] = Fma(xb, wv[u], acc[r][u]);
+        }
+      }
+#pragma GCC unroll 16
+      for (int r = 0; r < R; ++r)
+#pragma GCC unroll 2
+        for (int u = 0; u < U; ++u) Store(sums + r * stride + j + u * kLanes, acc[r][u]);
+    };
+    int64_t j = 0;
+    for (; j + U * kLanes <= width; j += U * kLanes) columns(j, std::false_type{});
+    if (j < width) columns(j, std::true_type{});
+  }
+  for (int r = 0; r < R; ++r)
+    std::memcpy(y + (i0 + r) * n + c0, sums + r * stride, width * sizeof(float));
+}
+
+typedef void (*ForwardRowsFn)(Matrix, const float*, int64_t, float*, float*, int64_t, int64_t,
+                              int64_t);
+constexpr ForwardRowsFn kForwardRows[kRows + 1] = {
+    nullptr,         ForwardRows<1>, ForwardRows<2>,  ForwardRows<3>,  ForwardRows<4>,
+    ForwardRows<5>,  ForwardRows<6>, ForwardRows<7>,  ForwardRows<8>,  ForwardRows<9>,
+    ForwardRows<10>, ForwardRows<11>, ForwardRows<12>};
+
 // How finely a pass is shared out: at least this many weights per task.
 constexpr int64_t kTaskWeights = 1 << 16;
 
@@ -188,9 +307,11 @@ extern "C" XLA_FFI_Error* ConvnetDenseSgd(XLA_FFI_CallFrame* frame) {
   const XLA_FFI_Api* api = frame->api;
   const char* what =
       "dense_sgd: expected float32 w (k, n), x (m, k), g (m, n), eta (), decay () [, v (k, n), "
-      "mu (), nesterov ()]; results dx (m, k), w (k, n) [, v (k, n)]";
+      "mu (), nesterov ()]; results dx (m, k), w (k, n) [, v (k, n)] [, sum(w * w) ()]";
   const bool momentum = frame->args.size == 8;
-  if (!(frame->args.size == 5 && frame->rets.size == 2) && !(momentum && frame->rets.size == 3))
+  const int64_t steps = momentum ? 3 : 2;  // results before the optional squares
+  const bool squares = frame->rets.size == steps + 1;
+  if (!(frame->args.size == 5 || momentum) || !(frame->rets.size == steps || squares))
     return xla_call::Fail(api, what);
   auto arg = [&](int64_t i, int64_t rank) {
     return xla_call::Float32Buffer(frame->args.args[i], rank);
@@ -207,7 +328,12 @@ extern "C" XLA_FFI_Error* ConvnetDenseSgd(XLA_FFI_CallFrame* frame) {
       dxb->dims[1] != k || !is_w(ob))
     return xla_call::Fail(api, what);
   Rule rule{*static_cast<const float*>(eb->data), *static_cast<const float*>(db->data), 0.0f,
-            false, nullptr, nullptr};
+            false, nullptr, nullptr, nullptr};
+  const XLA_FFI_Buffer* sb = squares ? xla_call::Float32Buffer(frame->rets.rets[steps], 0) : nullptr;
+  if (squares && sb == nullptr) return xla_call::Fail(api, what);
+  // Each row's sum, added in row order once every row is done: the same bits on any threads.
+  auto rows_squares = std::make_shared<std::vector<float>>(squares ? k : 0);
+  if (squares) rule.squares = rows_squares->data();
   if (momentum) {
     const XLA_FFI_Buffer *vb = arg(5, 2), *mb = arg(6, 0), *nb = arg(7, 0), *vo = ret(2);
     if (!is_w(vb) || !mb || !nb || !is_w(vo)) return xla_call::Fail(api, what);
@@ -216,8 +342,9 @@ extern "C" XLA_FFI_Error* ConvnetDenseSgd(XLA_FFI_CallFrame* frame) {
     rule.v = static_cast<const float*>(vb->data);
     rule.v_new = static_cast<float*>(vo->data);
   }
-  const Matrix x{static_cast<const float*>(xb->data), m, k};
-  const Matrix g{static_cast<const float*>(gb->data), m, n};
+  const Matrix x{static_cast<const float*>(xb->data), m, k, k};
+  Matrix g{static_cast<const float*>(gb->data), m, n, n};
+  const std::shared_ptr<Aligned> copy = LineAligned(&g);
   const float* w = static_cast<const float*>(wb->data);
   float* dx = static_cast<float*>(dxb->data);
   float* w_new = static_cast<float*>(ob->data);
@@ -226,7 +353,47 @@ extern "C" XLA_FFI_Error* ConvnetDenseSgd(XLA_FFI_CallFrame* frame) {
   tasks->n = (k + rows - 1) / rows;
   tasks->scratch = n;
   tasks->item = [=](int64_t p, float* partial) {
+    (void)copy;  // held until the last item is done
     Sgd(x, g, w, dx, w_new, partial, p * rows, std::min(k, (p + 1) * rows), rule);
+  };
+  xla_call::Launch(api, frame->ctx, tasks);
+  if (squares) {
+    double total = 0.0;
+    for (const float row : *rows_squares) total += row;
+    *static_cast<float*>(sb->data) = static_cast<float>(total);
+  }
+  return nullptr;
+}
+
+// args: x (m, k), w (k, n); result: y (m, n) = x . w.
+extern "C" XLA_FFI_Error* ConvnetDenseForward(XLA_FFI_CallFrame* frame) {
+  if (xla_call::Answered(frame)) return nullptr;
+  const XLA_FFI_Api* api = frame->api;
+  const char* what = "dense_forward: expected float32 x (m, k), w (k, n); result y (m, n)";
+  if (frame->args.size != 2 || frame->rets.size != 1) return xla_call::Fail(api, what);
+  const XLA_FFI_Buffer* xb = xla_call::Float32Buffer(frame->args.args[0], 2);
+  const XLA_FFI_Buffer* wb = xla_call::Float32Buffer(frame->args.args[1], 2);
+  const XLA_FFI_Buffer* yb = xla_call::Float32Buffer(frame->rets.rets[0], 2);
+  if (!xb || !wb || !yb) return xla_call::Fail(api, what);
+  const int64_t m = xb->dims[0], k = xb->dims[1], n = wb->dims[1];
+  if (wb->dims[0] != k || yb->dims[0] != m || yb->dims[1] != n) return xla_call::Fail(api, what);
+  const Matrix x{static_cast<const float*>(xb->data), m, k, k};
+  const float* w = static_cast<const float*>(wb->data);
+  float* y = static_cast<float*>(yb->data);
+  // One strip of columns per thread (on one thread, one strip): each row of w is read in
+  // long runs. A strip's columns are whole 32s, and no sum depends on the strips.
+  const int64_t threads = xla_call::Threads(api, frame->ctx);
+  const int64_t strips = std::min<int64_t>((n + 31) / 32, threads);
+  const int64_t width = RoundUp((n + strips - 1) / strips, 32);
+  auto tasks = std::make_shared<xla_call::Tasks>();
+  tasks->n = (n + width - 1) / width;
+  tasks->scratch = kRows * SumsStride(width) + kLine;
+  tasks->item = [=](int64_t p, float* scratch) {
+    const auto at = reinterpret_cast<std::uintptr_t>(scratch);
+    float* sums = scratch + (RoundUp(at, 64) - at) / sizeof(float);
+    const int64_t c0 = p * width, c1 = std::min(n, c0 + width);
+    for (int64_t i0 = 0; i0 < m; i0 += kRows)
+      kForwardRows[std::min<int64_t>(kRows, m - i0)](x, w, n, y, sums, i0, c0, c1);
   };
   xla_call::Launch(api, frame->ctx, tasks);
   return nullptr;
