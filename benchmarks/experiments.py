@@ -902,7 +902,7 @@ def dense_forward() -> None:
     print("|---|---|---|---|---|")
     for k, n in ((640, 1000), (1000, 1000)):
         w = jnp.asarray(rng.standard_normal((k, n), dtype=np.float32))
-        for m in (1, 4, 10, 12, 16):
+        for m in (1, 2, 4, 6, 8, 10, 12, 16):
             x = jnp.asarray(rng.standard_normal((m, k), dtype=np.float32))
             out = jax.ShapeDtypeStruct((m, n), jnp.float32)
             ours = looped(jax.ffi.ffi_call(f"{target}_forward", out))

@@ -11,9 +11,9 @@ the same core, alternating the order: convnet with its fused conv-pool kernel
 (``CONVNET_CONV=fused``) and with XLA's im2col formulation (``patches``), and its dense
 kernel (``CONVNET_DENSE=kernel``) against XLA's product (``dot``), with the steps per
 compiled call convnet picks for any run, 1-epoch or 60-epoch (100, in one XLA loop), and
-with one step per call (for comparison); then
-PyTorch eager, torch.compile and hand-written JAX in this process (bench.py's peers,
-from the same initial weights). Medians. As in bench.py, the figures count only if every
+with one step per call (for comparison); and PyTorch eager, torch.compile and hand-written
+JAX in this process (bench.py's peers, from the same initial weights), in the same repeat:
+every variant and peer runs once per repeat. Medians. As in bench.py, the figures count only if every
 variant's first-pass mean training cost agrees within 2%.
 
     env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE CONVNET_DATA=../shared/data/mnist \
@@ -154,34 +154,39 @@ def main(argv: list[str] | None = None) -> int:
     ]
     times: dict[str, list[float]] = {}
     costs: dict[str, float] = {}
-    for repeat in range(args.repeats):
-        if repeat:
-            rates.append(sgemm_gflops())
-        order = variants if repeat % 2 == 0 else variants[::-1]
-        for conv, form, steps in order:
+    (x, y), _, _ = load_mnist()
+    data = (x[: args.images], y[: args.images])
+    net = Network(layers_for(args.net, args.mbs), args.mbs, seed=0)
+    initial = [np.asarray(p.get_value()).copy() for p in net.params]
+
+    def run(what: tuple[str, str, int] | str) -> None:
+        if isinstance(what, tuple):
+            conv, form, steps = what
             seconds, cost, _ = convnet_seconds(
                 conv, args.images, args.mbs, steps, name=args.net, env={"CONVNET_DENSE": form}
             )
             calls = "any run (its choice)" if steps == 0 else "1 step/call"
             key = f"convnet {conv} conv, {form} dense, {calls}"
-            times.setdefault(key, []).append(seconds)
-            costs[key] = cost
-    if peers:
-        (x, y), _, _ = load_mnist()
-        data = (x[: args.images], y[: args.images])
-        net = Network(layers_for(args.net, args.mbs), args.mbs, seed=0)
-        initial = [np.asarray(p.get_value()).copy() for p in net.params]
-        for _ in range(args.repeats):
-            for peer in peers:
-                if peer == "jax":
-                    seconds, cost = jax_run(net, initial, data, args.mbs, recipe.eta, recipe.lmbda)
-                else:
-                    compiled = peer == "torch-compile"
-                    seconds, cost = torch_run(
-                        net, initial, data, args.mbs, recipe.eta, recipe.lmbda, compiled
-                    )
-                times.setdefault(peer, []).append(seconds)
-                costs[peer] = cost
+        elif what == "jax":
+            key = what
+            seconds, cost = jax_run(net, initial, data, args.mbs, recipe.eta, recipe.lmbda)
+        else:
+            key = what
+            compiled = what == "torch-compile"
+            seconds, cost = torch_run(
+                net, initial, data, args.mbs, recipe.eta, recipe.lmbda, compiled
+            )
+        times.setdefault(key, []).append(seconds)
+        costs[key] = cost
+
+    # Every variant and peer in every repeat, the order reversed each time: this machine's
+    # speed drifts between states ~15% apart, which a block of one kind would take alone.
+    for repeat in range(args.repeats):
+        if repeat:
+            rates.append(sgemm_gflops())
+        runs: list[tuple[str, str, int] | str] = [*variants, *peers]
+        for what in runs if repeat % 2 == 0 else runs[::-1]:
+            run(what)
     rates.append(sgemm_gflops())
     rate = statistics.median(rates)
     floor = per_image * args.images / (rate * 1e9)

@@ -28,9 +28,11 @@ MIN_WEIGHTS = 1 << 17
 # The largest mini-batch the fused step is used at: beyond 16 rows XLA's GEMMs are faster
 # (``python benchmarks/experiments.py dense-sgd``; benchmarks/RESULTS.md, "The dense kernel").
 MAX_ROWS = 16
-# The largest mini-batch the kernel's forward product is used at: one block of rows in
-# registers (12), so w streams through once; at 16 rows XLA's GEMM is faster
-# (``python benchmarks/experiments.py dense-forward``).
+# The mini-batches the kernel's forward product is used at: up to one block of rows in
+# registers (12), so w streams through once; from 6, where it beat XLA's GEMM by 1.25-1.55x
+# (at 1-4 rows both stream w as fast as it comes, at 16 XLA is as fast; ``python
+# benchmarks/experiments.py dense-forward``).
+MIN_FORWARD_ROWS = 6
 MAX_FORWARD_ROWS = 12
 
 

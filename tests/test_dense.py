@@ -131,11 +131,13 @@ def test_the_dense_ops_without_the_kernel_match_numpy(rng, monkeypatch):
 
 @pytest.mark.skipif(not HAS_COMPILER, reason="needs the kernel")
 def test_the_product_is_the_kernels_at_a_training_batch_and_xlas_beyond():
-    """Up to dense.MAX_FORWARD_ROWS rows the program calls the kernel; beyond, a GEMM."""
+    """From dense.MIN_FORWARD_ROWS to MAX_FORWARD_ROWS rows the program calls the kernel;
+    outside, a GEMM."""
     x, w = (pt.matrix(name, dtype="float32") for name in "xw")
     fn = pytensor.function([x, w], dense.dense(x, w), mode=backends.resolve("jax", "cpu").apply())
     weights = np.ones((30, 20), np.float32)
-    for rows, kernel_call in ((dense.MAX_FORWARD_ROWS, True), (dense.MAX_FORWARD_ROWS + 1, False)):
+    low, high = dense.MIN_FORWARD_ROWS, dense.MAX_FORWARD_ROWS
+    for rows, kernel_call in ((low - 1, False), (low, True), (high, True), (high + 1, False)):
         text = fn.vm.jit_fn.lower(np.ones((rows, 30), np.float32), weights).as_text()
         assert ("convnet_dense_forward" in text) == kernel_call, rows
         assert ("stablehlo.dot_general" in text) != kernel_call, rows

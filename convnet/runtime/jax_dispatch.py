@@ -144,9 +144,9 @@ def register() -> None:
 
         return with_kernel if target is not None else without_kernel
 
-    # A large layer's product at a training mini-batch (dense.MAX_FORWARD_ROWS rows) and its
-    # fused backward and SGD step are convnet's kernel where it is built; larger batches
-    # (evaluation) and the separate gradients are XLA's own GEMMs.
+    # A large layer's product at a training mini-batch (dense.MIN_FORWARD_ROWS to
+    # MAX_FORWARD_ROWS rows) and its fused backward and SGD step are convnet's kernel where
+    # it is built; other batches (evaluation's) and the separate gradients are XLA's GEMMs.
     @jax_funcify.register(dense_ops.Dense)
     def _dense(op, **kwargs):
         target = kernel.dense_target()
@@ -154,7 +154,7 @@ def register() -> None:
         def product(x, w):
             if (
                 target is None
-                or x.shape[0] > dense_ops.MAX_FORWARD_ROWS
+                or not dense_ops.MIN_FORWARD_ROWS <= x.shape[0] <= dense_ops.MAX_FORWARD_ROWS
                 or x.dtype != jnp.float32
                 or w.dtype != jnp.float32
             ):
