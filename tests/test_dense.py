@@ -161,7 +161,8 @@ def _net(implementation, monkeypatch, p_dropout=0.5):
     return Network(layers, 10, seed=4, backend="jax")
 
 
-def _fused_ops(net, optimizer):
+def _step(net, optimizer, lmbda=0.5):
+    """``net``'s compiled one-step training function on 30 random images."""
     rng = np.random.default_rng(0)
     data = net.to_device(
         (rng.random((30, 784), dtype=np.float32), rng.integers(0, 10, 30).astype(np.int32)), "t"
@@ -171,8 +172,11 @@ def _fused_ops(net, optimizer):
     cost = net.backend.shared(np.float32(0.0), "cost")
     shapes = [p.type.shape for p in net.params]
     state = [net.backend.shared(v, f"s{i}") for i, v in enumerate(optimizer.initial_state(shapes))]
-    fn = net.train_function(data, order, eta, 0.5, cost, optimizer, state)
-    return [type(node.op).__name__ for node in fn.maker.fgraph.toposort()]
+    return net.train_function(data, order, eta, lmbda, cost, optimizer, state)
+
+
+def _fused_ops(net, optimizer):
+    return [type(node.op).__name__ for node in _step(net, optimizer).maker.fgraph.toposort()]
 
 
 @pytest.mark.parametrize("optimizer", ["sgd", "momentum", "nesterov", "adam"])
@@ -206,15 +210,7 @@ def test_training_with_the_kernel_equals_pytensors_product(rng, monkeypatch, opt
 def _weight_copies(net, lmbda):
     """Lines of the compiled program of 3 SGD steps (one XLA loop) copying the first
     layer's weights."""
-    rng = np.random.default_rng(0)
-    data = net.to_device(
-        (rng.random((30, 784), dtype=np.float32), rng.integers(0, 10, 30).astype(np.int32)), "t"
-    )
-    order = net.backend.shared(np.arange(30), "order")
-    eta = net.backend.shared(np.float32(0.1), "eta")
-    cost = net.backend.shared(np.float32(0.0), "cost")
-    step = net.train_function(data, order, eta, lmbda, cost, SGD(0.1))
-    loop = net.backend.repeat(step, 3)
+    loop = net.backend.repeat(_step(net, SGD(0.1), lmbda), 3)
     text = loop.lower(np.array(0, dtype=np.int64)).compile().as_text()
     return [line for line in text.splitlines() if "f32[784,200]{1,0} copy(" in line]
 
