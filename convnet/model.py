@@ -360,7 +360,8 @@ class Model:
         kernel = {
             layer.w
             for layer in self.layers
-            if getattr(layer, "dense_implementation", "dot") == "kernel"
+            if isinstance(layer, FullyConnectedLayer | SoftmaxLayer)
+            and layer.dense_implementation == "kernel"
         }
         squares = [
             dense.squared_norm(w) if w in kernel else (w**2).sum() for w in self.regularized()

@@ -19,8 +19,8 @@
 // for 32 columns of every row of x, asking for the next 16 rows' same columns as it goes
 // (~10% faster than the core's own prefetching); XLA's GEMM packs w first, a second pass.
 //
-// Both read x and g from aligned copies: rows of g (n floats) start in mid cache line when n
-// is not a multiple of 16, and a load across two lines cost the fused pass ~30%.
+// The fused pass reads g from a copy whose rows start on cache lines: rows of n floats
+// start in mid line when n is not a multiple of 16, and loads across two lines cost ~30%.
 //
 // Each dx[i, kk] and y[i, j] is one sum in a fixed order and each weight's gradient one sum
 // over i in order, whatever thread takes the row: the results repeat bit for bit.
