@@ -205,7 +205,9 @@ def test_interrupting_an_ensembles_driver_stops_every_worker_at_once(tmp_path, h
 
     data = book_format.write(tmp_path / "data.npz", learnable_splits(1, (3000, 100, 100)))
     run = tmp_path / "ensemble"
-    argv = [*ARGV[:-1], "3", "--epochs", "20", "--workers", "2", "--data", str(data)]
+    # Epochs enough that no member can finish while the other still starts (the signal
+    # comes once both have a checkpoint; with 20, a busy core let one finish first).
+    argv = [*ARGV[:-1], "3", "--epochs", "1000", "--workers", "2", "--data", str(data)]
     process = subprocess.Popen(
         [sys.executable, "-m", "convnet.cli", *argv, "--out", str(run)],
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True,
