@@ -914,8 +914,9 @@ def dense_forward() -> None:
 
 def _hlo_ops(hlo: str) -> dict[str, str]:
     """What each instruction of a compiled HLO module is, by name: the kernel's entry
-    point for a custom call, "GEMM" for a dot or an XNNPACK fusion, else its kind and
-    shape (e.g. "fusion f32[10,20,12,12]")."""
+    point for a custom call and its result's shape (e.g. "conv_pool_grad_w
+    f32[20,1,5,5]"), "GEMM" for a dot or an XNNPACK fusion, else its kind and shape (e.g.
+    "fusion f32[10,20,12,12]")."""
     kinds = {}
     for line in hlo.splitlines():
         line = line.strip().removeprefix("ROOT ")
@@ -925,7 +926,7 @@ def _hlo_ops(hlo: str) -> dict[str, str]:
         shape = rest.split(" ", 1)[0]
         if "custom_call_target=" in rest:
             target = rest.split('custom_call_target="', 1)[1].split('"', 1)[0]
-            kinds[name] = target.removeprefix("convnet_")
+            kinds[name] = f"{target.removeprefix('convnet_')} {shape.lstrip('(').split('{')[0]}"
         elif " dot(" in rest or "__ynn_fusion" in rest:
             kinds[name] = f"GEMM {shape}"
         else:

@@ -29,18 +29,21 @@ CASES = [  # (N, C, H, W), (F, kh, kw), pool: net C's layers, ragged borders, > 
     ((2, 20, 12, 12), (40, 5, 5), (2, 2)),
     ((2, 3, 9, 11), (50, 4, 3), (3, 2)),
     ((1, 2, 6, 6), (5, 6, 6), (1, 1)),
-    # The weight gradient read off the maxima (kw <= the vector width): one channel with
-    # ragged borders and a row as wide as an AVX2 vector; 9 and 12 kernel rows (more
-    # than one block of 8). Then kw 17, wider than any vector, where the dense GEMM takes over.
+    # The weight gradient of short kernel rows (kw * c <= 8) by taps, over every window
+    # place: one channel with ragged borders and a row of 8; 9 kernel rows; 100 filters
+    # (7 vectors: more than one block of filter vectors).
     ((2, 1, 11, 13), (7, 3, 8), (3, 2)),
     ((1, 1, 12, 10), (3, 9, 2), (1, 1)),
+    ((1, 1, 8, 8), (100, 3, 3), (2, 2)),
+    # Channels-last runs of kw * c floats, for both gradients: 3 x 3 (one vector, its tail
+    # reading the next pixels), 17 x 1 and 17 x 3 (2 and 4 vectors), 5 x 33 (11 vectors:
+    # two blocks of segments).
     ((2, 3, 9, 9), (10, 4, 3), (2, 2)),
     ((1, 1, 20, 20), (4, 3, 17), (2, 2)),
     ((2, 3, 7, 19), (9, 2, 17), (1, 2)),
-    # The images' gradient spread from each conv position over the channels (at least half
-    # a vector of them, at most 6 vectors), a group of taps at a time: 5 and 9 channels
-    # with ragged pooling; 4 channels with 7 taps, 30 with 9, 44 with 6 (taps that don't
-    # fill the last group); then 50 (7 vectors of 8: the GEMM into columns again).
+    ((1, 33, 7, 7), (6, 4, 5), (2, 2)),
+    # The images' gradient, a kernel row at a time over each position's maxima: 5 and 9
+    # channels with ragged pooling; 4 channels with 7 kernel rows; 30, 44 and 50 channels.
     ((2, 5, 9, 10), (7, 3, 2), (2, 3)),
     ((1, 9, 8, 8), (3, 2, 4), (3, 3)),
     ((2, 4, 9, 8), (6, 7, 1), (1, 2)),
@@ -267,7 +270,14 @@ g = rng.normal(size=(64, 40, 4, 4)).astype(np.float32)
 fn = pytensor.function([x, w], pt.grad((out * g).sum(), [x, w]), mode=mode)
 images = rng.random((64, 20, 12, 12), dtype=np.float32)
 dx, dw = fn(images, rng.normal(size=(40, 20, 5, 5)).astype(np.float32))
-np.save(sys.argv[1], np.concatenate([dx.ravel(), dw.ravel()]))
+# The first layer's weight gradient (by taps, in blocks shared out over the threads).
+first = conv_pool_train(x, w, image_shape=(1, 28, 28), filter_shape=(20, 1, 5, 5), poolsize=(2, 2))
+g1 = rng.normal(size=(64, 20, 12, 12)).astype(np.float32)
+fn1 = pytensor.function([x, w], pt.grad((first * g1).sum(), w), mode=mode)
+digits = rng.random((64, 1, 28, 28), dtype=np.float32)
+digits[:, :, :8] = 0.0  # a blank band: ties
+dw1 = fn1(digits, rng.normal(size=(20, 1, 5, 5)).astype(np.float32))
+np.save(sys.argv[1], np.concatenate([dx.ravel(), dw.ravel(), dw1.ravel()]))
 """
 
 

@@ -104,12 +104,9 @@ def register() -> None:
         def with_kernel(images, filters, ties, grad):
             if images.dtype != jnp.float32 or grad.dtype != jnp.float32:
                 return without_kernel(images, filters, ties, grad)
-            _, c = images.shape[:2]
-            f = grad.shape[1]
-            out = jax.ShapeDtypeStruct((c * kh * kw, f + -f % kernel.lanes()), images.dtype)
+            out = jax.ShapeDtypeStruct((grad.shape[1], images.shape[1], kh, kw), images.dtype)
             call = jax.ffi.ffi_call(f"{target}_grad_w", out, vmap_method=ONE_CALL_PER_MEMBER)
-            dw = call(images, ties, grad, **window(kh, kw, ph, pw))
-            return dw[:, :f].T.reshape(f, c, kh, kw)[:, :, ::-1, ::-1]
+            return call(images, ties, grad, **window(kh, kw, ph, pw))
 
         def without_kernel(images, filters, ties, grad):
             _, c, h, w = images.shape
@@ -132,7 +129,7 @@ def register() -> None:
             _, _, kh, kw = filters.shape
             out = jax.ShapeDtypeStruct((grad.shape[0], c, h, w), grad.dtype)
             call = jax.ffi.ffi_call(f"{target}_grad_x", out, vmap_method=ONE_CALL_PER_MEMBER)
-            return call(flipped_weights(filters), ties, grad, **window(kh, kw, ph, pw))
+            return call(filters, ties, grad, **window(kh, kw, ph, pw))
 
         def without_kernel(images, filters, ties, grad):
             f, _, kh, kw = filters.shape

@@ -22,6 +22,10 @@
 
 #include "xla_call.h"
 
+#ifdef __AVX512F__
+#include <immintrin.h>
+#endif
+
 namespace {
 
 // Vectors over the filters as wide as the CPU's: 16 lanes (512-bit) with AVX-512, else 8
@@ -35,8 +39,8 @@ constexpr int kAccumulators = 12;  // of 16
 #endif
 typedef float vec __attribute__((vector_size(4 * kLanes)));
 
-// The sparse gradients' vectors hold one kernel row, or one pixel's channels: 8 lanes even
-// with AVX-512, which the book's 5-wide kernels and 20 channels fill twice as well as 16.
+// The gradients' vectors for kernel rows of at most 8 floats (the book's first layer: 5 x 1
+// channel): 8 lanes even with AVX-512, which such a row fills twice as well as 16.
 constexpr int kRowLanes = 8;
 typedef float row_vec __attribute__((vector_size(4 * kRowLanes)));
 
@@ -142,378 +146,280 @@ void Pool(const Shape& s, float* conv, float* out, int32_t* ties) {
     }
 }
 
-// The position of place `bit` of window cell q in an image of `stride` floats a row (in
-// the convolution itself, stride s.ow, by default), as corner[q] + within[bit]: tables made
-// once, so that the loops over the maxima divide nothing (four divisions a maximum were a
-// tenth of the training step).
+// -- The gradients, read off each window's maxima ---------------------------------------
+// Only the places of a window holding its maximum get the window's gradient (all of them
+// on a tie, as Theano's pooling, the book's, and PyTensor's max do, so flat regions such
+// as ReLU's zeros and MNIST's blank border train alike), and windows whose gradient is
+// zero (behind ReLU's zeros or dropout) cost nothing: a quarter or less of a dense
+// GEMM's products. Both gradients (but the weight gradient of layers with short kernel
+// rows, further below) work on channels-last images (y, x, c), where kernel row a of the
+// window at conv position (y, x) is one run of kw * c floats from ((y + a) * w + x) * c,
+// so a maximum costs kh runs of vector FMAs whatever c is.
+
+// Where place `bit` of window cell q is, as corner[q] + within[bit], in units of `unit`
+// floats in rows of `stride` units: conv positions (stride ow, unit 1) or channels-last
+// images (stride w, unit c). Tables made once, so that the loops over the maxima divide
+// nothing; within[] has 32 entries, the unused ones 0, so that ctz(mask | 1 << 31) is a
+// place for any mask, the empty one included (the loops below are branch-free for it).
 struct Places {
   std::vector<int64_t> corner, within;
 
-  explicit Places(const Shape& s) : Places(s, s.ow) {}
-  Places(const Shape& s, int64_t stride) : corner(s.qh * s.qw), within(s.ph * s.pw) {
+  Places(const Shape& s, int64_t stride, int64_t unit) : corner(s.qh * s.qw), within(32, 0) {
     for (int64_t q = 0; q < s.qh * s.qw; ++q)
-      corner[q] = q / s.qw * s.ph * stride + q % s.qw * s.pw;
+      corner[q] = (q / s.qw * s.ph * stride + q % s.qw * s.pw) * unit;
     for (int64_t bit = 0; bit < s.ph * s.pw; ++bit)
-      within[bit] = bit / s.pw * stride + bit % s.pw;
+      within[bit] = (bit / s.pw * stride + bit % s.pw) * unit;
   }
-  int64_t operator()(int64_t q, int bit) const { return corner[q] + within[bit]; }
+  int64_t operator()(int64_t q, uint32_t mask) const {
+    return corner[q] + within[__builtin_ctz(mask | (1u << 31))];
+  }
 };
 
-// The pooled gradient spread back onto the convolution: dconv[P][fpad], zero except at
-// each window's maxima.
-void Unpool(const Shape& s, const int32_t* ties, const float* grad, float* dconv) {
-  std::memset(dconv, 0, sizeof(float) * s.P * s.fpad);
-  const int64_t cells = s.qh * s.qw;
-  const Places place(s);
+// A window's kernel rows as runs of whole vectors ("segments"): of 8 lanes when a run fits
+// 8 (the book's first layer: 5 floats), else of the CPU's widest. A segment's lanes past
+// its run read the next pixels, or the image's padding; their sums are dropped (weights)
+// or are zeros (images).
+struct Runs {
+  int64_t length;   // kw * c floats
+  int64_t lanes;    // a segment's
+  int64_t vectors;  // segments a run
+  int64_t pad;      // vectors * lanes
+  int64_t row;      // floats a channels-last image row (w * c)
+  int64_t image;    // floats a channels-last image, with a vector of padding
+};
+
+Runs RunsOf(const Shape& s) {
+  Runs r;
+  r.length = s.kw * s.c;
+  r.lanes = r.length <= kRowLanes ? kRowLanes : kLanes;
+  r.vectors = (r.length + r.lanes - 1) / r.lanes;
+  r.pad = r.vectors * r.lanes;
+  r.row = s.w * s.c;
+  r.image = s.h * r.row + kLanes;
+  return r;
+}
+
+// dst[c * dst_stride + r] = src[r * src_stride + c] for r < rows, c < cols: the gradients'
+// changes of layout (channels-first to channels-last and back, filters to places). With
+// AVX-512, 16 x 16 tiles in registers, their off-diagonal blocks swapped at 8, 4, 2 and 1
+// lanes (a two-register permute each): element by element, the stores were strided.
+// Moves bits only, so it serves int32 arrays too.
+void Transpose(const float* src, int64_t src_stride, int64_t rows, int64_t cols, float* dst,
+               int64_t dst_stride) {
+#ifdef __AVX512F__
+  __m512i low[4], high[4];  // per block size 8, 4, 2, 1: lane j's source in (a, b)
+  for (int stage = 0; stage < 4; ++stage) {
+    const int size = 8 >> stage;
+    alignas(64) int32_t lo[16], hi[16];
+    for (int j = 0; j < 16; ++j) {
+      lo[j] = (j & size) ? 16 + j - size : j;
+      hi[j] = (j & size) ? 16 + j : j + size;
+    }
+    low[stage] = _mm512_load_si512(lo);
+    high[stage] = _mm512_load_si512(hi);
+  }
+  for (int64_t r0 = 0; r0 < rows; r0 += 16)
+    for (int64_t c0 = 0; c0 < cols; c0 += 16) {
+      const int64_t nr = std::min<int64_t>(16, rows - r0), nc = std::min<int64_t>(16, cols - c0);
+      const __mmask16 in_cols = static_cast<__mmask16>((1u << nc) - 1);
+      const __mmask16 in_rows = static_cast<__mmask16>((1u << nr) - 1);
+      __m512 m[16];
+      for (int i = 0; i < 16; ++i)
+        m[i] = i < nr ? _mm512_maskz_loadu_ps(in_cols, src + (r0 + i) * src_stride + c0)
+                      : _mm512_setzero_ps();
+      for (int stage = 0; stage < 4; ++stage) {
+        const int size = 8 >> stage;
+        for (int i = 0; i < 16; ++i) {
+          if (i & size) continue;
+          const __m512 a = m[i], b = m[i + size];
+          m[i] = _mm512_permutex2var_ps(a, low[stage], b);
+          m[i + size] = _mm512_permutex2var_ps(a, high[stage], b);
+        }
+      }
+      for (int64_t c = 0; c < nc; ++c)
+        _mm512_mask_storeu_ps(dst + (c0 + c) * dst_stride + r0, in_rows, m[c]);
+    }
+#else
+  for (int64_t r = 0; r < rows; ++r)
+    for (int64_t c = 0; c < cols; ++c) dst[c * dst_stride + r] = src[r * src_stride + c];
+#endif
+}
+
+void ChannelsLast(const Shape& s, const float* image, float* hwc) {
+  const int64_t hw = s.h * s.w;
+  Transpose(image, hw, s.c, hw, hwc, s.c);
+  std::memset(hwc + hw * s.c, 0, sizeof(float) * kLanes);
+}
+
+// Segments summed at once: at most 8 vectors of a run and 8 rows, within the registers.
+constexpr int kMaxRunVectors = 8;
+constexpr int RowsAtOnce(int vectors) {
+  return std::min(8, std::max(1, kAccumulators / vectors));
+}
+
+// out[a * out_row + v * L] += sum over entries e of gain[e] * table[base[e] + a * row +
+// v * L], for rows a < rows <= RowsAtOnce(V) and V segments of L lanes: the sums live in
+// registers while the entries stream by, in entry order, so runs repeat bit for bit. With
+// Continue the sums go on from out's values (out = out + e0 + e1 + ...), else they start
+// at zero and are added onto out once (out + (e0 + e1 + ...)).
+template <typename Vec, int V, bool Continue>
+__attribute__((noinline)) void SumRuns(const float* table, int64_t row, int64_t rows,
+                                       const int64_t* base, const float* gain, int64_t count,
+                                       float* out, int64_t out_row) {
+  constexpr int L = sizeof(Vec) / sizeof(float);
+  constexpr int R = RowsAtOnce(V);
+  Vec acc[R][V];
+#pragma GCC unroll 8
+  for (int a = 0; a < R; ++a)
+#pragma GCC unroll 8
+    for (int v = 0; v < V; ++v) {
+      acc[a][v] = Vec{};
+      if (Continue && a < rows) std::memcpy(&acc[a][v], out + a * out_row + v * L, sizeof(Vec));
+    }
+  for (int64_t e = 0; e < count; ++e) {
+    const float* at = table + base[e];
+    const float g = gain[e];
+#pragma GCC unroll 8
+    for (int a = 0; a < R; ++a) {
+      if (a >= rows) break;
+#pragma GCC unroll 8
+      for (int v = 0; v < V; ++v) {
+        Vec x;
+        std::memcpy(&x, at + a * row + v * L, sizeof(Vec));
+        acc[a][v] += g * x;
+      }
+    }
+  }
+  for (int a = 0; a < rows; ++a)
+#pragma GCC unroll 8
+    for (int v = 0; v < V; ++v) {
+      Vec sum = acc[a][v];
+      if (!Continue) {
+        std::memcpy(&sum, out + a * out_row + v * L, sizeof(Vec));
+        sum += acc[a][v];
+      }
+      std::memcpy(out + a * out_row + v * L, &sum, sizeof(Vec));
+    }
+}
+
+using SumRunsFn = void (*)(const float*, int64_t, int64_t, const int64_t*, const float*,
+                           int64_t, float*, int64_t);
+
+template <bool Continue>
+SumRunsFn SumRunsFor(const Runs& r, int vectors) {
+  static constexpr SumRunsFn kSums[] = {
+      nullptr,                       SumRuns<vec, 1, Continue>, SumRuns<vec, 2, Continue>,
+      SumRuns<vec, 3, Continue>,     SumRuns<vec, 4, Continue>, SumRuns<vec, 5, Continue>,
+      SumRuns<vec, 6, Continue>,     SumRuns<vec, 7, Continue>, SumRuns<vec, 8, Continue>};
+  return r.lanes == kLanes ? kSums[vectors] : SumRuns<row_vec, 1, Continue>;
+}
+
+// All kh runs of the entries' windows (table rows `row` floats apart) summed onto out (rows
+// out_row apart), a block of segments at a time.
+template <bool Continue>
+void SumAllRuns(const Runs& r, int64_t kh, const float* table, int64_t row, const int64_t* base,
+                const float* gain, int64_t count, float* out, int64_t out_row) {
+  for (int64_t v0 = 0; v0 < r.vectors; v0 += kMaxRunVectors) {
+    const int vectors = static_cast<int>(std::min<int64_t>(kMaxRunVectors, r.vectors - v0));
+    const SumRunsFn sum = SumRunsFor<Continue>(r, vectors);
+    const int64_t rows = RowsAtOnce(vectors);
+    for (int64_t a0 = 0; a0 < kh; a0 += rows)
+      sum(table + a0 * row + v0 * r.lanes, row, std::min(rows, kh - a0), base, gain, count,
+          out + a0 * out_row + v0 * r.lanes, out_row);
+  }
+}
+
+// The mask of a window's maxima, or 0 where its gradient is zero, without a branch (which
+// ReLU's and dropout's zeros would make a coin toss).
+inline uint32_t MaximaWithGradient(float grad, int32_t ties) {
+  uint32_t bits;
+  std::memcpy(&bits, &grad, sizeof(bits));
+  return static_cast<uint32_t>(ties) & (0u - static_cast<uint32_t>((bits << 1) != 0));
+}
+
+// The filters as wt[f][a][pad]: filter f's kernel row a (flipped, as the convolution reads
+// it) as the run (b, c) of a channels-last window, zeros after it. Made once per call from
+// the filters' own layout (f, c, kh, kw), a filter at a time within L1.
+std::vector<float> FilterMajorWeights(const Shape& s, const Runs& r, const float* filters) {
+  std::vector<float> wt(s.f * s.kh * r.pad, 0.0f);
   for (int64_t f = 0; f < s.f; ++f)
-    for (int64_t q = 0; q < cells; ++q) {
-      uint32_t mask = static_cast<uint32_t>(ties[f * cells + q]);
-      const float g = grad[f * cells + q];
-      while (mask) {
-        const int bit = __builtin_ctz(mask);
-        mask &= mask - 1;
-        dconv[place(q, bit) * s.fpad + f] += g;
+    for (int64_t ch = 0; ch < s.c; ++ch)
+      for (int64_t a = 0; a < s.kh; ++a) {
+        const float* from = filters + ((f * s.c + ch) * s.kh + s.kh - 1 - a) * s.kw + s.kw - 1;
+        float* to = wt.data() + (f * s.kh + a) * r.pad + ch;
+        for (int64_t b = 0; b < s.kw; ++b) to[b * s.c] = from[-b];
       }
-    }
-}
-
-// dw[k][f] += sum_p image[tap[k] + pos[p]] * dconv[p][f] for R taps and J vectors of
-// filters: the weight gradient as a GEMM that reads the image in place (no columns).
-template <int R, int J>
-inline void BlockW(const float* image, const int64_t* tap, const int64_t* pos, int64_t P,
-                   const float* dconv, float* dw, int64_t ld) {
-  vec acc[R][J];
-#pragma GCC unroll 32
-  for (int r = 0; r < R; ++r)
-#pragma GCC unroll 8
-    for (int j = 0; j < J; ++j) acc[r][j] = vec{};
-  const float* taps[R];
-#pragma GCC unroll 32
-  for (int r = 0; r < R; ++r) taps[r] = image + tap[r];
-  for (int64_t p = 0; p < P; ++p) {
-    vec dv[J];
-#pragma GCC unroll 8
-    for (int j = 0; j < J; ++j) std::memcpy(&dv[j], dconv + p * ld + j * kLanes, sizeof(vec));
-    const int64_t at = pos[p];
-#pragma GCC unroll 32
-    for (int r = 0; r < R; ++r) {
-      const float c = taps[r][at];
-#pragma GCC unroll 8
-      for (int j = 0; j < J; ++j) acc[r][j] += c * dv[j];
-    }
-  }
-#pragma GCC unroll 32
-  for (int r = 0; r < R; ++r)
-#pragma GCC unroll 8
-    for (int j = 0; j < J; ++j) {
-      vec old;
-      std::memcpy(&old, dw + r * ld + j * kLanes, sizeof(vec));
-      old += acc[r][j];
-      std::memcpy(dw + r * ld + j * kLanes, &old, sizeof(vec));
-    }
-}
-
-template <int J>
-__attribute__((noinline)) void WeightGradient(const float* image, const int64_t* tap, int64_t K,
-                                              const int64_t* pos, int64_t P, const float* dconv,
-                                              float* dw, int64_t ld) {
-  constexpr int R = kAccumulators / J;
-  int64_t k = 0;
-  for (; k + R <= K; k += R) BlockW<R, J>(image, tap + k, pos, P, dconv, dw + k * ld, ld);
-  for (; k < K; ++k) BlockW<1, J>(image, tap + k, pos, P, dconv, dw + k * ld, ld);
-}
-
-using WeightGradientFn = void (*)(const float*, const int64_t*, int64_t, const int64_t*,
-                                  int64_t, const float*, float*, int64_t);
-constexpr WeightGradientFn kWeightGradient[] = {
-    nullptr,           WeightGradient<1>, WeightGradient<2>, WeightGradient<3>,
-    WeightGradient<4>, WeightGradient<5>, WeightGradient<6>};
-
-void AddWeightGradient(const Shape& s, const int64_t* tap, const int64_t* pos, const float* x,
-                       const float* dconv, float* dw) {
-  for (int64_t g = 0; g < s.fpad; g += kMaxVectors * kLanes) {
-    const int64_t vectors = std::min<int64_t>(kMaxVectors, (s.fpad - g) / kLanes);
-    kWeightGradient[vectors](x, tap, s.K, pos, s.P, dconv + g, dw + g, s.fpad);
-  }
-}
-
-// The weight gradient straight from the pooled gradient, for layers whose kernel rows
-// fit a vector (kw <= kRowLanes, as the book's 5 x 5 kernels do): dw[(c, a, b)][f] +=
-// grad[f][q] * image[c][y + a][x + b] for each window q and each place (y, x) of it holding
-// its maximum. The dense GEMM over every conv position spends 3 of 4 of its products on
-// places that are not a maximum (dconv is zero there), and with one channel most of its
-// lanes on padding; here each maximum costs one vector FMA per kernel row (c, a), and
-// windows whose gradient is zero (ReLU's) cost nothing. (WeightGradientSparse, below the
-// thread pool's code, puts these pieces together.)
-
-// For R kernel rows at once (a template parameter, so that the R accumulators live in
-// registers): the rows start at padded + offset[r], and the maxima of one filter are
-// (gain[i], place[i]). Each row's sum is stored as a whole vector, rows[r][kRowLanes].
-constexpr int kMaxRows = 8;
-
-template <int R>
-__attribute__((noinline)) void SparseRows(const float* padded, const int32_t* offset,
-                                          const float* gain, const int32_t* place,
-                                          int64_t count, float* rows) {
-  row_vec acc[R];
-#pragma GCC unroll 8
-  for (int r = 0; r < R; ++r) acc[r] = row_vec{};
-  for (int64_t i = 0; i < count; ++i) {
-    const float* corner = padded + place[i];
-    const float g = gain[i];
-#pragma GCC unroll 8
-    for (int r = 0; r < R; ++r) {
-      row_vec pixels;
-      std::memcpy(&pixels, corner + offset[r], sizeof(row_vec));
-      acc[r] += g * pixels;
-    }
-  }
-  std::memcpy(rows, acc, sizeof(acc));
-}
-
-using SparseRowsFn = void (*)(const float*, const int32_t*, const float*, const int32_t*,
-                              int64_t, float*);
-constexpr SparseRowsFn kSparseRows[] = {nullptr,       SparseRows<1>, SparseRows<2>,
-                                        SparseRows<3>, SparseRows<4>, SparseRows<5>,
-                                        SparseRows<6>, SparseRows<7>, SparseRows<8>};
-
-// The image with kRowLanes zeros after each row, so that a row's vector never reads past
-// its channel.
-int64_t PaddedImageSize(const Shape& s) { return s.c * s.h * (s.w + kRowLanes); }
-
-// Whether n images' weight gradient can be read off the maxima (places are int32 offsets
-// into all n padded images).
-bool RowsFitVector(const Shape& s, int64_t n) {
-  return s.kw <= kRowLanes && n * PaddedImageSize(s) < (int64_t{1} << 31);
-}
-
-void PadRows(const Shape& s, const float* image, float* padded) {
-  const int64_t stride = s.w + kRowLanes;
-  for (int64_t y = 0; y < s.c * s.h; ++y) {
-    std::memcpy(padded + y * stride, image + y * s.w, sizeof(float) * s.w);
-    std::memset(padded + y * stride + s.w, 0, sizeof(float) * kRowLanes);
-  }
-}
-
-// The pooled gradient spread onto the convolution, transposed: dconv_t[f][ppad].
-void UnpoolTransposed(const Shape& s, int64_t ppad, const int32_t* ties, const float* grad,
-                      float* dconv_t) {
-  std::memset(dconv_t, 0, sizeof(float) * s.f * ppad);
-  const int64_t cells = s.qh * s.qw;
-  const Places place(s);
-  for (int64_t f = 0; f < s.f; ++f)
-    for (int64_t q = 0; q < cells; ++q) {
-      uint32_t mask = static_cast<uint32_t>(ties[f * cells + q]);
-      const float g = grad[f * cells + q];
-      while (mask) {
-        const int bit = __builtin_ctz(mask);
-        mask &= mask - 1;
-        dconv_t[f * ppad + place(q, bit)] += g;
-      }
-    }
-}
-
-// columns[k][p] = sum_f w[k][f] * dconv_t[f][p] for R rows k and J vectors of positions:
-// the image gradient's columns (the transpose of im2col), one GEMM.
-template <int R, int J>
-inline void BlockX(const float* w, int64_t ldw, const float* dconv_t, int64_t ldp, int64_t F,
-                   float* columns) {
-  vec acc[R][J];
-#pragma GCC unroll 32
-  for (int r = 0; r < R; ++r)
-#pragma GCC unroll 8
-    for (int j = 0; j < J; ++j) acc[r][j] = vec{};
-  for (int64_t f = 0; f < F; ++f) {
-    vec dv[J];
-#pragma GCC unroll 8
-    for (int j = 0; j < J; ++j) std::memcpy(&dv[j], dconv_t + f * ldp + j * kLanes, sizeof(vec));
-#pragma GCC unroll 32
-    for (int r = 0; r < R; ++r) {
-      const float c = w[r * ldw + f];
-#pragma GCC unroll 8
-      for (int j = 0; j < J; ++j) acc[r][j] += c * dv[j];
-    }
-  }
-#pragma GCC unroll 32
-  for (int r = 0; r < R; ++r)
-#pragma GCC unroll 8
-    for (int j = 0; j < J; ++j) std::memcpy(columns + r * ldp + j * kLanes, &acc[r][j], sizeof(vec));
-}
-
-template <int J>
-__attribute__((noinline)) void ImageColumns(const float* w, int64_t ldw, int64_t K,
-                                            const float* dconv_t, int64_t ldp, int64_t F,
-                                            float* columns) {
-  constexpr int R = kAccumulators / J;
-  int64_t k = 0;
-  for (; k + R <= K; k += R) BlockX<R, J>(w + k * ldw, ldw, dconv_t, ldp, F, columns + k * ldp);
-  for (; k < K; ++k) BlockX<1, J>(w + k * ldw, ldw, dconv_t, ldp, F, columns + k * ldp);
-}
-
-using ImageColumnsFn = void (*)(const float*, int64_t, int64_t, const float*, int64_t, int64_t,
-                                float*);
-constexpr ImageColumnsFn kImageColumns[] = {nullptr,         ImageColumns<1>, ImageColumns<2>,
-                                            ImageColumns<3>, ImageColumns<4>, ImageColumns<5>,
-                                            ImageColumns<6>};
-
-// dx = col2im(columns): each tap's row of columns added onto the image, a run of ow
-// neighbouring pixels at a time.
-void AddImageGradient(const Shape& s, int64_t ppad, const float* w, const int32_t* ties,
-                      const float* grad, float* scratch, float* dx) {
-  float* dconv_t = scratch;
-  float* columns = scratch + s.f * ppad;
-  UnpoolTransposed(s, ppad, ties, grad, dconv_t);
-  for (int64_t g = 0; g < ppad; g += kMaxVectors * kLanes) {
-    const int64_t vectors = std::min<int64_t>(kMaxVectors, (ppad - g) / kLanes);
-    kImageColumns[vectors](w, s.fpad, s.K, dconv_t + g, ppad, s.f, columns + g);
-  }
-  std::memset(dx, 0, sizeof(float) * s.c * s.h * s.w);
-  int64_t k = 0;
-  for (int64_t ch = 0; ch < s.c; ++ch)
-    for (int64_t a = 0; a < s.kh; ++a)
-      for (int64_t b = 0; b < s.kw; ++b, ++k) {
-        const float* from = columns + k * ppad;
-        float* to = dx + (ch * s.h + a) * s.w + b;
-        for (int64_t y = 0; y < s.oh; ++y)
-          for (int64_t x = 0; x < s.ow; ++x) to[y * s.w + x] += from[y * s.ow + x];
-      }
-}
-
-// The images' gradient straight from the pooled gradient, vectorised over the channels:
-// dx[c][y + a][x + b] += grad * w[(c, a, b)][f] for each filter f whose window maximum is
-// at conv position (y, x), and each tap (a, b). A position's maxima are summed in
-// registers, a group of taps at a time, and added onto the image cells once per tap; only
-// maxima contribute, where the GEMM into columns spends 3 of 4 of its products on zeros
-// and col2im adds every column back onto the image. For layers with at least half a
-// vector of channels (the book's second layer: 20).
-constexpr int64_t kMaxChannelVectors = 6;
-
-int64_t ChannelVectors(const Shape& s) { return (s.c + kRowLanes - 1) / kRowLanes; }
-
-bool ChannelsFitVectors(const Shape& s) {
-  return 2 * s.c >= kRowLanes && ChannelVectors(s) <= kMaxChannelVectors &&
-         s.f * s.qh * s.qw * s.ph * s.pw < (int64_t{1} << 31);
-}
-
-// Taps summed at once: as many channel vectors as there are accumulator registers.
-int64_t TapGroup(const Shape& s) { return kAccumulators / ChannelVectors(s); }
-
-int64_t PaddedTaps(const Shape& s) {
-  const int64_t group = TapGroup(s);
-  return (s.kh * s.kw + group - 1) / group * group;
-}
-
-// The weights as wt[f][t][cpad], taps t = (a, b) padded with zeros to whole groups: one
-// filter's taps side by side, the layout the loop below reads. Made once per call.
-std::vector<float> FilterMajorWeights(const Shape& s, const float* w) {
-  const int64_t cpad = ChannelVectors(s) * kRowLanes, taps = s.kh * s.kw, tpad = PaddedTaps(s);
-  std::vector<float> wt(s.f * tpad * cpad, 0.0f);
-  for (int64_t ch = 0; ch < s.c; ++ch)
-    for (int64_t t = 0; t < taps; ++t)
-      for (int64_t f = 0; f < s.f; ++f)
-        wt[(f * tpad + t) * cpad + ch] = w[(ch * taps + t) * s.fpad + f];
   return wt;
 }
 
-// Where tap t = (a, b) of conv position (0, 0) lands in cells[y][x][cpad].
-std::vector<int64_t> TapCells(const Shape& s) {
-  std::vector<int64_t> cell(s.kh * s.kw);
-  for (int64_t a = 0; a < s.kh; ++a)
-    for (int64_t b = 0; b < s.kw; ++b)
-      cell[a * s.kw + b] = (a * s.w + b) * ChannelVectors(s) * kRowLanes;
-  return cell;
+// Per image: the entries' starts per conv position (P + 2), their next free slots (P + 1),
+// bases and gains (a slot more than the maxima, for the branch-free writes), and the
+// gradient channels-last.
+int64_t ImageScratch(const Shape& s, const Runs& r) {
+  const int64_t most = s.f * s.qh * s.qw * s.ph * s.pw;
+  return 2 * (2 * s.P + 3) + 3 * (most + 1) + s.h * r.row + kLanes;
 }
 
-// Its scratch: the gradient as cells[y][x][cpad], and each conv position's maxima.
-int64_t SparseImageScratch(const Shape& s) {
-  const int64_t entries = s.f * s.qh * s.qw * s.ph * s.pw;
-  return s.h * s.w * ChannelVectors(s) * kRowLanes + 2 * s.P + 1 + 2 * entries;
-}
-
-template <int J>
-__attribute__((noinline)) void SpreadImageGradient(const Shape& s, const float* wt,
-                                                   const int64_t* tap_cell,
-                                                   const int32_t* start, const int32_t* filter,
-                                                   const float* gain, float* cells) {
-  constexpr int64_t cpad = J * kRowLanes;
-  constexpr int T = kAccumulators / J;
-  const int64_t taps = s.kh * s.kw, tpad = PaddedTaps(s);
-  std::memset(cells, 0, sizeof(float) * s.h * s.w * cpad);
-  for (int64_t y = 0; y < s.oh; ++y)
-    for (int64_t x = 0; x < s.ow; ++x) {
-      const int64_t p = y * s.ow + x;
-      if (start[p] == start[p + 1]) continue;
-      float* corner = cells + (y * s.w + x) * cpad;
-      for (int64_t t0 = 0; t0 < taps; t0 += T) {
-        row_vec acc[T][J];
-#pragma GCC unroll 24
-        for (int t = 0; t < T; ++t)
-#pragma GCC unroll 8
-          for (int j = 0; j < J; ++j) acc[t][j] = row_vec{};
-        for (int32_t e = start[p]; e < start[p + 1]; ++e) {
-          const float* wf = wt + (filter[e] * tpad + t0) * cpad;
-          const float g = gain[e];
-#pragma GCC unroll 24
-          for (int t = 0; t < T; ++t)
-#pragma GCC unroll 8
-            for (int j = 0; j < J; ++j) {
-              row_vec wv;
-              std::memcpy(&wv, wf + t * cpad + j * kRowLanes, sizeof(row_vec));
-              acc[t][j] += g * wv;
-            }
-        }
-        for (int t = 0; t < T && t0 + t < taps; ++t) {
-          float* cell = corner + tap_cell[t0 + t];
-#pragma GCC unroll 8
-          for (int j = 0; j < J; ++j) {
-            row_vec old;
-            std::memcpy(&old, cell + j * kRowLanes, sizeof(row_vec));
-            old += acc[t][j];
-            std::memcpy(cell + j * kRowLanes, &old, sizeof(row_vec));
-          }
-        }
-      }
-    }
-}
-
-using SpreadImageGradientFn = void (*)(const Shape&, const float*, const int64_t*,
-                                       const int32_t*, const int32_t*, const float*, float*);
-constexpr SpreadImageGradientFn kSpreadImageGradient[] = {
-    nullptr, SpreadImageGradient<1>, SpreadImageGradient<2>, SpreadImageGradient<3>,
-    SpreadImageGradient<4>, SpreadImageGradient<5>, SpreadImageGradient<6>};
-
-void ImageGradientSparse(const Shape& s, const float* wt, const int64_t* tap_cell,
-                         const int32_t* ties, const float* grad, float* scratch, float* dx) {
-  const int64_t vectors = ChannelVectors(s), cpad = vectors * kRowLanes, cells = s.qh * s.qw;
-  const Places place(s);
-  float* gathered = scratch;
-  auto* start = reinterpret_cast<int32_t*>(gathered + s.h * s.w * cpad);
-  int32_t* next = start + s.P + 1;
-  int32_t* filter = next + s.P;
-  auto* gain = reinterpret_cast<float*>(filter + s.f * cells * s.ph * s.pw);
-  // Each conv position's maxima (filter, gradient), in filter order: counted, then placed.
-  std::memset(start, 0, sizeof(int32_t) * (s.P + 1));
-  for (int64_t f = 0; f < s.f; ++f)
+// dx[c][y + a][x + b] += grad * w[(c, a, b)][f] for each filter f whose window maximum is
+// at conv position (y, x): each position's maxima are listed in filter order (a counting
+// sort), summed in registers run by run, and added onto the image once per position.
+void ImageGradient(const Shape& s, const Runs& r, const Places& places, const float* wt,
+                   const int32_t* ties, const float* grad, float* scratch, float* dx) {
+  // Locals, not s's fields, in the loops: their stores to int64 arrays could alias them.
+  const int64_t cells = s.qh * s.qw, most = s.f * cells * s.ph * s.pw, P = s.P;
+  const int64_t filters = s.f, size = s.kh * r.pad;
+  const int64_t* corner = places.corner.data();
+  const int64_t* within = places.within.data();
+  const auto place = [=](int64_t q, uint32_t mask) {
+    return corner[q] + within[__builtin_ctz(mask | (1u << 31))];
+  };
+  auto* start = reinterpret_cast<int64_t*>(scratch);
+  int64_t* next = start + P + 2;
+  int64_t* base = next + P + 1;
+  auto* gain = reinterpret_cast<float*>(base + most + 1);
+  float* image = gain + most + 1;
+  // A maximum with a zero gradient counts at, and is written to, position P: a trash slot.
+  std::memset(start, 0, sizeof(int64_t) * (P + 2));
+  for (int64_t f = 0; f < filters; ++f)
     for (int64_t q = 0; q < cells; ++q) {
-      if (grad[f * cells + q] == 0.0f) continue;
-      for (uint32_t mask = ties[f * cells + q]; mask; mask &= mask - 1)
-        ++start[place(q, __builtin_ctz(mask)) + 1];
+      uint32_t mask = MaximaWithGradient(grad[f * cells + q], ties[f * cells + q]);
+      start[(mask ? place(q, mask) : P) + 1] += 1;
+      for (mask &= mask - 1; mask; mask &= mask - 1) ++start[place(q, mask) + 1];
     }
-  for (int64_t p = 0; p < s.P; ++p) start[p + 1] += start[p];
-  std::memcpy(next, start, sizeof(int32_t) * s.P);
-  for (int64_t f = 0; f < s.f; ++f)
+  for (int64_t p = 0; p < P; ++p) start[p + 1] += start[p];
+  std::memcpy(next, start, sizeof(int64_t) * P);
+  next[P] = start[P];
+  for (int64_t f = 0; f < filters; ++f)
     for (int64_t q = 0; q < cells; ++q) {
       const float g = grad[f * cells + q];
-      if (g == 0.0f) continue;
-      for (uint32_t mask = ties[f * cells + q]; mask; mask &= mask - 1) {
-        const int32_t e = next[place(q, __builtin_ctz(mask))]++;
-        filter[e] = static_cast<int32_t>(f);
+      uint32_t mask = MaximaWithGradient(g, ties[f * cells + q]);
+      const int64_t p = mask ? place(q, mask) : P;
+      base[next[p]] = f * size;
+      gain[next[p]] = g;
+      next[p] += p < P;
+      for (mask &= mask - 1; mask; mask &= mask - 1) {
+        const int64_t e = next[place(q, mask)]++;
+        base[e] = f * size;
         gain[e] = g;
       }
     }
-  kSpreadImageGradient[vectors](s, wt, tap_cell, start, filter, gain, gathered);
-  for (int64_t ch = 0; ch < s.c; ++ch)
-    for (int64_t yx = 0; yx < s.h * s.w; ++yx) dx[ch * s.h * s.w + yx] = gathered[yx * cpad + ch];
+  // A kernel row at a time, so that the filters' rows read (wt[.][a]: 18 KB for the book's
+  // second layer, where all of wt is 90 KB) stay in L1. The rows go from the last to the
+  // first, so that each image cell still gets its positions' sums in position order.
+  std::memset(image, 0, sizeof(float) * (s.h * r.row + kLanes));
+  for (int64_t a = s.kh - 1; a >= 0; --a)
+    for (int64_t v0 = 0; v0 < r.vectors; v0 += kMaxRunVectors) {
+      const int vectors = static_cast<int>(std::min<int64_t>(kMaxRunVectors, r.vectors - v0));
+      const SumRunsFn sum = SumRunsFor<false>(r, vectors);
+      for (int64_t y = 0; y < s.oh; ++y)
+        for (int64_t x = 0; x < s.ow; ++x) {
+          const int64_t p = y * s.ow + x;
+          if (start[p + 1] > start[p])
+            sum(wt + a * r.pad + v0 * r.lanes, r.pad, 1, base + start[p], gain + start[p],
+                start[p + 1] - start[p], image + ((y + a) * s.w + x) * s.c + v0 * r.lanes, r.row);
+        }
+    }
+  Transpose(image, s.c, s.h * s.w, s.c, dx, s.h * s.w);
 }
 
 // An image at a time (`item(i, scratch)` does image i), with the offsets every image's
@@ -521,7 +427,6 @@ void ImageGradientSparse(const Shape& s, const float* wt, const int64_t* tap_cel
 struct Work : xla_call::Tasks {
   Shape s;
   std::vector<int64_t> tap;  // offset of each kernel tap (c, a, b) in an image
-  std::vector<int64_t> pos;  // offset of each output position (y, x) in an image
 };
 
 using xla_call::Answered;
@@ -536,8 +441,6 @@ void Launch(const XLA_FFI_Api* api, XLA_FFI_ExecutionContext* ctx, std::shared_p
   for (int64_t ch = 0; ch < s.c; ++ch)
     for (int64_t a = 0; a < s.kh; ++a)
       for (int64_t b = 0; b < s.kw; ++b) work->tap.push_back((ch * s.h + a) * s.w + b);
-  for (int64_t y = 0; y < s.oh; ++y)
-    for (int64_t x = 0; x < s.ow; ++x) work->pos.push_back(y * s.w + x);
   xla_call::Launch(api, ctx, work);
 }
 
@@ -596,6 +499,204 @@ XLA_FFI_Error* Forward(XLA_FFI_CallFrame* frame, bool train) {
   return nullptr;
 }
 
+// -- The weight gradient of layers with short kernel rows (kw * c <= 8: the book's first
+// layer), as a GEMM over the window places ----------------------------------------------
+// With one channel a maximum's run is 5 floats, and most windows have a gradient (no
+// dropout before the first layer) and, over MNIST's blank border, four maxima: listing
+// the maxima costs more than it saves. Here every place of every window is a row of
+// `spread` (the window's gradient where the place holds a maximum, else zero), taken in
+// the order of the maxima lists (window by window, place by place), and
+// dw[k][f] = sum over rows j of image[tap[k] + position[j]] * spread[j][f]
+// runs vectorised over the filters, a block of taps at a time. Adding the zeros changes
+// no sum's bits (x + 0 = x, and a sum that starts at +0 never becomes -0), so this is the
+// maxima lists' sum exactly.
+constexpr int kTapAccumulators = kAccumulators + 2;  // and J vectors of spread, a broadcast
+
+constexpr int TapsAtOnce(int vectors) { return std::max(1, kTapAccumulators / vectors); }
+
+// dw[r][v] (running sums, rows `ld` floats apart) += sum over rows j < count of
+// image[tap[r] + position[j]] * spread[j][v], for taps r < taps <= TapsAtOnce(J).
+template <int J>
+__attribute__((noinline)) void SumTaps(const float* image, const int64_t* tap, int64_t taps,
+                                       const int64_t* position, const float* spread,
+                                       int64_t count, float* dw, int64_t ld) {
+  constexpr int R = TapsAtOnce(J);
+  vec acc[R][J];
+  const float* at[R];
+#pragma GCC unroll 32
+  for (int r = 0; r < R; ++r) {
+    at[r] = image + tap[std::min<int64_t>(r, taps - 1)];
+#pragma GCC unroll 8
+    for (int v = 0; v < J; ++v) std::memcpy(&acc[r][v], dw + std::min<int64_t>(r, taps - 1) * ld + v * kLanes, sizeof(vec));
+  }
+  for (int64_t j = 0; j < count; ++j) {
+    vec g[J];
+#pragma GCC unroll 8
+    for (int v = 0; v < J; ++v) std::memcpy(&g[v], spread + j * ld + v * kLanes, sizeof(vec));
+    const int64_t p = position[j];
+#pragma GCC unroll 32
+    for (int r = 0; r < R; ++r) {
+      if (r >= taps) break;
+      const float pixel = at[r][p];
+#pragma GCC unroll 8
+      for (int v = 0; v < J; ++v) acc[r][v] += pixel * g[v];
+    }
+  }
+  for (int r = 0; r < taps; ++r)
+#pragma GCC unroll 8
+    for (int v = 0; v < J; ++v) std::memcpy(dw + r * ld + v * kLanes, &acc[r][v], sizeof(vec));
+}
+
+using SumTapsFn = void (*)(const float*, const int64_t*, int64_t, const int64_t*, const float*,
+                           int64_t, float*, int64_t);
+constexpr SumTapsFn kSumTaps[] = {nullptr,    SumTaps<1>, SumTaps<2>, SumTaps<3>,
+                                  SumTaps<4>, SumTaps<5>, SumTaps<6>};
+constexpr int64_t kMaxTapVectors = 6;
+
+bool ShortRows(const Shape& s) { return s.kw * s.c <= kRowLanes && kLanes > kRowLanes; }
+
+// One image's spread[j][fpad], j = q * ph * pw + bit: window q's gradient where place `bit`
+// holds one of its maxima, vectorised over the filters (from grad and ties transposed to
+// [q][fpad] first).
+void Spread(const Shape& s, const int32_t* ties, const float* grad, float* scratch,
+            float* spread) {
+  typedef int32_t ivec __attribute__((vector_size(4 * kLanes)));
+  const int64_t cells = s.qh * s.qw, places = s.ph * s.pw;
+  float* g = scratch;
+  auto* t = reinterpret_cast<int32_t*>(g + cells * s.fpad);
+  std::memset(g, 0, sizeof(float) * 2 * cells * s.fpad);
+  Transpose(grad, cells, s.f, cells, g, s.fpad);
+  Transpose(reinterpret_cast<const float*>(ties), cells, s.f, cells, reinterpret_cast<float*>(t),
+            s.fpad);
+  for (int64_t q = 0; q < cells; ++q)
+    for (int64_t bit = 0; bit < places; ++bit)
+      for (int64_t v = 0; v < s.fpad; v += kLanes) {
+        ivec held, gain;
+        std::memcpy(&held, t + q * s.fpad + v, sizeof(ivec));
+        std::memcpy(&gain, g + q * s.fpad + v, sizeof(ivec));
+        const ivec mask = (held & static_cast<int32_t>(1u << bit)) != 0;
+        const ivec out = gain & mask;
+        std::memcpy(spread + (q * places + bit) * s.fpad + v, &out, sizeof(ivec));
+      }
+}
+
+// The batch's weight gradient by taps: each image's spread first (over the images), then
+// each block of taps sums over the images in order (over the blocks), so runs repeat bit
+// for bit on any number of threads.
+void WeightGradientByTaps(const XLA_FFI_Api* api, XLA_FFI_ExecutionContext* ctx,
+                          const Shape& s, int64_t n, const float* images, const int32_t* ties,
+                          const float* grad, std::shared_ptr<Work> work, float* dw) {
+  const int64_t in = s.c * s.h * s.w, cells = s.qh * s.qw, rows = cells * s.ph * s.pw;
+  std::unique_ptr<float[]> spreads(new float[std::max<int64_t>(1, n * rows * s.fpad)]);
+  float* spread = spreads.get();
+  work->n = n;
+  work->scratch = 2 * cells * s.fpad;
+  work->item = [=](int64_t i, float* scratch) {
+    Spread(s, ties + i * s.f * cells, grad + i * s.f * cells, scratch, spread + i * rows * s.fpad);
+  };
+  Launch(api, ctx, work);  // also fills work->tap
+
+  std::vector<int64_t> positions(rows);  // row j's place in an image
+  for (int64_t q = 0; q < cells; ++q)
+    for (int64_t bit = 0; bit < s.ph * s.pw; ++bit)
+      positions[q * s.ph * s.pw + bit] = (q / s.qw * s.ph + bit / s.pw) * s.w + q % s.qw * s.pw + bit % s.pw;
+  std::vector<float> sums(s.K * s.fpad, 0.0f);  // [tap][fpad], running over the images
+  float* sum = sums.data();
+  const int64_t* position = positions.data();
+  const int64_t* tap = work->tap.data();
+  // Blocks of taps and of filter vectors, each summing over all images.
+  std::vector<std::pair<int64_t, int64_t>> blocks;  // (first tap, first filter)
+  for (int64_t f0 = 0; f0 < s.fpad; f0 += kMaxTapVectors * kLanes) {
+    const int vectors = static_cast<int>(std::min<int64_t>(kMaxTapVectors, (s.fpad - f0) / kLanes));
+    for (int64_t k0 = 0; k0 < s.K; k0 += TapsAtOnce(vectors)) blocks.emplace_back(k0, f0);
+  }
+  auto sums_work = std::make_shared<Work>();
+  sums_work->s = s;
+  sums_work->n = static_cast<int64_t>(blocks.size());
+  const std::pair<int64_t, int64_t>* block = blocks.data();
+  sums_work->item = [=](int64_t b, float*) {
+    const auto [k0, f0] = block[b];
+    const int vectors = static_cast<int>(std::min<int64_t>(kMaxTapVectors, (s.fpad - f0) / kLanes));
+    const int64_t taps = std::min<int64_t>(TapsAtOnce(vectors), s.K - k0);
+    for (int64_t i = 0; i < n; ++i)
+      kSumTaps[vectors](images + i * in, tap + k0, taps, position, spread + i * rows * s.fpad + f0,
+                        rows, sum + k0 * s.fpad + f0, s.fpad);
+  };
+  xla_call::Launch(api, ctx, sums_work);
+  for (int64_t f = 0; f < s.f; ++f)
+    for (int64_t ch = 0; ch < s.c; ++ch)
+      for (int64_t a = 0; a < s.kh; ++a)
+        for (int64_t b = 0; b < s.kw; ++b)
+          dw[((f * s.c + ch) * s.kh + s.kh - 1 - a) * s.kw + s.kw - 1 - b] =
+              sum[((ch * s.kh + a) * s.kw + b) * s.fpad + f];
+}
+
+// The batch's weight gradient read off the maxima: dw[f][c][a][b] += grad *
+// image[c][y + kh - 1 - a][x + kw - 1 - b] for each maximum (y, x) of filter f's windows (the
+// filters' own layout: the kernel's weights are flipped). A group of filters at a time; for
+// each, its images' maxima in image order, whatever thread takes the group, so runs repeat
+// bit for bit. The images go by a block at a time, each block's channels-last copy read
+// from L1 by every filter of the group.
+void WeightGradient(const XLA_FFI_Api* api, XLA_FFI_ExecutionContext* ctx, const Shape& s,
+                    int64_t n, const float* images, const int32_t* ties, const float* grad,
+                    float* dw) {
+  const Runs r = RunsOf(s);
+  const int64_t in = s.c * s.h * s.w, cells = s.qh * s.qw;
+  std::unique_ptr<float[]> channels_last(new float[std::max<int64_t>(1, n * r.image)]);
+  float* hwc = channels_last.get();
+  auto transpose = std::make_shared<Work>();
+  transpose->s = s;
+  transpose->n = n;
+  transpose->item = [=](int64_t i, float*) { ChannelsLast(s, images + i * in, hwc + i * r.image); };
+  xla_call::Launch(api, ctx, transpose);
+
+  constexpr int64_t kGroup = 4;                   // filters an item
+  const int64_t block = std::max<int64_t>(1, 8192 / r.image);  // images within 32 KB
+  const int64_t most = block * cells * s.ph * s.pw, size = s.kh * r.pad;
+  const Places place(s, s.w, s.c);
+  auto sums = std::make_shared<Work>();
+  sums->s = s;
+  sums->n = (s.f + kGroup - 1) / kGroup;
+  sums->scratch = 3 * (most + 1) + kGroup * size;
+  sums->item = [=](int64_t item, float* scratch) {
+    auto* base = reinterpret_cast<int64_t*>(scratch);
+    auto* gain = reinterpret_cast<float*>(base + most + 1);
+    float* sum = gain + most + 1;  // sum[f][a][pad]: lanes past the run are dropped below
+    const int64_t first = item * kGroup, last = std::min(s.f, first + kGroup);
+    std::memset(sum, 0, sizeof(float) * kGroup * size);
+    for (int64_t i0 = 0; i0 < n; i0 += block)
+      for (int64_t f = first; f < last; ++f) {
+        int64_t count = 0;
+        for (int64_t i = i0; i < std::min(n, i0 + block); ++i) {
+          const float* g = grad + (i * s.f + f) * cells;
+          const int32_t* at = ties + (i * s.f + f) * cells;
+          const int64_t image = i * r.image;
+          for (int64_t q = 0; q < cells; ++q) {
+            // Branch-free for the common windows: one maximum, or a zero gradient.
+            uint32_t mask = MaximaWithGradient(g[q], at[q]);
+            base[count] = image + place(q, mask);
+            gain[count] = g[q];
+            count += mask != 0;
+            for (mask &= mask - 1; mask; mask &= mask - 1) {
+              base[count] = image + place(q, mask);
+              gain[count++] = g[q];
+            }
+          }
+        }
+        SumAllRuns<true>(r, s.kh, hwc, r.row, base, gain, count, sum + (f - first) * size, r.pad);
+      }
+    for (int64_t f = first; f < last; ++f) {
+      const float* from = sum + (f - first) * size;
+      float* to = dw + f * s.K;
+      for (int64_t ch = 0; ch < s.c; ++ch)
+        for (int64_t a = 0; a < s.kh; ++a)
+          for (int64_t b = 0; b < s.kw; ++b)
+            to[((ch * s.kh + s.kh - 1 - a) * s.kw + s.kw - 1 - b)] = from[a * r.pad + b * s.c + ch];
+    }
+  };
+  xla_call::Launch(api, ctx, sums);
+}
+
 }  // namespace
 
 // args: images (n, c, h, w), weights (c*kh*kw, fpad); result: pooled (n, f, qh, qw).
@@ -609,59 +710,8 @@ extern "C" XLA_FFI_Error* ConvnetConvPoolTrain(XLA_FFI_CallFrame* frame) {
   return Forward(frame, true);
 }
 
-// The batch's weight gradient read off the maxima, a filter at a time: each filter's sums
-// run over the images in order, whatever thread takes the filter, so runs repeat bit for
-// bit; and no per-image sums are stored and added up.
-void WeightGradientSparse(const XLA_FFI_Api* api, XLA_FFI_ExecutionContext* ctx,
-                          const Shape& s, int64_t n, const float* images, const int32_t* ties,
-                          const float* grad, float* dw) {
-  const int64_t in = s.c * s.h * s.w, padded_in = PaddedImageSize(s);
-  const int64_t rows = s.c * s.kh, cells = s.qh * s.qw, most = n * cells * s.ph * s.pw;
-  std::unique_ptr<float[]> padded_images(new float[std::max<int64_t>(1, n * padded_in)]);
-  float* padded = padded_images.get();
-  auto pad = std::make_shared<Work>();
-  pad->s = s;
-  pad->n = n;
-  pad->item = [=](int64_t i, float*) { PadRows(s, images + i * in, padded + i * padded_in); };
-  Launch(api, ctx, pad);
-
-  std::vector<int32_t> offsets(rows);  // each kernel row (c, a) in a padded image
-  for (int64_t ch = 0; ch < s.c; ++ch)
-    for (int64_t a = 0; a < s.kh; ++a) offsets[ch * s.kh + a] = (ch * s.h + a) * (s.w + kRowLanes);
-  const int32_t* offset = offsets.data();
-  const Places in_padded(s, s.w + kRowLanes);
-  std::memset(dw, 0, sizeof(float) * s.K * s.fpad);
-  auto sums = std::make_shared<Work>();
-  sums->s = s;
-  sums->n = s.f;
-  sums->scratch = rows * kRowLanes + 2 * most;
-  sums->item = [=](int64_t f, float* scratch) {
-    float* sum = scratch;  // sum[(c, a)][kRowLanes]: lanes past kw are dropped below
-    float* gain = sum + rows * kRowLanes;
-    auto* place = reinterpret_cast<int32_t*>(gain + most);
-    int64_t count = 0;
-    for (int64_t i = 0; i < n; ++i) {
-      const float* g = grad + (i * s.f + f) * cells;
-      const int32_t* at = ties + (i * s.f + f) * cells;
-      for (int64_t q = 0; q < cells; ++q) {
-        if (g[q] == 0.0f) continue;
-        for (uint32_t mask = at[q]; mask; mask &= mask - 1) {
-          gain[count] = g[q];
-          place[count++] = static_cast<int32_t>(i * padded_in + in_padded(q, __builtin_ctz(mask)));
-        }
-      }
-    }
-    for (int64_t r = 0; r < rows; r += kMaxRows)
-      kSparseRows[std::min<int64_t>(kMaxRows, rows - r)](padded, offset + r, gain, place, count,
-                                                          sum + r * kRowLanes);
-    for (int64_t r = 0; r < rows; ++r)
-      for (int64_t b = 0; b < s.kw; ++b) dw[(r * s.kw + b) * s.fpad + f] = sum[r * kRowLanes + b];
-  };
-  Launch(api, ctx, sums);
-}
-
 // args: images (n, c, h, w), ties (n, f, qh, qw) int32, grad (n, f, qh, qw) (of pooled);
-// result: dw (c*kh*kw, fpad), the gradient of the weights in ConvnetConvPool's layout.
+// result: dw (f, c, kh, kw), the gradient of the filters, in their own layout (unflipped).
 extern "C" XLA_FFI_Error* ConvnetConvPoolGradW(XLA_FFI_CallFrame* frame) {
   const XLA_FFI_Api* api = frame->api;
   if (Answered(frame)) return nullptr;
@@ -670,54 +720,39 @@ extern "C" XLA_FFI_Error* ConvnetConvPoolGradW(XLA_FFI_CallFrame* frame) {
   const XLA_FFI_Buffer* images = Float32Buffer(frame->args.args[0], 4);
   const XLA_FFI_Buffer* where = Int32Buffer(frame->args.args[1], 4);
   const XLA_FFI_Buffer* grad = Float32Buffer(frame->args.args[2], 4);
-  const XLA_FFI_Buffer* dw = Float32Buffer(frame->rets.rets[0], 2);
+  const XLA_FFI_Buffer* dw = Float32Buffer(frame->rets.rets[0], 4);
   if (images == nullptr || where == nullptr || grad == nullptr || dw == nullptr)
     return Fail(api, "conv_pool_grad_w: expected float32 images, int32 where, float32 grad");
   int64_t kh, kw, ph, pw;
   if (!Window(frame, &kh, &kw, &ph, &pw))
     return Fail(api, "conv_pool_grad_w: expected int64 attributes kh, kw, ph, pw");
   auto work = std::make_shared<Work>();
-  if (!Derive(images->dims, grad->dims, kh, kw, ph, pw, dw->dims[1], &work->s) ||
-      dw->dims[0] != work->s.K || std::memcmp(where->dims, grad->dims, 4 * sizeof(int64_t)))
+  const int64_t fpad = (grad->dims[1] + kLanes - 1) / kLanes * kLanes;  // unused here
+  const int64_t filters[4] = {grad->dims[1], images->dims[1], kh, kw};
+  if (!Derive(images->dims, grad->dims, kh, kw, ph, pw, fpad, &work->s) ||
+      std::memcmp(dw->dims, filters, sizeof(filters)) ||
+      std::memcmp(where->dims, grad->dims, 4 * sizeof(int64_t)))
     return Fail(api, "conv_pool_grad_w: inconsistent shapes");
   const Shape& s = work->s;
   const float* x = static_cast<const float*>(images->data);
   const int32_t* at = static_cast<const int32_t*>(where->data);
   const float* g = static_cast<const float*>(grad->data);
   float* total = static_cast<float*>(dw->data);
-  const int64_t in = s.c * s.h * s.w, cells = s.f * s.qh * s.qw;
-  work->n = images->dims[0];
-  if (RowsFitVector(s, work->n)) {
-    WeightGradientSparse(api, frame->ctx, s, work->n, x, at, g, total);
-    return nullptr;
-  }
-  // Each image's gradient on its own, then summed in image order: the same float sums
-  // whatever the number of threads, so runs (and resumed runs) repeat bit for bit.
-  const int64_t size = s.K * s.fpad;
-  work->scratch = s.P * s.fpad;
-  std::vector<float> each(std::max<int64_t>(1, work->n) * size, 0.0f);
-  float* own = each.data();
-  Work* self = work.get();
-  work->item = [=](int64_t i, float* scratch) {
-    Unpool(s, at + i * cells, g + i * cells, scratch);
-    AddWeightGradient(s, self->tap.data(), self->pos.data(), x + i * in, scratch,
-                      own + i * size);
-  };
-  Launch(api, frame->ctx, work);
-  for (int64_t i = 1; i < work->n; ++i)
-    for (int64_t k = 0; k < size; ++k) own[k] += own[i * size + k];
-  std::memcpy(total, own, sizeof(float) * size);
+  if (ShortRows(s))
+    WeightGradientByTaps(api, frame->ctx, s, images->dims[0], x, at, g, work, total);
+  else
+    WeightGradient(api, frame->ctx, s, images->dims[0], x, at, g, total);
   return nullptr;
 }
 
-// args: weights (c*kh*kw, fpad) as for ConvnetConvPool, ties and grad (n, f, qh, qw);
+// args: filters (f, c, kh, kw) in their own layout (unflipped), ties and grad (n, f, qh, qw);
 // result: dx (n, c, h, w), the gradient of the images.
 extern "C" XLA_FFI_Error* ConvnetConvPoolGradX(XLA_FFI_CallFrame* frame) {
   const XLA_FFI_Api* api = frame->api;
   if (Answered(frame)) return nullptr;
   if (frame->args.size != 3 || frame->rets.size != 1)
     return Fail(api, "conv_pool_grad_x: expected 3 arguments and 1 result");
-  const XLA_FFI_Buffer* weights = Float32Buffer(frame->args.args[0], 2);
+  const XLA_FFI_Buffer* weights = Float32Buffer(frame->args.args[0], 4);
   const XLA_FFI_Buffer* ties = Int32Buffer(frame->args.args[1], 4);
   const XLA_FFI_Buffer* grad = Float32Buffer(frame->args.args[2], 4);
   const XLA_FFI_Buffer* dx = Float32Buffer(frame->rets.rets[0], 4);
@@ -727,8 +762,11 @@ extern "C" XLA_FFI_Error* ConvnetConvPoolGradX(XLA_FFI_CallFrame* frame) {
   if (!Window(frame, &kh, &kw, &ph, &pw))
     return Fail(api, "conv_pool_grad_x: expected int64 attributes kh, kw, ph, pw");
   auto work = std::make_shared<Work>();
-  if (!Derive(dx->dims, grad->dims, kh, kw, ph, pw, weights->dims[1], &work->s) ||
-      weights->dims[0] != work->s.K || std::memcmp(ties->dims, grad->dims, 4 * sizeof(int64_t)))
+  const int64_t fpad = (grad->dims[1] + kLanes - 1) / kLanes * kLanes;  // unused here
+  const int64_t filters[4] = {grad->dims[1], dx->dims[1], kh, kw};
+  if (!Derive(dx->dims, grad->dims, kh, kw, ph, pw, fpad, &work->s) ||
+      std::memcmp(weights->dims, filters, sizeof(filters)) ||
+      std::memcmp(ties->dims, grad->dims, 4 * sizeof(int64_t)))
     return Fail(api, "conv_pool_grad_x: inconsistent shapes");
   const Shape& s = work->s;
   const float* w = static_cast<const float*>(weights->data);
@@ -736,24 +774,15 @@ extern "C" XLA_FFI_Error* ConvnetConvPoolGradX(XLA_FFI_CallFrame* frame) {
   const float* g = static_cast<const float*>(grad->data);
   float* out = static_cast<float*>(dx->data);
   const int64_t in = s.c * s.h * s.w, cells = s.f * s.qh * s.qw;
-  const int64_t ppad = (s.P + kLanes - 1) / kLanes * kLanes;
+  const Runs r = RunsOf(s);
+  const std::vector<float> wt = FilterMajorWeights(s, r, w);
+  const float* filter_major = wt.data();
   work->n = dx->dims[0];
-  if (ChannelsFitVectors(s)) {
-    const std::vector<float> wt = FilterMajorWeights(s, w);
-    const std::vector<int64_t> taps = TapCells(s);
-    const float* filter_major = wt.data();
-    const int64_t* tap_cell = taps.data();
-    work->scratch = SparseImageScratch(s);
-    work->item = [=](int64_t i, float* scratch) {
-      ImageGradientSparse(s, filter_major, tap_cell, at + i * cells, g + i * cells, scratch,
-                          out + i * in);
-    };
-    Launch(api, frame->ctx, work);
-    return nullptr;
-  }
-  work->scratch = (s.f + s.K) * ppad;
+  work->scratch = ImageScratch(s, r);
+  const auto places = std::make_shared<Places>(s, s.ow, 1);  // conv positions
   work->item = [=](int64_t i, float* scratch) {
-    AddImageGradient(s, ppad, w, at + i * cells, g + i * cells, scratch, out + i * in);
+    ImageGradient(s, r, *places, filter_major, at + i * cells, g + i * cells, scratch,
+                  out + i * in);
   };
   Launch(api, frame->ctx, work);
   return nullptr;
