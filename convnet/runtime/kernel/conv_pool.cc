@@ -257,12 +257,11 @@ constexpr int RowsAtOnce(int vectors) {
   return std::min(8, std::max(1, kAccumulators / vectors));
 }
 
-// out[a * out_row + v * L] += sum over entries e of gain[e] * table[base[e] + a * row +
-// v * L], for rows a < rows <= RowsAtOnce(V) and V segments of L lanes: the sums live in
-// registers while the entries stream by, in entry order, so runs repeat bit for bit. With
-// Continue the sums go on from out's values (out = out + e0 + e1 + ...), else they start
-// at zero and are added onto out once (out + (e0 + e1 + ...)).
-template <typename Vec, int V, bool Continue>
+// out[a * out_row + v * L] goes on summing gain[e] * table[base[e] + a * row + v * L] over
+// the entries e in order (out = out + e0 + e1 + ...), for rows a < rows <= RowsAtOnce(V) and
+// V segments of L lanes: the sums live in registers while the entries stream by, so runs
+// repeat bit for bit.
+template <typename Vec, int V>
 __attribute__((noinline)) void SumRuns(const float* table, int64_t row, int64_t rows,
                                        const int64_t* base, const float* gain, int64_t count,
                                        float* out, int64_t out_row) {
@@ -274,7 +273,7 @@ __attribute__((noinline)) void SumRuns(const float* table, int64_t row, int64_t 
 #pragma GCC unroll 8
     for (int v = 0; v < V; ++v) {
       acc[a][v] = Vec{};
-      if (Continue && a < rows) std::memcpy(&acc[a][v], out + a * out_row + v * L, sizeof(Vec));
+      if (a < rows) std::memcpy(&acc[a][v], out + a * out_row + v * L, sizeof(Vec));
     }
   for (int64_t e = 0; e < count; ++e) {
     const float* at = table + base[e];
@@ -292,36 +291,26 @@ __attribute__((noinline)) void SumRuns(const float* table, int64_t row, int64_t 
   }
   for (int a = 0; a < rows; ++a)
 #pragma GCC unroll 8
-    for (int v = 0; v < V; ++v) {
-      Vec sum = acc[a][v];
-      if (!Continue) {
-        std::memcpy(&sum, out + a * out_row + v * L, sizeof(Vec));
-        sum += acc[a][v];
-      }
-      std::memcpy(out + a * out_row + v * L, &sum, sizeof(Vec));
-    }
+    for (int v = 0; v < V; ++v) std::memcpy(out + a * out_row + v * L, &acc[a][v], sizeof(Vec));
 }
 
 using SumRunsFn = void (*)(const float*, int64_t, int64_t, const int64_t*, const float*,
                            int64_t, float*, int64_t);
 
-template <bool Continue>
 SumRunsFn SumRunsFor(const Runs& r, int vectors) {
   static constexpr SumRunsFn kSums[] = {
-      nullptr,                       SumRuns<vec, 1, Continue>, SumRuns<vec, 2, Continue>,
-      SumRuns<vec, 3, Continue>,     SumRuns<vec, 4, Continue>, SumRuns<vec, 5, Continue>,
-      SumRuns<vec, 6, Continue>,     SumRuns<vec, 7, Continue>, SumRuns<vec, 8, Continue>};
-  return r.lanes == kLanes ? kSums[vectors] : SumRuns<row_vec, 1, Continue>;
+      nullptr,          SumRuns<vec, 1>, SumRuns<vec, 2>, SumRuns<vec, 3>, SumRuns<vec, 4>,
+      SumRuns<vec, 5>,  SumRuns<vec, 6>, SumRuns<vec, 7>, SumRuns<vec, 8>};
+  return r.lanes == kLanes ? kSums[vectors] : SumRuns<row_vec, 1>;
 }
 
-// All kh runs of the entries' windows (table rows `row` floats apart) summed onto out (rows
-// out_row apart), a block of segments at a time.
-template <bool Continue>
+// All kh runs of the entries' windows (table rows `row` floats apart) summed on into out
+// (rows out_row apart), a block of segments at a time.
 void SumAllRuns(const Runs& r, int64_t kh, const float* table, int64_t row, const int64_t* base,
                 const float* gain, int64_t count, float* out, int64_t out_row) {
   for (int64_t v0 = 0; v0 < r.vectors; v0 += kMaxRunVectors) {
     const int vectors = static_cast<int>(std::min<int64_t>(kMaxRunVectors, r.vectors - v0));
-    const SumRunsFn sum = SumRunsFor<Continue>(r, vectors);
+    const SumRunsFn sum = SumRunsFor(r, vectors);
     const int64_t rows = RowsAtOnce(vectors);
     for (int64_t a0 = 0; a0 < kh; a0 += rows)
       sum(table + a0 * row + v0 * r.lanes, row, std::min(rows, kh - a0), base, gain, count,
@@ -335,6 +324,55 @@ inline uint32_t MaximaWithGradient(float grad, int32_t ties) {
   uint32_t bits;
   std::memcpy(&bits, &grad, sizeof(bits));
   return static_cast<uint32_t>(ties) & (0u - static_cast<uint32_t>((bits << 1) != 0));
+}
+
+// Kernel row a of the images' gradient: for every conv position p, its maxima's sums
+// sum over e in [start[p], start[p + 1]) of gain[e] * wt_row[base[e] + v * L] added onto
+// the image at out + ((y * w + x) * c + v * L), V segments of L lanes. One call a row, so
+// that the few maxima of a position (a filter in five, behind dropout and ReLU) do not
+// each pay for a call; a position without any adds zeros, with no branch to mispredict.
+template <typename Vec, int V>
+__attribute__((noinline)) void AddRowOfPositions(const float* wt_row, const int64_t* start,
+                                                 const int64_t* base, const float* gain,
+                                                 int64_t oh, int64_t ow, int64_t w, int64_t c,
+                                                 float* out) {
+  constexpr int L = sizeof(Vec) / sizeof(float);
+  for (int64_t y = 0; y < oh; ++y)
+    for (int64_t x = 0; x < ow; ++x) {
+      const int64_t p = y * ow + x;
+      Vec acc[V];
+#pragma GCC unroll 8
+      for (int v = 0; v < V; ++v) acc[v] = Vec{};
+      for (int64_t e = start[p]; e < start[p + 1]; ++e) {
+        const float* at = wt_row + base[e];
+        const float g = gain[e];
+#pragma GCC unroll 8
+        for (int v = 0; v < V; ++v) {
+          Vec x_;
+          std::memcpy(&x_, at + v * L, sizeof(Vec));
+          acc[v] += g * x_;
+        }
+      }
+      float* to = out + (y * w + x) * c;
+#pragma GCC unroll 8
+      for (int v = 0; v < V; ++v) {
+        Vec old;
+        std::memcpy(&old, to + v * L, sizeof(Vec));
+        old += acc[v];
+        std::memcpy(to + v * L, &old, sizeof(Vec));
+      }
+    }
+}
+
+using AddRowFn = void (*)(const float*, const int64_t*, const int64_t*, const float*, int64_t,
+                          int64_t, int64_t, int64_t, float*);
+
+AddRowFn AddRowFor(const Runs& r, int vectors) {
+  static constexpr AddRowFn kAdd[] = {
+      nullptr,                      AddRowOfPositions<vec, 1>, AddRowOfPositions<vec, 2>,
+      AddRowOfPositions<vec, 3>,    AddRowOfPositions<vec, 4>, AddRowOfPositions<vec, 5>,
+      AddRowOfPositions<vec, 6>,    AddRowOfPositions<vec, 7>, AddRowOfPositions<vec, 8>};
+  return r.lanes == kLanes ? kAdd[vectors] : AddRowOfPositions<row_vec, 1>;
 }
 
 // The filters as wt[f][a][pad]: filter f's kernel row a (flipped, as the convolution reads
@@ -410,14 +448,8 @@ void ImageGradient(const Shape& s, const Runs& r, const Places& places, const fl
   for (int64_t a = s.kh - 1; a >= 0; --a)
     for (int64_t v0 = 0; v0 < r.vectors; v0 += kMaxRunVectors) {
       const int vectors = static_cast<int>(std::min<int64_t>(kMaxRunVectors, r.vectors - v0));
-      const SumRunsFn sum = SumRunsFor<false>(r, vectors);
-      for (int64_t y = 0; y < s.oh; ++y)
-        for (int64_t x = 0; x < s.ow; ++x) {
-          const int64_t p = y * s.ow + x;
-          if (start[p + 1] > start[p])
-            sum(wt + a * r.pad + v0 * r.lanes, r.pad, 1, base + start[p], gain + start[p],
-                start[p + 1] - start[p], image + ((y + a) * s.w + x) * s.c + v0 * r.lanes, r.row);
-        }
+      AddRowFor(r, vectors)(wt + a * r.pad + v0 * r.lanes, start, base, gain, s.oh, s.ow, s.w,
+                            s.c, image + a * r.row + v0 * r.lanes);
     }
   Transpose(image, s.c, s.h * s.w, s.c, dx, s.h * s.w);
 }
@@ -683,7 +715,7 @@ void WeightGradient(const XLA_FFI_Api* api, XLA_FFI_ExecutionContext* ctx, const
             }
           }
         }
-        SumAllRuns<true>(r, s.kh, hwc, r.row, base, gain, count, sum + (f - first) * size, r.pad);
+        SumAllRuns(r, s.kh, hwc, r.row, base, gain, count, sum + (f - first) * size, r.pad);
       }
     for (int64_t f = first; f < last; ++f) {
       const float* from = sum + (f - first) * size;
