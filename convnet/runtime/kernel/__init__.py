@@ -9,10 +9,11 @@ this text is about.
 Under JAX on a CPU a conv layer is ``conv_pool.cc`` instead of XLA's im2col, GEMM and
 pooling passes: its evaluation output is one call (convolution + max-pooling, the image
 read in place); its training output is one call that also marks where each window's
-maxima are, and its gradients are one call each, read off those maxima alone (the other
+maxima are, and its gradients are one call each, read off those maxima (the other
 places of a window get no gradient). Why: net C's 10,000-image evaluation pass took
 0.26 s against XLA's 0.70 s on two cores (benchmarks/RESULTS.md, "The evaluation pass:
-convnet's own kernel"); the training step: "The fused conv-pool training kernel".
+convnet's own kernel"); the training step: "The fused conv-pool training kernel" and
+"The conv kernel's gradients".
 
 The source is compiled with the system C++ compiler (``$CXX``, else ``c++``, ``g++`` or
 ``clang++``) for this CPU (``-march=native``), against the XLA FFI headers that jaxlib
