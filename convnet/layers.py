@@ -428,11 +428,7 @@ class ConvPoolLayer(Layer):
                 implementation = "patches"
             conv = ops.conv2d(images, self.w, implementation=implementation, **shapes)
             pooled = ops.max_pool(conv, image_shape=self._conv_shape, poolsize=self.poolsize)
-        # The bias and activation over (n, f, qh * qw), the same values: XLA's fusion of the
-        # activation's gradient with the bias's sum ran 2.6x faster on that shape than on
-        # 12-wide rows (benchmarks/RESULTS.md, "The conv kernel's gradients").
-        flat = pooled.reshape((pooled.shape[0], self.filter_shape[0], -1))
-        return self.activation_fn(flat + self.b.dimshuffle("x", 0, "x")).reshape(pooled.shape)
+        return self.activation_fn(pooled + self.b.dimshuffle("x", 0, "x", "x"))
 
     def describe(self) -> dict[str, object]:
         return {
