@@ -52,6 +52,7 @@ inline void Store(float* p, V v) { _mm512_storeu_ps(p, v); }
 inline void StoreMasked(float* p, V v, Mask m) { _mm512_mask_storeu_ps(p, m, v); }
 inline V Broadcast(const float* p) { return _mm512_set1_ps(*p); }
 inline V Fma(V a, V b, V c) { return _mm512_fmadd_ps(a, b, c); }
+inline V Fnma(V a, V b, V c) { return _mm512_fnmadd_ps(a, b, c); }  // c - a * b
 inline float Sum(V v) { return _mm512_reduce_add_ps(v); }
 inline V _add(V a, V b) { return _mm512_add_ps(a, b); }
 inline V _sub(V a, V b) { return _mm512_sub_ps(a, b); }
@@ -71,6 +72,7 @@ inline void Store(float* p, V v) { _mm256_storeu_ps(p, v); }
 inline void StoreMasked(float* p, V v, Mask m) { _mm256_maskstore_ps(p, m, v); }
 inline V Broadcast(const float* p) { return _mm256_broadcast_ss(p); }
 inline V Fma(V a, V b, V c) { return _mm256_fmadd_ps(a, b, c); }
+inline V Fnma(V a, V b, V c) { return _mm256_fnmadd_ps(a, b, c); }
 inline V _add(V a, V b) { return _mm256_add_ps(a, b); }
 inline V _sub(V a, V b) { return _mm256_sub_ps(a, b); }
 inline V _mul(V a, V b) { return _mm256_mul_ps(a, b); }
@@ -80,6 +82,14 @@ inline float Sum(V v) {
   return _mm_cvtss_f32(_mm_add_ss(s, _mm_movehdup_ps(s)));
 }
 #endif
+
+// A product rounded to float before it is added: left to itself the compiler may fuse a
+// product and a sum into one multiply-add, by a choice that changes with the code around
+// it (and the weights with it). Every other product here is an explicit multiply-add.
+inline V Rounded(V product) {
+  __asm__("" : "+v"(product));
+  return product;
+}
 
 // The most rows of x (or g) one pass keeps in registers; more are taken in blocks.
 constexpr int kRows = 12;
@@ -127,7 +137,8 @@ std::shared_ptr<Aligned> LineAligned(Matrix* m) {
 
 // The step's rule: plain SGD, w' = w - eta * grad, where grad = dw + decay * w; with a
 // velocity v (momentum mu), v' = mu * v - eta * grad and w' = w + v' (classical) or
-// w' = w + mu * v' - eta * grad (Nesterov's), as convnet.optimizers.SGD writes them.
+// w' = w + mu * v' - eta * grad (Nesterov's), as convnet.optimizers.SGD writes them; each
+// product and the sum after it is one multiply-add (one rounding), mu * v excepted.
 struct Rule {
   float eta, decay, mu;
   bool nesterov;
@@ -192,17 +203,17 @@ void SgdRowCase(Matrix x, Matrix g, const float* w, float* dx, float* w_new, flo
       V result = dw[u];
       float* target = partial + at;
       if (kLast) {
-        const V grad = _add(dw[u], _mul(decays, wv[u]));
+        const V grad = Fma(decays, wv[u], dw[u]);
         if (vrow == nullptr) {
-          result = _sub(wv[u], _mul(etas, grad));
+          result = Fnma(etas, grad, wv[u]);
         } else {
           const V v = tail ? LoadMasked(vrow + at, masks[u]) : Load(vrow + at);
-          const V velocity = _sub(_mul(mus, v), _mul(etas, grad));
+          const V velocity = Fnma(etas, grad, Rounded(_mul(mus, v)));
           if (tail)
             StoreMasked(vout + at, velocity, masks[u]);
           else
             Store(vout + at, velocity);
-          result = rule.nesterov ? _sub(_add(wv[u], _mul(mus, velocity)), _mul(etas, grad))
+          result = rule.nesterov ? Fnma(etas, grad, Fma(mus, velocity, wv[u]))
                                  : _add(wv[u], velocity);
         }
         target = out + at;
