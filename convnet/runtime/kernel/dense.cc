@@ -147,6 +147,38 @@ struct Rule {
   float* squares;  // sum(w * w) of each row before the step; nullptr: not asked for
 };
 
+// out[r * stride] = Sum(v[r]) for r < R, each added in Sum's order (halves, quarters, pairs,
+// then the last two), with AVX-512 four vectors per instruction: summed one at a time,
+// the fused pass took ~1.03x the time.
+template <int R>
+inline void Sums(const V* v, float* out, int64_t stride) {
+#ifdef __AVX512F__
+  constexpr int P = (R + 1) / 2, Q = (P + 1) / 2;
+  V halves[P], quarters[Q];
+#pragma GCC unroll 8
+  for (int p = 0; p < P; ++p) {  // [v[2p]'s halves' sums, v[2p + 1]'s]
+    const V a = v[2 * p], b = 2 * p + 1 < R ? v[2 * p + 1] : Zero();
+    halves[p] = _add(_mm512_shuffle_f32x4(a, b, 0xEE), _mm512_shuffle_f32x4(a, b, 0x44));
+  }
+#pragma GCC unroll 4
+  for (int q = 0; q < Q; ++q) {  // the quarters' sums of four vectors
+    const V a = halves[2 * q], b = 2 * q + 1 < P ? halves[2 * q + 1] : Zero();
+    quarters[q] = _add(_mm512_shuffle_f32x4(a, b, 0xDD), _mm512_shuffle_f32x4(a, b, 0x88));
+  }
+#pragma GCC unroll 4
+  for (int q = 0; q < Q; ++q) {
+    const V pairs = _add(quarters[q], _mm512_permute_ps(quarters[q], 0x4E));
+    alignas(64) float lanes[16];
+    _mm512_store_ps(lanes, _add(pairs, _mm512_permute_ps(pairs, 0xB1)));
+#pragma GCC unroll 4
+    for (int r = 4 * q; r < std::min(R, 4 * q + 4); ++r) out[r * stride] = lanes[(r - 4 * q) * 4];
+  }
+#else
+#pragma GCC unroll 16
+  for (int r = 0; r < R; ++r) out[r * stride] = Sum(v[r]);
+#endif
+}
+
 // Row kk of the fused pass, for rows i0..i0+R of x and g: dx[i, kk] for those i, and the
 // weights' gradient summed over them into `partial` (n floats); on the last block of rows
 // (kLast), the step of row kk (and of its velocity) instead. kFirst: the block of rows
@@ -232,8 +264,7 @@ void SgdRowCase(Matrix x, Matrix g, const float* w, float* dx, float* w_new, flo
   for (; j + U * kLanes <= n; j += U * kLanes) step(j, Whole{}, std::integral_constant<int, U>{});
   for (; j + kLanes <= n; j += kLanes) step(j, Whole{}, One{});
   if (j < n) step(j, std::true_type{}, One{});
-#pragma GCC unroll 16
-  for (int r = 0; r < R; ++r) dx[(i0 + r) * k + kk] = Sum(acc[r]);
+  Sums<R>(acc, dx + i0 * k + kk, k);
   if (kNorm) rule.squares[kk] = Sum(squares);
 }
 
