@@ -535,124 +535,139 @@ XLA_FFI_Error* Forward(XLA_FFI_CallFrame* frame, bool train) {
 // layer), as a GEMM over the window places ----------------------------------------------
 // With one channel a maximum's run is 5 floats, and most windows have a gradient (no
 // dropout before the first layer) and, over MNIST's blank border, four maxima: listing
-// the maxima costs more than it saves. Here every place of every window is a row of
-// `spread` (the window's gradient where the place holds a maximum, else zero), taken in
-// the order of the maxima lists (window by window, place by place), and
-// dw[k][f] = sum over rows j of image[tap[k] + position[j]] * spread[j][f]
-// runs vectorised over the filters, a block of taps at a time. Adding the zeros changes
-// no sum's bits (x + 0 = x, and a sum that starts at +0 never becomes -0), so this is the
-// maxima lists' sum exactly.
-constexpr int kTapAccumulators = kAccumulators + 2;  // and J vectors of spread, a broadcast
+// the maxima costs more than it saves. Here every place of every window is a row j,
+// taken in the order of the maxima lists (window by window, place by place), and
+// dw[k][f] = sum over rows j of image[tap[k] + position[j]] * gain[j's window][f]
+// over the filters whose maximum is at j's place, by multiply-adds masked to those filters
+// (a masked lane keeps its sum), vectorised over the filters, a block of taps at a time:
+// the maxima lists' sums exactly. Only with AVX-512 (16 lanes, mask registers): with 8
+// lanes a maximum's run fits one vector, and the lists are the faster form.
+constexpr int kTapAccumulators = kAccumulators + 2;  // and J vectors of gain, a broadcast
 
 constexpr int TapsAtOnce(int vectors) { return std::max(1, kTapAccumulators / vectors); }
 
-// dw[r][v] (running sums, rows `ld` floats apart) += sum over rows j < count of
-// image[tap[r] + position[j]] * spread[j][v], for taps r < taps <= TapsAtOnce(J).
+#ifdef __AVX512F__
+// One image's gains (window q's gradient, [q][fpad]) and, for row j = q * places + bit and
+// filter vector v, the lanes whose maximum is at place `bit`: masks[j * vectors + v].
+struct TapRows {
+  const float* gain;
+  const __mmask16* masks;
+  int64_t masks_per_row;
+};
+
+// dw[r][v] (running sums, rows `ld` floats apart) += sum over rows j of
+// image[tap[r] + position[j]] * gain[j / places][v], lanes masked, for taps r < taps <=
+// TapsAtOnce(J), over `cells` windows of `places` rows.
 template <int J>
 __attribute__((noinline)) void SumTaps(const float* image, const int64_t* tap, int64_t taps,
-                                       const int64_t* position, const float* spread,
-                                       int64_t count, float* dw, int64_t ld) {
+                                       const int64_t* position, TapRows rows, int64_t cells,
+                                       int64_t places, int64_t fpad, float* dw) {
   constexpr int R = TapsAtOnce(J);
-  vec acc[R][J];
+  __m512 acc[R][J];
   const float* at[R];
 #pragma GCC unroll 32
   for (int r = 0; r < R; ++r) {
     at[r] = image + tap[std::min<int64_t>(r, taps - 1)];
 #pragma GCC unroll 8
-    for (int v = 0; v < J; ++v) std::memcpy(&acc[r][v], dw + std::min<int64_t>(r, taps - 1) * ld + v * kLanes, sizeof(vec));
+    for (int v = 0; v < J; ++v)
+      acc[r][v] = _mm512_loadu_ps(dw + std::min<int64_t>(r, taps - 1) * fpad + v * kLanes);
   }
-  for (int64_t j = 0; j < count; ++j) {
-    vec g[J];
+  const __mmask16* mask = rows.masks;
+  for (int64_t q = 0; q < cells; ++q) {
+    __m512 g[J];
 #pragma GCC unroll 8
-    for (int v = 0; v < J; ++v) std::memcpy(&g[v], spread + j * ld + v * kLanes, sizeof(vec));
-    const int64_t p = position[j];
+    for (int v = 0; v < J; ++v) g[v] = _mm512_loadu_ps(rows.gain + q * fpad + v * kLanes);
+    for (int64_t bit = 0; bit < places; ++bit, mask += rows.masks_per_row) {
+      const int64_t p = *position++;
 #pragma GCC unroll 32
-    for (int r = 0; r < R; ++r) {
-      if (r >= taps) break;
-      const float pixel = at[r][p];
+      for (int r = 0; r < R; ++r) {  // all R: a short block's last tap is taken again, unkept
+        const __m512 pixel = _mm512_set1_ps(at[r][p]);
 #pragma GCC unroll 8
-      for (int v = 0; v < J; ++v) acc[r][v] += pixel * g[v];
+        for (int v = 0; v < J; ++v) acc[r][v] = _mm512_mask3_fmadd_ps(pixel, g[v], acc[r][v], mask[v]);
+      }
     }
   }
-  for (int r = 0; r < taps; ++r)
+#pragma GCC unroll 32
+  for (int r = 0; r < R; ++r)
 #pragma GCC unroll 8
-    for (int v = 0; v < J; ++v) std::memcpy(dw + r * ld + v * kLanes, &acc[r][v], sizeof(vec));
+    for (int v = 0; v < J; ++v)
+      if (r < taps) _mm512_storeu_ps(dw + r * fpad + v * kLanes, acc[r][v]);
 }
 
-using SumTapsFn = void (*)(const float*, const int64_t*, int64_t, const int64_t*, const float*,
-                           int64_t, float*, int64_t);
+using SumTapsFn = void (*)(const float*, const int64_t*, int64_t, const int64_t*, TapRows,
+                           int64_t, int64_t, int64_t, float*);
 constexpr SumTapsFn kSumTaps[] = {nullptr,    SumTaps<1>, SumTaps<2>, SumTaps<3>,
                                   SumTaps<4>, SumTaps<5>, SumTaps<6>};
 constexpr int64_t kMaxTapVectors = 6;
 
-bool ShortRows(const Shape& s) { return s.kw * s.c <= kRowLanes && kLanes > kRowLanes; }
+bool ShortRows(const Shape& s) { return s.kw * s.c <= kRowLanes; }
 
-// One image's spread[j][fpad], j = q * ph * pw + bit: window q's gradient where place `bit`
-// holds one of its maxima, vectorised over the filters (from grad and ties transposed to
-// [q][fpad] first).
-void Spread(const Shape& s, const int32_t* ties, const float* grad, float* scratch,
-            float* spread) {
-  typedef int32_t ivec __attribute__((vector_size(4 * kLanes)));
-  const int64_t cells = s.qh * s.qw, places = s.ph * s.pw;
-  float* g = scratch;
-  auto* t = reinterpret_cast<int32_t*>(g + cells * s.fpad);
-  std::memset(g, 0, sizeof(float) * 2 * cells * s.fpad);
-  Transpose(grad, cells, s.f, cells, g, s.fpad);
+// One image's TapRows: grad and ties transposed to [q][fpad], then each row's masks.
+void TapRowsOf(const Shape& s, const int32_t* ties, const float* grad, float* scratch,
+               float* gain, __mmask16* masks) {
+  const int64_t cells = s.qh * s.qw, places = s.ph * s.pw, vectors = s.fpad / kLanes;
+  auto* t = reinterpret_cast<int32_t*>(scratch);
+  std::memset(gain, 0, sizeof(float) * cells * s.fpad);
+  std::memset(t, 0, sizeof(float) * cells * s.fpad);
+  Transpose(grad, cells, s.f, cells, gain, s.fpad);
   Transpose(reinterpret_cast<const float*>(ties), cells, s.f, cells, reinterpret_cast<float*>(t),
             s.fpad);
   for (int64_t q = 0; q < cells; ++q)
     for (int64_t bit = 0; bit < places; ++bit)
-      for (int64_t v = 0; v < s.fpad; v += kLanes) {
-        ivec held, gain;
-        std::memcpy(&held, t + q * s.fpad + v, sizeof(ivec));
-        std::memcpy(&gain, g + q * s.fpad + v, sizeof(ivec));
-        const ivec mask = (held & static_cast<int32_t>(1u << bit)) != 0;
-        const ivec out = gain & mask;
-        std::memcpy(spread + (q * places + bit) * s.fpad + v, &out, sizeof(ivec));
-      }
+      for (int64_t v = 0; v < vectors; ++v)
+        *masks++ = _mm512_test_epi32_mask(_mm512_loadu_si512(t + q * s.fpad + v * kLanes),
+                                          _mm512_set1_epi32(static_cast<int32_t>(1u << bit)));
 }
 
-// The batch's weight gradient by taps: each image's spread first (over the images), then
+// The batch's weight gradient by taps: each image's TapRows first (over the images), then
 // each block of taps sums over the images in order (over the blocks), so runs repeat bit
 // for bit on any number of threads.
 void WeightGradientByTaps(const XLA_FFI_Api* api, XLA_FFI_ExecutionContext* ctx,
                           const Shape& s, int64_t n, const float* images, const int32_t* ties,
                           const float* grad, std::shared_ptr<Work> work, float* dw) {
-  const int64_t in = s.c * s.h * s.w, cells = s.qh * s.qw, rows = cells * s.ph * s.pw;
-  std::unique_ptr<float[]> spreads(new float[std::max<int64_t>(1, n * rows * s.fpad)]);
-  float* spread = spreads.get();
+  const int64_t in = s.c * s.h * s.w, cells = s.qh * s.qw, places = s.ph * s.pw;
+  const int64_t rows = cells * places, vectors = s.fpad / kLanes;
+  std::unique_ptr<float[]> gains(new float[std::max<int64_t>(1, n * cells * s.fpad)]);
+  std::unique_ptr<__mmask16[]> all_masks(new __mmask16[std::max<int64_t>(1, n * rows * vectors)]);
+  float* gain = gains.get();
+  __mmask16* masks = all_masks.get();
   work->n = n;
-  work->scratch = 2 * cells * s.fpad;
+  work->scratch = cells * s.fpad;
   work->item = [=](int64_t i, float* scratch) {
-    Spread(s, ties + i * s.f * cells, grad + i * s.f * cells, scratch, spread + i * rows * s.fpad);
+    TapRowsOf(s, ties + i * s.f * cells, grad + i * s.f * cells, scratch,
+              gain + i * cells * s.fpad, masks + i * rows * vectors);
   };
   Launch(api, ctx, work);  // also fills work->tap
 
   std::vector<int64_t> positions(rows);  // row j's place in an image
   for (int64_t q = 0; q < cells; ++q)
-    for (int64_t bit = 0; bit < s.ph * s.pw; ++bit)
-      positions[q * s.ph * s.pw + bit] = (q / s.qw * s.ph + bit / s.pw) * s.w + q % s.qw * s.pw + bit % s.pw;
+    for (int64_t bit = 0; bit < places; ++bit)
+      positions[q * places + bit] = (q / s.qw * s.ph + bit / s.pw) * s.w + q % s.qw * s.pw + bit % s.pw;
   std::vector<float> sums(s.K * s.fpad, 0.0f);  // [tap][fpad], running over the images
   float* sum = sums.data();
   const int64_t* position = positions.data();
   const int64_t* tap = work->tap.data();
   // Blocks of taps and of filter vectors, each summing over all images.
-  std::vector<std::pair<int64_t, int64_t>> blocks;  // (first tap, first filter)
-  for (int64_t f0 = 0; f0 < s.fpad; f0 += kMaxTapVectors * kLanes) {
-    const int vectors = static_cast<int>(std::min<int64_t>(kMaxTapVectors, (s.fpad - f0) / kLanes));
-    for (int64_t k0 = 0; k0 < s.K; k0 += TapsAtOnce(vectors)) blocks.emplace_back(k0, f0);
+  std::vector<std::pair<int64_t, int64_t>> blocks;  // (first tap, first filter vector)
+  for (int64_t v0 = 0; v0 < vectors; v0 += kMaxTapVectors) {
+    const int count = static_cast<int>(std::min<int64_t>(kMaxTapVectors, vectors - v0));
+    for (int64_t k0 = 0; k0 < s.K; k0 += TapsAtOnce(count)) blocks.emplace_back(k0, v0);
   }
   auto sums_work = std::make_shared<Work>();
   sums_work->s = s;
   sums_work->n = static_cast<int64_t>(blocks.size());
   const std::pair<int64_t, int64_t>* block = blocks.data();
   sums_work->item = [=](int64_t b, float*) {
-    const auto [k0, f0] = block[b];
-    const int vectors = static_cast<int>(std::min<int64_t>(kMaxTapVectors, (s.fpad - f0) / kLanes));
-    const int64_t taps = std::min<int64_t>(TapsAtOnce(vectors), s.K - k0);
-    for (int64_t i = 0; i < n; ++i)
-      kSumTaps[vectors](images + i * in, tap + k0, taps, position, spread + i * rows * s.fpad + f0,
-                        rows, sum + k0 * s.fpad + f0, s.fpad);
+    const auto [k0, v0] = block[b];
+    const int count = static_cast<int>(std::min<int64_t>(kMaxTapVectors, vectors - v0));
+    const int64_t taps = std::min<int64_t>(TapsAtOnce(count), s.K - k0);
+    for (int64_t i = 0; i < n; ++i) {
+      // Row j's masks for this block's vectors start at j * vectors + v0.
+      const TapRows these{gain + i * cells * s.fpad + v0 * kLanes, masks + i * rows * vectors + v0,
+                          vectors};
+      kSumTaps[count](images + i * in, tap + k0, taps, position, these, cells, places, s.fpad,
+                      sum + k0 * s.fpad + v0 * kLanes);
+    }
   };
   xla_call::Launch(api, ctx, sums_work);
   for (int64_t f = 0; f < s.f; ++f)
@@ -662,6 +677,12 @@ void WeightGradientByTaps(const XLA_FFI_Api* api, XLA_FFI_ExecutionContext* ctx,
           dw[((f * s.c + ch) * s.kh + s.kh - 1 - a) * s.kw + s.kw - 1 - b] =
               sum[((ch * s.kh + a) * s.kw + b) * s.fpad + f];
 }
+#else
+bool ShortRows(const Shape&) { return false; }
+void WeightGradientByTaps(const XLA_FFI_Api*, XLA_FFI_ExecutionContext*, const Shape&, int64_t,
+                          const float*, const int32_t*, const float*, std::shared_ptr<Work>,
+                          float*) {}
+#endif
 
 // The batch's weight gradient read off the maxima: dw[f][c][a][b] += grad *
 // image[c][y + kh - 1 - a][x + kw - 1 - b] for each maximum (y, x) of filter f's windows (the
