@@ -98,52 +98,58 @@ struct Shape {
   int64_t c, h, w, kh, kw, ph, pw, f, fpad, oh, ow, qh, qw, K, P;
 };
 
-// One image's convolution into conv[P][fpad] (all filter groups).
-void ConvolveImage(const Shape& s, const int64_t* tap, const float* x, const float* w,
-                   float* conv) {
-  for (int64_t g = 0; g < s.fpad; g += kMaxVectors * kLanes) {
-    const int64_t vectors = std::min<int64_t>(kMaxVectors, (s.fpad - g) / kLanes);
-    kConvolve[vectors](x, s.w, s.oh, s.ow, tap, s.K, w + g, conv + g, s.fpad);
+// Max-pooling of pooled row i from `band` (conv rows i * ph.. of conv[P][fpad], ow
+// positions a row) into out (f, qh, qw), vectorised over the filters of each position;
+// with `ties`, also which places of each window hold its maximum (bit a*pw + b): the
+// backward pass sends the gradient to each of them, as Theano's pooling (the book's) and
+// PyTensor's max do, so flat regions (ReLU zeros, MNIST's blank border) train alike.
+void PoolRow(const Shape& s, float* band, int64_t i, float* out, int32_t* ties) {
+  typedef int32_t ivec __attribute__((vector_size(4 * kLanes)));
+  const int64_t vectors = s.fpad / kLanes;
+  float* best = band + s.ph * s.ow * s.fpad;  // a spare row after the products
+  int32_t* bits = reinterpret_cast<int32_t*>(best + s.fpad);
+  for (int64_t j = 0; j < s.qw; ++j) {
+    const int64_t first = j * s.pw;
+    for (int64_t v = 0; v < vectors; ++v) {
+      vec m;
+      std::memcpy(&m, band + first * s.fpad + v * kLanes, sizeof(vec));
+      for (int64_t a = 0; a < s.ph; ++a)
+        for (int64_t b = 0; b < s.pw; ++b) {
+          vec e;
+          std::memcpy(&e, band + (first + a * s.ow + b) * s.fpad + v * kLanes, sizeof(vec));
+          m = m > e ? m : e;
+        }
+      std::memcpy(best + v * kLanes, &m, sizeof(vec));
+      if (ties == nullptr) continue;
+      ivec mask = ivec{};
+      for (int64_t a = 0; a < s.ph; ++a)
+        for (int64_t b = 0; b < s.pw; ++b) {
+          vec e;
+          std::memcpy(&e, band + (first + a * s.ow + b) * s.fpad + v * kLanes, sizeof(vec));
+          mask |= (e == m) & static_cast<int32_t>(1u << (a * s.pw + b));
+        }
+      std::memcpy(bits + v * kLanes, &mask, sizeof(ivec));
+    }
+    for (int64_t f = 0; f < s.f; ++f) {
+      out[(f * s.qh + i) * s.qw + j] = best[f];
+      if (ties != nullptr) ties[(f * s.qh + i) * s.qw + j] = bits[f];
+    }
   }
 }
 
-// Max-pooling of conv[P][fpad] into out (f, qh, qw), vectorised over the filters of each
-// position; with `ties`, also which places of each window hold its maximum (bit a*pw + b):
-// the backward pass sends the gradient to each of them, as Theano's pooling (the book's)
-// and PyTensor's max do, so flat regions (ReLU zeros, MNIST's blank border) train alike.
-void Pool(const Shape& s, float* conv, float* out, int32_t* ties) {
-  typedef int32_t ivec __attribute__((vector_size(4 * kLanes)));
-  const int64_t vectors = s.fpad / kLanes;
-  float* best = conv + s.P * s.fpad;  // a spare row after the products
-  int32_t* bits = reinterpret_cast<int32_t*>(best + s.fpad);
-  for (int64_t i = 0; i < s.qh; ++i)
-    for (int64_t j = 0; j < s.qw; ++j) {
-      const int64_t first = i * s.ph * s.ow + j * s.pw;
-      for (int64_t v = 0; v < vectors; ++v) {
-        vec m;
-        std::memcpy(&m, conv + first * s.fpad + v * kLanes, sizeof(vec));
-        for (int64_t a = 0; a < s.ph; ++a)
-          for (int64_t b = 0; b < s.pw; ++b) {
-            vec e;
-            std::memcpy(&e, conv + (first + a * s.ow + b) * s.fpad + v * kLanes, sizeof(vec));
-            m = m > e ? m : e;
-          }
-        std::memcpy(best + v * kLanes, &m, sizeof(vec));
-        if (ties == nullptr) continue;
-        ivec mask = ivec{};
-        for (int64_t a = 0; a < s.ph; ++a)
-          for (int64_t b = 0; b < s.pw; ++b) {
-            vec e;
-            std::memcpy(&e, conv + (first + a * s.ow + b) * s.fpad + v * kLanes, sizeof(vec));
-            mask |= (e == m) & static_cast<int32_t>(1u << (a * s.pw + b));
-          }
-        std::memcpy(bits + v * kLanes, &mask, sizeof(ivec));
-      }
-      for (int64_t f = 0; f < s.f; ++f) {
-        out[(f * s.qh + i) * s.qw + j] = best[f];
-        if (ties != nullptr) ties[(f * s.qh + i) * s.qw + j] = bits[f];
-      }
+// One image's convolution and pooling, a band of ph conv rows (a pooled row) at a time:
+// the band's products (6 KB for the book's first layer) are pooled from L1, where the
+// whole image's (73 KB) went to L2 and back (pooling took about what the convolution
+// took). Conv rows past the last window (qh * ph and on) are not computed.
+void ConvolvePool(const Shape& s, const int64_t* tap, const float* x, const float* w,
+                  float* band, float* out, int32_t* ties) {
+  for (int64_t i = 0; i < s.qh; ++i) {
+    for (int64_t g = 0; g < s.fpad; g += kMaxVectors * kLanes) {
+      const int64_t vectors = std::min<int64_t>(kMaxVectors, (s.fpad - g) / kLanes);
+      kConvolve[vectors](x + i * s.ph * s.w, s.w, s.ph, s.ow, tap, s.K, w + g, band + g, s.fpad);
     }
+    PoolRow(s, band, i, out, ties);
+  }
 }
 
 // -- The gradients, read off each window's maxima ---------------------------------------
@@ -521,11 +527,11 @@ XLA_FFI_Error* Forward(XLA_FFI_CallFrame* frame, bool train) {
   int32_t* at = train ? static_cast<int32_t*>(where->data) : nullptr;
   const int64_t in = s.c * s.h * s.w, cells = s.f * s.qh * s.qw;
   work->n = images->dims[0];
-  work->scratch = (s.P + 2) * s.fpad;  // products, the best row and its positions
+  work->scratch = (s.ph * s.ow + 2) * s.fpad;  // a band's products, the best row, its places
   Work* self = work.get();
-  work->item = [=](int64_t i, float* conv) {
-    ConvolveImage(s, self->tap.data(), x + i * in, w, conv);
-    Pool(s, conv, out + i * cells, at == nullptr ? nullptr : at + i * cells);
+  work->item = [=](int64_t i, float* band) {
+    ConvolvePool(s, self->tap.data(), x + i * in, w, band, out + i * cells,
+                 at == nullptr ? nullptr : at + i * cells);
   };
   Launch(api, frame->ctx, work);
   return nullptr;
