@@ -94,7 +94,7 @@ inline V Rounded(V product) {
 // The most rows of x (or g) one pass keeps in registers; more are taken in blocks.
 constexpr int kRows = 12;
 // Rows of w the forward product takes per pass over its sums (32 streams to prefetch;
-// 16 took ~1.1x the time, the sums' loads and stores twice as many).
+// 16 was slower, with twice the sums' loads and stores).
 constexpr int kBlock = 32;
 // Rows of g (and the forward's sums) start on a cache line: strides round up to 16 floats.
 constexpr int64_t kLine = 16;
@@ -148,8 +148,8 @@ struct Rule {
 };
 
 // out[r * stride] = Sum(v[r]) for r < R, each added in Sum's order (halves, quarters, pairs,
-// then the last two), with AVX-512 four vectors per instruction: summed one at a time,
-// the fused pass took ~1.03x the time.
+// then the last two), with AVX-512 four vectors per instruction: one at a time, the
+// sums of a row were a measurable part of the fused pass.
 template <int R>
 inline void Sums(const V* v, float* out, int64_t stride) {
 #ifdef __AVX512F__
@@ -183,7 +183,7 @@ inline void Sums(const V* v, float* out, int64_t stride) {
 // weights' gradient summed over them into `partial` (n floats); on the last block of rows
 // (kLast), the step of row kk (and of its velocity) instead. kFirst: the block of rows
 // i0 == 0 (no partial sums yet); kNorm: sum(w * w) of the row asked for. The cases are
-// compiled apart: with their tests in the loop, the pass took ~1.15x the time.
+// compiled apart: with their tests in the loop, the pass was slower.
 template <int R, bool kFirst, bool kLast, bool kNorm>
 void SgdRowCase(Matrix x, Matrix g, const float* w, float* dx, float* w_new, float* partial,
                 int64_t i0, int64_t kk, const Rule& rule) {
@@ -257,7 +257,7 @@ void SgdRowCase(Matrix x, Matrix g, const float* w, float* dx, float* w_new, flo
     }
   };
   // U vectors at a time, then one at a time, then the masked rest: the same vectors in the
-  // same order as U at a time to the end (a masked U-vector tail took ~1.1x the time).
+  // same order as U at a time to the end (a masked U-vector tail was slower).
   using Whole = std::false_type;
   using One = std::integral_constant<int, 1>;
   int64_t j = 0;
