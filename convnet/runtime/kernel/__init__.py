@@ -12,8 +12,8 @@ read in place); its training output is one call that also marks where each windo
 maxima are, and its gradients are one call each, read off those maxima (the other
 places of a window get no gradient). Why: net C's 10,000-image evaluation pass took
 0.26 s against XLA's 0.70 s on two cores (benchmarks/RESULTS.md, "The evaluation pass:
-convnet's own kernel"); the training step: "The fused conv-pool training kernel" and
-"The conv kernel's gradients".
+convnet's own kernel"); the training step: "The fused conv-pool training kernel", "The
+conv kernel's gradients" and "The fourth round: the kernels' inner loops".
 
 The source is compiled with the system C++ compiler (``$CXX``, else ``c++``, ``g++`` or
 ``clang++``) for this CPU (``-march=native``), against the XLA FFI headers that jaxlib
