@@ -337,14 +337,18 @@ inline uint32_t MaximaWithGradient(float grad, int32_t ties) {
 // the image at out + ((y * w + x) * c + v * L), V segments of L lanes. One call a row, so
 // that the few maxima of a position (a filter in five, behind dropout and ReLU) do not
 // each pay for a call; a position without any adds zeros, with no branch to mispredict.
+// The positions go column by column (x outer): a position's run overlaps its left
+// neighbour's, and read back right after that neighbour's stores it waited for them to
+// reach the cache (a failed store forwarding) at every position. Positions of one column
+// write different image rows, so each cell still gets its sums in position order.
 template <typename Vec, int V>
 __attribute__((noinline)) void AddRowOfPositions(const float* wt_row, const int64_t* start,
                                                  const int64_t* base, const float* gain,
                                                  int64_t oh, int64_t ow, int64_t w, int64_t c,
                                                  float* out) {
   constexpr int L = sizeof(Vec) / sizeof(float);
-  for (int64_t y = 0; y < oh; ++y)
-    for (int64_t x = 0; x < ow; ++x) {
+  for (int64_t x = 0; x < ow; ++x)
+    for (int64_t y = 0; y < oh; ++y) {
       const int64_t p = y * ow + x;
       Vec acc[V];
 #pragma GCC unroll 8
