@@ -50,6 +50,14 @@ CASES = [  # (N, C, H, W), (F, kh, kw), pool: net C's layers, ragged borders, > 
     ((2, 30, 7, 7), (11, 3, 3), (2, 2)),
     ((1, 44, 6, 7), (5, 3, 2), (2, 2)),
     ((1, 50, 6, 6), (4, 2, 2), (2, 2)),
+    # The forward by bands of positions (few filters, wide rows; AVX-512): ragged windows of
+    # 3 x 2 on 2 channels, 16 pooled columns (a band's whole vector), 8 filters at a time
+    # (3 vectors a band), windows of 3 x 1 with a ragged last band (net C's first layer is
+    # the first case above).
+    ((2, 2, 17, 23), (5, 4, 4), (3, 2)),
+    ((1, 1, 36, 36), (4, 5, 5), (2, 2)),
+    ((2, 1, 6, 10), (3, 3, 3), (2, 2)),
+    ((2, 3, 15, 18), (17, 3, 3), (3, 1)),
 ]
 HAS_COMPILER = platform.machine().lower() in ("x86_64", "amd64") and any(
     shutil.which(name) for name in ("c++", "g++", "clang++")
@@ -253,6 +261,30 @@ def test_training_with_the_kernel_equals_the_xla_formulation(rng, monkeypatch, a
     for a, b in zip(fused.get_weights(), unfused.get_weights(), strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
     assert not np.allclose(fused.get_weights()[0], weights[0])  # it trained
+
+
+def test_the_forward_by_positions_has_the_filters_paths_bits(rng):
+    """Net C's first layer (20 filters) is convolved by bands of positions, the same layer
+    with 64 filters by vectors of filters: each filter's maxima, and the weight gradient
+    read off their places, are the same bits either way."""
+    x = pt.tensor4("x", dtype="float32")
+    w = pt.tensor4("w", dtype="float32")
+    g = pt.tensor4("g", dtype="float32")
+    images = rng.random((3, 1, 28, 28), dtype=np.float32)
+    images[:, :, :6] = 0.0  # MNIST's blank top rows: ties
+    filters = rng.normal(size=(64, 1, 5, 5)).astype(np.float32)
+    grad = rng.normal(size=(3, 64, 12, 12)).astype(np.float32)
+    results = []
+    for f in (20, 64):
+        out = conv_pool_train(
+            x, w, image_shape=(1, 28, 28), filter_shape=(f, 1, 5, 5), poolsize=(2, 2)
+        )
+        mode = backends.resolve("jax", "cpu").apply()
+        fn = pytensor.function([x, w, g], [out, pt.grad((out * g).sum(), w)], mode=mode)
+        pooled, dw = fn(images, filters[:f], grad[:, :f])
+        results.append((pooled[:, :20], dw[:20]))
+    np.testing.assert_array_equal(results[0][0], results[1][0])
+    np.testing.assert_array_equal(results[0][1], results[1][1])
 
 
 THREADS_CHILD = r"""

@@ -152,6 +152,149 @@ void ConvolvePool(const Shape& s, const int64_t* tap, const float* x, const floa
   }
 }
 
+#ifdef __AVX512F__
+// -- The forward of layers with few filters and wide rows (the book's first layer: 20 filters
+// in two vectors of 16, 37% of their lanes padding), vectorised over conv positions ------
+// A band of conv rows is one run of the image's flat positions (y * w + x, the columns past
+// ow computed and dropped: 14% for the book's 28-pixel rows), in at most kBandVectors
+// vectors; each filter's sums over the taps, in tap order, are the filters path's bit for
+// bit. The products land channels-first, as the pooled result is laid out, so a pooled
+// row is pooled by vector (pw <= 2, qw <= 16: a window row's places are lanes 2j and
+// 2j + 1 of two vectors) and stored whole.
+constexpr int64_t kBandVectors = 7;
+
+// Filters summed at once: NV vectors of positions times NF filters of accumulators, the NF
+// weights and a vector of pixels in 32 registers.
+constexpr int64_t FiltersAtOnce(int64_t vectors) { return vectors <= 3 ? 8 : 3; }
+
+struct PositionsPlan {
+  int64_t rows;     // pooled rows a band
+  int64_t groups;   // of FiltersAtOnce filters
+  int64_t width;    // filters in wpos: groups * FiltersAtOnce
+  int64_t stride;   // floats a filter's products in the band (kBandVectors * kLanes + 32)
+  int64_t padded;   // floats of an image's copy, zeros past its pixels
+};
+
+// prod[t][v * 16 + l] = sum over k of pixels[tap[k] + v * 16 + l] * w[k][t], t < NF.
+template <int NV, int NF>
+__attribute__((noinline)) void SumPositions(const float* pixels, const int64_t* tap, int64_t K,
+                                            const float* w, int64_t ld, float* prod,
+                                            int64_t stride) {
+  __m512 acc[NV][NF];
+#pragma GCC unroll 8
+  for (int v = 0; v < NV; ++v)
+#pragma GCC unroll 8
+    for (int t = 0; t < NF; ++t) acc[v][t] = _mm512_setzero_ps();
+  for (int64_t k = 0; k < K; ++k) {
+    const float* at = pixels + tap[k];
+    __m512 wv[NF];
+#pragma GCC unroll 8
+    for (int t = 0; t < NF; ++t) wv[t] = _mm512_set1_ps(w[k * ld + t]);
+#pragma GCC unroll 8
+    for (int v = 0; v < NV; ++v) {
+      __m512 x = _mm512_loadu_ps(at + v * kLanes);
+      asm("" : "+v"(x));  // one load a vector (most straddle two cache lines), not NF
+#pragma GCC unroll 8
+      for (int t = 0; t < NF; ++t) acc[v][t] = _mm512_fmadd_ps(x, wv[t], acc[v][t]);
+    }
+  }
+#pragma GCC unroll 8
+  for (int t = 0; t < NF; ++t)
+#pragma GCC unroll 8
+    for (int v = 0; v < NV; ++v) _mm512_storeu_ps(prod + t * stride + v * kLanes, acc[v][t]);
+}
+
+using SumPositionsFn = void (*)(const float*, const int64_t*, int64_t, const float*, int64_t,
+                                float*, int64_t);
+constexpr SumPositionsFn kSumPositions[2][kBandVectors + 1] = {
+    {nullptr, SumPositions<1, 3>, SumPositions<2, 3>, SumPositions<3, 3>, SumPositions<4, 3>,
+     SumPositions<5, 3>, SumPositions<6, 3>, SumPositions<7, 3>},
+    {nullptr, SumPositions<1, 8>, SumPositions<2, 8>, SumPositions<3, 8>}};
+
+// Whether a layer takes the positions path, and its plan: only where it computes fewer
+// products than the filters path (padding and dropped columns counted).
+bool PlanPositions(const Shape& s, PositionsPlan* plan) {
+  if (s.pw > 2 || s.qw > kLanes || s.ph * s.w > kBandVectors * kLanes) return false;
+  plan->rows = std::min(s.qh, kBandVectors * kLanes / (s.ph * s.w));
+  const int64_t nf = FiltersAtOnce((plan->rows * s.ph * s.w + kLanes - 1) / kLanes);
+  plan->groups = (s.f + nf - 1) / nf;
+  plan->width = plan->groups * nf;
+  plan->stride = kBandVectors * kLanes + 2 * kLanes;
+  plan->padded = s.c * s.h * s.w + 2 * kLanes + s.kw;
+  int64_t positions = 0;
+  for (int64_t i0 = 0; i0 < s.qh; i0 += plan->rows)
+    positions += (std::min(plan->rows, s.qh - i0) * s.ph * s.w + kLanes - 1) / kLanes;
+  return positions * kLanes * plan->width < s.qh * s.ph * s.ow * s.fpad;
+}
+
+// The weights for the positions path: [K][width], zeros past the filters.
+std::vector<float> PositionsWeights(const Shape& s, const PositionsPlan& plan, const float* w) {
+  std::vector<float> wpos(s.K * plan.width, 0.0f);
+  for (int64_t k = 0; k < s.K; ++k)
+    std::memcpy(wpos.data() + k * plan.width, w + k * s.fpad, sizeof(float) * s.f);
+  return wpos;
+}
+
+// Pooled rows [i0, i0 + rows) of filters [f0, f0 + count) from the band's products (conv row
+// r of filter t at prod + t * stride + r * w), as PoolRow pools them: the same maxima in the
+// same order, the same ties. PH and PW: the window's, compiled in (the book's 2 x 2), or 0
+// for any.
+template <int PH, int PW>
+void PoolBand(const Shape& s, const float* prod, int64_t stride, int64_t i0, int64_t rows,
+              int64_t f0, int64_t count, float* out, int32_t* ties) {
+  const int64_t ph = PH ? PH : s.ph, pw = PW ? PW : s.pw, places = ph * pw;
+  alignas(64) static constexpr int32_t kEven[16] = {0,  2,  4,  6,  8,  10, 12, 14,
+                                                    16, 18, 20, 22, 24, 26, 28, 30};
+  const __m512i pick[2] = {_mm512_load_si512(kEven),
+                           _mm512_add_epi32(_mm512_load_si512(kEven), _mm512_set1_epi32(1))};
+  const __mmask16 keep = static_cast<__mmask16>((1u << s.qw) - 1);
+  for (int64_t t = 0; t < count; ++t)
+    for (int64_t i = 0; i < rows; ++i) {
+      __m512 place[32];  // the candidates of window row a, column b: place[a * pw + b]
+      for (int64_t a = 0; a < ph; ++a) {
+        const float* row = prod + t * stride + (i * ph + a) * s.w;
+        const __m512 lo = _mm512_loadu_ps(row), hi = _mm512_loadu_ps(row + kLanes);
+        for (int64_t b = 0; b < pw; ++b)
+          place[a * pw + b] = pw == 1 ? lo : _mm512_permutex2var_ps(lo, pick[b], hi);
+      }
+      __m512 m = place[0];
+      for (int64_t p = 0; p < places; ++p) m = _mm512_max_ps(m, place[p]);
+      const int64_t at = ((f0 + t) * s.qh + i0 + i) * s.qw;
+      _mm512_mask_storeu_ps(out + at, keep, m);
+      if (ties == nullptr) continue;
+      __m512i bits = _mm512_setzero_si512();
+      for (int64_t p = 0; p < places; ++p)
+        bits = _mm512_mask_or_epi32(bits, _mm512_cmp_ps_mask(place[p], m, _CMP_EQ_OQ), bits,
+                                    _mm512_set1_epi32(static_cast<int32_t>(1u << p)));
+      _mm512_mask_storeu_epi32(ties + at, keep, bits);
+    }
+}
+
+// One image's convolution and pooling by positions, a band of plan.rows pooled rows at a
+// time; scratch holds the image's padded copy and the band's products.
+void ConvolvePoolByPositions(const Shape& s, const PositionsPlan& plan, const int64_t* tap,
+                             const float* x, const float* wpos, float* scratch, float* out,
+                             int32_t* ties) {
+  float* pixels = scratch;
+  float* prod = scratch + plan.padded;
+  const int64_t in = s.c * s.h * s.w;
+  std::memcpy(pixels, x, sizeof(float) * in);
+  std::memset(pixels + in, 0, sizeof(float) * (plan.padded - in));
+  const int64_t nf = plan.width / plan.groups;
+  for (int64_t i0 = 0; i0 < s.qh; i0 += plan.rows) {
+    const int64_t rows = std::min(plan.rows, s.qh - i0);
+    const int64_t nv = (rows * s.ph * s.w + kLanes - 1) / kLanes;
+    const float* band = pixels + i0 * s.ph * s.w;
+    for (int64_t g = 0; g < plan.groups; ++g) {
+      const int64_t f0 = g * nf;
+      kSumPositions[nf == 8][nv](band, tap, s.K, wpos + f0, plan.width, prod, plan.stride);
+      const auto pool = s.ph == 2 && s.pw == 2 ? PoolBand<2, 2> : PoolBand<0, 0>;
+      pool(s, prod, plan.stride, i0, rows, f0, std::min(nf, s.f - f0), out, ties);
+    }
+  }
+}
+#endif
+
 // -- The gradients, read off each window's maxima ---------------------------------------
 // Only the places of a window holding its maximum get the window's gradient (all of them
 // on a tie, as Theano's pooling, the book's, and PyTensor's max do, so flat regions such
@@ -533,6 +676,20 @@ XLA_FFI_Error* Forward(XLA_FFI_CallFrame* frame, bool train) {
   work->n = images->dims[0];
   work->scratch = (s.ph * s.ow + 2) * s.fpad;  // a band's products, the best row, its places
   Work* self = work.get();
+#ifdef __AVX512F__
+  PositionsPlan plan;
+  if (PlanPositions(s, &plan)) {
+    const std::vector<float> weights_by_filter = PositionsWeights(s, plan, w);
+    const float* wpos = weights_by_filter.data();
+    work->scratch = plan.padded + 8 * plan.stride;
+    work->item = [=](int64_t i, float* scratch) {
+      ConvolvePoolByPositions(s, plan, self->tap.data(), x + i * in, wpos, scratch,
+                              out + i * cells, at == nullptr ? nullptr : at + i * cells);
+    };
+    Launch(api, frame->ctx, work);
+    return nullptr;
+  }
+#endif
   work->item = [=](int64_t i, float* band) {
     ConvolvePool(s, self->tap.data(), x + i * in, w, band, out + i * cells,
                  at == nullptr ? nullptr : at + i * cells);
