@@ -342,6 +342,13 @@ class SoftmaxLayer(_Dense):
         }
 
 
+# The smallest pooled maps (qh * qw values) a ConvPoolLayer adds its bias and applies its
+# activation to as rows of qh * qw rather than qw: XLA's CPU fusions ran about 4x faster on
+# the book's first layer's rows of 144 than of 12, and slower on its second layer's 16 than
+# on 4 x 4 (benchmarks/RESULTS.md, "The fifth round").
+FLAT_MAPS = 64
+
+
 class ConvPoolLayer(Layer):
     """network3's ``ConvPoolLayer(filter_shape, image_shape, poolsize, activation_fn)``.
 
@@ -428,7 +435,15 @@ class ConvPoolLayer(Layer):
                 implementation = "patches"
             conv = ops.conv2d(images, self.w, implementation=implementation, **shapes)
             pooled = ops.max_pool(conv, image_shape=self._conv_shape, poolsize=self.poolsize)
-        return self.activation_fn(pooled + self.b.dimshuffle("x", 0, "x", "x"))
+        n_filters, qh, qw = self.output_shape
+        if qh * qw < FLAT_MAPS:
+            return self.activation_fn(pooled + self.b.dimshuffle("x", 0, "x", "x"))
+        # Over (n, f, qh * qw): a static batch (lockstep's members) is spelled out, as the
+        # vectorised graph cannot size -1.
+        rows = -1 if pooled.type.shape[0] is None else pooled.type.shape[0]
+        flat = pooled.reshape((rows, n_filters, qh * qw))
+        out = self.activation_fn(flat + self.b.dimshuffle("x", 0, "x"))
+        return out.reshape((rows, n_filters, qh, qw))
 
     def describe(self) -> dict[str, object]:
         return {
