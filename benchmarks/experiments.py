@@ -792,7 +792,8 @@ def dense_sgd() -> None:
     """Microseconds per call of the fused dense backward + SGD step (convnet's kernel,
     ``DenseSgd``) against XLA's products and step, both stepping donated weights in place,
     for the book's FC1000 layers' weights at mini-batches 1 to 32 (where the kernel pays:
-    convnet.dense.MAX_ROWS), then with momentum at mini-batch 10. One pinned core, best of
+    convnet.dense.MAX_ROWS), its FC100 layers' and two smaller matrices' at mini-batch 10
+    (convnet.dense.MIN_WEIGHTS), then with momentum at mini-batch 10. One pinned core, best of
     3 x 100 calls."""
     import jax
     import jax.numpy as jnp
@@ -819,8 +820,8 @@ def dense_sgd() -> None:
 
     print("| weights | mini-batch | kernel (us) | XLA (us) | XLA / kernel |")
     print("|---|---|---|---|---|")
-    for k, n in ((640, 1000), (1000, 1000)):
-        for m in (1, 2, 4, 6, 8, 10, 12, 16, 32):
+    for k, n in ((640, 1000), (1000, 1000), (640, 100), (784, 100), (256, 128), (100, 100)):
+        for m in (1, 2, 4, 6, 8, 10, 12, 16, 32) if n == 1000 else (10,):
             x = jnp.asarray(rng.standard_normal((m, k), dtype=np.float32))
             g = jnp.asarray(rng.standard_normal((m, n), dtype=np.float32))
             shapes = (
@@ -867,7 +868,8 @@ def dense_sgd() -> None:
 
 def dense_forward() -> None:
     """Microseconds per product ``x . w``, the dense kernel's against XLA's GEMM, for the
-    book's FC1000 layers' weights at mini-batches 1 to 16 (convnet.dense.MAX_ROWS): 100
+    book's FC1000 layers' weights at mini-batches 1 to 16 (convnet.dense.MAX_ROWS), and at
+    mini-batch 10 for its FC100 layers' and two smaller matrices (MIN_WEIGHTS): 100
     products in one XLA program (as training runs its steps), each x made from the last
     product so none is skipped, the two alternately, one pinned core, best of 2 x 5 runs."""
     import jax
@@ -900,9 +902,9 @@ def dense_forward() -> None:
 
     print("| weights | mini-batch | kernel (us) | XLA (us) | XLA / kernel |")
     print("|---|---|---|---|---|")
-    for k, n in ((640, 1000), (1000, 1000)):
+    for k, n in ((640, 1000), (1000, 1000), (640, 100), (784, 100), (256, 128), (100, 100)):
         w = jnp.asarray(rng.standard_normal((k, n), dtype=np.float32))
-        for m in (1, 2, 4, 6, 8, 10, 12, 16):
+        for m in (1, 2, 4, 6, 8, 10, 12, 16) if n == 1000 else (10,):
             x = jnp.asarray(rng.standard_normal((m, k), dtype=np.float32))
             out = jax.ShapeDtypeStruct((m, n), jnp.float32)
             ours = looped(jax.ffi.ffi_call(f"{target}_forward", out))

@@ -21,10 +21,12 @@ from pytensor.graph.basic import Apply, Variable
 from pytensor.graph.fg import FunctionGraph
 from pytensor.graph.op import Op
 
-# The smallest weight matrix (values) a layer's product is a Dense Op for: the fused step
-# is for the layers that dominate a step (the dropout net's FC1000s); smaller ones, net C's
-# FC100 among them, keep PyTensor's product and XLA's step, bit for bit as before.
-MIN_WEIGHTS = 1 << 17
+# The smallest weight matrix (values) a layer's product is a Dense Op for: from the book's
+# FC100 layers (640 x 100, 784 x 100) up, where the fused step and the forward took less
+# time than XLA's at mini-batch 10 (``python benchmarks/experiments.py dense-sgd`` and
+# ``dense-forward``; benchmarks/RESULTS.md, "The fifth round"); smaller ones (the softmax
+# layers) keep PyTensor's product and XLA's step.
+MIN_WEIGHTS = 1 << 15
 # The largest mini-batch the fused step is used at: beyond 16 rows XLA's GEMMs are faster
 # (``python benchmarks/experiments.py dense-sgd``; benchmarks/RESULTS.md, "The dense kernel").
 MAX_ROWS = 16
