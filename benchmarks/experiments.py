@@ -23,6 +23,7 @@
     python benchmarks/experiments.py step-profile        # net C's step, op by op (XLA's profiler)
     python benchmarks/experiments.py dropout-step-profile  # the same for the dropout net
     python benchmarks/experiments.py scan-threshold      # short runs: 1 or 100 steps per call?
+    python benchmarks/experiments.py fusion-shapes       # a conv layer's bias + ReLU, 4-D vs flat
 
 Each prints its own table. They run on synthetic MNIST-shaped data except eval-batch and
 eval-limit (real test set: set CONVNET_DATA). Pinned to one core, as in bench.py.
@@ -1059,6 +1060,45 @@ def scan_threshold() -> None:
         print(f"| {name} | one 5,000-step epoch: the loop saves {saved:+.2f} s cold | | | |")
 
 
+def fusion_shapes() -> None:
+    """Microseconds per step of a ConvPoolLayer's bias + ReLU and the ReLU's gradient under
+    XLA (what ``ConvPoolLayer.get_output_for`` leaves to XLA's fusions), on the book's two
+    conv layers' pooled shapes at mini-batch 10: (n, f, qh, qw) against (n, f, qh * qw)
+    (convnet.layers.FLAT_MAPS). 1,000 steps in one XLA loop, each feeding the next, best
+    of 5, one pinned core."""
+    import jax
+    import jax.numpy as jnp
+
+    rng = np.random.default_rng(0)
+
+    def micros(shape: tuple[int, ...]) -> float:
+        pooled = jnp.asarray(rng.standard_normal(shape, dtype=np.float32))
+        grad = jnp.asarray(rng.standard_normal(shape, dtype=np.float32))
+        bias = jnp.asarray(rng.standard_normal(shape[1], dtype=np.float32))
+        bias = bias.reshape((1, shape[1]) + (1,) * (len(shape) - 2))
+
+        def body(_, carry):
+            z, g = carry
+            out = jnp.maximum(z + bias, 0)
+            back = g * (z + bias > 0).astype(jnp.float32)
+            return out * 0.5 - 0.1, back * 0.9 + z
+
+        run = jax.jit(lambda z, g: jax.lax.fori_loop(0, 1000, body, (z, g)))
+        jax.block_until_ready(run(pooled, grad))
+        best = np.inf
+        for _ in range(5):
+            start = time.perf_counter()
+            jax.block_until_ready(run(pooled, grad))
+            best = min(best, (time.perf_counter() - start) / 1000 * 1e6)
+        return best
+
+    print("| layer | (n, f, qh, qw) (us) | (n, f, qh * qw) (us) | flat / 4-D |")
+    print("|---|---|---|---|")
+    for name, (f, q) in (("first (20 x 12 x 12)", (20, 12)), ("second (40 x 4 x 4)", (40, 4))):
+        four, flat = micros((10, f, q, q)), micros((10, f, q * q))
+        print(f"| {name} | {four:.1f} | {flat:.1f} | {flat / four:.2f} |", flush=True)
+
+
 COMMANDS = {
     "train-breakdown": train_breakdown,
     "ensemble-bound": ensemble_bound,
@@ -1069,6 +1109,7 @@ COMMANDS = {
     # the dropout row's own L2 term: none (the book's recipe, convnet.book)
     "dropout-step-profile": lambda: step_profile("dropout", ((10, 1), (10, 100)), lmbda=0.0),
     "scan-threshold": scan_threshold,
+    "fusion-shapes": fusion_shapes,
     "optimizers": optimizers,
     "linker-conv": linker_conv,
     "eval-limit": eval_limit,

@@ -343,9 +343,10 @@ class SoftmaxLayer(_Dense):
 
 
 # The smallest pooled maps (qh * qw values) a ConvPoolLayer adds its bias and applies its
-# activation to as rows of qh * qw rather than qw: XLA's CPU fusions ran about 4x faster on
-# the book's first layer's rows of 144 than of 12, and slower on its second layer's 16 than
-# on 4 x 4 (benchmarks/RESULTS.md, "The fifth round").
+# activation to as rows of qh * qw rather than of qw: XLA's CPU fusions took a quarter of
+# the time on the book's first layer's rows of 144 than on rows of 12, and more on its
+# second layer's rows of 16 than on 4 x 4 (``python benchmarks/experiments.py
+# fusion-shapes``; benchmarks/RESULTS.md, "The fifth round").
 FLAT_MAPS = 64
 
 
