@@ -105,6 +105,20 @@ def _best_per_step(net, fn, calls, total_steps, repeats=3) -> float:
     return best
 
 
+def _best_micros(run: Any, per: int, repeats: int = 5) -> float:
+    """Microseconds per ``per`` of the best of ``repeats`` timed calls of ``run()`` (a
+    jitted call, waited for), after one untimed call."""
+    import jax
+
+    jax.block_until_ready(run())
+    best = np.inf
+    for _ in range(repeats):
+        start = time.perf_counter()
+        jax.block_until_ready(run())
+        best = min(best, time.perf_counter() - start)
+    return best / per * 1e6
+
+
 def steps_per_call() -> None:
     print("| net C, mini-batch 10 | µs per SGD step | build + first call |")
     print("|---|---|---|")
@@ -893,13 +907,7 @@ def dense_forward() -> None:
         return jax.jit(run)
 
     def micros(function: Any, x: Any, w: Any) -> float:
-        jax.block_until_ready(function(x, w))
-        best = np.inf
-        for _ in range(5):
-            start = time.perf_counter()
-            jax.block_until_ready(function(x, w))
-            best = min(best, (time.perf_counter() - start) / 100 * 1e6)
-        return best
+        return _best_micros(lambda: function(x, w), 100)
 
     print("| weights | mini-batch | kernel (us) | XLA (us) | XLA / kernel |")
     print("|---|---|---|---|---|")
@@ -1084,13 +1092,7 @@ def fusion_shapes() -> None:
             return out * 0.5 - 0.1, back * 0.9 + z
 
         run = jax.jit(lambda z, g: jax.lax.fori_loop(0, 1000, body, (z, g)))
-        jax.block_until_ready(run(pooled, grad))
-        best = np.inf
-        for _ in range(5):
-            start = time.perf_counter()
-            jax.block_until_ready(run(pooled, grad))
-            best = min(best, (time.perf_counter() - start) / 1000 * 1e6)
-        return best
+        return _best_micros(lambda: run(pooled, grad), 1000)
 
     print("| layer | (n, f, qh, qw) (us) | (n, f, qh * qw) (us) | flat / 4-D |")
     print("|---|---|---|---|")
