@@ -162,6 +162,9 @@ void ConvolvePool(const Shape& s, const int64_t* tap, const float* x, const floa
 // row is pooled by vector (pw <= 2, qw <= 16: a window row's places are lanes 2j and
 // 2j + 1 of two vectors) and stored whole.
 constexpr int64_t kBandVectors = 7;
+// Floats a filter's products take in a band: two vectors more than the band, which the
+// pooling's second vector of a window row may read past its last row.
+constexpr int64_t kBandStride = (kBandVectors + 2) * kLanes;
 
 // Filters summed at once: NV vectors of positions times NF filters of accumulators, the NF
 // weights and a vector of pixels in 32 registers.
@@ -169,17 +172,16 @@ constexpr int64_t FiltersAtOnce(int64_t vectors) { return vectors <= 3 ? 8 : 3; 
 
 struct PositionsPlan {
   int64_t rows;     // pooled rows a band
-  int64_t groups;   // of FiltersAtOnce filters
-  int64_t width;    // filters in wpos: groups * FiltersAtOnce
-  int64_t stride;   // floats a filter's products in the band (kBandVectors * kLanes + 32)
+  int64_t filters;  // summed at once (FiltersAtOnce of a whole band's vectors)
+  int64_t groups;   // of `filters` filters, the last one padded with zero weights
   int64_t padded;   // floats of an image's copy, zeros past its pixels
+  int64_t width() const { return groups * filters; }
 };
 
 // prod[t][v * 16 + l] = sum over k of pixels[tap[k] + v * 16 + l] * w[k][t], t < NF.
 template <int NV, int NF>
 __attribute__((noinline)) void SumPositions(const float* pixels, const int64_t* tap, int64_t K,
-                                            const float* w, int64_t ld, float* prod,
-                                            int64_t stride) {
+                                            const float* w, int64_t ld, float* prod) {
   __m512 acc[NV][NF];
 #pragma GCC unroll 8
   for (int v = 0; v < NV; ++v)
@@ -201,11 +203,11 @@ __attribute__((noinline)) void SumPositions(const float* pixels, const int64_t* 
 #pragma GCC unroll 8
   for (int t = 0; t < NF; ++t)
 #pragma GCC unroll 8
-    for (int v = 0; v < NV; ++v) _mm512_storeu_ps(prod + t * stride + v * kLanes, acc[v][t]);
+    for (int v = 0; v < NV; ++v) _mm512_storeu_ps(prod + t * kBandStride + v * kLanes, acc[v][t]);
 }
 
 using SumPositionsFn = void (*)(const float*, const int64_t*, int64_t, const float*, int64_t,
-                                float*, int64_t);
+                                float*);
 constexpr SumPositionsFn kSumPositions[2][kBandVectors + 1] = {
     {nullptr, SumPositions<1, 3>, SumPositions<2, 3>, SumPositions<3, 3>, SumPositions<4, 3>,
      SumPositions<5, 3>, SumPositions<6, 3>, SumPositions<7, 3>},
@@ -216,32 +218,30 @@ constexpr SumPositionsFn kSumPositions[2][kBandVectors + 1] = {
 bool PlanPositions(const Shape& s, PositionsPlan* plan) {
   if (s.pw > 2 || s.qw > kLanes || s.ph * s.w > kBandVectors * kLanes) return false;
   plan->rows = std::min(s.qh, kBandVectors * kLanes / (s.ph * s.w));
-  const int64_t nf = FiltersAtOnce((plan->rows * s.ph * s.w + kLanes - 1) / kLanes);
-  plan->groups = (s.f + nf - 1) / nf;
-  plan->width = plan->groups * nf;
-  plan->stride = kBandVectors * kLanes + 2 * kLanes;
+  plan->filters = FiltersAtOnce((plan->rows * s.ph * s.w + kLanes - 1) / kLanes);
+  plan->groups = (s.f + plan->filters - 1) / plan->filters;
   plan->padded = s.c * s.h * s.w + 2 * kLanes + s.kw;
   int64_t positions = 0;
   for (int64_t i0 = 0; i0 < s.qh; i0 += plan->rows)
     positions += (std::min(plan->rows, s.qh - i0) * s.ph * s.w + kLanes - 1) / kLanes;
-  return positions * kLanes * plan->width < s.qh * s.ph * s.ow * s.fpad;
+  return positions * kLanes * plan->width() < s.qh * s.ph * s.ow * s.fpad;
 }
 
 // The weights for the positions path: [K][width], zeros past the filters.
 std::vector<float> PositionsWeights(const Shape& s, const PositionsPlan& plan, const float* w) {
-  std::vector<float> wpos(s.K * plan.width, 0.0f);
+  std::vector<float> wpos(s.K * plan.width(), 0.0f);
   for (int64_t k = 0; k < s.K; ++k)
-    std::memcpy(wpos.data() + k * plan.width, w + k * s.fpad, sizeof(float) * s.f);
+    std::memcpy(wpos.data() + k * plan.width(), w + k * s.fpad, sizeof(float) * s.f);
   return wpos;
 }
 
-// Pooled rows [i0, i0 + rows) of filters [f0, f0 + count) from the band's products (conv row
-// r of filter t at prod + t * stride + r * w), as PoolRow pools them: the same maxima in the
-// same order, the same ties. PH and PW: the window's, compiled in (the book's 2 x 2), or 0
-// for any.
+// Pooled rows [i0, i0 + rows) of filters [f0, f0 + count) from the band's products (conv
+// row r of filter t at prod + t * kBandStride + r * w), as PoolRow pools them: the same
+// maxima in the same order, the same ties. PH and PW: the window's, compiled in (the
+// book's 2 x 2), or 0 for any.
 template <int PH, int PW>
-void PoolBand(const Shape& s, const float* prod, int64_t stride, int64_t i0, int64_t rows,
-              int64_t f0, int64_t count, float* out, int32_t* ties) {
+void PoolBand(const Shape& s, const float* prod, int64_t i0, int64_t rows, int64_t f0,
+              int64_t count, float* out, int32_t* ties) {
   const int64_t ph = PH ? PH : s.ph, pw = PW ? PW : s.pw, places = ph * pw;
   alignas(64) static constexpr int32_t kEven[16] = {0,  2,  4,  6,  8,  10, 12, 14,
                                                     16, 18, 20, 22, 24, 26, 28, 30};
@@ -252,7 +252,7 @@ void PoolBand(const Shape& s, const float* prod, int64_t stride, int64_t i0, int
     for (int64_t i = 0; i < rows; ++i) {
       __m512 place[32];  // the candidates of window row a, column b: place[a * pw + b]
       for (int64_t a = 0; a < ph; ++a) {
-        const float* row = prod + t * stride + (i * ph + a) * s.w;
+        const float* row = prod + t * kBandStride + (i * ph + a) * s.w;
         const __m512 lo = _mm512_loadu_ps(row), hi = _mm512_loadu_ps(row + kLanes);
         for (int64_t b = 0; b < pw; ++b)
           place[a * pw + b] = pw == 1 ? lo : _mm512_permutex2var_ps(lo, pick[b], hi);
@@ -280,16 +280,15 @@ void ConvolvePoolByPositions(const Shape& s, const PositionsPlan& plan, const in
   const int64_t in = s.c * s.h * s.w;
   std::memcpy(pixels, x, sizeof(float) * in);
   std::memset(pixels + in, 0, sizeof(float) * (plan.padded - in));
-  const int64_t nf = plan.width / plan.groups;
   for (int64_t i0 = 0; i0 < s.qh; i0 += plan.rows) {
     const int64_t rows = std::min(plan.rows, s.qh - i0);
     const int64_t nv = (rows * s.ph * s.w + kLanes - 1) / kLanes;
     const float* band = pixels + i0 * s.ph * s.w;
     for (int64_t g = 0; g < plan.groups; ++g) {
-      const int64_t f0 = g * nf;
-      kSumPositions[nf == 8][nv](band, tap, s.K, wpos + f0, plan.width, prod, plan.stride);
+      const int64_t f0 = g * plan.filters;
+      kSumPositions[plan.filters == 8][nv](band, tap, s.K, wpos + f0, plan.width(), prod);
       const auto pool = s.ph == 2 && s.pw == 2 ? PoolBand<2, 2> : PoolBand<0, 0>;
-      pool(s, prod, plan.stride, i0, rows, f0, std::min(nf, s.f - f0), out, ties);
+      pool(s, prod, i0, rows, f0, std::min(plan.filters, s.f - f0), out, ties);
     }
   }
 }
@@ -681,7 +680,7 @@ XLA_FFI_Error* Forward(XLA_FFI_CallFrame* frame, bool train) {
   if (PlanPositions(s, &plan)) {
     const std::vector<float> weights_by_filter = PositionsWeights(s, plan, w);
     const float* wpos = weights_by_filter.data();
-    work->scratch = plan.padded + 8 * plan.stride;
+    work->scratch = plan.padded + plan.filters * kBandStride;
     work->item = [=](int64_t i, float* scratch) {
       ConvolvePoolByPositions(s, plan, self->tap.data(), x + i * in, wpos, scratch,
                               out + i * cells, at == nullptr ? nullptr : at + i * cells);
