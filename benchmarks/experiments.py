@@ -24,6 +24,7 @@
     python benchmarks/experiments.py dropout-step-profile  # the same for the dropout net
     python benchmarks/experiments.py scan-threshold      # short runs: 1 or 100 steps per call?
     python benchmarks/experiments.py fusion-shapes       # a conv layer's bias + ReLU, 4-D vs flat
+    python benchmarks/experiments.py dense-stream        # the FC1000 layers against streaming alone
 
 Each prints its own table. They run on synthetic MNIST-shaped data except eval-batch and
 eval-limit (real test set: set CONVNET_DATA). Pinned to one core, as in bench.py.
@@ -1101,6 +1102,101 @@ def fusion_shapes() -> None:
         print(f"| {name} | {four:.1f} | {flat:.1f} | {flat / four:.2f} |", flush=True)
 
 
+def dense_stream() -> None:
+    """The dropout net's dense layers against this core's memory: one pinned core, the two
+    FC1000 weight matrices (640 x 1000 and 1000 x 1000, 6.6 MB: more than L2) taken as a
+    training step takes them (both read by the forward products, then each read and
+    written by the fused step, the second layer first), by the dense kernel at mini-batch
+    10 (100 steps in one XLA loop) and by plain streaming in NumPy (a product with a
+    vector, OpenBLAS's sgemv, for the reads; an in-place scaling for the read and write):
+    the kernel's time against the time the bytes alone take, per pass and for the step.
+    Best of 6."""
+    import jax
+    import jax.numpy as jnp
+    from threadpoolctl import threadpool_limits
+
+    from convnet.runtime import kernel
+
+    target = kernel.dense_target()
+    if target is None:
+        raise SystemExit(f"the kernel is not built here: {kernel.why_not()}")
+    rng = np.random.default_rng(0)
+    weights = [
+        rng.standard_normal(shape, dtype=np.float32) * 0.01 for shape in ((640, 1000), (1000, 1000))
+    ]
+    x = jnp.asarray(rng.standard_normal((10, 640), dtype=np.float32))
+    h = jnp.asarray(rng.standard_normal((10, 1000), dtype=np.float32))
+
+    def forward(x: Any, w: Any) -> Any:
+        out = jax.ShapeDtypeStruct((10, w.shape[1]), jnp.float32)
+        return jax.ffi.ffi_call(f"{target}_forward", out)(x, w)
+
+    def sgd(w: Any, x: Any, g: Any) -> Any:
+        shapes = (
+            jax.ShapeDtypeStruct(x.shape, jnp.float32),
+            jax.ShapeDtypeStruct(w.shape, jnp.float32),
+        )
+        call = jax.ffi.ffi_call(f"{target}_sgd", shapes, input_output_aliases={0: 1})
+        return call(w, x, g, np.float32(1e-6), np.float32(0.0))
+
+    def forwards(_, carry):  # each product from the last: none is hoisted or skipped
+        w1, w2, x, h = carry
+        out = forward(x, w1)
+        h = forward(out * 1e-3, w2)
+        return w1, w2, x + 1e-30 * h[:, :640], h
+
+    def steps(_, carry):
+        w1, w2, x, h = carry
+        dh, w2 = sgd(w2, h, h)
+        dx, w1 = sgd(w1, x, h + 1e-30 * dh)
+        return w1, w2, x + 1e-30 * dx, h
+
+    def kernel_seconds(body: Any) -> float:
+        run = jax.jit(lambda *c: jax.lax.fori_loop(0, 100, body, c), donate_argnums=(0, 1))
+        state = (jnp.asarray(weights[0]), jnp.asarray(weights[1]))
+        best = np.inf
+        for _ in range(6):
+            start = time.perf_counter()
+            w1, w2, *_ = run(*state, x, h)
+            jax.block_until_ready(w2)
+            best = min(best, (time.perf_counter() - start) / 100)
+            state = (w1, w2)
+        return best
+
+    ones = np.ones(1000, dtype=np.float32)
+
+    def stream_seconds(write: bool) -> float:
+        best = np.inf
+        with threadpool_limits(1):
+            for _ in range(6):
+                start = time.perf_counter()
+                for _ in range(20):
+                    for w in weights[::-1] if write else weights:
+                        np.multiply(w, np.float32(1.0), out=w) if write else w @ ones[: w.shape[1]]
+                best = min(best, (time.perf_counter() - start) / 20)
+        return best
+
+    rows = (
+        ("the forward products (read)", kernel_seconds(forwards), stream_seconds(False), 1),
+        ("the fused steps (read and write)", kernel_seconds(steps), stream_seconds(True), 2),
+    )
+    size = sum(w.nbytes for w in weights) / 1e9
+    print(f"# one core; the two matrices: {size * 1e3:.2f} MB")
+    print(
+        "| pass | kernel (us per image) | streaming alone (us per image) | streaming GB/s | kernel / streaming |"
+    )
+    print("|---|---|---|---|---|")
+    for name, ours, stream, passes in rows:
+        print(
+            f"| {name} | {ours * 1e5:.1f} | {stream * 1e5:.1f} | {passes * size / stream:.1f} "
+            f"| {ours / stream:.2f} |"
+        )
+    ours, stream = rows[0][1] + rows[1][1], rows[0][2] + rows[1][2]
+    print(
+        f"| the step | {ours * 1e5:.1f} | {stream * 1e5:.1f} | {3 * size / stream:.1f} | {ours / stream:.2f} |"
+    )
+
+
 COMMANDS = {
     "train-breakdown": train_breakdown,
     "ensemble-bound": ensemble_bound,
@@ -1112,6 +1208,7 @@ COMMANDS = {
     "dropout-step-profile": lambda: step_profile("dropout", ((10, 1), (10, 100)), lmbda=0.0),
     "scan-threshold": scan_threshold,
     "fusion-shapes": fusion_shapes,
+    "dense-stream": dense_stream,
     "optimizers": optimizers,
     "linker-conv": linker_conv,
     "eval-limit": eval_limit,
